@@ -1,2 +1,4 @@
 //! edgesim: a network-partition and hardware-constraint simulator for edge computing.
+pub mod host;
+pub mod testing;
 pub mod units;

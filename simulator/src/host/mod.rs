@@ -1,0 +1,86 @@
+//! The host layer: the only code in edgesim that changes kernel state.
+//!
+//! Everything here works from a plain process, without the engine around it (the device
+//! target's on-board agent reuses it), and never touches the host's own network namespace:
+//! every object is created inside a namespace that a run owns.
+//!
+//! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`).
+
+pub mod ns;
+
+use std::io;
+
+/// A failed kernel operation, naming the object and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("creating network namespace {name}: {source}")]
+    NsCreate {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("deleting network namespace {name}: {source}")]
+    NsDelete {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("opening network namespace {name}: {source}")]
+    NsOpen {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("entering network namespace {name}: {source}")]
+    NsEnter {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("netlink {op} on {object}: {source}")]
+    Netlink {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{op} {object}: {source}")]
+    Io {
+        op: &'static str,
+        object: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} {object}: {detail}")]
+    Other {
+        op: &'static str,
+        object: String,
+        detail: String,
+    },
+}
+
+impl HostError {
+    pub fn io(op: &'static str, object: impl Into<String>, source: io::Error) -> Self {
+        HostError::Io {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+    pub fn netlink(op: &'static str, object: impl Into<String>, source: rtnetlink::Error) -> Self {
+        HostError::Netlink {
+            op,
+            object: object.into(),
+            source,
+        }
+    }
+    pub fn other(op: &'static str, object: impl Into<String>, detail: impl Into<String>) -> Self {
+        HostError::Other {
+            op,
+            object: object.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+pub type Result<T, E = HostError> = std::result::Result<T, E>;

@@ -1,0 +1,50 @@
+//! Capability gates for tests that need privileges, kernel features or daemons.
+//!
+//! A test that needs something the machine lacks skips with a printed reason, unless the
+//! `EDGESIM_REQUIRE` environment variable names that capability (comma- or space-separated;
+//! CI sets it), in which case the test fails: CI can never pass by skipping.
+
+/// Whether `EDGESIM_REQUIRE` names `cap`.
+pub fn required(cap: &str) -> bool {
+    std::env::var("EDGESIM_REQUIRE")
+        .map(|v| {
+            v.split([',', ' '])
+                .map(str::trim)
+                .any(|c| c == cap || c == "all")
+        })
+        .unwrap_or(false)
+}
+
+/// Returns `true` when the capability is present. When it is absent: panics if it is required,
+/// else prints why the test is skipped and returns `false`.
+pub fn gate(cap: &str, present: bool, why: &str) -> bool {
+    if present {
+        return true;
+    }
+    if required(cap) {
+        panic!("EDGESIM_REQUIRE lists `{cap}` but it is not available: {why}");
+    }
+    eprintln!("skipped: needs `{cap}`: {why}");
+    false
+}
+
+/// Gate for tests that create network namespaces (root and /run/netns).
+pub fn netns() -> bool {
+    gate(
+        "netns",
+        nix::unistd::geteuid().is_root(),
+        "must run as root to create network namespaces",
+    )
+}
+
+/// Whether a program is on PATH.
+pub fn have_program(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+/// Gate for tests that need an external program (e.g. `iperf3`, `nft`).
+pub fn program(cap: &str, name: &str) -> bool {
+    gate(cap, have_program(name), &format!("`{name}` is not installed"))
+}
