@@ -254,6 +254,80 @@ pub fn netlink(name: &str) -> Result<rtnetlink::Handle> {
     Ok(handle_from_socket(sock))
 }
 
+type SocketReply = std::sync::mpsc::Sender<io::Result<socket2::Socket>>;
+type SocketRequest = (socket2::Domain, socket2::Type, Option<socket2::Protocol>, SocketReply);
+
+/// A long-lived thread that sits inside one namespace and opens sockets there on request.
+///
+/// Probes and metric scrapes run from inside nodes many times a second; a dedicated thread
+/// that entered the namespace once makes each socket cost a channel round trip (microseconds)
+/// instead of a thread spawn. The thread ends when the factory is dropped.
+#[derive(Clone)]
+pub struct SocketFactory {
+    tx: std::sync::mpsc::Sender<SocketRequest>,
+    name: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for SocketFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketFactory").field("ns", &self.name).finish()
+    }
+}
+
+impl SocketFactory {
+    /// Starts a factory inside the namespace behind `fd`; `name` is for errors.
+    pub fn start(fd: OwnedFd, name: &str) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<SocketRequest>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        std::thread::Builder::new()
+            .name("edgesim-sockets".into())
+            .spawn(move || {
+                if let Err(e) = setns(fd.as_fd(), CloneFlags::CLONE_NEWNET) {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+                drop(fd);
+                let _ = ready_tx.send(Ok(()));
+                while let Ok((d, t, p, reply)) = rx.recv() {
+                    let _ = reply.send(socket2::Socket::new(d, t, p));
+                }
+            })
+            .map_err(|e| HostError::io("spawning the socket thread for", name, e))?;
+        ready_rx
+            .recv()
+            .map_err(|_| HostError::other("starting the socket thread for", name, "thread died"))?
+            .map_err(|source| HostError::NsEnter {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(SocketFactory {
+            tx,
+            name: name.into(),
+        })
+    }
+
+    /// Opens a socket inside the namespace. It stays bound to that namespace wherever it is
+    /// used afterwards.
+    pub fn socket(
+        &self,
+        domain: socket2::Domain,
+        ty: socket2::Type,
+        protocol: Option<socket2::Protocol>,
+    ) -> io::Result<socket2::Socket> {
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        self.tx
+            .send((domain, ty, protocol, rtx))
+            .map_err(|_| io::Error::other(format!("socket thread of {} has stopped", self.name)))?;
+        rrx.recv()
+            .map_err(|_| io::Error::other(format!("socket thread of {} has stopped", self.name)))?
+    }
+
+    /// The namespace this factory opens sockets in.
+    pub fn namespace(&self) -> &str {
+        &self.name
+    }
+}
+
 /// The inode number identifying the namespace behind `fd` (to tell namespaces apart in tests
 /// and to check that the host's namespace is never the one being changed).
 pub fn inode(fd: &impl AsRawFd) -> io::Result<u64> {

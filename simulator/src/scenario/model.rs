@@ -1,0 +1,445 @@
+//! The scenario file as users write it (`apiVersion: edgesim.dev/v1alpha1`, `kind: Scenario`).
+//!
+//! These structs are the user-facing configuration only: they reject unknown fields, keep
+//! source positions on every value a later check may complain about ([`Loc`]), and hold no
+//! runtime state. [`super::plan`] turns them into the resolved, expanded plan that targets
+//! execute. Field names are camelCase, as in Kubernetes manifests; timeline action keys that
+//! users know from other tools keep their kebab-case spelling (`node-down`, `node-up`).
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::loc::Loc;
+use crate::profile::ProfileSpec;
+use crate::units::{Bytes, Dur, Percent, Rate};
+
+pub const API_VERSION: &str = "edgesim.dev/v1alpha1";
+pub const KIND: &str = "Scenario";
+
+/// A whole scenario file.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scenario {
+    /// Always `edgesim.dev/v1alpha1`.
+    pub api_version: Loc<String>,
+    /// Always `Scenario`.
+    pub kind: Loc<String>,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    /// Name of the scenario; names the lab (`edgesim down NAME`, `edgesim exec NAME …`).
+    pub name: Loc<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Spec {
+    /// Drives every random choice of the run. When absent a seed is drawn and reported, so
+    /// the run can be replayed with `--seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// How long the timeline plays (from the moment the workloads are started).
+    pub duration: Loc<Dur>,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// Hardware profiles defined inline, usable by name in `nodes[].profile`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub profiles: IndexMap<Loc<String>, ProfileSpec>,
+    /// Sites (LAN segments), by name, in the order their subnets are allocated.
+    pub sites: IndexMap<Loc<String>, SiteSpec>,
+    /// WAN links between sites besides each site's `uplink`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkSpec>,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<EventSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assertions: Vec<AssertionSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Private IPv4 pool the sites' subnets are carved from (default `10.90.0.0/16`). Every
+    /// address lives inside the run's own namespaces, so runs never clash with each other or
+    /// with the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Loc<String>>,
+    /// MTU of every node interface (default 1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<Loc<u32>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SiteSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The WAN link from this site to its parent site; named `<site>-uplink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<LinkSpec>,
+}
+
+/// A WAN link. As a site's `uplink` it names the parent `site`; in `links` it names the two
+/// sites it joins with `between`. Impairments given at the top apply in both directions;
+/// `up` and `down` override them per direction (`up`: from the site that owns the uplink, or
+/// the first site of `between`, towards the other).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LinkSpec {
+    /// Uplinks only: the site at the other end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<Loc<String>>,
+    /// `links` entries only: the two sites joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub between: Option<Loc<Vec<Loc<String>>>>,
+    /// `links` entries only (default `<a>-<b>`); an uplink is always `<site>-uplink`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Loc<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loc<Percent>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Loc<Rate>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up: Option<Impairment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<Impairment>,
+}
+
+/// Impairments of one direction of a link. Absent fields mean "no impairment" in a baseline
+/// and "unchanged" in a timeline `impair` action.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Impairment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loc<Percent>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Loc<Rate>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Node name; with `count`, the nodes are `<name>-1` … `<name>-<count>`.
+    pub name: Loc<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Loc<u32>>,
+    pub site: Loc<String>,
+    /// A profile from hardware-profiles/ (see `edgesim profiles`) or from `spec.profiles`.
+    pub profile: Loc<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A command line: one string (split like a POSIX shell would, without running a shell) or a
+/// list of arguments.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Line(String),
+    Args(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricsFormat {
+    /// Prometheus / OpenMetrics text exposition.
+    #[default]
+    Prometheus,
+    /// A JSON document; assertions pick a number with a JSON pointer (`json: /a/b`).
+    Json,
+}
+
+/// Where a workload serves its metrics, scraped from inside the node.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsEndpoint {
+    pub port: Loc<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub format: MetricsFormat,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    pub name: Loc<String>,
+    /// Node selectors: names, globs (`gw-*`), `site/NAME`, `label/KEY=VALUE`, or `all`.
+    pub on: Vec<Loc<String>>,
+    /// The program and its arguments, run inside the node's namespace and cgroup.
+    pub command: Loc<CommandLine>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Pause before a restart (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_delay: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsEndpoint>,
+    /// Port the workload listens on; when set, the timeline waits until it accepts TCP
+    /// connections before it starts (bounded by `readyTimeout`, default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_port: Option<Loc<u16>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<Loc<Dur>>,
+}
+
+/// One entry of the timeline: when, for how long, and exactly one action.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventSpec {
+    /// Offset from the start of the timeline.
+    pub at: Loc<Dur>,
+    /// When set, the action is reverted automatically this long after it was applied.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<PartitionAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal: Option<HealAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impair: Option<ImpairAction>,
+    #[serde(default, rename = "node-down", skip_serializing_if = "Option::is_none")]
+    pub node_down: Option<NodeDownAction>,
+    #[serde(default, rename = "node-up", skip_serializing_if = "Option::is_none")]
+    pub node_up: Option<NodesAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill: Option<KillAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryAction>,
+}
+
+/// Cut traffic between groups of nodes. Either `between` (two or more groups of selectors;
+/// traffic between any two groups is dropped) or `isolate` (the selected nodes, or `pick` of
+/// them chosen with the scenario seed, lose contact with every other node).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PartitionAction {
+    /// Name for `heal: {name: …}`; default `partition-<n>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Loc<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub between: Option<Loc<Vec<Vec<Loc<String>>>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolate: Option<Loc<Vec<Loc<String>>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pick: Option<Loc<u32>>,
+    /// Drop only traffic from the first group to the others (replies still flow back).
+    #[serde(default)]
+    pub one_way: bool,
+}
+
+/// Heal one named partition, or every partition when no name is given.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HealAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Loc<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    #[default]
+    Both,
+    Up,
+    Down,
+}
+
+/// Change a link's impairments; fields not given stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImpairAction {
+    pub link: Loc<String>,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Loc<Dur>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<Loc<Percent>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Loc<Rate>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownMode {
+    /// Link down and every workload on the node killed; `node-up` starts them again.
+    #[default]
+    Poweroff,
+    /// Link down and the node's processes frozen (a hung board); `node-up` thaws them.
+    Freeze,
+    /// Link down only; processes keep running without a network.
+    Isolate,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeDownAction {
+    pub nodes: Loc<Vec<Loc<String>>>,
+    #[serde(default)]
+    pub mode: DownMode,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodesAction {
+    pub nodes: Loc<Vec<Loc<String>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KillAction {
+    pub workload: Loc<String>,
+    /// Restrict to instances on these nodes (default: every instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Loc<Vec<Loc<String>>>>,
+    /// Signal name (default `KILL`): `TERM`, `INT`, `HUP`, `KILL`, `STOP`, `CONT`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Loc<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestartAction {
+    pub workload: Loc<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Loc<Vec<Loc<String>>>>,
+}
+
+/// Change the CPU a node gets, live: `cores` in the profile's own cores (a Pi 5 has 4), or
+/// `percent` of what the profile gives.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CpuAction {
+    pub nodes: Loc<Vec<Loc<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<Loc<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<Loc<Percent>>,
+}
+
+/// Change a node's memory limit, live.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MemoryAction {
+    pub nodes: Loc<Vec<Loc<String>>>,
+    pub limit: Loc<Bytes>,
+}
+
+/// A probe runs from inside a node at a fixed interval: exactly one of `ping`, `tcp`, `http`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProbeSpec {
+    pub name: Loc<String>,
+    /// The node the probe runs in.
+    pub from: Loc<String>,
+    /// ICMP echo to a node name (or an IPv4 address inside the lab).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping: Option<Loc<String>>,
+    /// TCP connect to `node:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<Loc<String>>,
+    /// HTTP GET of `http://node:port/path`; success is a 2xx status unless `expectStatus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Loc<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<Loc<u16>>,
+    /// Interval between attempts (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<Loc<Dur>>,
+    /// How long one attempt may take (default: the interval, at most 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Loc<Dur>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregate {
+    /// Sum over matching series and workload instances.
+    #[default]
+    Sum,
+    Max,
+    Min,
+    Avg,
+}
+
+/// A number read from a workload's metrics endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricRef {
+    pub workload: Loc<String>,
+    /// Prometheus metric name (format `prometheus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Loc<String>>,
+    /// JSON pointer into the document (format `json`), e.g. `/stats/missing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Loc<String>>,
+    /// Only series with these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Only instances on these nodes (default: all instances).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Loc<Vec<Loc<String>>>>,
+    #[serde(default)]
+    pub aggregate: Aggregate,
+}
+
+/// A check over probe results in a window, or over a workload metric at an instant.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AssertionSpec {
+    pub name: Loc<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Loc<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<MetricRef>,
+    /// Probe window `FROM..TO` (offsets such as `16s..34s`; `start` and `end` allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub during: Option<Loc<String>>,
+    /// Metric instant: an offset such as `30s`, or `end` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Loc<String>>,
+    /// `STAT OP VALUE`, e.g. `success_rate >= 99%`, `p99 < 150ms`; for metrics `OP VALUE`.
+    pub expect: Loc<String>,
+}

@@ -1,0 +1,389 @@
+//! The resolved plan: what a target builds and plays, with every name resolved to an index,
+//! every `count` expanded, addresses allocated, and the timeline turned into a flat list of
+//! absolute actions (automatic reverts included) whose effect was simulated at plan time.
+//!
+//! Targets never see selectors, globs or units: only indices, addresses, durations and
+//! fractions. Because the plan is computed before anything is created, `edgesim plan` can
+//! print exactly what a run would do.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use super::expect::{Bound, Expectation, Window};
+use super::model::{Aggregate, DownMode, MetricsFormat, RestartPolicy};
+use crate::profile::ProfileSpec;
+
+/// How the seed of a run was chosen (reported, so a drawn seed can be replayed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeedSource {
+    Scenario,
+    CommandLine,
+    Drawn,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub file: PathBuf,
+    pub seed: u64,
+    pub seed_source: SeedSource,
+    #[serde(serialize_with = "ser_dur")]
+    pub duration: Duration,
+    pub pool: Ipv4Net,
+    pub mtu: u32,
+    pub sites: Vec<Site>,
+    pub links: Vec<Link>,
+    pub nodes: Vec<Node>,
+    pub workloads: Vec<Workload>,
+    pub actions: Vec<Action>,
+    pub probes: Vec<Probe>,
+    pub assertions: Vec<Assertion>,
+}
+
+pub(crate) fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&crate::units::Dur(*d))
+}
+
+fn ser_opt_dur<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.collect_str(&crate::units::Dur(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub name: String,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// Impairments of one direction of a link, as numbers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LinkParams {
+    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<Duration>,
+    /// Fraction of packets dropped, `0.0..=1.0`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub loss: f64,
+    /// Bits per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+impl LinkParams {
+    pub fn is_clear(&self) -> bool {
+        *self == LinkParams::default()
+    }
+    /// Whether these parameters need a delay-capable mechanism (netem or the userspace
+    /// emulator).
+    pub fn needs_delay(&self) -> bool {
+        self.delay.is_some_and(|d| !d.is_zero()) || self.jitter.is_some_and(|d| !d.is_zero())
+    }
+    /// Composes two hops in series: delays add, losses compound, the slower rate wins,
+    /// jitters add as independent variances.
+    pub fn then(&self, next: &LinkParams) -> LinkParams {
+        let add = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or_default() + b.unwrap_or_default()),
+        };
+        let jitter = match (self.jitter, next.jitter) {
+            (None, None) => None,
+            (a, b) => {
+                let (x, y) = (
+                    a.unwrap_or_default().as_secs_f64(),
+                    b.unwrap_or_default().as_secs_f64(),
+                );
+                Some(Duration::from_secs_f64((x * x + y * y).sqrt()))
+            }
+        };
+        LinkParams {
+            delay: add(self.delay, next.delay),
+            jitter,
+            loss: 1.0 - (1.0 - self.loss) * (1.0 - next.loss),
+            rate: match (self.rate, next.rate) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// A WAN link between sites `a` and `b`; `up` is a→b, `down` is b→a.
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub name: String,
+    pub a: usize,
+    pub b: usize,
+    pub up: LinkParams,
+    pub down: LinkParams,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub site: usize,
+    pub profile_name: String,
+    #[serde(skip)]
+    pub profile: ProfileSpec,
+    pub addr: Ipv4Addr,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsEndpoint {
+    pub port: u16,
+    pub path: String,
+    pub format: MetricsFormat,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    pub restart: RestartPolicy,
+    #[serde(serialize_with = "ser_dur")]
+    pub restart_delay: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsEndpoint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_port: Option<u16>,
+    #[serde(serialize_with = "ser_dur")]
+    pub ready_timeout: Duration,
+    /// Indices of the nodes an instance runs on.
+    pub nodes: Vec<usize>,
+}
+
+/// A one-directional block: packets from any of `from` to any of `to` are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    pub from: Vec<usize>,
+    pub to: Vec<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum ActionKind {
+    Partition {
+        name: String,
+        blocks: Vec<Block>,
+    },
+    Heal {
+        names: Vec<String>,
+    },
+    /// Sets a link's parameters in both directions (the plan already merged what changed).
+    Impair {
+        link: usize,
+        up: LinkParams,
+        down: LinkParams,
+    },
+    NodeDown {
+        nodes: Vec<usize>,
+        mode: DownMode,
+    },
+    NodeUp {
+        nodes: Vec<usize>,
+        mode: DownMode,
+    },
+    Kill {
+        workload: usize,
+        nodes: Vec<usize>,
+        signal: i32,
+    },
+    Restart {
+        workload: usize,
+        nodes: Vec<usize>,
+    },
+    /// Sets the CPU of nodes, in the profile's cores; `None` restores the profile's.
+    Cpu {
+        nodes: Vec<usize>,
+        cores: Option<f64>,
+    },
+    /// Sets the memory limit of nodes in bytes; `None` restores the profile's.
+    Memory {
+        nodes: Vec<usize>,
+        limit: Option<u64>,
+    },
+}
+
+impl ActionKind {
+    pub fn verb(&self) -> &'static str {
+        match self {
+            ActionKind::Partition { .. } => "partition",
+            ActionKind::Heal { .. } => "heal",
+            ActionKind::Impair { .. } => "impair",
+            ActionKind::NodeDown { .. } => "node-down",
+            ActionKind::NodeUp { .. } => "node-up",
+            ActionKind::Kill { .. } => "kill",
+            ActionKind::Restart { .. } => "restart",
+            ActionKind::Cpu { .. } => "cpu",
+            ActionKind::Memory { .. } => "memory",
+        }
+    }
+}
+
+/// One action of the flattened timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    /// Position in the realised order (0-based).
+    pub seq: usize,
+    #[serde(serialize_with = "ser_dur")]
+    pub at: Duration,
+    /// Index of the timeline entry this comes from.
+    pub event: usize,
+    /// Set on the automatic revert of a `for:` entry.
+    pub revert: bool,
+    /// Human-readable one-liner, e.g. `partition factory|cloud (p1)`.
+    pub summary: String,
+    #[serde(flatten)]
+    pub kind: ActionKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum ProbeKind {
+    Ping {
+        target: String,
+        addr: Ipv4Addr,
+    },
+    Tcp {
+        target: String,
+        addr: SocketAddrV4,
+    },
+    Http {
+        url: String,
+        target: String,
+        addr: SocketAddrV4,
+        /// Request target (path and query).
+        path: String,
+        /// `Host` header value.
+        host: String,
+        /// `None`: any 2xx.
+        expect_status: Option<u16>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub name: String,
+    pub from: usize,
+    #[serde(flatten)]
+    pub kind: ProbeKind,
+    #[serde(serialize_with = "ser_dur")]
+    pub every: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum Subject {
+    Probe {
+        probe: usize,
+        window: Window,
+    },
+    Metric {
+        workload: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        json: Option<String>,
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+        nodes: Vec<usize>,
+        aggregate: Aggregate,
+        at: Bound,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Assertion {
+    pub name: String,
+    #[serde(flatten)]
+    pub subject: Subject,
+    pub expect: Expectation,
+}
+
+impl Plan {
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+    pub fn workload_index(&self, name: &str) -> Option<usize> {
+        self.workloads.iter().position(|w| w.name == name)
+    }
+
+    /// The effective impairment of traffic from site `from` to site `to`, composed along the
+    /// shortest path of links (fewest hops; ties broken by link order), with `links` giving
+    /// each link's current parameters. `None` when no path joins the sites.
+    pub fn path_params(
+        &self,
+        links: &[(LinkParams, LinkParams)],
+        from: usize,
+        to: usize,
+    ) -> Option<LinkParams> {
+        if from == to {
+            return Some(LinkParams::default());
+        }
+        // Breadth-first search over sites; `prev[s]` = (previous site, link, direction up?).
+        let n = self.sites.len();
+        let mut prev: Vec<Option<(usize, usize, bool)>> = vec![None; n];
+        let mut seen = vec![false; n];
+        let mut queue = std::collections::VecDeque::from([from]);
+        seen[from] = true;
+        while let Some(s) = queue.pop_front() {
+            if s == to {
+                break;
+            }
+            for (li, l) in self.links.iter().enumerate() {
+                let (next, up) = if l.a == s {
+                    (l.b, true)
+                } else if l.b == s {
+                    (l.a, false)
+                } else {
+                    continue;
+                };
+                if !seen[next] {
+                    seen[next] = true;
+                    prev[next] = Some((s, li, up));
+                    queue.push_back(next);
+                }
+            }
+        }
+        if !seen[to] {
+            return None;
+        }
+        let mut hops = Vec::new();
+        let mut cur = to;
+        while let Some((p, li, up)) = prev[cur] {
+            hops.push(if up { links[li].0 } else { links[li].1 });
+            cur = p;
+        }
+        hops.reverse();
+        Some(
+            hops.iter()
+                .fold(LinkParams::default(), |acc, h| acc.then(h)),
+        )
+    }
+
+    /// Every link's baseline parameters, as `(up, down)` pairs in link order.
+    pub fn baseline_links(&self) -> Vec<(LinkParams, LinkParams)> {
+        self.links.iter().map(|l| (l.up, l.down)).collect()
+    }
+}

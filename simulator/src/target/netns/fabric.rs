@@ -1,0 +1,184 @@
+//! The run's network: one fabric namespace with a bridge per site and the routing between
+//! sites, and one namespace per node joined to its site's bridge by a veth pair.
+//!
+//! ```text
+//!   node ns "edgesim-<run>-gw-1"        fabric ns "edgesim-<run>-fabric"        node ns "…-sink"
+//!   eth0 10.90.1.2/24 ── veth ── n1 ─┐                                  ┌─ n0 ── veth ── eth0 10.90.0.2/24
+//!   default via 10.90.1.1            s1 (bridge, 10.90.1.1/24) ⇄ routing ⇄ s0 (bridge, 10.90.0.1/24)
+//! ```
+//! Traffic between nodes of one site is bridged; traffic between sites is routed by the
+//! fabric namespace, which is where WAN impairments, partitions and loss are applied (see
+//! `shaping`). The host's namespace is never touched: the node ends of the veth pairs are
+//! created directly inside the node namespaces.
+//!
+//! This code is target-neutral on purpose: the docker target reuses it with container
+//! namespaces in place of node namespaces.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use rtnetlink::Handle;
+
+use crate::host::{HostError, Result, link, ns};
+use crate::scenario::Plan;
+
+/// Interface name of a node inside its namespace.
+pub const NODE_IF: &str = "eth0";
+
+/// How many netlink requests are kept in flight at once during bring-up.
+const PARALLEL: usize = 64;
+
+/// Namespace names of a run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Names {
+    pub fabric: String,
+    pub nodes: Vec<String>,
+}
+
+impl Names {
+    pub fn new(run: &str, plan: &Plan) -> Self {
+        Names {
+            fabric: format!("{}-fabric", prefix(run)),
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| format!("{}-{}", prefix(run), n.name))
+                .collect(),
+        }
+    }
+    /// Every namespace, fabric first.
+    pub fn all(&self) -> Vec<String> {
+        std::iter::once(self.fabric.clone())
+            .chain(self.nodes.iter().cloned())
+            .collect()
+    }
+}
+
+/// Prefix of every namespace of run `run`.
+pub fn prefix(run: &str) -> String {
+    format!("edgesim-{run}")
+}
+
+/// Path of the hosts file of namespace `ns` (the `ip netns exec` convention, so
+/// `ip netns exec <ns> ping sink` resolves names too).
+pub fn hosts_dir(ns: &str) -> PathBuf {
+    PathBuf::from("/etc/netns").join(ns)
+}
+
+pub struct Fabric {
+    pub names: Names,
+    pub fabric_fd: OwnedFd,
+    pub fabric_nl: Handle,
+    pub node_fds: Vec<OwnedFd>,
+    pub node_nl: Vec<Handle>,
+    /// Per site: index of its bridge in the fabric namespace.
+    pub bridges: Vec<u32>,
+    /// Per node: index of the fabric end of its veth pair.
+    pub ports: Vec<u32>,
+    /// Per node: index of `eth0` inside the node.
+    pub node_ifs: Vec<u32>,
+}
+
+impl Fabric {
+    /// Opens the namespaces (already created by the caller, who recorded them for cleanup)
+    /// and builds bridges, veth pairs, addresses and routes.
+    ///
+    /// Assumes: the namespaces in `names` exist and are empty. Guarantees: on error, what
+    /// was built lives inside those namespaces, so deleting them undoes everything.
+    pub async fn build(plan: &Plan, names: Names) -> Result<Fabric> {
+        let fabric_fd = ns::open(&names.fabric)?;
+        let node_fds: Vec<OwnedFd> = names
+            .nodes
+            .iter()
+            .map(|n| ns::open(n))
+            .collect::<Result<_>>()?;
+
+        // One thread opens every netlink socket, each inside its namespace.
+        let mut targets: Vec<(&OwnedFd, &str)> = vec![(&fabric_fd, names.fabric.as_str())];
+        targets.extend(node_fds.iter().zip(names.nodes.iter().map(String::as_str)));
+        let mut socks = ns::netlink_sockets(&targets)?.into_iter();
+        let fabric_nl = ns::handle_from_socket(socks.next().expect("one socket per namespace"));
+        let node_nl: Vec<Handle> = socks.map(ns::handle_from_socket).collect();
+
+        // Fabric: loopback, forwarding, and no bridge-netfilter double processing.
+        link::loopback_up(&fabric_nl, &names.fabric).await?;
+        link::sysctl_in(&fabric_fd, &names.fabric, "net.ipv4.ip_forward", "1")?;
+
+        // A bridge per site, holding the site's gateway address.
+        let mut bridges = Vec::with_capacity(plan.sites.len());
+        for (i, s) in plan.sites.iter().enumerate() {
+            let name = format!("s{i}");
+            // txqueuelen matters once a qdisc is attached: htb's default leaf uses it.
+            let idx = link::add_bridge(&fabric_nl, &name, plan.mtu, 1000).await?;
+            link::add_addr(&fabric_nl, idx, s.gateway, s.subnet.prefix_len(), &format!("bridge {name} (site {})", s.name)).await?;
+            bridges.push(idx);
+        }
+
+        // A veth pair per node: fabric end `n<i>` on the site bridge, node end `eth0`.
+        let ports: Vec<u32> = stream::iter(plan.nodes.iter().enumerate())
+            .map(|(i, n)| {
+                let h = fabric_nl.clone();
+                let master = bridges[n.site];
+                let fd = node_fds[i].as_raw_fd();
+                async move { link::add_veth_into(&h, &format!("n{i}"), master, NODE_IF, fd, plan.mtu).await }
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await?;
+
+        // Inside each node: loopback, address, default route through the site gateway.
+        let node_ifs: Vec<u32> = stream::iter(plan.nodes.iter().enumerate())
+            .map(|(i, n)| {
+                let h = node_nl[i].clone();
+                let what = names.nodes[i].clone();
+                let site = &plan.sites[n.site];
+                async move {
+                    link::loopback_up(&h, &what).await?;
+                    let idx = link::index_of(&h, NODE_IF).await?;
+                    link::add_addr(&h, idx, n.addr, site.subnet.prefix_len(), &what).await?;
+                    link::add_default_route(&h, site.gateway, &what).await?;
+                    Ok::<u32, HostError>(idx)
+                }
+            })
+            .buffered(PARALLEL)
+            .try_collect()
+            .await?;
+
+        Ok(Fabric {
+            names,
+            fabric_fd,
+            fabric_nl,
+            node_fds,
+            node_nl,
+            bridges,
+            ports,
+            node_ifs,
+        })
+    }
+
+    /// Cuts or restores a node's network by taking the fabric end of its veth pair down or
+    /// up. The node sees its carrier go (`NO-CARRIER`), as a board whose cable is pulled:
+    /// its address and routes stay, packets go nowhere.
+    pub async fn set_node_link(&self, node: usize, up: bool) -> Result<()> {
+        link::set_up(&self.fabric_nl, self.ports[node], up, &self.names.nodes[node]).await
+    }
+}
+
+/// Writes a hosts file per node (`/etc/netns/<ns>/hosts`) naming every node of the run.
+/// Returns the directories created, for cleanup.
+pub fn write_hosts(plan: &Plan, names: &Names) -> Result<Vec<PathBuf>> {
+    let mut body = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for n in &plan.nodes {
+        body.push_str(&format!("{}\t{}\n", n.addr, n.name));
+    }
+    let mut dirs = Vec::with_capacity(names.nodes.len());
+    for ns_name in &names.nodes {
+        let dir = hosts_dir(ns_name);
+        std::fs::create_dir_all(&dir).map_err(|e| HostError::io("creating", dir.display().to_string(), e))?;
+        let path = dir.join("hosts");
+        std::fs::write(&path, &body).map_err(|e| HostError::io("writing", path.display().to_string(), e))?;
+        dirs.push(dir);
+    }
+    Ok(dirs)
+}
