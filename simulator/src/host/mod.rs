@@ -7,6 +7,7 @@
 //! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`).
 
 pub mod ns;
+pub mod tc;
 
 use std::io;
 
@@ -50,6 +51,24 @@ pub enum HostError {
         object: String,
         #[source]
         source: io::Error,
+    },
+    /// The kernel refused a request; `message` is its extended-ack explanation when it gave one.
+    #[error("{op} {object}: {source}{}", .message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Kernel {
+        op: &'static str,
+        object: String,
+        message: Option<String>,
+        #[source]
+        source: io::Error,
+    },
+    /// The running kernel (or host) lacks a mechanism, e.g. the `netem` qdisc: callers can fall
+    /// back to another mechanism instead of failing.
+    #[error("{op} {object}: unsupported `{what}`: {detail}")]
+    Unsupported {
+        what: String,
+        op: &'static str,
+        object: String,
+        detail: String,
     },
     #[error("{op} {object}: {detail}")]
     Other {
