@@ -6,6 +6,7 @@
 //!
 //! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`).
 
+pub mod cgroup;
 pub mod ns;
 pub mod tc;
 

@@ -1,0 +1,965 @@
+//! Host CPU calibration: how fast one core of this host is, in the unit profiles use.
+//!
+//! # The method
+//!
+//! A node shaped like a board must get the board's compute, not the host's: a Raspberry Pi 5
+//! node on a fast workstation should not finish its work three times sooner than a real Pi.
+//! edgesim therefore limits each node to
+//!
+//! ```text
+//! host cores = profile cores × profile relativeSpeed / host speedPerCore
+//! CFS quota  = host cores × 100 ms per 100 ms period, capped at the host's online CPUs
+//! ```
+//!
+//! where both speeds are *single-core* speeds relative to one **reference core: a Raspberry
+//! Pi 5 Cortex-A76 at 2.4 GHz = 1.0**.
+//!
+//! **The benchmark** is 7-Zip's built-in LZMA benchmark run on one thread (`7z b -mmt1`). It is
+//! integer, branch- and cache-heavy like much edge software, it runs unchanged on arm64 and
+//! amd64, and single-thread results exist for every board edgesim ships, measured the same way
+//! by sbc-bench (which runs `taskset -c N 7z b -mmt=1` and reports the `Tot:` rating):
+//!
+//! | board | clock | 7-Zip 1T rating (MIPS) | source | relativeSpeed |
+//! |---|---|---|---|---|
+//! | Raspberry Pi 5 (BCM2712, Cortex-A76) | 2.4 GHz | 3163 | sbc-bench `results/4HDw.txt` | **1.00** (reference) |
+//! | Jetson AGX Orin (Cortex-A78AE) | 2.2 GHz | 3171 / 3187 / 3180 (cpu0/4/8) → 3180 | sbc-bench `results/4ax9.txt` | 1.01 |
+//! | Jetson Orin Nano (Cortex-A78AE) | 1.51 GHz | 2153 | sbc-bench `results/4vy7.txt` | 0.68 |
+//! | Jetson Orin NX (Cortex-A78AE) | 2.0 GHz | ≈ 2890 (AGX Orin's rating × 2.0/2.2; the Orin Nano's × 2.0/1.51 gives 2852) | derived | 0.91 |
+//!
+//! (sbc-bench's collected results: github.com/ThomasKaiser/sbc-bench, `Sorted-Results.md`,
+//! section "7-zip MIPS single-threaded". No Orin NX result is published there, hence the
+//! clock-scaled estimate from the two measured boards with the same core.)
+//!
+//! **The host** is measured by [`calibrate`] (the `edgesim calibrate` command): it runs the
+//! same benchmark (`7zz`, `7z` or `7za`; Debian packages `7zip` or `p7zip-full`) and divides its
+//! single-thread score by [`REFERENCE_SCORE`]. It reads the `Tot:` line's R/U column (the
+//! rating per 100 % of CPU time) rather than the raw rating, because the CFS quota hands out
+//! CPU *time*: what matters is the work a core does per CPU-second, and R/U is that figure even
+//! when other processes share the host during calibration. On an idle board both columns agree
+//! (3165 vs 3163 in the Pi 5 run above).
+//!
+//! When 7-Zip is not installed, a **built-in benchmark** stands in: a deterministic LZ77
+//! compress/decompress round trip over 4 MiB of generated text with a hash-chain match finder
+//! (the same kind of work as 7-Zip's LZMA benchmark: integer, branchy, bound by cache and
+//! memory latency). Its throughput is converted to 7-Zip-equivalent MIPS with
+//! [`BUILTIN_MIPS_PER_MBPS`], obtained by running both benchmarks back to back on edgesim's CI
+//! machine (see the constant). The built-in benchmark is a fallback: the conversion was fitted
+//! on one x86-64 machine, so on another micro-architecture (and especially on arm64) it can
+//! disagree with 7-Zip by tens of percent. Install 7-Zip for calibration that matters.
+//!
+//! The result is stored as JSON ([`DEFAULT_CALIBRATION_PATH`], or the file named by
+//! `EDGESIM_CALIBRATION`), and [`HostCpu::detect`] reads it. `EDGESIM_HOST_SPEED=<float>`
+//! overrides everything (for CI machines of a known type, or to experiment). Without either,
+//! the host core is assumed to be as fast as the reference core ([`DEFAULT_SPEED_PER_CORE`]),
+//! which makes the quota equal to the board's core count — what `docker run --cpus=N` users
+//! do by hand — and [`HostCpu::source`] says the host is uncalibrated so reports can say so.
+//!
+//! # Limits (what this does not model)
+//!
+//! - **Throughput, not latency.** A quota of 0.5 host cores gives a node half of every 100 ms
+//!   period, at full host speed. A single-threaded request that takes 10 ms on the board may
+//!   take 4 ms and then wait, or finish inside one period: averages over many periods match the
+//!   board, single-request latency and jitter do not. Lowering the period makes bursts shorter
+//!   but costs scheduler overhead.
+//! - **One number per core.** Memory bandwidth, cache sizes, SIMD width, crypto extensions and
+//!   the GPU differ between a board and the host; a workload bound by any of these scales
+//!   differently from 7-Zip. The GPU of a Jetson is not emulated at all.
+//! - **A host slower than the board cannot be made faster.** The quota is capped at the host's
+//!   online CPUs; a 12-core AGX Orin node on a 4-core laptop gets the laptop.
+//! - **Parallelism is a quota, not a core count.** A Pi-shaped node on a 16-core host can run
+//!   16 threads at once for short bursts within its quota; `nproc` inside the node still shows
+//!   the host's CPUs (a cpuset would pin it, at the cost of sharing cores between nodes).
+//! - **Thermal throttling, power modes and DVFS** of the board are not modelled (the sbc-bench
+//!   figures are for boards running at their maximum clock, not throttled).
+//! - **Versions differ.** The board figures were measured with p7zip 16.02; current Debian ships
+//!   7-Zip 22+ (`7zz`). The LZMA benchmark's rating is normalised and has stayed comparable
+//!   across versions, but compiler and version differences of several percent remain.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::ProfileError;
+
+/// 7-Zip single-thread rating of the reference core (Raspberry Pi 5, Cortex-A76 at 2.4 GHz):
+/// `Tot:` rating 3163 MIPS, p7zip 16.02, sbc-bench `results/4HDw.txt` (2023-09-28).
+pub const REFERENCE_SCORE: f64 = 3163.0;
+
+/// Host speed assumed when nothing was measured: as fast as the reference core.
+pub const DEFAULT_SPEED_PER_CORE: f64 = 1.0;
+
+/// Where `edgesim calibrate` stores its result unless `EDGESIM_CALIBRATION` names a file.
+pub const DEFAULT_CALIBRATION_PATH: &str = "/var/lib/edgesim/calibration.json";
+/// Environment variable naming the calibration file.
+pub const CALIBRATION_ENV: &str = "EDGESIM_CALIBRATION";
+/// Environment variable overriding the host's per-core speed (a float, 1.0 = reference core).
+pub const HOST_SPEED_ENV: &str = "EDGESIM_HOST_SPEED";
+
+/// Version of the calibration file format.
+pub const CALIBRATION_VERSION: u32 = 1;
+
+/// Converts the built-in benchmark's throughput (MB/s of input compressed and decompressed
+/// again, best pass, one thread) to 7-Zip single-thread MIPS.
+///
+/// Obtained on edgesim's CI machine (KVM guest, "Intel(R) Xeon(R) Processor", 2 vCPUs shared
+/// with other builds, 2026-11-27) by alternating `7zz b -mmt1` (7-Zip 26.02, Debian package
+/// `7zip`) with 10 s of the built-in benchmark (release build), three rounds:
+///
+/// | round | 7-Zip `Tot:` R/U (MIPS) | built-in best pass (MB/s) | ratio |
+/// |---|---|---|---|
+/// | 1 | 2983 | 19.76 | 151.0 |
+/// | 2 | 3202 | 21.28 | 150.5 |
+/// | 3 | 3205 | 20.98 | 152.8 |
+/// | mean | 3130 | 20.67 | **151** |
+///
+/// The test `compare_builtin_with_7zip` (ignored by default) reproduces the measurement.
+pub const BUILTIN_MIPS_PER_MBPS: f64 = 151.0;
+
+/// How [`BUILTIN_MIPS_PER_MBPS`] was measured (recorded in calibration files that use it).
+pub const BUILTIN_CALIBRATION_NOTE: &str = "x151 MIPS per MB/s, fitted against 7zz 26.02 b -mmt1 \
+     on an Intel Xeon KVM guest, 2026-11-27";
+
+/// Which benchmark produced a calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    /// 7-Zip's LZMA benchmark, single-threaded.
+    #[serde(rename = "7zip")]
+    SevenZip,
+    /// edgesim's built-in benchmark, converted with [`BUILTIN_MIPS_PER_MBPS`].
+    #[serde(rename = "builtin")]
+    Builtin,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::SevenZip => "7zip",
+            Method::Builtin => "builtin",
+        })
+    }
+}
+
+/// Which benchmark [`calibrate`] should run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MethodChoice {
+    /// 7-Zip when it is installed, else the built-in benchmark.
+    #[default]
+    Auto,
+    SevenZip,
+    Builtin,
+}
+
+/// Options of [`calibrate`].
+#[derive(Debug, Clone)]
+pub struct CalibrateOptions {
+    pub method: MethodChoice,
+    /// The 7-Zip program to run; searched on `PATH` (`7zz`, `7z`, `7za`) when absent.
+    pub seven_zip: Option<PathBuf>,
+    /// How many 7-Zip runs (about 45 s each on a 3 GHz x86 core); the best is kept.
+    pub seven_zip_runs: u32,
+    /// How long the built-in benchmark runs; its best pass is kept.
+    pub builtin_duration: Duration,
+    /// Also run the built-in benchmark when 7-Zip is used, and record its score for comparison.
+    pub cross_check: bool,
+}
+
+impl Default for CalibrateOptions {
+    fn default() -> Self {
+        CalibrateOptions {
+            method: MethodChoice::Auto,
+            seven_zip: None,
+            seven_zip_runs: 1,
+            builtin_duration: Duration::from_secs(5),
+            cross_check: true,
+        }
+    }
+}
+
+/// What the host is, for the record (a calibration copied to another machine is suspicious).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    pub online_cpus: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+impl HostInfo {
+    /// Describes this host.
+    pub fn current() -> HostInfo {
+        HostInfo {
+            cpu_model: cpu_model(),
+            online_cpus: online_cpus(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|s| s.trim().to_string()),
+        }
+    }
+}
+
+/// The result of `edgesim calibrate`, as stored on disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Calibration {
+    /// [`CALIBRATION_VERSION`].
+    pub version: u32,
+    /// Single-core speed of this host relative to the reference core.
+    pub speed_per_core: f64,
+    /// The host's 7-Zip(-equivalent) single-thread score, MIPS.
+    pub score: f64,
+    /// The reference core's score the speed is relative to ([`REFERENCE_SCORE`]).
+    pub reference_score: f64,
+    pub method: Method,
+    /// The program and version, or the built-in benchmark and its conversion note.
+    pub tool: String,
+    /// Every run's score, MIPS (the best one is `score`).
+    #[serde(default)]
+    pub samples: Vec<f64>,
+    /// The built-in benchmark's score on the same host, when it ran as a cross-check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin_score: Option<f64>,
+    /// Seconds since the Unix epoch.
+    pub measured_at_unix: u64,
+    pub host: HostInfo,
+}
+
+/// Where the host's per-core speed came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpeedSource {
+    /// Measured by `edgesim calibrate` and read from `path`.
+    Calibrated { path: PathBuf, method: Method },
+    /// Set by `EDGESIM_HOST_SPEED`.
+    Env,
+    /// Nothing measured: [`DEFAULT_SPEED_PER_CORE`] is assumed.
+    Default,
+}
+
+impl std::fmt::Display for SpeedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpeedSource::Calibrated { path, method } => {
+                write!(f, "calibrated ({method}, {})", path.display())
+            }
+            SpeedSource::Env => write!(f, "set by {HOST_SPEED_ENV}"),
+            SpeedSource::Default => write!(
+                f,
+                "uncalibrated: assumed as fast as a Raspberry Pi 5 core (run `edgesim calibrate`)"
+            ),
+        }
+    }
+}
+
+/// The host's CPU as the limits see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostCpu {
+    /// Single-core speed relative to the reference core (Raspberry Pi 5 Cortex-A76 at 2.4 GHz).
+    pub speed_per_core: f64,
+    /// CPUs this process may run on (affinity and cgroup quota respected).
+    pub online_cpus: u32,
+    pub source: SpeedSource,
+}
+
+impl HostCpu {
+    /// Reads `EDGESIM_HOST_SPEED`, else the calibration file, else assumes the default.
+    /// A bad override or an unreadable calibration file is logged and ignored; use
+    /// [`try_detect`](Self::try_detect) to treat it as an error.
+    pub fn detect() -> HostCpu {
+        HostCpu::try_detect().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the host speed setting; assuming the default");
+            HostCpu::uncalibrated(online_cpus())
+        })
+    }
+
+    /// Like [`detect`](Self::detect), but a malformed override or calibration file is an error.
+    pub fn try_detect() -> Result<HostCpu, ProfileError> {
+        let env = std::env::var(HOST_SPEED_ENV).ok();
+        HostCpu::from_sources(env.as_deref(), &calibration_path(), online_cpus())
+    }
+
+    /// The decision behind [`try_detect`](Self::try_detect), with its inputs made explicit.
+    pub fn from_sources(
+        env_speed: Option<&str>,
+        calibration: &Path,
+        online_cpus: u32,
+    ) -> Result<HostCpu, ProfileError> {
+        let online_cpus = online_cpus.max(1);
+        if let Some(v) = env_speed.map(str::trim).filter(|v| !v.is_empty()) {
+            let speed = v
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .ok_or_else(|| ProfileError::Env {
+                    var: HOST_SPEED_ENV,
+                    value: v.to_string(),
+                    detail: "expected a positive number (1.0 = one Raspberry Pi 5 core)".into(),
+                })?;
+            return Ok(HostCpu {
+                speed_per_core: speed,
+                online_cpus,
+                source: SpeedSource::Env,
+            });
+        }
+        match read_calibration(calibration)? {
+            Some(cal) => {
+                if let Some(model) = &cal.host.cpu_model
+                    && cpu_model().is_some_and(|m| &m != model)
+                {
+                    tracing::warn!(
+                        calibrated_on = %model,
+                        path = %calibration.display(),
+                        "the calibration was measured on another CPU model; run `edgesim calibrate` again"
+                    );
+                }
+                Ok(HostCpu {
+                    speed_per_core: cal.speed_per_core,
+                    online_cpus,
+                    source: SpeedSource::Calibrated {
+                        path: calibration.to_path_buf(),
+                        method: cal.method,
+                    },
+                })
+            }
+            None => Ok(HostCpu::uncalibrated(online_cpus)),
+        }
+    }
+
+    /// The default: as fast as the reference core, flagged as uncalibrated.
+    pub fn uncalibrated(online_cpus: u32) -> HostCpu {
+        HostCpu {
+            speed_per_core: DEFAULT_SPEED_PER_CORE,
+            online_cpus: online_cpus.max(1),
+            source: SpeedSource::Default,
+        }
+    }
+
+    /// Whether the speed was measured or set, rather than assumed.
+    pub fn is_calibrated(&self) -> bool {
+        self.source != SpeedSource::Default
+    }
+}
+
+/// CPUs this process may use (affinity and cgroup quota respected), at least 1.
+pub fn online_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1)
+}
+
+fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .or_else(|| {
+            std::fs::read_to_string("/sys/firmware/devicetree/base/model")
+                .ok()
+                .map(|s| s.trim_end_matches('\0').trim().to_string())
+        })
+}
+
+/// The calibration file in effect: `EDGESIM_CALIBRATION`, else [`DEFAULT_CALIBRATION_PATH`].
+pub fn calibration_path() -> PathBuf {
+    std::env::var_os(CALIBRATION_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CALIBRATION_PATH))
+}
+
+/// Reads a calibration file; `Ok(None)` when it does not exist.
+pub fn read_calibration(path: &Path) -> Result<Option<Calibration>, ProfileError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ProfileError::CalibrationRead {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            });
+        }
+    };
+    let cal: Calibration =
+        serde_json::from_str(&text).map_err(|e| ProfileError::CalibrationRead {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    if cal.version != CALIBRATION_VERSION {
+        return Err(ProfileError::CalibrationRead {
+            path: path.to_path_buf(),
+            detail: format!(
+                "format version {} is not supported (expected {CALIBRATION_VERSION}); run `edgesim calibrate` again",
+                cal.version
+            ),
+        });
+    }
+    if !(cal.speed_per_core.is_finite() && cal.speed_per_core > 0.0) {
+        return Err(ProfileError::CalibrationRead {
+            path: path.to_path_buf(),
+            detail: format!(
+                "speedPerCore {} is not a positive number",
+                cal.speed_per_core
+            ),
+        });
+    }
+    Ok(Some(cal))
+}
+
+/// Writes `cal` to `path` atomically (a temporary file renamed into place), creating the
+/// directory if needed.
+pub fn save(cal: &Calibration, path: &Path) -> Result<(), ProfileError> {
+    let werr = |source| ProfileError::CalibrationWrite {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let json = serde_json::to_string_pretty(cal)
+        .map_err(|e| werr(std::io::Error::new(ErrorKind::InvalidData, e)))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, json + "\n").map_err(werr)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        werr(e)
+    })
+}
+
+/// Measures this host's single-core speed. Takes about 45 s per 7-Zip run plus
+/// `builtin_duration`; run it on an otherwise idle host.
+pub fn calibrate(opts: &CalibrateOptions) -> Result<Calibration, ProfileError> {
+    let seven_zip = match opts.method {
+        MethodChoice::Builtin => None,
+        MethodChoice::SevenZip => {
+            Some(opts.seven_zip.clone().or_else(find_7zip).ok_or_else(|| {
+                ProfileError::Benchmark {
+                    program: "7z".into(),
+                    detail: "no 7-Zip found on PATH (install the `7zip` or `p7zip-full` package)"
+                        .into(),
+                }
+            })?)
+        }
+        MethodChoice::Auto => opts.seven_zip.clone().or_else(find_7zip),
+    };
+    let host = HostInfo::current();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let builtin = |duration| -> Result<(f64, Vec<f64>, String), ProfileError> {
+        let r = builtin_benchmark(duration)?;
+        let mut tool = format!("edgesim builtin LZ77 benchmark ({BUILTIN_CALIBRATION_NOTE})");
+        if cfg!(debug_assertions) {
+            tool.push_str(" [debug build: scores are far too low]");
+        }
+        Ok((r.score(), r.pass_scores(), tool))
+    };
+    let (method, score, samples, tool, builtin_score) = match seven_zip {
+        Some(program) => {
+            let mut samples = Vec::new();
+            let mut version = String::new();
+            for _ in 0..opts.seven_zip_runs.max(1) {
+                let run = run_7zip(&program)?;
+                version = run.version;
+                samples.push(run.score);
+            }
+            let best = samples.iter().copied().fold(0.0, f64::max);
+            let cross = if opts.cross_check {
+                Some(builtin(opts.builtin_duration)?.0)
+            } else {
+                None
+            };
+            let tool = format!("{} b -mmt1 ({version})", program.display());
+            (Method::SevenZip, best, samples, tool, cross)
+        }
+        None => {
+            let (score, samples, tool) = builtin(opts.builtin_duration)?;
+            (Method::Builtin, score, samples, tool, None)
+        }
+    };
+    Ok(Calibration {
+        version: CALIBRATION_VERSION,
+        speed_per_core: score / REFERENCE_SCORE,
+        score,
+        reference_score: REFERENCE_SCORE,
+        method,
+        tool,
+        samples,
+        builtin_score,
+        measured_at_unix: now,
+        host,
+    })
+}
+
+/// The first of `7zz`, `7z`, `7za` on `PATH`.
+pub fn find_7zip() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    ["7zz", "7z", "7za"].iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One 7-Zip benchmark run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SevenZipRun {
+    /// Single-thread score, MIPS (R/U of the `Tot:` line; see the module docs).
+    pub score: f64,
+    /// The raw rating of the `Tot:` line, MIPS.
+    pub rating: f64,
+    /// CPU usage during the run, percent of one core.
+    pub usage: f64,
+    /// The banner line naming the version.
+    pub version: String,
+}
+
+/// Runs `program b -mmt1` and parses its result.
+pub fn run_7zip(program: &Path) -> Result<SevenZipRun, ProfileError> {
+    let name = program.display().to_string();
+    let out = Command::new(program)
+        .args(["b", "-mmt1"])
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| ProfileError::BenchmarkSpawn {
+            program: name.clone(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+        return Err(ProfileError::Benchmark {
+            program: name,
+            detail: format!("exited with {}: {tail}", out.status),
+        });
+    }
+    parse_7zip_output(&stdout).ok_or_else(|| ProfileError::Benchmark {
+        program: name,
+        detail: "no `Tot:` line with usage, R/U and rating in its output".into(),
+    })
+}
+
+/// Parses the output of `7z b -mmt1`: the `Tot:` line holds usage %, R/U MIPS, rating MIPS.
+pub fn parse_7zip_output(text: &str) -> Option<SevenZipRun> {
+    let tot = text.lines().find(|l| l.trim_start().starts_with("Tot:"))?;
+    let nums: Vec<f64> = tot
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [usage, ru, rating] = nums[..] else {
+        return None;
+    };
+    if !(ru > 0.0 && rating > 0.0) {
+        return None;
+    }
+    let version = text
+        .lines()
+        .find(|l| l.contains("7-Zip"))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default();
+    Some(SevenZipRun {
+        score: ru,
+        rating,
+        usage,
+        version,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The built-in benchmark.
+//
+// Changing anything below changes the work done per pass and invalidates
+// BUILTIN_MIPS_PER_MBPS; the pinned checksum in the tests catches that.
+
+/// Size of the generated input of one pass.
+pub const BUILTIN_INPUT_LEN: usize = 4 << 20;
+const HASH_BITS: u32 = 16;
+const MAX_CHAIN: u32 = 16;
+const MIN_MATCH: usize = 4;
+const MAX_MATCH: usize = 273;
+const NONE: u32 = u32::MAX;
+
+/// Result of [`builtin_benchmark`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltinRun {
+    /// Throughput of each pass, MB/s of input.
+    pub passes_mbps: Vec<f64>,
+    /// Compressed size of one pass (a sanity figure).
+    pub compressed_len: usize,
+    /// FNV-1a hash of the compressed stream: the same on every machine.
+    pub checksum: u64,
+}
+
+impl BuiltinRun {
+    /// Best pass, MB/s.
+    pub fn best_mbps(&self) -> f64 {
+        self.passes_mbps.iter().copied().fold(0.0, f64::max)
+    }
+    /// 7-Zip-equivalent single-thread MIPS of the best pass.
+    pub fn score(&self) -> f64 {
+        self.best_mbps() * BUILTIN_MIPS_PER_MBPS
+    }
+    /// 7-Zip-equivalent MIPS of every pass.
+    pub fn pass_scores(&self) -> Vec<f64> {
+        self.passes_mbps
+            .iter()
+            .map(|m| m * BUILTIN_MIPS_PER_MBPS)
+            .collect()
+    }
+}
+
+/// Runs compress + decompress passes over [`BUILTIN_INPUT_LEN`] bytes on the calling thread
+/// for about `duration` (at least three passes) and reports every pass.
+pub fn builtin_benchmark(duration: Duration) -> Result<BuiltinRun, ProfileError> {
+    let input = generate_input(BUILTIN_INPUT_LEN, 0x5EED_ED6E_5111);
+    let start = Instant::now();
+    let mut passes = Vec::new();
+    let mut last = (0, 0);
+    while passes.len() < 3 || start.elapsed() < duration {
+        let t = Instant::now();
+        let (len, sum) = round_trip(&input)?;
+        let secs = t.elapsed().as_secs_f64().max(1e-9);
+        passes.push(input.len() as f64 / 1e6 / secs);
+        last = (len, sum);
+    }
+    Ok(BuiltinRun {
+        passes_mbps: passes,
+        compressed_len: last.0,
+        checksum: last.1,
+    })
+}
+
+/// Compresses and decompresses `input`, checks the round trip, returns (compressed length,
+/// checksum of the compressed stream).
+fn round_trip(input: &[u8]) -> Result<(usize, u64), ProfileError> {
+    let mut packed = Vec::with_capacity(input.len() / 2);
+    compress(input, &mut packed);
+    let mut unpacked = Vec::with_capacity(input.len());
+    let ok = decompress(&packed, &mut unpacked).is_some() && unpacked == input;
+    if !ok {
+        return Err(ProfileError::Benchmark {
+            program: "builtin".into(),
+            detail: "self-check failed: decompressed data differs from the input".into(),
+        });
+    }
+    Ok((packed.len(), fnv1a(&packed)))
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: small, fast and identical everywhere.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Generated text: words from a skewed vocabulary, punctuation and some noise, so that matches
+/// are frequent but not trivial (roughly the redundancy of source code or logs).
+pub fn generate_input(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = XorShift(seed | 1);
+    let vocab: Vec<Vec<u8>> = (0..1024)
+        .map(|_| {
+            let n = 2 + rng.below(9) as usize;
+            (0..n).map(|_| b'a' + rng.below(26) as u8).collect()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        // Squaring a uniform index skews the choice towards the first words (Zipf-like).
+        let r = rng.below(1024);
+        let word = &vocab[(r * r / 1024) as usize];
+        out.extend_from_slice(word);
+        match rng.below(16) {
+            0 => out.extend_from_slice(b".\n"),
+            1 => out.extend_from_slice(b", "),
+            2 => {
+                let noise = rng.next().to_le_bytes();
+                out.extend_from_slice(&noise[..1 + rng.below(7) as usize]);
+            }
+            3 => out.extend_from_slice(format!(" {} ", rng.below(100_000)).as_bytes()),
+            _ => out.push(b' '),
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+fn hash4(b: &[u8]) -> usize {
+    let v = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    (v.wrapping_mul(2_654_435_761) >> (32 - HASH_BITS)) as usize
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(data: &[u8], pos: &mut usize) -> Option<usize> {
+    let mut v = 0usize;
+    for shift in (0..64).step_by(7) {
+        let b = *data.get(*pos)?;
+        *pos += 1;
+        v |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn emit_literals(out: &mut Vec<u8>, lits: &[u8]) {
+    if !lits.is_empty() {
+        out.push(0);
+        put_varint(out, lits.len());
+        out.extend_from_slice(lits);
+    }
+}
+
+/// Greedy LZ77 with a hash-chain match finder (like LZMA's HC4, minus the range coder).
+fn compress(input: &[u8], out: &mut Vec<u8>) {
+    let n = input.len();
+    let mut head = vec![NONE; 1 << HASH_BITS];
+    let mut prev = vec![NONE; n];
+    let insert = |pos: usize, head: &mut [u32], prev: &mut [u32]| {
+        let h = hash4(&input[pos..]);
+        prev[pos] = head[h];
+        head[h] = pos as u32;
+    };
+    let mut i = 0;
+    let mut lit_start = 0;
+    while i + MIN_MATCH <= n {
+        let (mut best_len, mut best_dist) = (0, 0);
+        let mut cand = head[hash4(&input[i..])];
+        let mut chain = MAX_CHAIN;
+        let limit = (n - i).min(MAX_MATCH);
+        while cand != NONE && chain > 0 {
+            let c = cand as usize;
+            // The byte just past the best match so far must match to beat it.
+            if best_len < limit && input[c + best_len] == input[i + best_len] {
+                let mut len = 0;
+                while len < limit && input[c + len] == input[i + len] {
+                    len += 1;
+                }
+                if len > best_len {
+                    best_len = len;
+                    best_dist = i - c;
+                }
+            }
+            cand = prev[c];
+            chain -= 1;
+        }
+        insert(i, &mut head, &mut prev);
+        if best_len >= MIN_MATCH {
+            emit_literals(out, &input[lit_start..i]);
+            out.push(1);
+            put_varint(out, best_len);
+            put_varint(out, best_dist);
+            for j in i + 1..(i + best_len).min(n.saturating_sub(MIN_MATCH - 1)) {
+                insert(j, &mut head, &mut prev);
+            }
+            i += best_len;
+            lit_start = i;
+        } else {
+            i += 1;
+        }
+    }
+    emit_literals(out, &input[lit_start..]);
+}
+
+fn decompress(data: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let mut pos = 0;
+    while pos < data.len() {
+        let tag = data[pos];
+        pos += 1;
+        let len = get_varint(data, &mut pos)?;
+        match tag {
+            0 => {
+                out.extend_from_slice(data.get(pos..pos + len)?);
+                pos += len;
+            }
+            1 => {
+                let dist = get_varint(data, &mut pos)?;
+                let from = out.len().checked_sub(dist)?;
+                // Byte by byte: a match may overlap what it produces.
+                for k in 0..len {
+                    let b = out[from + k];
+                    out.push(b);
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEVEN_ZIP_26: &str = "\n7-Zip (z) 26.02 (x64) : Copyright (c) 1999-2026 Igor Pavlov : 2026-06-25\n 64-bit locale=C.UTF-8 Threads:2 OPEN_MAX:20000\n\n mt1\n\n                       Compressing  |                  Decompressing\nDict     Speed Usage    R/U Rating  |      Speed Usage    R/U Rating\n         KiB/s     %   MIPS   MIPS  |      KiB/s     %   MIPS   MIPS\n\n22:       3744   100   3646   3643  |      35306   100   3017   3014\n----------------------------------  | ------------------------------\nAvr:      3051   100   3194   3193  |      34407   100   3003   2999\nTot:             100   3098   3096\n";
+
+    // The Pi 5 reference run (sbc-bench results/4HDw.txt, p7zip 16.02), `Tot:` line only.
+    const P7ZIP_16_PI5: &str = "7-Zip (a) [64] 16.02 : Copyright (c) 1999-2016 Igor Pavlov : 2016-05-21\nAvr:             100   2996   2994  |              100   3333   3332\nTot:             100   3165   3163\n";
+
+    #[test]
+    fn parses_7zip_26_and_p7zip_16_output() {
+        let r = parse_7zip_output(SEVEN_ZIP_26).unwrap();
+        assert_eq!((r.usage, r.score, r.rating), (100.0, 3098.0, 3096.0));
+        assert!(r.version.contains("26.02"));
+        let r = parse_7zip_output(P7ZIP_16_PI5).unwrap();
+        assert_eq!(
+            r.rating, REFERENCE_SCORE,
+            "the reference figure is this run's rating"
+        );
+        assert!((r.score / REFERENCE_SCORE - 1.0).abs() < 0.001);
+        assert!(parse_7zip_output("Tot: garbage\n").is_none());
+        assert!(parse_7zip_output("no result at all").is_none());
+    }
+
+    #[test]
+    fn host_speed_comes_from_env_then_calibration_then_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/calibration.json");
+
+        let h = HostCpu::from_sources(None, &path, 8).unwrap();
+        assert_eq!(h.speed_per_core, DEFAULT_SPEED_PER_CORE);
+        assert_eq!(h.source, SpeedSource::Default);
+        assert!(!h.is_calibrated());
+        assert!(h.source.to_string().contains("uncalibrated"));
+
+        let cal = Calibration {
+            version: CALIBRATION_VERSION,
+            speed_per_core: 1.6,
+            score: 1.6 * REFERENCE_SCORE,
+            reference_score: REFERENCE_SCORE,
+            method: Method::SevenZip,
+            tool: "7zz b -mmt1 (test)".into(),
+            samples: vec![1.6 * REFERENCE_SCORE],
+            builtin_score: None,
+            measured_at_unix: 0,
+            host: HostInfo {
+                cpu_model: None,
+                online_cpus: 8,
+                kernel: None,
+            },
+        };
+        save(&cal, &path).unwrap();
+        assert_eq!(read_calibration(&path).unwrap().unwrap(), cal);
+        let h = HostCpu::from_sources(None, &path, 8).unwrap();
+        assert_eq!(h.speed_per_core, 1.6);
+        assert_eq!(
+            h.source,
+            SpeedSource::Calibrated {
+                path: path.clone(),
+                method: Method::SevenZip
+            }
+        );
+
+        let h = HostCpu::from_sources(Some("2.5"), &path, 0).unwrap();
+        assert_eq!((h.speed_per_core, h.online_cpus), (2.5, 1));
+        assert_eq!(h.source, SpeedSource::Env);
+        for bad in ["fast", "0", "-1", "NaN"] {
+            let e = HostCpu::from_sources(Some(bad), &path, 8).unwrap_err();
+            assert!(e.to_string().contains(HOST_SPEED_ENV), "{e}");
+        }
+
+        std::fs::write(&path, "{\"version\": 1}").unwrap();
+        let e = HostCpu::from_sources(None, &path, 8).unwrap_err();
+        assert!(e.to_string().contains("calibration.json"), "{e}");
+    }
+
+    #[test]
+    fn builtin_kernel_is_deterministic_and_round_trips() {
+        // Pinned: if this changes, the work per pass changed and BUILTIN_MIPS_PER_MBPS must be
+        // measured again (see its documentation).
+        let input = generate_input(256 << 10, 0x5EED_ED6E_5111);
+        let (len, sum) = round_trip(&input).unwrap();
+        assert_eq!((len, sum), round_trip(&input).unwrap());
+        assert!(len < input.len() * 3 / 4, "input should compress: {len}");
+        assert_eq!((len, sum), PINNED_256K, "built-in benchmark kernel changed");
+    }
+
+    const PINNED_256K: (usize, u64) = (173_799, 15_234_844_488_994_113_482);
+
+    #[test]
+    fn decompress_rejects_corrupt_streams() {
+        let mut out = Vec::new();
+        assert!(
+            decompress(&[1, 4, 9], &mut out).is_none(),
+            "distance before start"
+        );
+        assert!(decompress(&[7, 1, 0], &mut out).is_none(), "unknown tag");
+        assert!(
+            decompress(&[0, 10, 1, 2], &mut out).is_none(),
+            "short literal run"
+        );
+    }
+
+    #[test]
+    fn calibrate_with_the_builtin_benchmark_produces_a_usable_file() {
+        let opts = CalibrateOptions {
+            method: MethodChoice::Builtin,
+            builtin_duration: Duration::from_millis(10),
+            ..Default::default()
+        };
+        let cal = calibrate(&opts).unwrap();
+        assert_eq!(cal.method, Method::Builtin);
+        assert!(cal.samples.len() >= 3);
+        assert!(cal.speed_per_core > 0.0);
+        assert!((cal.speed_per_core - cal.score / REFERENCE_SCORE).abs() < 1e-12);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        save(&cal, &path).unwrap();
+        let h = HostCpu::from_sources(None, &path, 4).unwrap();
+        assert_eq!(h.speed_per_core, cal.speed_per_core);
+    }
+
+    /// Prints both benchmarks side by side: how BUILTIN_MIPS_PER_MBPS is derived. Run in a
+    /// release build on an idle machine:
+    /// `cargo test -p edgesim --release --lib calibrate::tests::compare -- --ignored --nocapture`
+    #[test]
+    #[ignore = "takes minutes; run by hand to derive BUILTIN_MIPS_PER_MBPS"]
+    fn compare_builtin_with_7zip() {
+        let Some(program) = find_7zip() else {
+            eprintln!("no 7-Zip installed");
+            return;
+        };
+        for round in 0..3 {
+            let z = run_7zip(&program).unwrap();
+            let b = builtin_benchmark(Duration::from_secs(10)).unwrap();
+            eprintln!(
+                "round {round}: 7zip R/U {:.0} (rating {:.0}, usage {:.0}%), builtin best {:.2} MB/s -> ratio {:.2}",
+                z.score,
+                z.rating,
+                z.usage,
+                b.best_mbps(),
+                z.score / b.best_mbps()
+            );
+        }
+    }
+}
