@@ -85,7 +85,7 @@ pub fn summary(report: &Report, color: bool) -> String {
                 .unwrap_or_default();
             let _ = writeln!(
                 s,
-                "  {mark} {} {} (expected {}){window}, {} samples",
+                "  {mark} {} {} (expected {}){window}, {} sample{}",
                 pad(&v.name, w),
                 if v.passed {
                     v.observed_text.clone()
@@ -93,7 +93,8 @@ pub fn summary(report: &Report, color: bool) -> String {
                     st.red(&v.observed_text)
                 },
                 v.expected,
-                v.samples
+                v.samples,
+                if v.samples == 1 { "" } else { "s" }
             );
             if !v.passed {
                 let _ = writeln!(s, "    {} {}", " ".repeat(w), st.dim(&v.detail));
@@ -188,7 +189,7 @@ mod tests {
         let want = format!(
             "\
 ✗ FAILED quickstart — 1/2 assertions held (netns, seed 7, run r1a2b, 2.2s)
-  ✓ cut  {zero} (expected success_rate == 0%) in 600ms..800ms, 1 samples
+  ✓ cut  {zero} (expected success_rate == 0%) in 600ms..800ms, 1 sample
   ✗ back {ninety} (expected success_rate >= 99%) in 0s..2s, 10 samples
          9 of 10 attempts succeeded in 0s..2s; most common failure: no echo reply within 1s (1×)
   actions: 2 applied, lag p50 0.400ms p99 1.2ms max 1.2ms
