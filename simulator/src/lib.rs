@@ -1,5 +1,11 @@
 //! edgesim: a network-partition and hardware-constraint simulator for edge computing.
+pub mod assertion;
 pub mod host;
+pub mod metrics;
+pub mod probe;
 pub mod profile;
+pub mod report;
+pub mod scenario;
 pub mod testing;
 pub mod units;
+pub mod workload;

@@ -230,10 +230,10 @@ impl Serialize for Expectation {
 /// Renders a statistic's observed value in the statistic's unit (`97.5%`, `12.3ms`, `42`).
 pub fn format_observed(stat: Stat, v: f64) -> String {
     match stat.unit() {
-        UnitKind::Percent => format!("{:.3}%", v * 100.0)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string(),
+        UnitKind::Percent => {
+            let s = format!("{:.3}", v * 100.0);
+            format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
+        }
         UnitKind::Duration => {
             if v < 1e-3 {
                 format!("{:.1}us", v * 1e6)

@@ -466,7 +466,7 @@ impl<'a> Validator<'a> {
             let profile: Option<ProfileSpec> = match inline.get(&n.profile.value) {
                 Some(p) => Some((*p).clone()),
                 None => match self.profiles.get(&n.profile) {
-                    Some(p) => Some(p.spec.clone()),
+                    Some(p) => Some(p.clone()),
                     None => {
                         let mut all: Vec<String> =
                             self.profiles.names().map(str::to_string).collect();
