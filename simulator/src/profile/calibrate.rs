@@ -939,6 +939,25 @@ mod tests {
         assert_eq!(h.speed_per_core, cal.speed_per_core);
     }
 
+    /// The whole 7-Zip path against the real program (about 45 s).
+    #[test]
+    #[ignore = "runs 7-Zip's benchmark for about 45 s"]
+    fn calibrate_with_7zip_when_installed() {
+        if !crate::testing::gate("7zip", find_7zip().is_some(), "7-Zip is not installed") {
+            return;
+        }
+        let opts = CalibrateOptions {
+            method: MethodChoice::SevenZip,
+            cross_check: false,
+            ..Default::default()
+        };
+        let cal = calibrate(&opts).unwrap();
+        assert_eq!(cal.method, Method::SevenZip);
+        assert!(cal.tool.contains("7-Zip"), "{}", cal.tool);
+        assert!(cal.score > 100.0 && cal.speed_per_core > 0.03, "{cal:?}");
+        eprintln!("{}", serde_json::to_string_pretty(&cal).unwrap());
+    }
+
     /// Prints both benchmarks side by side: how BUILTIN_MIPS_PER_MBPS is derived. Run in a
     /// release build on an idle machine:
     /// `cargo test -p edgesim --release --lib calibrate::tests::compare -- --ignored --nocapture`
