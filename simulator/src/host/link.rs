@@ -42,7 +42,7 @@ pub async fn is_up(h: &Handle, index: u32) -> Result<bool> {
 
 /// Sets interface `index` up or down.
 pub async fn set_up(h: &Handle, index: u32, up: bool, what: &str) -> Result<()> {
-    let b = LinkMessageBuilder::<LinkUnspec>::new_with_index(index);
+    let b = LinkUnspec::new_with_index(index);
     let msg = if up { b.up() } else { b.down() }.build();
     h.link()
         .change(msg)

@@ -7,6 +7,8 @@
 //! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`).
 
 pub mod cgroup;
+pub mod nft;
+pub mod link;
 pub mod ns;
 pub mod tc;
 
@@ -69,6 +71,14 @@ pub enum HostError {
         what: String,
         op: &'static str,
         object: String,
+        detail: String,
+    },
+    /// `nft` failed; `detail` carries its exit status and stderr.
+    #[error("{op} nftables tables {table} in namespace {namespace}: {detail}")]
+    Nft {
+        op: &'static str,
+        table: String,
+        namespace: String,
         detail: String,
     },
     #[error("{op} {object}: {detail}")]

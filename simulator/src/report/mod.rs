@@ -77,10 +77,11 @@ pub struct JournalEntry {
     /// Offset it was scheduled for.
     #[serde(serialize_with = "ser_secs")]
     pub scheduled: Duration,
-    /// Offset it actually started at; `None` when it never ran (the run stopped first).
+    /// Offset at which it had taken effect (applying finished); `None` when it never ran
+    /// (the run stopped first).
     #[serde(serialize_with = "ser_opt_secs")]
     pub applied: Option<Duration>,
-    /// `applied - scheduled` in milliseconds.
+    /// `applied - scheduled` in milliseconds: how late the change took effect.
     pub lag_ms: Option<f64>,
     /// How long applying it took, in milliseconds.
     pub apply_ms: Option<f64>,
@@ -99,7 +100,8 @@ pub struct JournalEntry {
 }
 
 impl JournalEntry {
-    /// An entry for an action that started `applied` into the timeline and took `took`.
+    /// An entry for an action that had taken effect `applied` into the timeline, after
+    /// applying it took `took`.
     pub fn applied(
         action: &crate::scenario::plan::Action,
         applied: Duration,
@@ -200,30 +202,8 @@ impl ProbeSummary {
     }
 }
 
-/// What happened to a workload instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WorkloadEventKind {
-    Started,
-    Exited,
-    Restarted,
-    Killed,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WorkloadEvent {
-    #[serde(serialize_with = "ser_secs")]
-    pub t: Duration,
-    pub workload: String,
-    pub node: String,
-    pub event: WorkloadEventKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-}
+/// What happened to workload instances (starts, exits, restarts, signals), in order.
+pub use crate::workload::{Event as WorkloadEvent, EventKind as WorkloadEventKind};
 
 /// A WAN link as it was realised.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -485,13 +465,14 @@ pub(crate) mod tests {
             probes: Vec::new(),
             assertions: vec![pass, fail],
             workloads: vec![WorkloadEvent {
-                t: Duration::ZERO,
+                t: 0.0,
                 workload: "sink".into(),
                 node: "sink".into(),
-                event: WorkloadEventKind::Started,
+                kind: WorkloadEventKind::Started,
                 pid: Some(4242),
                 code: None,
                 signal: None,
+                detail: None,
             }],
             links: Vec::new(),
             teardown: TeardownSummary {

@@ -278,7 +278,7 @@ impl<'a> Validator<'a> {
             mtu,
             sites: site_plans,
             links: std::mem::take(&mut self.links),
-            nodes: std::mem::take(&mut self.nodes),
+            nodes: self.nodes.clone(),
             workloads,
             actions: Vec::new(),
             probes: Vec::new(),

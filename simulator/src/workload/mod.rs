@@ -52,7 +52,7 @@ pub enum EventKind {
 }
 
 /// One thing that happened to an instance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// Seconds since the timeline started (negative: during deployment).
     pub t: f64,

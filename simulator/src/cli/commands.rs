@@ -1,0 +1,278 @@
+//! One function per subcommand.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use edgesim::profile::{HostCpu, ProfileSet, limits};
+use edgesim::scenario::{self, Capabilities, LoadError, Overrides, Plan};
+
+use super::{Cli, Command, EXIT_INFRA, EXIT_INVALID, EXIT_PASS, Output, TargetArg};
+
+pub fn dispatch(cli: Cli) -> u8 {
+    let profile_dirs: Vec<PathBuf> = cli
+        .profile_dirs
+        .iter()
+        .cloned()
+        .chain(ProfileSet::env_dirs())
+        .collect();
+    let res = match cli.command {
+        Command::Validate { files, target } => validate(&files, target, &profile_dirs),
+        Command::Plan { file, seed, output } => plan(&file, seed, output, &profile_dirs),
+        Command::Profiles { output } => profiles(output, &profile_dirs),
+        Command::Schema => schema(),
+        other => super::run::dispatch(other, &profile_dirs),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_INFRA
+        }
+    }
+}
+
+pub fn load_profiles(dirs: &[PathBuf]) -> Result<ProfileSet> {
+    ProfileSet::load(dirs).context("loading hardware profiles")
+}
+
+/// What the target can do here, for validation. Probing the kernel needs root; without it
+/// we look for the netem module on disk.
+pub fn capabilities(target: TargetArg) -> Capabilities {
+    match target {
+        TargetArg::Netns => edgesim::target::netns_capabilities(),
+    }
+}
+
+/// Loads and validates one scenario, printing diagnostics to stderr. `Ok(None)` when invalid.
+pub fn load_plan(
+    file: &Path,
+    profiles: &ProfileSet,
+    caps: &Capabilities,
+    seed: Option<u64>,
+) -> Result<Option<Plan>> {
+    match scenario::load(file, profiles, caps, &Overrides { seed }) {
+        Ok(p) => Ok(Some(p)),
+        Err(LoadError::Invalid(d)) => {
+            let n = d.items.len();
+            eprint!("{d}");
+            eprintln!(
+                "\n{}: {n} problem{} found; nothing was created.",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            Ok(None)
+        }
+        Err(e @ LoadError::Read { .. }) => {
+            eprintln!("error: {e}");
+            Ok(None)
+        }
+    }
+}
+
+fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8> {
+    let profiles = load_profiles(dirs)?;
+    let caps = capabilities(target);
+    let mut code = EXIT_PASS;
+    for f in files {
+        match load_plan(f, &profiles, &caps, Some(0))? {
+            Some(p) => println!(
+                "{}: ok ({} sites, {} nodes, {} workloads, {} timeline actions, {} probes, {} assertions)",
+                f.display(),
+                p.sites.len(),
+                p.nodes.len(),
+                p.workloads.len(),
+                p.actions.len(),
+                p.probes.len(),
+                p.assertions.len()
+            ),
+            None => code = EXIT_INVALID,
+        }
+    }
+    Ok(code)
+}
+
+fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Result<u8> {
+    let profiles = load_profiles(dirs)?;
+    // A plan shows what would happen on any machine: no kernel checks.
+    let caps = Capabilities::all("netns");
+    let Some(p) = load_plan(file, &profiles, &caps, seed)? else {
+        return Ok(EXIT_INVALID);
+    };
+    let host = HostCpu::detect();
+    let mut out = std::io::stdout().lock();
+    if output == Output::Json {
+        serde_json::to_writer_pretty(&mut out, &p)?;
+        writeln!(out)?;
+        return Ok(EXIT_PASS);
+    }
+    writeln!(out, "scenario {} ({})", p.name, p.file.display())?;
+    if let Some(d) = &p.description {
+        writeln!(out, "  {d}")?;
+    }
+    writeln!(
+        out,
+        "seed {} ({:?}), duration {}, address pool {}",
+        p.seed,
+        p.seed_source,
+        edgesim::units::Dur(p.duration),
+        p.pool
+    )?;
+    writeln!(out, "\nsites:")?;
+    for s in &p.sites {
+        let n = p.nodes.iter().filter(|n| p.sites[n.site].name == s.name).count();
+        writeln!(out, "  {:<16} {:<18} gateway {:<15} {n} nodes", s.name, s.subnet, s.gateway)?;
+    }
+    if !p.links.is_empty() {
+        writeln!(out, "\nlinks:")?;
+        for l in &p.links {
+            writeln!(
+                out,
+                "  {:<20} {} -> {}: {}   {} -> {}: {}",
+                l.name,
+                p.sites[l.a].name,
+                p.sites[l.b].name,
+                describe_params(&l.up),
+                p.sites[l.b].name,
+                p.sites[l.a].name,
+                describe_params(&l.down)
+            )?;
+        }
+    }
+    writeln!(out, "\nnodes:")?;
+    let shown = if p.nodes.len() > 24 { 20 } else { p.nodes.len() };
+    for n in &p.nodes[..shown] {
+        let l = limits(&n.profile, &host);
+        writeln!(
+            out,
+            "  {:<16} {:<10} {:<15} {:<22} cpu {:.2} host cores, memory {}",
+            n.name,
+            p.sites[n.site].name,
+            n.addr,
+            n.profile_name,
+            l.effective_cores,
+            l.memory_bytes.map_or("unlimited".into(), |b| edgesim::units::Bytes(b).to_string())
+        )?;
+    }
+    if shown < p.nodes.len() {
+        writeln!(out, "  … and {} more", p.nodes.len() - shown)?;
+    }
+    if !p.workloads.is_empty() {
+        writeln!(out, "\nworkloads:")?;
+        for w in &p.workloads {
+            let on: Vec<&str> = w.nodes.iter().map(|i| p.nodes[*i].name.as_str()).collect();
+            writeln!(out, "  {:<16} on {}: {}", w.name, on.join(","), shlex::try_join(w.argv.iter().map(String::as_str)).unwrap_or_default())?;
+        }
+    }
+    if !p.actions.is_empty() {
+        writeln!(out, "\ntimeline:")?;
+        for a in &p.actions {
+            writeln!(out, "  {:>8}  {}", edgesim::units::Dur(a.at).to_string(), a.summary)?;
+        }
+    }
+    if !p.probes.is_empty() {
+        writeln!(out, "\nprobes:")?;
+        for pr in &p.probes {
+            let what = match &pr.kind {
+                edgesim::scenario::plan::ProbeKind::Ping { target, .. } => format!("ping {target}"),
+                edgesim::scenario::plan::ProbeKind::Tcp { addr, target } => format!("tcp {target}:{}", addr.port()),
+                edgesim::scenario::plan::ProbeKind::Http { url, .. } => format!("http {url}"),
+            };
+            writeln!(out, "  {:<16} from {:<12} {what} every {}", pr.name, p.nodes[pr.from].name, edgesim::units::Dur(pr.every))?;
+        }
+    }
+    if !p.assertions.is_empty() {
+        writeln!(out, "\nassertions:")?;
+        for a in &p.assertions {
+            let subj = match &a.subject {
+                edgesim::scenario::plan::Subject::Probe { probe, window } => format!("probe {} during {window}", p.probes[*probe].name),
+                edgesim::scenario::plan::Subject::Metric { workload, name, json, .. } => format!(
+                    "metric {} of {}",
+                    name.clone().or(json.clone()).unwrap_or_default(),
+                    p.workloads[*workload].name
+                ),
+            };
+            writeln!(out, "  {:<28} {subj}: {}", a.name, a.expect)?;
+        }
+    }
+    Ok(EXIT_PASS)
+}
+
+pub fn describe_params(l: &edgesim::scenario::plan::LinkParams) -> String {
+    let mut v = Vec::new();
+    if let Some(d) = l.delay {
+        v.push(format!("delay {}", edgesim::units::Dur(d)));
+    }
+    if let Some(d) = l.jitter {
+        v.push(format!("jitter {}", edgesim::units::Dur(d)));
+    }
+    if l.loss > 0.0 {
+        v.push(format!("loss {:.3}%", l.loss * 100.0).replace(".000%", "%"));
+    }
+    if let Some(r) = l.rate {
+        v.push(format!("rate {}", edgesim::units::Rate(r)));
+    }
+    if v.is_empty() {
+        "clear".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
+    let set = load_profiles(dirs)?;
+    let host = HostCpu::detect();
+    if output == Output::Json {
+        let v: Vec<serde_json::Value> = set
+            .iter()
+            .map(|(name, e)| {
+                serde_json::json!({
+                    "name": name,
+                    "description": e.description,
+                    "source": e.source.to_string(),
+                    "spec": e.spec,
+                    "limitsOnThisHost": limits(&e.spec, &host),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(EXIT_PASS);
+    }
+    let color = std::io::stdout().is_terminal();
+    println!(
+        "{:<24} {:<6} {:>5} {:>7} {:>9} {:>10}  {}",
+        "PROFILE", "ARCH", "CORES", "SPEED", "MEMORY", "HOST CPUS", "DESCRIPTION"
+    );
+    for (name, e) in set.iter() {
+        let l = limits(&e.spec, &host);
+        let row = format!(
+            "{:<24} {:<6} {:>5} {:>7.2} {:>9} {:>10.2}  {}",
+            name,
+            format!("{:?}", e.spec.arch).to_lowercase(),
+            e.spec.cpu.cores,
+            e.spec.cpu.relative_speed,
+            edgesim::units::Bytes(e.spec.memory.total.0).to_string(),
+            l.effective_cores,
+            e.description
+        );
+        println!("{row}");
+    }
+    let note = format!(
+        "\nSPEED is per-core speed relative to the reference core; HOST CPUS is the CPU quota a node gets on this host\n(host per-core speed {:.2}, {}, {} online CPUs).",
+        host.speed_per_core,
+        host.source,
+        host.online_cpus
+    );
+    if color {
+        println!("\x1b[2m{note}\x1b[0m");
+    } else {
+        println!("{note}");
+    }
+    Ok(EXIT_PASS)
+}
+
+fn schema() -> Result<u8> {
+    let s = schemars::schema_for!(edgesim::scenario::model::Scenario);
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(EXIT_PASS)
+}

@@ -1,0 +1,175 @@
+//! Command-line front end: argument parsing (clap), rendering of diagnostics, progress and
+//! summaries, exit codes. The work itself lives in the library.
+//!
+//! Exit codes: 0 all assertions held, 1 an assertion failed, 2 invalid input, 3 an
+//! infrastructure error, 130 interrupted.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod commands;
+mod run;
+
+pub const EXIT_PASS: u8 = 0;
+pub const EXIT_INVALID: u8 = 2;
+pub const EXIT_INFRA: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgesim",
+    version,
+    about = "Network-partition and hardware-constraint simulator for edge computing",
+    long_about = "edgesim runs a YAML scenario — nodes shaped like real boards, sites joined by impaired \
+links, a timeline of faults, workloads and assertions — and tells you whether your edge \
+workloads behave. Exit codes: 0 pass, 1 assertion failed, 2 invalid input, 3 infrastructure error."
+)]
+pub struct Cli {
+    /// Log filter (tracing syntax), e.g. `edgesim=debug`. Also read from EDGESIM_LOG.
+    #[arg(long, global = true, env = "EDGESIM_LOG", default_value = "warn")]
+    pub log: String,
+    /// Extra directories of hardware profiles (also EDGESIM_PROFILES, `:`-separated).
+    #[arg(long = "profiles", global = true, value_name = "DIR")]
+    pub profile_dirs: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Human-readable text, with progress on a terminal.
+    #[default]
+    Text,
+    /// JSON: one object per line (events while running, the result at the end).
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum TargetArg {
+    /// Network namespaces and cgroups on this host (needs root).
+    #[default]
+    Netns,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Scenario files, run one after another.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub target: TargetArg,
+    /// Seed for every random choice (overrides the scenario's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Write the JSON report (journal, realised schedule, samples, verdicts) here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write a JUnit XML file with one testcase per assertion.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Serve Prometheus metrics of the run at this address while it runs, e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Folder for workload logs and reports (default: ./edgesim-runs/<scenario>-<run>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run scenarios end to end: build, play the timeline, probe, judge, report, tear down.
+    Run(RunArgs),
+    /// Check scenario files without creating anything (exit 2 on invalid input).
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        target: TargetArg,
+    },
+    /// Show what a scenario would create and when, without changing anything.
+    Plan {
+        file: PathBuf,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Build a scenario's lab and start its workloads, then return; it stays up until `down`.
+    Up {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        target: TargetArg,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Tear down a lab started with `up`, by scenario name or file.
+    Down {
+        /// Scenario name or scenario file.
+        name: String,
+    },
+    /// Run a command inside a node of a lab that is up (peer names resolve as for workloads).
+    Exec {
+        /// Scenario name (or file) of the lab.
+        name: String,
+        node: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Report what this machine can do: kernel features, cgroups, tools, per target.
+    Doctor {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove what runs left behind (after SIGKILL or a crash). `--all` also stops live labs.
+    Cleanup {
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the hardware profiles and what each gets on this host.
+    Profiles {
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print the JSON Schema of scenario files (for editors).
+    Schema,
+    /// Measure this host's per-core CPU speed, which scales profile CPU quotas.
+    Calibrate {
+        /// Save the result for later runs.
+        #[arg(long)]
+        save: bool,
+        /// Only use the built-in benchmark, even if 7-Zip is installed.
+        #[arg(long)]
+        builtin: bool,
+    },
+    /// (internal) The process behind `up`.
+    #[command(hide = true)]
+    LabDaemon {
+        file: PathBuf,
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    ExitCode::from(commands::dispatch(cli))
+}

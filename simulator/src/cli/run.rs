@@ -1,0 +1,563 @@
+//! Subcommands that act on the machine: run, up, down, exec, doctor, cleanup, calibrate.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use edgesim::engine::state::{self, Mode, RunState};
+use edgesim::engine::{self, Progress, ProgressFn, RunOptions, StopLevel, StopSignal};
+use edgesim::report::{self, Report};
+use edgesim::scenario::Plan;
+
+use super::commands::{capabilities, load_plan, load_profiles};
+use super::{Command, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASS, Output, RunArgs, TargetArg};
+
+pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
+    match cmd {
+        Command::Run(args) => run(args, profile_dirs),
+        Command::Up { file, target, seed, out } => up(&file, target, seed, out, profile_dirs),
+        Command::Down { name } => down(&name),
+        Command::Exec { name, node, command } => exec(&name, &node, &command),
+        Command::Doctor { output } => doctor(output),
+        Command::Cleanup { all } => cleanup(all),
+        Command::Calibrate { save, builtin } => calibrate(save, builtin),
+        Command::LabDaemon { file, run_id, seed, out, ready_fd } => lab_daemon(&file, &run_id, seed, out, ready_fd, profile_dirs),
+        Command::Validate { .. } | Command::Plan { .. } | Command::Profiles { .. } | Command::Schema => {
+            unreachable!("handled in commands::dispatch")
+        }
+    }
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("{what} needs root (network namespaces, tc, nftables and cgroups): run it with sudo");
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("edgesim")
+        .build()
+        .context("starting the async runtime")
+}
+
+fn default_out(plan: &Plan, run_id: &str, out: Option<PathBuf>, several: bool) -> PathBuf {
+    match out {
+        Some(o) if several => o.join(format!("{}-{run_id}", plan.name)),
+        Some(o) => o,
+        None => PathBuf::from("edgesim-runs").join(format!("{}-{run_id}", plan.name)),
+    }
+}
+
+/// `--report out.json` with several scenarios becomes `out-<scenario>.json`.
+fn per_scenario(path: &Path, name: &str, several: bool) -> PathBuf {
+    if !several {
+        return path.to_path_buf();
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}-{name}{ext}"))
+}
+
+/// Renders progress for a terminal (a live status line), a log (plain lines) or JSON lines.
+fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>) {
+    if output == Output::Json {
+        let f: ProgressFn = Arc::new(|p: Progress| {
+            if let Ok(s) = serde_json::to_string(&p) {
+                println!("{s}");
+            }
+        });
+        return (f, None);
+    }
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let b2 = bar.clone();
+    let f: ProgressFn = Arc::new(move |p: Progress| {
+        let line = match &p {
+            Progress::PhaseStarted { phase } => {
+                if let Some(b) = &b2 {
+                    b.set_message(format!("{phase}…"));
+                    return;
+                }
+                return;
+            }
+            Progress::PhaseFinished { phase, seconds, ok } => {
+                format!("{} {phase} {:.2}s", if *ok { "✓" } else { "✗" }, seconds)
+            }
+            Progress::Action { entry } => format!(
+                "  {:>8.3}s  {}{}  (+{:.2} ms){}",
+                entry.applied.map_or(0.0, |d| d.as_secs_f64()),
+                entry.summary,
+                if entry.revert { " [revert]" } else { "" },
+                entry.lag_ms.unwrap_or(0.0),
+                entry.error.as_ref().map(|e| format!("  ERROR: {e}")).unwrap_or_default()
+            ),
+            Progress::Message { text } => text.clone(),
+        };
+        match &b2 {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    });
+    (f, bar)
+}
+
+fn write_reports(report: &mut Report, out_dir: &Path, json: Option<PathBuf>, junit: Option<PathBuf>) {
+    let mut targets = vec![("json", out_dir.join("report.json"))];
+    if let Some(j) = json {
+        targets.push(("json", j));
+    }
+    if let Some(j) = junit {
+        targets.push(("junit", j));
+    }
+    for (kind, path) in &targets {
+        report.artifacts.push(report::Artifact { kind: kind.to_string(), path: path.clone() });
+    }
+    for (kind, path) in targets {
+        let res = if kind == "junit" { report::write_junit(report, &path) } else { report::write_json(report, &path) };
+        if let Err(e) = res {
+            eprintln!("error: {e}");
+        }
+    }
+}
+
+fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
+    let profiles = load_profiles(profile_dirs)?;
+    let caps = capabilities(args.target);
+    // Every file is validated before anything is created.
+    let mut plans = Vec::new();
+    let mut invalid = false;
+    for f in &args.files {
+        match load_plan(f, &profiles, &caps, args.seed)? {
+            Some(p) => plans.push(p),
+            None => invalid = true,
+        }
+    }
+    if invalid {
+        return Ok(EXIT_INVALID);
+    }
+    require_root("edgesim run")?;
+    let rt = runtime()?;
+    let several = plans.len() > 1;
+    rt.block_on(async move {
+        let (stopper, stop) = StopSignal::new();
+        let bar_slot: Arc<std::sync::Mutex<Option<indicatif::ProgressBar>>> = Arc::default();
+        let bs = bar_slot.clone();
+        engine::stop_on_signals(stopper, move |lvl| {
+            let msg = match lvl {
+                StopLevel::Graceful => "stopping: tearing down gracefully (Ctrl-C again to force)",
+                _ => "forcing teardown",
+            };
+            match bs.lock().ok().and_then(|g| g.clone()) {
+                Some(b) => b.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        });
+        let (metrics, _server) = match args.metrics_addr {
+            Some(addr) => {
+                let (m, reg) = edgesim::metrics::RunMetrics::new();
+                let server = edgesim::metrics::serve(addr, Arc::new(reg)).await.context("serving metrics")?;
+                eprintln!("metrics at http://{}/metrics", server.local_addr());
+                (Some(Arc::new(m)), Some(server))
+            }
+            None => (None, None),
+        };
+        let mut worst = EXIT_PASS;
+        for plan in plans {
+            if stop.level() >= StopLevel::Graceful {
+                worst = worst.max(EXIT_INTERRUPTED);
+                break;
+            }
+            let run_id = state::new_run_id();
+            let out_dir = default_out(&plan, &run_id, args.out.clone(), several);
+            let (progress, bar) = progress_sink(args.output);
+            *bar_slot.lock().unwrap_or_else(|e| e.into_inner()) = bar.clone();
+            if args.output == Output::Text {
+                eprintln!(
+                    "running {} (run {run_id}, seed {}, {} nodes, {} s)",
+                    plan.name,
+                    plan.seed,
+                    plan.nodes.len(),
+                    plan.duration.as_secs_f64()
+                );
+            }
+            let name = plan.name.clone();
+            let opts = RunOptions {
+                run_id,
+                out_dir: out_dir.clone(),
+                mode: Mode::Run,
+                metrics: metrics.clone(),
+                progress: Some(progress),
+                stop: stop.clone(),
+                ready: None,
+                grace: Duration::from_secs(3),
+            };
+            let mut report = engine::run(Arc::new(plan), opts).await;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            write_reports(
+                &mut report,
+                &out_dir,
+                args.report.as_ref().map(|p| per_scenario(p, &name, several)),
+                args.junit.as_ref().map(|p| per_scenario(p, &name, several)),
+            );
+            let code = if stop.level() >= StopLevel::Graceful { EXIT_INTERRUPTED } else { report.exit_code as u8 };
+            if args.output == Output::Json {
+                println!("{}", serde_json::json!({"event": "result", "scenario": name, "outcome": report.outcome, "exitCode": code, "report": out_dir.join("report.json")}));
+            } else {
+                print!("{}", report::summary(&report, std::io::stdout().is_terminal()));
+            }
+            worst = worst.max(code);
+        }
+        Ok::<u8, anyhow::Error>(worst)
+    })
+}
+
+fn up(file: &Path, target: TargetArg, seed: Option<u64>, out: Option<PathBuf>, profile_dirs: &[PathBuf]) -> Result<u8> {
+    let profiles = load_profiles(profile_dirs)?;
+    let caps = capabilities(target);
+    let Some(plan) = load_plan(file, &profiles, &caps, seed)? else {
+        return Ok(EXIT_INVALID);
+    };
+    require_root("edgesim up")?;
+    if let Some(live) = state::live_by_name(&plan.name).first() {
+        eprintln!(
+            "error: a lab of scenario `{}` is already up (run {}); `edgesim down {}` first",
+            plan.name, live.run_id, plan.name
+        );
+        return Ok(EXIT_INVALID);
+    }
+    let run_id = state::new_run_id();
+    let out_dir = default_out(&plan, &run_id, out, false);
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let log_path = out_dir.join("lab.log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let (rd, wr) = nix::unistd::pipe().context("creating a pipe")?;
+    let wr_raw = wr.as_raw_fd();
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("finding the edgesim executable")?);
+    cmd.arg("lab-daemon").arg(file).args(["--run-id", &run_id]).arg("--out").arg(&out_dir).args(["--ready-fd", &wr_raw.to_string()]);
+    for d in profile_dirs {
+        cmd.arg("--profiles").arg(d);
+    }
+    if let Some(s) = seed {
+        cmd.args(["--seed", &s.to_string()]);
+    }
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    // SAFETY: between fork and exec the child only calls setsid and fcntl on a descriptor
+    // number it inherited; both are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Keep the readiness pipe open across exec.
+            let flags = libc::fcntl(wr_raw, libc::F_GETFD);
+            libc::fcntl(wr_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the lab process")?;
+    drop(wr);
+    let mut msg = String::new();
+    std::fs::File::from(rd).read_to_string(&mut msg).context("waiting for the lab")?;
+    if let Some(rest) = msg.strip_prefix("ok ") {
+        let st: RunState = serde_json::from_str(rest.trim()).context("reading the lab's state")?;
+        println!("lab `{}` is up (run {}, {} nodes)", st.scenario, st.run_id, st.nodes.len());
+        for n in st.nodes.iter().take(12) {
+            println!("  {:<16} {:<15} site {}", n.name, n.addr, n.site);
+        }
+        if st.nodes.len() > 12 {
+            println!("  … and {} more", st.nodes.len() - 12);
+        }
+        println!("logs: {}", st.out_dir.display());
+        println!("try:  edgesim exec {} {} -- ip addr", st.scenario, st.nodes[0].name);
+        println!("stop: edgesim down {}", st.scenario);
+        Ok(EXIT_PASS)
+    } else {
+        let _ = child.wait();
+        eprintln!("error: the lab did not come up: {}", msg.trim().strip_prefix("err ").unwrap_or(msg.trim()));
+        eprintln!("(log: {})", log_path.display());
+        Ok(EXIT_INFRA)
+    }
+}
+
+fn lab_daemon(file: &Path, run_id: &str, seed: Option<u64>, out: Option<PathBuf>, ready_fd: Option<i32>, profile_dirs: &[PathBuf]) -> Result<u8> {
+    // SAFETY: the descriptor number was passed by our parent, which opened it for us and
+    // cleared its close-on-exec flag; nothing else in this process owns it.
+    let ready: Option<OwnedFd> = ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let report_ready = move |msg: String| {
+        if let Some(fd) = ready {
+            let mut f = std::fs::File::from(fd);
+            let _ = f.write_all(msg.as_bytes());
+        }
+    };
+    let profiles = load_profiles(profile_dirs)?;
+    let caps = capabilities(TargetArg::Netns);
+    let Some(plan) = load_plan(file, &profiles, &caps, seed)? else {
+        report_ready("err invalid scenario".into());
+        return Ok(EXIT_INVALID);
+    };
+    let out_dir = out.unwrap_or_else(|| PathBuf::from("edgesim-runs").join(format!("{}-{run_id}", plan.name)));
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (stopper, stop) = StopSignal::new();
+        engine::stop_on_signals(stopper, |_| {});
+        let opts = RunOptions {
+            run_id: run_id.to_string(),
+            out_dir: out_dir.clone(),
+            mode: Mode::Lab,
+            metrics: None,
+            progress: Some(Arc::new(|p: Progress| {
+                if let Ok(s) = serde_json::to_string(&p) {
+                    println!("{s}");
+                }
+            })),
+            stop,
+            ready: Some(Box::new(move |r: std::result::Result<&RunState, String>| match r {
+                Ok(st) => report_ready(format!("ok {}", serde_json::to_string(st).unwrap_or_default())),
+                Err(e) => report_ready(format!("err {e}")),
+            })),
+            grace: Duration::from_secs(3),
+        };
+        let mut report = engine::run(Arc::new(plan), opts).await;
+        write_reports(&mut report, &out_dir, None, None);
+        Ok(if report.error.is_some() && report.error.as_deref() != Some("interrupted") { EXIT_INFRA } else { EXIT_PASS })
+    })
+}
+
+/// The scenario name behind `name_or_file`.
+fn scenario_name(name_or_file: &str) -> String {
+    let p = Path::new(name_or_file);
+    if p.is_file()
+        && let Ok(text) = std::fs::read_to_string(p)
+        && let Ok(sc) = edgesim::scenario::validate::parse(p, &text)
+    {
+        return sc.metadata.name.value;
+    }
+    name_or_file.to_string()
+}
+
+fn down(name_or_file: &str) -> Result<u8> {
+    require_root("edgesim down")?;
+    let name = scenario_name(name_or_file);
+    let all: Vec<RunState> = state::list().into_iter().filter(|s| s.scenario == name && s.mode == Mode::Lab).collect();
+    if all.is_empty() {
+        eprintln!("error: no lab of scenario `{name}` is up");
+        return Ok(EXIT_INVALID);
+    }
+    let rt = runtime()?;
+    let mut code = EXIT_PASS;
+    for st in all {
+        if st.controller_alive() {
+            // SAFETY: kill(2) with a pid we verified (pid and start time) to be the lab's.
+            unsafe {
+                libc::kill(st.pid as i32, libc::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while st.controller_alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if st.controller_alive() || st.path().exists() {
+            // The lab process is gone (or stuck): remove what it left from its state file.
+            let errors = rt.block_on(edgesim::target::netns::cleanup_state(&st));
+            for e in &errors {
+                eprintln!("warning: {e}");
+            }
+            if !errors.is_empty() {
+                code = EXIT_INFRA;
+            }
+        }
+        println!("lab `{}` (run {}) is down", st.scenario, st.run_id);
+    }
+    Ok(code)
+}
+
+fn exec(name_or_file: &str, node: &str, command: &[String]) -> Result<u8> {
+    require_root("edgesim exec")?;
+    let name = scenario_name(name_or_file);
+    let live = state::live_by_name(&name);
+    let Some(st) = live.last() else {
+        eprintln!("error: no lab of scenario `{name}` is up (start one with `edgesim up FILE`)");
+        return Ok(EXIT_INVALID);
+    };
+    let Some(n) = st.nodes.iter().find(|n| n.name == node) else {
+        let names: Vec<&str> = st.nodes.iter().map(|n| n.name.as_str()).collect();
+        let hint = edgesim::scenario::diag::unknown_hint(node, "nodes", &names).unwrap_or_default();
+        eprintln!("error: lab `{name}` has no node `{node}`\n  hint: {hint}");
+        return Ok(EXIT_INVALID);
+    };
+    let fd = edgesim::host::ns::open(&n.namespace)?;
+    let procs = edgesim::host::cgroup::Cgroups::detect()
+        .and_then(|c| c.open(&n.cgroup))
+        .and_then(|c| c.procs_files())
+        .unwrap_or_default();
+    let hosts = edgesim::target::netns::fabric::hosts_dir(&n.namespace).join("hosts");
+    let x = edgesim::target::netns::exec::NodeExec::new(&n.namespace, fd, Some(&hosts), procs)?;
+    let mut cmd = x.command(&command[0], &command[1..])?;
+    for (k, v) in peer_env(st, n) {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().with_context(|| format!("running `{}` in {node}", command[0]))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().map(|c| c as u8).unwrap_or_else(|| 128 + status.signal().unwrap_or(0) as u8))
+}
+
+/// The environment a workload on `n` would see, for `exec`.
+fn peer_env(st: &RunState, n: &state::NodeState) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("EDGESIM_RUN".to_string(), st.run_id.clone()),
+        ("EDGESIM_SCENARIO".into(), st.scenario.clone()),
+        ("EDGESIM_NODE".into(), n.name.clone()),
+        ("EDGESIM_SITE".into(), n.site.clone()),
+        ("EDGESIM_ADDR".into(), n.addr.to_string()),
+    ];
+    let peers: Vec<String> = st.nodes.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
+    env.push(("EDGESIM_PEERS".into(), peers.join(",")));
+    for m in &st.nodes {
+        env.push((format!("EDGESIM_PEER_{}", edgesim::target::netns::env_key(&m.name)), m.addr.to_string()));
+    }
+    env
+}
+
+fn doctor(output: Output) -> Result<u8> {
+    let rt = runtime()?;
+    let r = rt.block_on(edgesim::target::doctor());
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(EXIT_PASS);
+    }
+    println!("kernel: {}\n", r.kernel);
+    for c in &r.checks {
+        println!("  {} {:<14} {}", if c.ok { "✓" } else { "✗" }, c.name, c.detail);
+    }
+    for t in &r.targets {
+        println!("\ntarget {}: {}", t.target, if t.usable { "usable" } else { "NOT usable here" });
+        for a in &t.actions {
+            let s = match a.support {
+                edgesim::target::Support::Exact => "exact",
+                edgesim::target::Support::Emulated => "emulated",
+                edgesim::target::Support::Unavailable => "unavailable",
+            };
+            println!("  {:<22} {:<12} {}", a.action, s, a.how);
+        }
+    }
+    Ok(if r.targets.iter().any(|t| t.usable) { EXIT_PASS } else { EXIT_INFRA })
+}
+
+fn cleanup(all: bool) -> Result<u8> {
+    require_root("edgesim cleanup")?;
+    let rt = runtime()?;
+    let mut removed = 0usize;
+    let mut errors = Vec::new();
+    let mut live_ids = Vec::new();
+    for st in state::list() {
+        if st.controller_alive() && !all {
+            live_ids.push(st.run_id.clone());
+            continue;
+        }
+        if st.controller_alive() {
+            // SAFETY: kill(2) on the verified controller pid of a run we are told to stop.
+            unsafe {
+                libc::kill(st.pid as i32, libc::SIGTERM);
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while st.controller_alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let errs = rt.block_on(edgesim::target::netns::cleanup_state(&st));
+        println!("removed run {} ({}){}", st.run_id, st.scenario, if errs.is_empty() { "" } else { " with errors" });
+        errors.extend(errs);
+        removed += 1;
+    }
+    // Orphans that no state file describes (e.g. a crash before the state file was written).
+    for ns in edgesim::host::ns::list("edgesim-") {
+        let dead = match state::run_of_namespace(&ns) {
+            Some(id) => !live_ids.iter().any(|l| l == id),
+            // Scratch namespaces of tests and probes: `edgesim-<tag>-<pid>-<n>`.
+            None => ns
+                .split('-')
+                .nth(2)
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| state::process_start(pid).is_none()),
+        };
+        if dead {
+            match edgesim::host::ns::delete(&ns) {
+                Ok(()) => {
+                    println!("removed namespace {ns}");
+                    removed += 1;
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    if let Ok(cg) = edgesim::host::cgroup::Cgroups::detect() {
+        for id in cg.children("edgesim").unwrap_or_default() {
+            if !live_ids.contains(&id) {
+                match cg.remove_tree(&format!("edgesim/{id}")) {
+                    Ok(()) => {
+                        println!("removed cgroup edgesim/{id}");
+                        removed += 1;
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/etc/netns") {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("edgesim-") && state::run_of_namespace(&n).is_some_and(|id| !live_ids.iter().any(|l| l == id)) {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) => errors.push(format!("removing {}: {err}", e.path().display())),
+                }
+            }
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if removed == 0 && errors.is_empty() {
+        println!("nothing to clean up");
+    }
+    if !live_ids.is_empty() {
+        println!("{} live run(s) left alone; `edgesim cleanup --all` stops them too", live_ids.len());
+    }
+    Ok(if errors.is_empty() { EXIT_PASS } else { EXIT_INFRA })
+}
+
+fn calibrate(save: bool, builtin: bool) -> Result<u8> {
+    use edgesim::profile::calibrate as cal;
+    let opts = cal::CalibrateOptions {
+        method: if builtin { cal::MethodChoice::Builtin } else { cal::MethodChoice::Auto },
+        ..Default::default()
+    };
+    eprintln!("measuring single-core CPU speed (this takes up to a minute)…");
+    let c = cal::calibrate(&opts)?;
+    println!("{}", serde_json::to_string_pretty(&c)?);
+    println!(
+        "\nthis host's core ≈ {:.2} × a Raspberry Pi 5 core ({:?}, score {:.0} vs reference {:.0})",
+        c.speed_per_core, c.method, c.score, c.reference_score
+    );
+    if save {
+        let p = cal::calibration_path();
+        cal::save(&c, &p)?;
+        println!("saved to {}", p.display());
+    } else {
+        println!("(not saved; pass --save to use it for later runs)");
+    }
+    Ok(EXIT_PASS)
+}

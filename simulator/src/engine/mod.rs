@@ -1,0 +1,526 @@
+//! The engine: plan → provision → deploy → timeline → probes → assertions → report →
+//! teardown.
+//!
+//! Design:
+//! - The timeline plays on a dedicated OS thread with a 1 ns timer slack that sleeps until
+//!   just before each action's instant and spins the last few tens of microseconds; the
+//!   action is then applied through the tokio runtime (`Handle::block_on`). Work that can be
+//!   done early (starting `nft`) is done ~30 ms before. Every action is journalled with the
+//!   instant it had taken effect, so lag is measured, not assumed.
+//! - Probes and metric scrapes are tokio tasks on a grid anchored at the same `t0`.
+//! - Whatever happens — an assertion failing, an infrastructure error, Ctrl-C — the lab is
+//!   torn down and a report is produced. A first Ctrl-C (or SIGTERM) stops the run and tears
+//!   down gracefully; a second one makes teardown skip the grace period of workloads.
+
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, watch};
+
+use crate::assertion::{self, Verdict};
+use crate::metrics::RunMetrics;
+use crate::probe::{self, ProbeLog};
+use crate::report::{JournalEntry, LinkReport, Phase, ProbeSummary, Report};
+use crate::scenario::Plan;
+use crate::scenario::expect::Bound;
+use crate::scenario::plan::Subject;
+use crate::target::netns::{self, NetnsLab};
+
+use self::state::Mode;
+
+/// How hard a stop was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopLevel {
+    Running,
+    /// Stop and tear down gracefully.
+    Graceful,
+    /// Tear down without waiting for workloads.
+    Force,
+}
+
+/// A handle to ask a run to stop.
+#[derive(Clone)]
+pub struct Stopper(Arc<watch::Sender<StopLevel>>);
+
+impl Stopper {
+    /// Asks for the next level: running → graceful → force.
+    pub fn escalate(&self) {
+        self.0.send_modify(|l| {
+            *l = match *l {
+                StopLevel::Running => StopLevel::Graceful,
+                _ => StopLevel::Force,
+            }
+        });
+    }
+    pub fn stop(&self, level: StopLevel) {
+        self.0.send_modify(|l| *l = (*l).max(level));
+    }
+}
+
+/// What a run watches to learn that it should stop.
+#[derive(Clone)]
+pub struct StopSignal(watch::Receiver<StopLevel>);
+
+impl StopSignal {
+    pub fn new() -> (Stopper, StopSignal) {
+        let (tx, rx) = watch::channel(StopLevel::Running);
+        (Stopper(Arc::new(tx)), StopSignal(rx))
+    }
+    pub fn level(&self) -> StopLevel {
+        *self.0.borrow()
+    }
+    /// Waits until a stop at `level` or above is asked for.
+    pub async fn wait(&mut self, level: StopLevel) {
+        let _ = self.0.wait_for(|l| *l >= level).await;
+    }
+}
+
+/// Turns SIGINT and SIGTERM into stop requests (first graceful, second forced). Call from
+/// within a tokio runtime.
+pub fn stop_on_signals(stopper: Stopper, notify: impl Fn(StopLevel) + Send + 'static) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            stopper.escalate();
+            notify(*stopper.0.borrow());
+        }
+    });
+}
+
+/// Progress of a run, for a terminal or JSON lines.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Progress {
+    PhaseStarted { phase: String },
+    PhaseFinished { phase: String, seconds: f64, ok: bool },
+    Action { entry: JournalEntry },
+    Message { text: String },
+}
+
+pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// Called once the lab is up (`up`): the run's state, or why it failed.
+pub type ReadyFn = Box<dyn FnOnce(Result<&state::RunState, String>) + Send>;
+
+pub struct RunOptions {
+    pub run_id: String,
+    pub out_dir: PathBuf,
+    pub mode: Mode,
+    pub metrics: Option<Arc<RunMetrics>>,
+    pub progress: Option<ProgressFn>,
+    pub stop: StopSignal,
+    pub ready: Option<ReadyFn>,
+    /// How long workloads get to exit after SIGTERM at the end.
+    pub grace: Duration,
+}
+
+struct Ctx {
+    report: Report,
+    progress: Option<ProgressFn>,
+    phase_start: Instant,
+}
+
+impl Ctx {
+    fn say(&self, p: Progress) {
+        if let Some(f) = &self.progress {
+            f(p);
+        }
+    }
+    fn begin(&mut self, phase: &str) {
+        self.phase_start = Instant::now();
+        self.say(Progress::PhaseStarted { phase: phase.into() });
+    }
+    fn end(&mut self, phase: &str, ok: bool) {
+        let seconds = self.phase_start.elapsed().as_secs_f64();
+        self.report.phases.push(Phase { name: phase.into(), seconds, ok });
+        self.say(Progress::PhaseFinished { phase: phase.into(), seconds, ok });
+    }
+}
+
+/// Runs a validated plan on the netns target and returns its report. Never leaves anything
+/// behind: the lab is torn down whatever happens (the report lists what could not be).
+pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
+    let mut cx = Ctx {
+        report: Report::new(&plan, &opts.run_id, "netns"),
+        progress: opts.progress.clone(),
+        phase_start: Instant::now(),
+    };
+    if let Err(e) = std::fs::create_dir_all(&opts.out_dir) {
+        cx.report.error = Some(format!("creating the output folder {}: {e}", opts.out_dir.display()));
+        if let Some(r) = opts.ready.take() {
+            r(Err(cx.report.error.clone().unwrap_or_default()));
+        }
+        cx.report.finish();
+        return cx.report;
+    }
+
+    // Provision.
+    cx.begin("provision");
+    let st = netns::initial_state(&plan, &opts.run_id, opts.mode, opts.out_dir.clone());
+    let lab = match NetnsLab::provision(plan.clone(), st).await {
+        Ok(l) => l,
+        Err(pe) => {
+            cx.end("provision", false);
+            cx.report.error = Some(format!("provisioning: {}", pe.error));
+            if let Some(r) = opts.ready.take() {
+                r(Err(cx.report.error.clone().unwrap_or_default()));
+            }
+            cx.begin("teardown");
+            let errors = pe.partial.teardown().await;
+            cx.end("teardown", errors.is_empty());
+            cx.report.teardown.errors = errors;
+            cx.report.teardown.seconds = cx.report.phases.last().map_or(0.0, |p| p.seconds);
+            cx.report.finish();
+            return cx.report;
+        }
+    };
+    cx.end("provision", true);
+    if let Some(m) = &opts.metrics {
+        m.set_nodes_up(plan.nodes.len());
+    }
+    cx.report.links = plan
+        .links
+        .iter()
+        .map(|l| {
+            let mut mech = netns::shaping::Shaper::mechanisms(&l.up);
+            for m in netns::shaping::Shaper::mechanisms(&l.down) {
+                if !mech.contains(&m) {
+                    mech.push(m);
+                }
+            }
+            LinkReport {
+                name: l.name.clone(),
+                a: plan.sites[l.a].name.clone(),
+                b: plan.sites[l.b].name.clone(),
+                mechanisms: mech,
+                up: l.up,
+                down: l.down,
+            }
+        })
+        .collect();
+
+    let lab = Arc::new(Mutex::new(lab));
+    let outcome = play(&plan, &lab, &mut opts, &mut cx).await;
+    if let Err(e) = outcome {
+        cx.report.error = Some(e);
+    }
+
+    // Teardown, always.
+    cx.begin("teardown");
+    let grace = if opts.stop.level() >= StopLevel::Force { Duration::ZERO } else { opts.grace };
+    let state_copy = lab.lock().await.state.clone();
+    // Every task holding the lab has been joined by now; wait briefly if one is finishing.
+    let mut shared = lab;
+    let mut tries = 0;
+    let lab = loop {
+        match Arc::try_unwrap(shared) {
+            Ok(m) => break Some(m.into_inner()),
+            Err(a) if tries < 200 => {
+                shared = a;
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => break None,
+        }
+    };
+    let Some(lab) = lab else {
+        // Cannot happen unless a task leaked; fall back to the state file.
+        let errors = netns::cleanup_state(&state_copy).await;
+        cx.end("teardown", errors.is_empty());
+        cx.report.teardown.errors = errors;
+        cx.report.error.get_or_insert_with(|| "internal error: the lab was still in use at teardown".into());
+        cx.report.finish();
+        return cx.report;
+    };
+    cx.report.workloads = lab.supervisor.log.snapshot();
+    let t = Instant::now();
+    let errors = lab.teardown(grace).await;
+    cx.report.workloads = {
+        let mut w = cx.report.workloads.clone();
+        w.sort_by(|a, b| a.t.total_cmp(&b.t));
+        w
+    };
+    cx.report.teardown.seconds = t.elapsed().as_secs_f64();
+    cx.end("teardown", errors.is_empty());
+    if !errors.is_empty() && cx.report.error.is_none() {
+        cx.report.error = Some(format!("teardown left {} problem(s); run `edgesim cleanup`", errors.len()));
+    }
+    cx.report.teardown.errors = errors;
+    if let Some(m) = &opts.metrics {
+        m.set_nodes_up(0);
+        for v in &cx.report.assertions {
+            m.assertion(&v.name, v.passed);
+        }
+    }
+    cx.report.finish();
+    cx.report
+}
+
+/// Deploy, timeline, probes and assertions. An `Err` is an infrastructure error.
+async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOptions, cx: &mut Ctx) -> Result<(), String> {
+    cx.begin("deploy");
+    {
+        let mut l = lab.lock().await;
+        let deployed = l.deploy(&opts.out_dir).map_err(|e| e.to_string());
+        let ready = match deployed {
+            Ok(()) => l.wait_ready().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            cx.end("deploy", false);
+            if let Some(r) = opts.ready.take() {
+                r(Err(e.clone()));
+            }
+            return Err(e);
+        }
+        if let Err(e) = l.mark_ready() {
+            cx.end("deploy", false);
+            if let Some(r) = opts.ready.take() {
+                r(Err(e.to_string()));
+            }
+            return Err(e.to_string());
+        }
+    }
+    cx.end("deploy", true);
+
+    if opts.mode == Mode::Lab {
+        {
+            let l = lab.lock().await;
+            if let Some(r) = opts.ready.take() {
+                r(Ok(&l.state));
+            }
+        }
+        cx.say(Progress::Message { text: "lab is up; waiting for `edgesim down`".into() });
+        opts.stop.wait(StopLevel::Graceful).await;
+        return Ok(());
+    }
+
+    // Timeline, probes and timed scrapes share t0.
+    cx.begin("timeline");
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let t0_tokio = tokio::time::Instant::from_std(t0);
+    lab.lock().await.supervisor.log.set_t0(t0_tokio);
+
+    let mut probe_tasks = Vec::new();
+    let mut logs: Vec<ProbeLog> = Vec::new();
+    for p in plan.probes.iter() {
+        let f = lab.lock().await.sockets(p.from).map_err(|e| e.to_string())?;
+        let log = ProbeLog::new();
+        logs.push(log.clone());
+        let p = p.clone();
+        let until = plan.duration;
+        let metrics = opts.metrics.clone();
+        probe_tasks.push(tokio::spawn(async move { probe::run(&p, f, t0_tokio, until, log, metrics).await }));
+    }
+
+    let mut timed_scrapes = Vec::new();
+    for (ai, a) in plan.assertions.iter().enumerate() {
+        if let Subject::Metric { at: Bound::At(at), .. } = &a.subject {
+            let lab = lab.clone();
+            let plan = plan.clone();
+            let at = *at;
+            timed_scrapes.push((
+                ai,
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(t0_tokio + at).await;
+                    scrape_for(&plan, &lab, ai).await
+                }),
+            ));
+        }
+    }
+
+    let journal = {
+        let lab = lab.clone();
+        let plan = plan.clone();
+        let rt = tokio::runtime::Handle::current();
+        let stop = opts.stop.clone();
+        let metrics = opts.metrics.clone();
+        let progress = opts.progress.clone();
+        tokio::task::spawn_blocking(move || {
+            // A thread of its own: spawn_blocking only hosts the join.
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .name("edgesim-timeline".into())
+                    .spawn_scoped(s, || play_timeline(&plan, &lab, &rt, t0, &stop, metrics.as_deref(), progress.as_ref()))
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default()
+            })
+        })
+    };
+
+    // Wait for the end of the timeline or a stop.
+    let end = t0_tokio + plan.duration;
+    let mut stop = opts.stop.clone();
+    let interrupted = tokio::select! {
+        _ = tokio::time::sleep_until(end) => false,
+        _ = stop.wait(StopLevel::Graceful) => true,
+    };
+    let journal = journal.await.unwrap_or_default();
+    cx.report.journal = journal;
+    if interrupted {
+        for t in &probe_tasks {
+            t.abort();
+        }
+        for (_, t) in &timed_scrapes {
+            t.abort();
+        }
+    }
+    for t in probe_tasks {
+        match t.await {
+            Ok(Err(e)) => cx.report.notes.push(format!("probe: {e}")),
+            Ok(Ok(())) | Err(_) => {}
+        }
+    }
+    cx.end("timeline", !interrupted);
+    if interrupted {
+        for (_, t) in timed_scrapes {
+            let _ = t.await;
+        }
+        cx.report.notes.push("interrupted: the run was stopped before the end of its timeline".into());
+        cx.report.probes = plan
+            .probes
+            .iter()
+            .zip(&logs)
+            .map(|(p, l)| ProbeSummary::new(p, &plan.nodes[p.from].name, l.samples()))
+            .collect();
+        return Err("interrupted".into());
+    }
+
+    // Assertions: probes over their windows, metrics at their instants or now (`end`).
+    cx.begin("assert");
+    let mut scraped: BTreeMap<usize, Result<Vec<f64>, String>> = BTreeMap::new();
+    for (ai, t) in timed_scrapes {
+        scraped.insert(ai, t.await.unwrap_or_else(|e| Err(e.to_string())));
+    }
+    for (ai, a) in plan.assertions.iter().enumerate() {
+        if let Subject::Metric { at: Bound::End, .. } = &a.subject {
+            scraped.insert(ai, scrape_for(plan, lab, ai).await);
+        }
+    }
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    for (ai, a) in plan.assertions.iter().enumerate() {
+        let v = match &a.subject {
+            Subject::Probe { probe, window } => {
+                let w = window.resolve(plan.duration);
+                let mut v = assertion::judge_probe(&a.name, &logs[*probe].samples(), w, &a.expect);
+                v.window = Some(window.to_string());
+                v
+            }
+            Subject::Metric { aggregate, at, .. } => {
+                let values = scraped.remove(&ai).unwrap_or_else(|| Err("not read".into()));
+                let mut v = assertion::judge_metric(&a.name, values, *aggregate, &a.expect);
+                v.window = Some(match at {
+                    Bound::At(d) => format!("at {}", crate::units::Dur(*d)),
+                    _ => "at end".into(),
+                });
+                v
+            }
+        };
+        verdicts.push(v);
+    }
+    cx.report.assertions = verdicts;
+    cx.report.probes = plan
+        .probes
+        .iter()
+        .zip(&logs)
+        .map(|(p, l)| ProbeSummary::new(p, &plan.nodes[p.from].name, l.samples()))
+        .collect();
+    cx.end("assert", true);
+    Ok(())
+}
+
+/// Reads the metric of assertion `ai` from every selected instance, from inside each node.
+async fn scrape_for(plan: &Plan, lab: &Mutex<NetnsLab>, ai: usize) -> Result<Vec<f64>, String> {
+    let Subject::Metric { workload, name, json, labels, nodes, .. } = &plan.assertions[ai].subject else {
+        return Err("not a metric assertion".into());
+    };
+    let w = &plan.workloads[*workload];
+    let ep = w.metrics.as_ref().ok_or("the workload has no metrics endpoint")?;
+    let mut values = Vec::new();
+    for &n in nodes {
+        let f = lab.lock().await.sockets(n).map_err(|e| e.to_string())?;
+        let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, ep.port);
+        let doc = probe::scrape::scrape(&f, addr, &ep.path, ep.format, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("reading {} of `{}` on `{}`: {e}", ep.path, w.name, plan.nodes[n].name))?;
+        let v = probe::scrape::select(&doc, name.as_deref(), json.as_deref(), labels)
+            .map_err(|e| format!("`{}` on `{}`: {e}", w.name, plan.nodes[n].name))?;
+        values.extend(v);
+    }
+    Ok(values)
+}
+
+/// Sleeps until `deadline` with sub-100 µs precision: coarse sleeps, then a short spin.
+/// Returns false when a stop was asked for meanwhile.
+fn sleep_until_precise(deadline: Instant, stop: &StopSignal) -> bool {
+    const SPIN: Duration = Duration::from_micros(200);
+    loop {
+        if stop.level() >= StopLevel::Graceful {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        let left = deadline - now;
+        if left > SPIN {
+            std::thread::sleep((left - SPIN).min(Duration::from_millis(50)));
+        } else {
+            while Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+            return true;
+        }
+    }
+}
+
+fn play_timeline(
+    plan: &Plan,
+    lab: &Mutex<NetnsLab>,
+    rt: &tokio::runtime::Handle,
+    t0: Instant,
+    stop: &StopSignal,
+    metrics: Option<&RunMetrics>,
+    progress: Option<&ProgressFn>,
+) -> Vec<JournalEntry> {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) changes only this thread's timer slack; the argument is
+    // a plain integer (1 ns) and no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+    const PREPARE_AHEAD: Duration = Duration::from_millis(30);
+    let mut journal = Vec::with_capacity(plan.actions.len());
+    for a in &plan.actions {
+        let at = t0 + a.at;
+        if !sleep_until_precise(at.checked_sub(PREPARE_AHEAD).unwrap_or(at), stop) {
+            break;
+        }
+        let prepared = rt.block_on(async { lab.lock().await.prepare(&a.kind) });
+        if !sleep_until_precise(at, stop) {
+            break;
+        }
+        let started = Instant::now();
+        let res = rt.block_on(async { lab.lock().await.apply(&a.kind, prepared).await });
+        let done = Instant::now();
+        let entry = JournalEntry::applied(a, done.saturating_duration_since(t0), done - started, res.map_err(|e| e.to_string()));
+        if let Some(m) = metrics {
+            m.action(&entry.verb, entry.ok, Duration::from_secs_f64(entry.lag_ms.unwrap_or(0.0) / 1e3));
+        }
+        if let Some(p) = progress {
+            p(Progress::Action { entry: entry.clone() });
+        }
+        journal.push(entry);
+    }
+    journal
+}
