@@ -250,7 +250,7 @@ pub fn encode_fifo(limit: u32) -> Vec<u8> {
 }
 
 /// netem's `TCA_OPTIONS` payload: a raw `struct tc_netem_qopt` followed by attributes, in the
-/// order tc 6.1 emits them (CORR, REORDER, CORRUPT, LOSS, RATE64, RATE, [PRNG_SEED],
+/// order tc 6.1 emits them (CORR, REORDER, CORRUPT, LOSS, RATE64, RATE, then PRNG_SEED if set,
 /// DELAY_DIST). `table` is the delay distribution (see [`Distribution::table`]), `None` for
 /// the kernel's built-in uniform one.
 ///
