@@ -1,0 +1,15 @@
+//! `iot-collector` binary: see the library docs for what it does.
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = iot_collector::Args::parse();
+    edge_common::init_tracing(&args.common.log);
+    let shutdown = edge_common::Shutdown::new();
+    shutdown.listen_for_signals()?;
+    let running = iot_collector::start(args, shutdown).await?;
+    running.task.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
