@@ -2,6 +2,7 @@
 pub mod assertion;
 pub mod engine;
 pub mod host;
+pub mod linkem;
 pub mod metrics;
 pub mod probe;
 pub mod profile;

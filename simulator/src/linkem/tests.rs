@@ -1,0 +1,1 @@
+//! Relay tests in namespaces.
