@@ -43,6 +43,7 @@ pub mod pcap;
 pub mod relay;
 pub mod stats;
 mod sys;
+pub mod testbed;
 
 #[cfg(test)]
 mod tests;
