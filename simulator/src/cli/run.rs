@@ -296,6 +296,13 @@ fn lab_daemon(file: &Path, run_id: &str, seed: Option<u64>, out: Option<PathBuf>
     // SAFETY: the descriptor number was passed by our parent, which opened it for us and
     // cleared its close-on-exec flag; nothing else in this process owns it.
     let ready: Option<OwnedFd> = ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Some(fd) = &ready {
+        // Workloads must not inherit it, or `up` would wait for them to exit.
+        // SAFETY: fcntl(2) on a descriptor this process owns; no memory is passed.
+        unsafe {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
     let report_ready = move |msg: String| {
         if let Some(fd) = ready {
             let mut f = std::fs::File::from(fd);

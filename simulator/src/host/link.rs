@@ -68,8 +68,9 @@ pub async fn add_bridge(h: &Handle, name: &str, mtu: u32, txqueuelen: u32) -> Re
 
 /// Creates a veth pair: `name` here, enslaved to `master` and up; its peer `peer_name` created
 /// directly inside the namespace behind `peer_ns` (creating in place avoids the ~16 ms RCU
-/// grace period that moving a device between namespaces costs), also up. Returns the index
-/// of the local end.
+/// grace period that moving a device between namespaces costs). The peer stays down: the
+/// kernel refuses (ENOTCONN) to bring up a peer created in another namespace in the same
+/// request, so the caller sets it up from inside. Returns the index of the local end.
 pub async fn add_veth_into(
     h: &Handle,
     name: &str,
@@ -82,7 +83,6 @@ pub async fn add_veth_into(
         .name(peer_name.to_string())
         .mtu(mtu)
         .setns_by_fd(peer_ns)
-        .up()
         .build();
     let msg = LinkVeth::new(name, peer_name)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))

@@ -136,6 +136,7 @@ impl Fabric {
                 async move {
                     link::loopback_up(&h, &what).await?;
                     let idx = link::index_of(&h, NODE_IF).await?;
+                    link::set_up(&h, idx, true, &what).await?;
                     link::add_addr(&h, idx, n.addr, site.subnet.prefix_len(), &what).await?;
                     link::add_default_route(&h, site.gateway, &what).await?;
                     Ok::<u32, HostError>(idx)
