@@ -1,0 +1,202 @@
+//! One test per scenario file, run through the real `edgesim` binary.
+//!
+//! - `scenarios/*.yaml`: must validate, and (as root) run to a pass (exit 0).
+//! - `tests/scenarios/pass/*.yaml`: the same; they exercise every timeline action.
+//! - `tests/scenarios/fail/*.yaml`: must validate and run to a failure (exit 1); the header
+//!   comment `# expect-failed: a, b` names exactly the assertions that must fail.
+//! - `tests/scenarios/reject/*.yaml`: `edgesim validate` must refuse them (exit 2) with exactly
+//!   the diagnostics in the neighbouring `.stderr` file (golden; `EDGESIM_BLESS=1` rewrites
+//!   them).
+//!
+//! Runs need root; without it they skip with a reason (and fail when EDGESIM_REQUIRE lists
+//! `netns`). Scenarios longer than `EDGESIM_MAX_SCENARIO_SECS` (default 90) are only
+//! validated.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edgesim")
+}
+
+fn yamls(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn name_of(p: &Path) -> String {
+    p.strip_prefix(root()).unwrap_or(p).display().to_string()
+}
+
+fn validate(file: &Path) -> Result<(), Failed> {
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg(file)
+        .output()
+        .map_err(|e| format!("running edgesim: {e}"))?;
+    if out.status.code() != Some(0) {
+        return Err(format!(
+            "`edgesim validate {}` exited {:?}:\n{}",
+            file.display(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Scenario duration in seconds, read without the library (a test of the binary).
+fn duration_secs(file: &Path) -> f64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("duration:") {
+            let v = v.trim();
+            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+            let n: f64 = num.trim().parse().unwrap_or(f64::MAX);
+            return match unit {
+                "ms" => n / 1e3,
+                "m" => n * 60.0,
+                "h" => n * 3600.0,
+                _ => n,
+            };
+        }
+    }
+    f64::MAX
+}
+
+fn expected_failures(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("# expect-failed:"))
+        .map(|l| l.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+fn run(file: &Path, want: i32) -> Result<(), Failed> {
+    if !edgesim::testing::netns() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let report = dir.path().join("report.json");
+    let junit = dir.path().join("junit.xml");
+    let out = Command::new(bin())
+        .arg("run")
+        .arg(file)
+        .arg("--report")
+        .arg(&report)
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .map_err(|e| format!("running edgesim: {e}"))?;
+    let code = out.status.code().unwrap_or(-1);
+    let text = format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if code != want {
+        return Err(format!("`edgesim run {}` exited {code}, expected {want}\n{text}", file.display()).into());
+    }
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).map_err(|e| format!("no report: {e}\n{text}"))?)
+        .map_err(|e| format!("bad report: {e}"))?;
+    if !junit.exists() {
+        return Err("no JUnit file written".into());
+    }
+    if !r["teardown"]["errors"].as_array().is_some_and(|a| a.is_empty()) {
+        return Err(format!("teardown reported errors: {}", r["teardown"]["errors"]).into());
+    }
+    if want == 1 {
+        let failed: Vec<String> = r["assertions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|v| v["passed"] == false)
+                    .filter_map(|v| v["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut expected = expected_failures(file);
+        expected.sort();
+        let mut got = failed.clone();
+        got.sort();
+        if !expected.is_empty() && got != expected {
+            return Err(format!("failed assertions {got:?}, expected exactly {expected:?}\n{text}").into());
+        }
+    }
+    Ok(())
+}
+
+fn normalise(stderr: &str, file: &Path) -> String {
+    stderr.replace(&file.display().to_string(), &format!("{}", file.file_name().unwrap_or_default().to_string_lossy()))
+}
+
+fn reject(file: &Path) -> Result<(), Failed> {
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg(file)
+        .output()
+        .map_err(|e| format!("running edgesim: {e}"))?;
+    let stderr = normalise(&String::from_utf8_lossy(&out.stderr), file);
+    if out.status.code() != Some(2) {
+        return Err(format!("`edgesim validate` exited {:?}, expected 2\n{stderr}", out.status.code()).into());
+    }
+    let golden = file.with_extension("stderr");
+    if std::env::var_os("EDGESIM_BLESS").is_some() {
+        std::fs::write(&golden, &stderr).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    let want = std::fs::read_to_string(&golden)
+        .map_err(|e| format!("missing golden file {} ({e}); run with EDGESIM_BLESS=1 to create it.\ngot:\n{stderr}", golden.display()))?;
+    if want != stderr {
+        return Err(format!("diagnostics differ from {}\n--- expected\n{want}\n--- got\n{stderr}", golden.display()).into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let max_secs: f64 = std::env::var("EDGESIM_MAX_SCENARIO_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(90.0);
+    let mut trials = Vec::new();
+    let shipped = yamls(&root().join("scenarios"));
+    let pass = yamls(&root().join("tests/scenarios/pass"));
+    let fail = yamls(&root().join("tests/scenarios/fail"));
+    let rejected = yamls(&root().join("tests/scenarios/reject"));
+    assert!(!shipped.is_empty(), "no scenarios found under scenarios/");
+    for f in shipped.iter().chain(&pass).chain(&fail) {
+        let g = f.clone();
+        trials.push(Trial::test(format!("validate {}", name_of(f)), move || validate(&g)));
+    }
+    for (files, want) in [(&shipped, 0), (&pass, 0), (&fail, 1)] {
+        for f in files {
+            let g = f.clone();
+            let t = Trial::test(format!("run {}", name_of(f)), move || run(&g, want));
+            trials.push(if duration_secs(f) > max_secs { t.with_ignored_flag(true) } else { t });
+        }
+    }
+    for f in &rejected {
+        let g = f.clone();
+        trials.push(Trial::test(format!("reject {}", name_of(f)), move || reject(&g)));
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
