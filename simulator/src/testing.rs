@@ -46,5 +46,9 @@ pub fn have_program(name: &str) -> bool {
 
 /// Gate for tests that need an external program (e.g. `iperf3`, `nft`).
 pub fn program(cap: &str, name: &str) -> bool {
-    gate(cap, have_program(name), &format!("`{name}` is not installed"))
+    gate(
+        cap,
+        have_program(name),
+        &format!("`{name}` is not installed"),
+    )
 }

@@ -160,16 +160,16 @@ impl fmt::Display for Dur {
         let ns = self.0.as_nanos();
         if ns == 0 {
             f.write_str("0s")
-        } else if ns % 1_000_000_000 == 0 {
+        } else if ns.is_multiple_of(1_000_000_000) {
             let s = ns / 1_000_000_000;
-            if s % 60 == 0 && s >= 60 {
+            if s.is_multiple_of(60) && s >= 60 {
                 write!(f, "{}m", s / 60)
             } else {
                 write!(f, "{s}s")
             }
-        } else if ns % 1_000_000 == 0 {
+        } else if ns.is_multiple_of(1_000_000) {
             write!(f, "{}ms", ns / 1_000_000)
-        } else if ns % 1_000 == 0 {
+        } else if ns.is_multiple_of(1_000) {
             write!(f, "{}us", ns / 1_000)
         } else {
             write!(f, "{}ms", fmt_num(ns as f64 / 1e6))
@@ -226,7 +226,11 @@ impl Percent {
 impl FromStr for Percent {
     type Err = UnitError;
     fn from_str(s: &str) -> Result<Self, UnitError> {
-        let bad = || UnitError(format!("invalid percentage `{s}`: expected e.g. `0.5%` or `100%`"));
+        let bad = || {
+            UnitError(format!(
+                "invalid percentage `{s}`: expected e.g. `0.5%` or `100%`"
+            ))
+        };
         let (n, unit) = split_number(s).ok_or_else(bad)?;
         match unit {
             "%" => Percent::from_fraction(n / 100.0),
@@ -242,7 +246,11 @@ impl fmt::Display for Percent {
     }
 }
 
-string_serde!(Percent, "a percentage such as `0.5%`", r"^\s*[0-9][0-9_.]*\s*%\s*$");
+string_serde!(
+    Percent,
+    "a percentage such as `0.5%`",
+    r"^\s*[0-9][0-9_.]*\s*%\s*$"
+);
 
 /// A bit rate: `500kbit`, `20mbit`, `1gbit` (decimal multiples, as `tc` uses), or `bit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -280,7 +288,7 @@ impl FromStr for Rate {
             _ => return Err(bad()),
         };
         let bits = n * mult;
-        if bits < 8.0 || bits > 4e11 {
+        if !(8.0..=4e11).contains(&bits) {
             return Err(UnitError(format!(
                 "rate `{s}` is out of range (8bit..400gbit)"
             )));
@@ -365,7 +373,7 @@ impl fmt::Display for Bytes {
             ("Ki", 1 << 10),
         ];
         for (u, m) in UNITS {
-            if self.0 >= m && self.0 % m == 0 {
+            if self.0 >= m && self.0.is_multiple_of(m) {
                 return write!(f, "{}{u}", self.0 / m);
             }
         }

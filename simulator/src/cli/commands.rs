@@ -120,8 +120,16 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
     )?;
     writeln!(out, "\nsites:")?;
     for s in &p.sites {
-        let n = p.nodes.iter().filter(|n| p.sites[n.site].name == s.name).count();
-        writeln!(out, "  {:<16} {:<18} gateway {:<15} {n} nodes", s.name, s.subnet, s.gateway)?;
+        let n = p
+            .nodes
+            .iter()
+            .filter(|n| p.sites[n.site].name == s.name)
+            .count();
+        writeln!(
+            out,
+            "  {:<16} {:<18} gateway {:<15} {n} nodes",
+            s.name, s.subnet, s.gateway
+        )?;
     }
     if !p.links.is_empty() {
         writeln!(out, "\nlinks:")?;
@@ -140,7 +148,11 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
         }
     }
     writeln!(out, "\nnodes:")?;
-    let shown = if p.nodes.len() > 24 { 20 } else { p.nodes.len() };
+    let shown = if p.nodes.len() > 24 {
+        20
+    } else {
+        p.nodes.len()
+    };
     for n in &p.nodes[..shown] {
         let l = limits(&n.profile, &host);
         writeln!(
@@ -151,7 +163,8 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
             n.addr,
             n.profile_name,
             l.effective_cores,
-            l.memory_bytes.map_or("unlimited".into(), |b| edgesim::units::Bytes(b).to_string())
+            l.memory_bytes
+                .map_or("unlimited".into(), |b| edgesim::units::Bytes(b).to_string())
         )?;
     }
     if shown < p.nodes.len() {
@@ -161,13 +174,24 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
         writeln!(out, "\nworkloads:")?;
         for w in &p.workloads {
             let on: Vec<&str> = w.nodes.iter().map(|i| p.nodes[*i].name.as_str()).collect();
-            writeln!(out, "  {:<16} on {}: {}", w.name, on.join(","), shlex::try_join(w.argv.iter().map(String::as_str)).unwrap_or_default())?;
+            writeln!(
+                out,
+                "  {:<16} on {}: {}",
+                w.name,
+                on.join(","),
+                shlex::try_join(w.argv.iter().map(String::as_str)).unwrap_or_default()
+            )?;
         }
     }
     if !p.actions.is_empty() {
         writeln!(out, "\ntimeline:")?;
         for a in &p.actions {
-            writeln!(out, "  {:>8}  {}", edgesim::units::Dur(a.at).to_string(), a.summary)?;
+            writeln!(
+                out,
+                "  {:>8}  {}",
+                edgesim::units::Dur(a.at).to_string(),
+                a.summary
+            )?;
         }
     }
     if !p.probes.is_empty() {
@@ -175,18 +199,33 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
         for pr in &p.probes {
             let what = match &pr.kind {
                 edgesim::scenario::plan::ProbeKind::Ping { target, .. } => format!("ping {target}"),
-                edgesim::scenario::plan::ProbeKind::Tcp { addr, target } => format!("tcp {target}:{}", addr.port()),
+                edgesim::scenario::plan::ProbeKind::Tcp { addr, target } => {
+                    format!("tcp {target}:{}", addr.port())
+                }
                 edgesim::scenario::plan::ProbeKind::Http { url, .. } => format!("http {url}"),
             };
-            writeln!(out, "  {:<16} from {:<12} {what} every {}", pr.name, p.nodes[pr.from].name, edgesim::units::Dur(pr.every))?;
+            writeln!(
+                out,
+                "  {:<16} from {:<12} {what} every {}",
+                pr.name,
+                p.nodes[pr.from].name,
+                edgesim::units::Dur(pr.every)
+            )?;
         }
     }
     if !p.assertions.is_empty() {
         writeln!(out, "\nassertions:")?;
         for a in &p.assertions {
             let subj = match &a.subject {
-                edgesim::scenario::plan::Subject::Probe { probe, window } => format!("probe {} during {window}", p.probes[*probe].name),
-                edgesim::scenario::plan::Subject::Metric { workload, name, json, .. } => format!(
+                edgesim::scenario::plan::Subject::Probe { probe, window } => {
+                    format!("probe {} during {window}", p.probes[*probe].name)
+                }
+                edgesim::scenario::plan::Subject::Metric {
+                    workload,
+                    name,
+                    json,
+                    ..
+                } => format!(
                     "metric {} of {}",
                     name.clone().or(json.clone()).unwrap_or_default(),
                     p.workloads[*workload].name
@@ -240,8 +279,8 @@ fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
     }
     let color = std::io::stdout().is_terminal();
     println!(
-        "{:<24} {:<6} {:>5} {:>7} {:>9} {:>10}  {}",
-        "PROFILE", "ARCH", "CORES", "SPEED", "MEMORY", "HOST CPUS", "DESCRIPTION"
+        "{:<24} {:<6} {:>5} {:>7} {:>9} {:>10}  DESCRIPTION",
+        "PROFILE", "ARCH", "CORES", "SPEED", "MEMORY", "HOST CPUS"
     );
     for (name, e) in set.iter() {
         let l = limits(&e.spec, &host);
@@ -259,9 +298,7 @@ fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
     }
     let note = format!(
         "\nSPEED is per-core speed relative to the reference core; HOST CPUS is the CPU quota a node gets on this host\n(host per-core speed {:.2}, {}, {} online CPUs).",
-        host.speed_per_core,
-        host.source,
-        host.online_cpus
+        host.speed_per_core, host.source, host.online_cpus
     );
     if color {
         println!("\x1b[2m{note}\x1b[0m");

@@ -13,19 +13,39 @@ use edgesim::report::{self, Report};
 use edgesim::scenario::Plan;
 
 use super::commands::{capabilities, load_plan, load_profiles};
-use super::{Command, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASS, Output, RunArgs, TargetArg};
+use super::{
+    Command, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASS, Output, RunArgs, TargetArg,
+};
 
 pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
     match cmd {
         Command::Run(args) => run(args, profile_dirs),
-        Command::Up { file, target, seed, out } => up(&file, target, seed, out, profile_dirs),
+        Command::Up {
+            file,
+            target,
+            seed,
+            out,
+        } => up(&file, target, seed, out, profile_dirs),
         Command::Down { name } => down(&name),
-        Command::Exec { name, node, command } => exec(&name, &node, &command),
+        Command::Exec {
+            name,
+            node,
+            command,
+        } => exec(&name, &node, &command),
         Command::Doctor { output } => doctor(output),
         Command::Cleanup { all } => cleanup(all),
         Command::Calibrate { save, builtin } => calibrate(save, builtin),
-        Command::LabDaemon { file, run_id, seed, out, ready_fd } => lab_daemon(&file, &run_id, seed, out, ready_fd, profile_dirs),
-        Command::Validate { .. } | Command::Plan { .. } | Command::Profiles { .. } | Command::Schema => {
+        Command::LabDaemon {
+            file,
+            run_id,
+            seed,
+            out,
+            ready_fd,
+        } => lab_daemon(&file, &run_id, seed, out, ready_fd, profile_dirs),
+        Command::Validate { .. }
+        | Command::Plan { .. }
+        | Command::Profiles { .. }
+        | Command::Schema => {
             unreachable!("handled in commands::dispatch")
         }
     }
@@ -60,8 +80,14 @@ fn per_scenario(path: &Path, name: &str, several: bool) -> PathBuf {
     if !several {
         return path.to_path_buf();
     }
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
     path.with_file_name(format!("{stem}-{name}{ext}"))
 }
 
@@ -78,7 +104,10 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
@@ -101,7 +130,11 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
                 entry.summary,
                 if entry.revert { " [revert]" } else { "" },
                 entry.lag_ms.unwrap_or(0.0),
-                entry.error.as_ref().map(|e| format!("  ERROR: {e}")).unwrap_or_default()
+                entry
+                    .error
+                    .as_ref()
+                    .map(|e| format!("  ERROR: {e}"))
+                    .unwrap_or_default()
             ),
             Progress::Message { text } => text.clone(),
         };
@@ -113,7 +146,12 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
     (f, bar)
 }
 
-fn write_reports(report: &mut Report, out_dir: &Path, json: Option<PathBuf>, junit: Option<PathBuf>) {
+fn write_reports(
+    report: &mut Report,
+    out_dir: &Path,
+    json: Option<PathBuf>,
+    junit: Option<PathBuf>,
+) {
     let mut targets = vec![("json", out_dir.join("report.json"))];
     if let Some(j) = json {
         targets.push(("json", j));
@@ -122,10 +160,17 @@ fn write_reports(report: &mut Report, out_dir: &Path, json: Option<PathBuf>, jun
         targets.push(("junit", j));
     }
     for (kind, path) in &targets {
-        report.artifacts.push(report::Artifact { kind: kind.to_string(), path: path.clone() });
+        report.artifacts.push(report::Artifact {
+            kind: kind.to_string(),
+            path: path.clone(),
+        });
     }
     for (kind, path) in targets {
-        let res = if kind == "junit" { report::write_junit(report, &path) } else { report::write_json(report, &path) };
+        let res = if kind == "junit" {
+            report::write_junit(report, &path)
+        } else {
+            report::write_json(report, &path)
+        };
         if let Err(e) = res {
             eprintln!("error: {e}");
         }
@@ -225,7 +270,13 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
     })
 }
 
-fn up(file: &Path, target: TargetArg, seed: Option<u64>, out: Option<PathBuf>, profile_dirs: &[PathBuf]) -> Result<u8> {
+fn up(
+    file: &Path,
+    target: TargetArg,
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+    profile_dirs: &[PathBuf],
+) -> Result<u8> {
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(target);
     let Some(plan) = load_plan(file, &profiles, &caps, seed)? else {
@@ -243,18 +294,28 @@ fn up(file: &Path, target: TargetArg, seed: Option<u64>, out: Option<PathBuf>, p
     let out_dir = default_out(&plan, &run_id, out, false);
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let log_path = out_dir.join("lab.log");
-    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
     let (rd, wr) = nix::unistd::pipe().context("creating a pipe")?;
     let wr_raw = wr.as_raw_fd();
-    let mut cmd = std::process::Command::new(std::env::current_exe().context("finding the edgesim executable")?);
-    cmd.arg("lab-daemon").arg(file).args(["--run-id", &run_id]).arg("--out").arg(&out_dir).args(["--ready-fd", &wr_raw.to_string()]);
+    let mut cmd = std::process::Command::new(
+        std::env::current_exe().context("finding the edgesim executable")?,
+    );
+    cmd.arg("lab-daemon")
+        .arg(file)
+        .args(["--run-id", &run_id])
+        .arg("--out")
+        .arg(&out_dir)
+        .args(["--ready-fd", &wr_raw.to_string()]);
     for d in profile_dirs {
         cmd.arg("--profiles").arg(d);
     }
     if let Some(s) = seed {
         cmd.args(["--seed", &s.to_string()]);
     }
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     // SAFETY: between fork and exec the child only calls setsid and fcntl on a descriptor
     // number it inherited; both are async-signal-safe and touch no memory of the parent.
     unsafe {
@@ -270,10 +331,17 @@ fn up(file: &Path, target: TargetArg, seed: Option<u64>, out: Option<PathBuf>, p
     let mut child = cmd.spawn().context("starting the lab process")?;
     drop(wr);
     let mut msg = String::new();
-    std::fs::File::from(rd).read_to_string(&mut msg).context("waiting for the lab")?;
+    std::fs::File::from(rd)
+        .read_to_string(&mut msg)
+        .context("waiting for the lab")?;
     if let Some(rest) = msg.strip_prefix("ok ") {
         let st: RunState = serde_json::from_str(rest.trim()).context("reading the lab's state")?;
-        println!("lab `{}` is up (run {}, {} nodes)", st.scenario, st.run_id, st.nodes.len());
+        println!(
+            "lab `{}` is up (run {}, {} nodes)",
+            st.scenario,
+            st.run_id,
+            st.nodes.len()
+        );
         for n in st.nodes.iter().take(12) {
             println!("  {:<16} {:<15} site {}", n.name, n.addr, n.site);
         }
@@ -281,18 +349,31 @@ fn up(file: &Path, target: TargetArg, seed: Option<u64>, out: Option<PathBuf>, p
             println!("  … and {} more", st.nodes.len() - 12);
         }
         println!("logs: {}", st.out_dir.display());
-        println!("try:  edgesim exec {} {} -- ip addr", st.scenario, st.nodes[0].name);
+        println!(
+            "try:  edgesim exec {} {} -- ip addr",
+            st.scenario, st.nodes[0].name
+        );
         println!("stop: edgesim down {}", st.scenario);
         Ok(EXIT_PASS)
     } else {
         let _ = child.wait();
-        eprintln!("error: the lab did not come up: {}", msg.trim().strip_prefix("err ").unwrap_or(msg.trim()));
+        eprintln!(
+            "error: the lab did not come up: {}",
+            msg.trim().strip_prefix("err ").unwrap_or(msg.trim())
+        );
         eprintln!("(log: {})", log_path.display());
         Ok(EXIT_INFRA)
     }
 }
 
-fn lab_daemon(file: &Path, run_id: &str, seed: Option<u64>, out: Option<PathBuf>, ready_fd: Option<i32>, profile_dirs: &[PathBuf]) -> Result<u8> {
+fn lab_daemon(
+    file: &Path,
+    run_id: &str,
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+    ready_fd: Option<i32>,
+    profile_dirs: &[PathBuf],
+) -> Result<u8> {
     // SAFETY: the descriptor number was passed by our parent, which opened it for us and
     // cleared its close-on-exec flag; nothing else in this process owns it.
     let ready: Option<OwnedFd> = ready_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
@@ -315,7 +396,8 @@ fn lab_daemon(file: &Path, run_id: &str, seed: Option<u64>, out: Option<PathBuf>
         report_ready("err invalid scenario".into());
         return Ok(EXIT_INVALID);
     };
-    let out_dir = out.unwrap_or_else(|| PathBuf::from("edgesim-runs").join(format!("{}-{run_id}", plan.name)));
+    let out_dir = out
+        .unwrap_or_else(|| PathBuf::from("edgesim-runs").join(format!("{}-{run_id}", plan.name)));
     let rt = runtime()?;
     rt.block_on(async {
         let (stopper, stop) = StopSignal::new();
@@ -331,15 +413,26 @@ fn lab_daemon(file: &Path, run_id: &str, seed: Option<u64>, out: Option<PathBuf>
                 }
             })),
             stop,
-            ready: Some(Box::new(move |r: std::result::Result<&RunState, String>| match r {
-                Ok(st) => report_ready(format!("ok {}", serde_json::to_string(st).unwrap_or_default())),
-                Err(e) => report_ready(format!("err {e}")),
-            })),
+            ready: Some(Box::new(
+                move |r: std::result::Result<&RunState, String>| match r {
+                    Ok(st) => report_ready(format!(
+                        "ok {}",
+                        serde_json::to_string(st).unwrap_or_default()
+                    )),
+                    Err(e) => report_ready(format!("err {e}")),
+                },
+            )),
             grace: Duration::from_secs(3),
         };
         let mut report = engine::run(Arc::new(plan), opts).await;
         write_reports(&mut report, &out_dir, None, None);
-        Ok(if report.error.is_some() && report.error.as_deref() != Some("interrupted") { EXIT_INFRA } else { EXIT_PASS })
+        Ok(
+            if report.error.is_some() && report.error.as_deref() != Some("interrupted") {
+                EXIT_INFRA
+            } else {
+                EXIT_PASS
+            },
+        )
     })
 }
 
@@ -358,7 +451,10 @@ fn scenario_name(name_or_file: &str) -> String {
 fn down(name_or_file: &str) -> Result<u8> {
     require_root("edgesim down")?;
     let name = scenario_name(name_or_file);
-    let all: Vec<RunState> = state::list().into_iter().filter(|s| s.scenario == name && s.mode == Mode::Lab).collect();
+    let all: Vec<RunState> = state::list()
+        .into_iter()
+        .filter(|s| s.scenario == name && s.mode == Mode::Lab)
+        .collect();
     if all.is_empty() {
         eprintln!("error: no lab of scenario `{name}` is up");
         return Ok(EXIT_INVALID);
@@ -416,9 +512,14 @@ fn exec(name_or_file: &str, node: &str, command: &[String]) -> Result<u8> {
     for (k, v) in peer_env(st, n) {
         cmd.env(k, v);
     }
-    let status = cmd.status().with_context(|| format!("running `{}` in {node}", command[0]))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("running `{}` in {node}", command[0]))?;
     use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().map(|c| c as u8).unwrap_or_else(|| 128 + status.signal().unwrap_or(0) as u8))
+    Ok(status
+        .code()
+        .map(|c| c as u8)
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0) as u8))
 }
 
 /// The environment a workload on `n` would see, for `exec`.
@@ -430,10 +531,17 @@ fn peer_env(st: &RunState, n: &state::NodeState) -> Vec<(String, String)> {
         ("EDGESIM_SITE".into(), n.site.clone()),
         ("EDGESIM_ADDR".into(), n.addr.to_string()),
     ];
-    let peers: Vec<String> = st.nodes.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
+    let peers: Vec<String> = st
+        .nodes
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.addr))
+        .collect();
     env.push(("EDGESIM_PEERS".into(), peers.join(",")));
     for m in &st.nodes {
-        env.push((format!("EDGESIM_PEER_{}", edgesim::target::netns::env_key(&m.name)), m.addr.to_string()));
+        env.push((
+            format!("EDGESIM_PEER_{}", edgesim::target::netns::env_key(&m.name)),
+            m.addr.to_string(),
+        ));
     }
     env
 }
@@ -447,10 +555,23 @@ fn doctor(output: Output) -> Result<u8> {
     }
     println!("kernel: {}\n", r.kernel);
     for c in &r.checks {
-        println!("  {} {:<14} {}", if c.ok { "✓" } else { "✗" }, c.name, c.detail);
+        println!(
+            "  {} {:<14} {}",
+            if c.ok { "✓" } else { "✗" },
+            c.name,
+            c.detail
+        );
     }
     for t in &r.targets {
-        println!("\ntarget {}: {}", t.target, if t.usable { "usable" } else { "NOT usable here" });
+        println!(
+            "\ntarget {}: {}",
+            t.target,
+            if t.usable {
+                "usable"
+            } else {
+                "NOT usable here"
+            }
+        );
         for a in &t.actions {
             let s = match a.support {
                 edgesim::target::Support::Exact => "exact",
@@ -460,7 +581,11 @@ fn doctor(output: Output) -> Result<u8> {
             println!("  {:<22} {:<12} {}", a.action, s, a.how);
         }
     }
-    Ok(if r.targets.iter().any(|t| t.usable) { EXIT_PASS } else { EXIT_INFRA })
+    Ok(if r.targets.iter().any(|t| t.usable) {
+        EXIT_PASS
+    } else {
+        EXIT_INFRA
+    })
 }
 
 fn cleanup(all: bool) -> Result<u8> {
@@ -485,7 +610,12 @@ fn cleanup(all: bool) -> Result<u8> {
             }
         }
         let errs = rt.block_on(edgesim::target::netns::cleanup_state(&st));
-        println!("removed run {} ({}){}", st.run_id, st.scenario, if errs.is_empty() { "" } else { " with errors" });
+        println!(
+            "removed run {} ({}){}",
+            st.run_id,
+            st.scenario,
+            if errs.is_empty() { "" } else { " with errors" }
+        );
         errors.extend(errs);
         removed += 1;
     }
@@ -526,7 +656,9 @@ fn cleanup(all: bool) -> Result<u8> {
     if let Ok(rd) = std::fs::read_dir("/etc/netns") {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with("edgesim-") && state::run_of_namespace(&n).is_some_and(|id| !live_ids.iter().any(|l| l == id)) {
+            if n.starts_with("edgesim-")
+                && state::run_of_namespace(&n).is_some_and(|id| !live_ids.iter().any(|l| l == id))
+            {
                 match std::fs::remove_dir_all(e.path()) {
                     Ok(()) => removed += 1,
                     Err(err) => errors.push(format!("removing {}: {err}", e.path().display())),
@@ -541,15 +673,26 @@ fn cleanup(all: bool) -> Result<u8> {
         println!("nothing to clean up");
     }
     if !live_ids.is_empty() {
-        println!("{} live run(s) left alone; `edgesim cleanup --all` stops them too", live_ids.len());
+        println!(
+            "{} live run(s) left alone; `edgesim cleanup --all` stops them too",
+            live_ids.len()
+        );
     }
-    Ok(if errors.is_empty() { EXIT_PASS } else { EXIT_INFRA })
+    Ok(if errors.is_empty() {
+        EXIT_PASS
+    } else {
+        EXIT_INFRA
+    })
 }
 
 fn calibrate(save: bool, builtin: bool) -> Result<u8> {
     use edgesim::profile::calibrate as cal;
     let opts = cal::CalibrateOptions {
-        method: if builtin { cal::MethodChoice::Builtin } else { cal::MethodChoice::Auto },
+        method: if builtin {
+            cal::MethodChoice::Builtin
+        } else {
+            cal::MethodChoice::Auto
+        },
         ..Default::default()
     };
     eprintln!("measuring single-core CPU speed (this takes up to a minute)…");

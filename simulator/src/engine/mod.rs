@@ -84,7 +84,10 @@ impl StopSignal {
 pub fn stop_on_signals(stopper: Stopper, notify: impl Fn(StopLevel) + Send + 'static) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
             return;
         };
         loop {
@@ -102,10 +105,20 @@ pub fn stop_on_signals(stopper: Stopper, notify: impl Fn(StopLevel) + Send + 'st
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Progress {
-    PhaseStarted { phase: String },
-    PhaseFinished { phase: String, seconds: f64, ok: bool },
-    Action { entry: JournalEntry },
-    Message { text: String },
+    PhaseStarted {
+        phase: String,
+    },
+    PhaseFinished {
+        phase: String,
+        seconds: f64,
+        ok: bool,
+    },
+    Action {
+        entry: JournalEntry,
+    },
+    Message {
+        text: String,
+    },
 }
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
@@ -139,12 +152,22 @@ impl Ctx {
     }
     fn begin(&mut self, phase: &str) {
         self.phase_start = Instant::now();
-        self.say(Progress::PhaseStarted { phase: phase.into() });
+        self.say(Progress::PhaseStarted {
+            phase: phase.into(),
+        });
     }
     fn end(&mut self, phase: &str, ok: bool) {
         let seconds = self.phase_start.elapsed().as_secs_f64();
-        self.report.phases.push(Phase { name: phase.into(), seconds, ok });
-        self.say(Progress::PhaseFinished { phase: phase.into(), seconds, ok });
+        self.report.phases.push(Phase {
+            name: phase.into(),
+            seconds,
+            ok,
+        });
+        self.say(Progress::PhaseFinished {
+            phase: phase.into(),
+            seconds,
+            ok,
+        });
     }
 }
 
@@ -157,7 +180,10 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
         phase_start: Instant::now(),
     };
     if let Err(e) = std::fs::create_dir_all(&opts.out_dir) {
-        cx.report.error = Some(format!("creating the output folder {}: {e}", opts.out_dir.display()));
+        cx.report.error = Some(format!(
+            "creating the output folder {}: {e}",
+            opts.out_dir.display()
+        ));
         if let Some(r) = opts.ready.take() {
             r(Err(cx.report.error.clone().unwrap_or_default()));
         }
@@ -218,7 +244,11 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
 
     // Teardown, always.
     cx.begin("teardown");
-    let grace = if opts.stop.level() >= StopLevel::Force { Duration::ZERO } else { opts.grace };
+    let grace = if opts.stop.level() >= StopLevel::Force {
+        Duration::ZERO
+    } else {
+        opts.grace
+    };
     let state_copy = lab.lock().await.state.clone();
     // Every task holding the lab has been joined by now; wait briefly if one is finishing.
     let mut shared = lab;
@@ -239,7 +269,9 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
         let errors = netns::cleanup_state(&state_copy).await;
         cx.end("teardown", errors.is_empty());
         cx.report.teardown.errors = errors;
-        cx.report.error.get_or_insert_with(|| "internal error: the lab was still in use at teardown".into());
+        cx.report
+            .error
+            .get_or_insert_with(|| "internal error: the lab was still in use at teardown".into());
         cx.report.finish();
         return cx.report;
     };
@@ -254,7 +286,10 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
     cx.report.teardown.seconds = t.elapsed().as_secs_f64();
     cx.end("teardown", errors.is_empty());
     if !errors.is_empty() && cx.report.error.is_none() {
-        cx.report.error = Some(format!("teardown left {} problem(s); run `edgesim cleanup`", errors.len()));
+        cx.report.error = Some(format!(
+            "teardown left {} problem(s); run `edgesim cleanup`",
+            errors.len()
+        ));
     }
     cx.report.teardown.errors = errors;
     if let Some(m) = &opts.metrics {
@@ -268,7 +303,12 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
 }
 
 /// Deploy, timeline, probes and assertions. An `Err` is an infrastructure error.
-async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOptions, cx: &mut Ctx) -> Result<(), String> {
+async fn play(
+    plan: &Arc<Plan>,
+    lab: &Arc<Mutex<NetnsLab>>,
+    opts: &mut RunOptions,
+    cx: &mut Ctx,
+) -> Result<(), String> {
     cx.begin("deploy");
     {
         let mut l = lab.lock().await;
@@ -301,7 +341,9 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
                 r(Ok(&l.state));
             }
         }
-        cx.say(Progress::Message { text: "lab is up; waiting for `edgesim down`".into() });
+        cx.say(Progress::Message {
+            text: "lab is up; waiting for `edgesim down`".into(),
+        });
         opts.stop.wait(StopLevel::Graceful).await;
         return Ok(());
     }
@@ -315,18 +357,27 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
     let mut probe_tasks = Vec::new();
     let mut logs: Vec<ProbeLog> = Vec::new();
     for p in plan.probes.iter() {
-        let f = lab.lock().await.sockets(p.from).map_err(|e| e.to_string())?;
+        let f = lab
+            .lock()
+            .await
+            .sockets(p.from)
+            .map_err(|e| e.to_string())?;
         let log = ProbeLog::new();
         logs.push(log.clone());
         let p = p.clone();
         let until = plan.duration;
         let metrics = opts.metrics.clone();
-        probe_tasks.push(tokio::spawn(async move { probe::run(&p, f, t0_tokio, until, log, metrics).await }));
+        probe_tasks.push(tokio::spawn(async move {
+            probe::run(&p, f, t0_tokio, until, log, metrics).await
+        }));
     }
 
     let mut timed_scrapes = Vec::new();
     for (ai, a) in plan.assertions.iter().enumerate() {
-        if let Subject::Metric { at: Bound::At(at), .. } = &a.subject {
+        if let Subject::Metric {
+            at: Bound::At(at), ..
+        } = &a.subject
+        {
             let lab = lab.clone();
             let plan = plan.clone();
             let at = *at;
@@ -352,7 +403,17 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
             std::thread::scope(|s| {
                 std::thread::Builder::new()
                     .name("edgesim-timeline".into())
-                    .spawn_scoped(s, || play_timeline(&plan, &lab, &rt, t0, &stop, metrics.as_deref(), progress.as_ref()))
+                    .spawn_scoped(s, || {
+                        play_timeline(
+                            &plan,
+                            &lab,
+                            &rt,
+                            t0,
+                            &stop,
+                            metrics.as_deref(),
+                            progress.as_ref(),
+                        )
+                    })
                     .map(|h| h.join().unwrap_or_default())
                     .unwrap_or_default()
             })
@@ -377,9 +438,8 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
         }
     }
     for t in probe_tasks {
-        match t.await {
-            Ok(Err(e)) => cx.report.notes.push(format!("probe: {e}")),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(e)) = t.await {
+            cx.report.notes.push(format!("probe: {e}"));
         }
     }
     cx.end("timeline", !interrupted);
@@ -387,7 +447,9 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
         for (_, t) in timed_scrapes {
             let _ = t.await;
         }
-        cx.report.notes.push("interrupted: the run was stopped before the end of its timeline".into());
+        cx.report
+            .notes
+            .push("interrupted: the run was stopped before the end of its timeline".into());
         cx.report.probes = plan
             .probes
             .iter()
@@ -418,7 +480,9 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
                 v
             }
             Subject::Metric { aggregate, at, .. } => {
-                let values = scraped.remove(&ai).unwrap_or_else(|| Err("not read".into()));
+                let values = scraped
+                    .remove(&ai)
+                    .unwrap_or_else(|| Err("not read".into()));
                 let mut v = assertion::judge_metric(&a.name, values, *aggregate, &a.expect);
                 v.window = Some(match at {
                     Bound::At(d) => format!("at {}", crate::units::Dur(*d)),
@@ -442,18 +506,34 @@ async fn play(plan: &Arc<Plan>, lab: &Arc<Mutex<NetnsLab>>, opts: &mut RunOption
 
 /// Reads the metric of assertion `ai` from every selected instance, from inside each node.
 async fn scrape_for(plan: &Plan, lab: &Mutex<NetnsLab>, ai: usize) -> Result<Vec<f64>, String> {
-    let Subject::Metric { workload, name, json, labels, nodes, .. } = &plan.assertions[ai].subject else {
+    let Subject::Metric {
+        workload,
+        name,
+        json,
+        labels,
+        nodes,
+        ..
+    } = &plan.assertions[ai].subject
+    else {
         return Err("not a metric assertion".into());
     };
     let w = &plan.workloads[*workload];
-    let ep = w.metrics.as_ref().ok_or("the workload has no metrics endpoint")?;
+    let ep = w
+        .metrics
+        .as_ref()
+        .ok_or("the workload has no metrics endpoint")?;
     let mut values = Vec::new();
     for &n in nodes {
         let f = lab.lock().await.sockets(n).map_err(|e| e.to_string())?;
         let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, ep.port);
         let doc = probe::scrape::scrape(&f, addr, &ep.path, ep.format, Duration::from_secs(5))
             .await
-            .map_err(|e| format!("reading {} of `{}` on `{}`: {e}", ep.path, w.name, plan.nodes[n].name))?;
+            .map_err(|e| {
+                format!(
+                    "reading {} of `{}` on `{}`: {e}",
+                    ep.path, w.name, plan.nodes[n].name
+                )
+            })?;
         let v = probe::scrape::select(&doc, name.as_deref(), json.as_deref(), labels)
             .map_err(|e| format!("`{}` on `{}`: {e}", w.name, plan.nodes[n].name))?;
         values.extend(v);
@@ -513,12 +593,23 @@ fn play_timeline(
         let started = Instant::now();
         let res = rt.block_on(async { lab.lock().await.apply(&a.kind, prepared).await });
         let done = Instant::now();
-        let entry = JournalEntry::applied(a, done.saturating_duration_since(t0), done - started, res.map_err(|e| e.to_string()));
+        let entry = JournalEntry::applied(
+            a,
+            done.saturating_duration_since(t0),
+            done - started,
+            res.map_err(|e| e.to_string()),
+        );
         if let Some(m) = metrics {
-            m.action(&entry.verb, entry.ok, Duration::from_secs_f64(entry.lag_ms.unwrap_or(0.0) / 1e3));
+            m.action(
+                &entry.verb,
+                entry.ok,
+                Duration::from_secs_f64(entry.lag_ms.unwrap_or(0.0) / 1e3),
+            );
         }
         if let Some(p) = progress {
-            p(Progress::Action { entry: entry.clone() });
+            p(Progress::Action {
+                entry: entry.clone(),
+            });
         }
         journal.push(entry);
     }

@@ -10,7 +10,9 @@ use std::os::fd::RawFd;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use super::{HostError, Result};
 
@@ -35,8 +37,16 @@ pub async fn is_up(h: &Handle, index: u32) -> Result<bool> {
     let mut s = h.link().get().match_index(index).execute();
     match s.try_next().await {
         Ok(Some(m)) => Ok(m.header.flags.contains(LinkFlags::Up)),
-        Ok(None) => Err(HostError::other("reading", format!("interface {index}"), "gone")),
-        Err(e) => Err(HostError::netlink("reading", format!("interface {index}"), e)),
+        Ok(None) => Err(HostError::other(
+            "reading",
+            format!("interface {index}"),
+            "gone",
+        )),
+        Err(e) => Err(HostError::netlink(
+            "reading",
+            format!("interface {index}"),
+            e,
+        )),
     }
 }
 
@@ -108,7 +118,13 @@ pub async fn delete(h: &Handle, index: u32, what: &str) -> Result<()> {
 }
 
 /// Adds an IPv4 address to interface `index`.
-pub async fn add_addr(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8, what: &str) -> Result<()> {
+pub async fn add_addr(
+    h: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    what: &str,
+) -> Result<()> {
     h.address()
         .add(index, IpAddr::V4(addr), prefix)
         .execute()

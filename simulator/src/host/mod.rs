@@ -7,8 +7,8 @@
 //! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`).
 
 pub mod cgroup;
-pub mod nft;
 pub mod link;
+pub mod nft;
 pub mod ns;
 pub mod tc;
 

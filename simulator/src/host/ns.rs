@@ -255,7 +255,12 @@ pub fn netlink(name: &str) -> Result<rtnetlink::Handle> {
 }
 
 type SocketReply = std::sync::mpsc::Sender<io::Result<socket2::Socket>>;
-type SocketRequest = (socket2::Domain, socket2::Type, Option<socket2::Protocol>, SocketReply);
+type SocketRequest = (
+    socket2::Domain,
+    socket2::Type,
+    Option<socket2::Protocol>,
+    SocketReply,
+);
 
 /// A long-lived thread that sits inside one namespace and opens sockets there on request.
 ///
@@ -270,7 +275,9 @@ pub struct SocketFactory {
 
 impl std::fmt::Debug for SocketFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SocketFactory").field("ns", &self.name).finish()
+        f.debug_struct("SocketFactory")
+            .field("ns", &self.name)
+            .finish()
     }
 }
 

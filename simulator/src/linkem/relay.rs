@@ -696,6 +696,10 @@ fn tx_loop(shared: &Shared, dir: Dir) {
         }
         drop(heap);
         for q in batch.drain(..) {
+            if !q.head {
+                let late = sys::mono_ns() - q.release;
+                ds.counters.lateness(u64::try_from(late).unwrap_or(0));
+            }
             ds.transmit(&q.data, q.wire, &q.rule);
             q.rule.dequeued();
             ds.pending.fetch_sub(1, Ordering::AcqRel);

@@ -89,9 +89,22 @@ pub(crate) struct DirCounters {
     pub recv_errors: AtomicU64,
     pub send_errors: AtomicU64,
     pub pcap_errors: AtomicU64,
+    pub late_sends: AtomicU64,
+    pub max_lateness_ns: AtomicU64,
 }
 
+/// A queued packet sent more than this after its release time counts as late.
+pub const LATE_NS: u64 = 100_000;
+
 impl DirCounters {
+    /// A queued packet left `ns` after its release time.
+    pub fn lateness(&self, ns: u64) {
+        if ns > LATE_NS {
+            self.late_sends.fetch_add(1, Relaxed);
+        }
+        self.max_lateness_ns.fetch_max(ns, Relaxed);
+    }
+
     /// The counters of rule `name`, created on first use.
     pub fn rule(&self, name: &str) -> Arc<RuleCounters> {
         let mut rules = self.rules.lock().unwrap_or_else(|p| p.into_inner());
@@ -122,6 +135,8 @@ impl DirCounters {
             recv_errors: self.recv_errors.load(Relaxed),
             send_errors: self.send_errors.load(Relaxed),
             pcap_errors: self.pcap_errors.load(Relaxed),
+            late_sends: self.late_sends.load(Relaxed),
+            max_lateness_ns: self.max_lateness_ns.load(Relaxed),
         }
     }
 }
@@ -176,6 +191,10 @@ pub struct DirectionStats {
     /// itself, not by decision.
     pub send_errors: u64,
     pub pcap_errors: u64,
+    /// Queued packets that left more than 100 µs after their release time (the emulation's
+    /// own timing error: a loaded machine or a descheduled thread), and the worst lateness.
+    pub late_sends: u64,
+    pub max_lateness_ns: u64,
 }
 
 impl DirectionStats {

@@ -133,7 +133,7 @@ where
 
 /// A hint for an unknown name: "did you mean `x`?" when one is close, followed by the list of
 /// valid names when it is short enough to read.
-pub fn unknown_hint<'a>(word: &str, kind: &str, candidates: &[&'a str]) -> Option<String> {
+pub fn unknown_hint(word: &str, kind: &str, candidates: &[&str]) -> Option<String> {
     let close = did_you_mean(word, candidates.iter().copied());
     let list = if candidates.is_empty() {
         format!("there are no {kind}")
@@ -158,7 +158,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("dely", ["delay", "jitter", "loss"]), Some("delay"));
+        assert_eq!(
+            did_you_mean("dely", ["delay", "jitter", "loss"]),
+            Some("delay")
+        );
         assert_eq!(did_you_mean("gw-4", ["sink", "gw-1"]), Some("gw-1"));
         assert_eq!(did_you_mean("zzz", ["delay", "jitter"]), None);
     }

@@ -217,7 +217,13 @@ pub struct Expectation {
 
 impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} {}", self.stat.name(), self.op.symbol(), self.threshold)
+        write!(
+            f,
+            "{} {} {}",
+            self.stat.name(),
+            self.op.symbol(),
+            self.threshold
+        )
     }
 }
 
@@ -273,18 +279,16 @@ fn parse_threshold(s: &str) -> Result<Threshold, String> {
 /// optional and must be `value`.
 pub fn parse_expectation(s: &str, metric: bool) -> Result<Expectation, (String, Option<String>)> {
     let s = s.trim();
-    let op_at = s
-        .find(['=', '!', '<', '>'])
-        .ok_or_else(|| {
-            (
-                format!("`{s}` has no comparison"),
-                Some(if metric {
-                    "write e.g. `== 0` or `<= 100`".to_string()
-                } else {
-                    "write e.g. `success_rate >= 99%` or `p99 < 150ms`".to_string()
-                }),
-            )
-        })?;
+    let op_at = s.find(['=', '!', '<', '>']).ok_or_else(|| {
+        (
+            format!("`{s}` has no comparison"),
+            Some(if metric {
+                "write e.g. `== 0` or `<= 100`".to_string()
+            } else {
+                "write e.g. `success_rate >= 99%` or `p99 < 150ms`".to_string()
+            }),
+        )
+    })?;
     let (lhs, rest) = s.split_at(op_at);
     let (op, rhs) = [
         ("==", Op::Eq),
@@ -457,7 +461,12 @@ mod tests {
 
     #[test]
     fn rejects_mismatched_units_and_unknown_stats() {
-        assert!(parse_expectation("p99 < 99%", false).unwrap_err().0.contains("duration"));
+        assert!(
+            parse_expectation("p99 < 99%", false)
+                .unwrap_err()
+                .0
+                .contains("duration")
+        );
         assert!(parse_expectation("success_rate > 5ms", false).is_err());
         let (m, h) = parse_expectation("sucess_rate > 5%", false).unwrap_err();
         assert!(m.contains("unknown statistic"));
@@ -490,7 +499,9 @@ mod tests {
             (Duration::from_secs(16), Duration::from_secs(34))
         );
         assert_eq!(
-            parse_window("start..end").unwrap().resolve(Duration::from_secs(9)),
+            parse_window("start..end")
+                .unwrap()
+                .resolve(Duration::from_secs(9)),
             (Duration::ZERO, Duration::from_secs(9))
         );
         assert!(parse_window("34s..16s").is_err());

@@ -69,9 +69,15 @@ pub struct Site {
 /// Impairments of one direction of a link, as numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LinkParams {
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<Duration>,
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter: Option<Duration>,
     /// Fraction of packets dropped, `0.0..=1.0`.
     #[serde(skip_serializing_if = "is_zero")]

@@ -294,8 +294,8 @@ impl<'a> Validator<'a> {
     fn sites(&mut self) -> Vec<String> {
         let mut names = Vec::new();
         if self.sc.spec.sites.is_empty() {
-            self.err(Pos::UNKNOWN, "the scenario has no sites")
-                .hint = Some("add e.g. `sites: {cloud: {}}`".into());
+            self.err(Pos::UNKNOWN, "the scenario has no sites").hint =
+                Some("add e.g. `sites: {cloud: {}}`".into());
         }
         for (i, name) in self.sc.spec.sites.keys().enumerate() {
             self.name_ok(name, "site");
@@ -360,7 +360,19 @@ impl<'a> Validator<'a> {
 
     fn add_link(&mut self, name: String, pos: Pos, a: usize, b: usize, l: &LinkSpec) {
         if a == b {
-            self.err(pos, format!("link `{name}` joins site `{}` to itself", self.sc.spec.sites.keys().nth(a).map(|k| k.value.as_str()).unwrap_or("?")));
+            self.err(
+                pos,
+                format!(
+                    "link `{name}` joins site `{}` to itself",
+                    self.sc
+                        .spec
+                        .sites
+                        .keys()
+                        .nth(a)
+                        .map(|k| k.value.as_str())
+                        .unwrap_or("?")
+                ),
+            );
             return;
         }
         if let Some(other) = self
@@ -399,8 +411,11 @@ impl<'a> Validator<'a> {
         for (i, (sname, site)) in sc.spec.sites.iter().enumerate() {
             let Some(up) = &site.uplink else { continue };
             if let Some(b) = &up.between {
-                self.err(b.pos, "an uplink names its parent with `site`, not `between`")
-                    .hint = Some("`between` is for entries of `spec.links`".into());
+                self.err(
+                    b.pos,
+                    "an uplink names its parent with `site`, not `between`",
+                )
+                .hint = Some("`between` is for entries of `spec.links`".into());
             }
             if let Some(n) = &up.name {
                 self.err(
@@ -409,17 +424,28 @@ impl<'a> Validator<'a> {
                 );
             }
             let Some(parent) = &up.site else {
-                self.err(sname.pos, format!("the uplink of site `{}` does not say which site it joins", sname.value))
-                    .hint = Some("add `site: <parent site>` to the uplink".into());
+                self.err(
+                    sname.pos,
+                    format!(
+                        "the uplink of site `{}` does not say which site it joins",
+                        sname.value
+                    ),
+                )
+                .hint = Some("add `site: <parent site>` to the uplink".into());
                 continue;
             };
-            if let Some(j) = self.site_ref(parent, &format!("in the uplink of site `{}`", sname.value)) {
+            if let Some(j) =
+                self.site_ref(parent, &format!("in the uplink of site `{}`", sname.value))
+            {
                 self.add_link(format!("{}-uplink", sites[i]), parent.pos, i, j, up);
             }
         }
         for l in &sc.spec.links {
             if let Some(s) = &l.site {
-                self.err(s.pos, "entries of `links` name their sites with `between: [a, b]`");
+                self.err(
+                    s.pos,
+                    "entries of `links` name their sites with `between: [a, b]`",
+                );
                 continue;
             }
             let Some(between) = &l.between else {
@@ -427,7 +453,13 @@ impl<'a> Validator<'a> {
                 continue;
             };
             if between.len() != 2 {
-                self.err(between.pos, format!("`between` names {} sites; a link joins exactly two", between.len()));
+                self.err(
+                    between.pos,
+                    format!(
+                        "`between` names {} sites; a link joins exactly two",
+                        between.len()
+                    ),
+                );
                 continue;
             }
             let a = self.site_ref(&between[0], "in `links`");
@@ -474,7 +506,10 @@ impl<'a> Validator<'a> {
                         all.sort();
                         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
                         let h = unknown_hint(&n.profile, "profiles", &refs);
-                        let d = self.err(n.profile.pos, format!("unknown profile `{}`", n.profile.value));
+                        let d = self.err(
+                            n.profile.pos,
+                            format!("unknown profile `{}`", n.profile.value),
+                        );
                         d.width = width(&n.profile);
                         d.hint = h;
                         None
@@ -491,7 +526,9 @@ impl<'a> Validator<'a> {
                     self.err(c.pos, format!("count {} is more than 4000 nodes", c.value));
                     vec![]
                 }
-                Some(c) => (1..=c.value).map(|i| format!("{}-{i}", n.name.value)).collect(),
+                Some(c) => (1..=c.value)
+                    .map(|i| format!("{}-{i}", n.name.value))
+                    .collect(),
             };
             for name in names {
                 if self.node_ix.contains_key(&name) {
@@ -500,7 +537,10 @@ impl<'a> Validator<'a> {
                     continue;
                 }
                 if name.len() > 63 {
-                    self.err(n.name.pos, format!("node name `{name}` is longer than 63 characters"));
+                    self.err(
+                        n.name.pos,
+                        format!("node name `{name}` is longer than 63 characters"),
+                    );
                 }
                 if let (Some(site), Some(profile)) = (site, profile.clone()) {
                     self.node_ix.insert(name.clone(), self.nodes.len());
@@ -526,8 +566,16 @@ impl<'a> Validator<'a> {
             Some(p) => match p.value.parse::<Ipv4Net>() {
                 Ok(n) if n.addr().is_private() => n.trunc(),
                 Ok(_) => {
-                    self.err(p.pos, format!("address pool `{}` is not a private (RFC 1918) range", p.value))
-                        .hint = Some("use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16".into());
+                    self.err(
+                        p.pos,
+                        format!(
+                            "address pool `{}` is not a private (RFC 1918) range",
+                            p.value
+                        ),
+                    )
+                    .hint = Some(
+                        "use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16".into(),
+                    );
                     default_pool
                 }
                 Err(_) => {
@@ -559,17 +607,30 @@ impl<'a> Validator<'a> {
                 .expect("prefix length in range");
             let gw = Ipv4Addr::from(start as u32 + 1);
             out.push((net, gw));
-            let mut host = start as u32 + 2;
-            for n in self.nodes.iter_mut().filter(|n| n.site == si) {
+            for (host, n) in
+                (start as u32 + 2..).zip(self.nodes.iter_mut().filter(|n| n.site == si))
+            {
                 n.addr = Ipv4Addr::from(host);
-                host += 1;
             }
             next = start + size;
         }
         if exhausted {
-            let pos = self.sc.spec.network.pool.as_ref().map_or(Pos::UNKNOWN, |p| p.pos);
-            self.err(pos, format!("address pool {pool} is too small for {} sites and {} nodes", sites.len(), self.nodes.len()))
-                .hint = Some("each site takes at least a /24; set a larger `spec.network.pool`".into());
+            let pos = self
+                .sc
+                .spec
+                .network
+                .pool
+                .as_ref()
+                .map_or(Pos::UNKNOWN, |p| p.pos);
+            self.err(
+                pos,
+                format!(
+                    "address pool {pool} is too small for {} sites and {} nodes",
+                    sites.len(),
+                    self.nodes.len()
+                ),
+            )
+            .hint = Some("each site takes at least a /24; set a larger `spec.network.pool`".into());
         }
         (pool, out)
     }
@@ -584,23 +645,45 @@ impl<'a> Validator<'a> {
             if v == "all" || v == "*" {
                 out.extend(0..self.nodes.len());
             } else if let Some(site) = v.strip_prefix("site/") {
-                let r = Loc::new(site.to_string(), Pos { line: s.pos.line, column: s.pos.column + 5 });
+                let r = Loc::new(
+                    site.to_string(),
+                    Pos {
+                        line: s.pos.line,
+                        column: s.pos.column + 5,
+                    },
+                );
                 match self.site_ref(&r, ctx) {
                     Some(si) => out.extend(
-                        self.nodes.iter().enumerate().filter(|(_, n)| n.site == si).map(|(i, _)| i),
+                        self.nodes
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, n)| n.site == si)
+                            .map(|(i, _)| i),
                     ),
                     None => ok = false,
                 }
             } else if let Some(lbl) = v.strip_prefix("label/") {
                 let (k, val) = lbl.split_once('=').unwrap_or((lbl, ""));
-                out.extend(self.nodes.iter().enumerate().filter(|(_, n)| {
-                    n.labels.get(k).is_some_and(|x| val.is_empty() || x == val)
-                }).map(|(i, _)| i));
+                out.extend(
+                    self.nodes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, n)| {
+                            n.labels.get(k).is_some_and(|x| val.is_empty() || x == val)
+                        })
+                        .map(|(i, _)| i),
+                );
             } else if v.contains(['*', '?', '[']) {
                 match globset::Glob::new(v) {
                     Ok(g) => {
                         let m = g.compile_matcher();
-                        out.extend(self.nodes.iter().enumerate().filter(|(_, n)| m.is_match(&n.name)).map(|(i, _)| i));
+                        out.extend(
+                            self.nodes
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, n)| m.is_match(&n.name))
+                                .map(|(i, _)| i),
+                        );
                     }
                     Err(e) => {
                         self.err(s.pos, format!("bad pattern `{v}` {ctx}: {e}"));
@@ -615,7 +698,9 @@ impl<'a> Validator<'a> {
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
                 let mut h = unknown_hint(v, "nodes", &refs);
                 if self.site_ix.contains_key(v) {
-                    h = Some(format!("`{v}` is a site: write `site/{v}` to select its nodes"));
+                    h = Some(format!(
+                        "`{v}` is a site: write `site/{v}` to select its nodes"
+                    ));
                 }
                 let d = self.err(s.pos, format!("unknown node `{v}` {ctx}"));
                 d.width = width(v);
@@ -644,10 +729,16 @@ impl<'a> Validator<'a> {
     fn matches_none(&self, v: &str) -> bool {
         if let Some(lbl) = v.strip_prefix("label/") {
             let (k, val) = lbl.split_once('=').unwrap_or((lbl, ""));
-            return !self.nodes.iter().any(|n| n.labels.get(k).is_some_and(|x| val.is_empty() || x == val));
+            return !self
+                .nodes
+                .iter()
+                .any(|n| n.labels.get(k).is_some_and(|x| val.is_empty() || x == val));
         }
         if let Some(site) = v.strip_prefix("site/") {
-            return self.site_ix.get(site).is_some_and(|&si| !self.nodes.iter().any(|n| n.site == si));
+            return self
+                .site_ix
+                .get(site)
+                .is_some_and(|&si| !self.nodes.iter().any(|n| n.site == si));
         }
         if v.contains(['*', '?', '[']) {
             return globset::Glob::new(v)
@@ -667,7 +758,10 @@ impl<'a> Validator<'a> {
         for w in &sc.spec.workloads {
             self.name_ok(&w.name, "workload");
             if !seen.insert(w.name.value.clone()) {
-                self.err(w.name.pos, format!("duplicate workload name `{}`", w.name.value));
+                self.err(
+                    w.name.pos,
+                    format!("duplicate workload name `{}`", w.name.value),
+                );
             }
             let nodes = self
                 .select(&w.on, &format!("in `on` of workload `{}`", w.name.value))
@@ -676,18 +770,27 @@ impl<'a> Validator<'a> {
                 model::CommandLine::Line(l) => match shlex::split(l) {
                     Some(v) => v,
                     None => {
-                        self.err(w.command.pos, "the command line has an unterminated quote or escape");
+                        self.err(
+                            w.command.pos,
+                            "the command line has an unterminated quote or escape",
+                        );
                         vec![]
                     }
                 },
                 model::CommandLine::Args(a) => a.clone(),
             };
             if argv.is_empty() || argv[0].is_empty() {
-                self.err(w.command.pos, format!("workload `{}` has an empty command", w.name.value));
+                self.err(
+                    w.command.pos,
+                    format!("workload `{}` has an empty command", w.name.value),
+                );
             }
             for k in w.env.keys() {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
-                    self.err(w.name.pos, format!("environment variable name `{k}` is invalid"));
+                    self.err(
+                        w.name.pos,
+                        format!("environment variable name `{k}` is invalid"),
+                    );
                 }
             }
             let metrics = w.metrics.as_ref().map(|m| {
@@ -699,7 +802,10 @@ impl<'a> Validator<'a> {
                     model::MetricsFormat::Json => "/status".into(),
                 });
                 if !path.starts_with('/') {
-                    self.err(m.port.pos, format!("metrics path `{path}` must start with `/`"));
+                    self.err(
+                        m.port.pos,
+                        format!("metrics path `{path}` must start with `/`"),
+                    );
                 }
                 plan::MetricsEndpoint {
                     port: m.port.value,
@@ -712,10 +818,16 @@ impl<'a> Validator<'a> {
                 argv,
                 env: w.env.clone(),
                 restart: w.restart,
-                restart_delay: w.restart_delay.as_ref().map_or(Duration::from_secs(1), |d| d.0),
+                restart_delay: w
+                    .restart_delay
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |d| d.0),
                 metrics,
                 ready_port: w.ready_port.as_ref().map(|p| p.value),
-                ready_timeout: w.ready_timeout.as_ref().map_or(Duration::from_secs(10), |d| d.0),
+                ready_timeout: w
+                    .ready_timeout
+                    .as_ref()
+                    .map_or(Duration::from_secs(10), |d| d.0),
                 nodes,
             });
         }
@@ -771,7 +883,10 @@ impl<'a> Validator<'a> {
             let hint = self.caps.delay_hint.clone();
             self.err(
                 pos,
-                format!("link {what} cannot be emulated by the `{}` target on this machine", self.caps.target),
+                format!(
+                    "link {what} cannot be emulated by the `{}` target on this machine",
+                    self.caps.target
+                ),
             )
             .hint = Some(hint);
         }
@@ -803,12 +918,12 @@ impl<'a> Validator<'a> {
         let mut auto_name = 0usize;
 
         let flush_reverts = |until: Duration,
-                                 reverts: &mut Vec<(Duration, usize, RevertOp, String)>,
-                                 out: &mut Vec<Pending>,
-                                 link_state: &mut Vec<(LinkParams, LinkParams)>,
-                                 partitions: &mut BTreeMap<String, usize>,
-                                 down: &mut HashMap<usize, (DownMode, Option<Duration>)>,
-                                 inclusive: bool| {
+                             reverts: &mut Vec<(Duration, usize, RevertOp, String)>,
+                             out: &mut Vec<Pending>,
+                             link_state: &mut Vec<(LinkParams, LinkParams)>,
+                             partitions: &mut BTreeMap<String, usize>,
+                             down: &mut HashMap<usize, (DownMode, Option<Duration>)>,
+                             inclusive: bool| {
             reverts.sort_by_key(|r| r.0);
             while let Some(r) = reverts.first() {
                 if r.0 > until || (!inclusive && r.0 == until) {
@@ -817,12 +932,21 @@ impl<'a> Validator<'a> {
                 let (at, event, op, summary) = reverts.remove(0);
                 let kind = match op {
                     RevertOp::Kind(k) => k,
-                    RevertOp::Restore { link, dirs, fields, before } => {
+                    RevertOp::Restore {
+                        link,
+                        dirs,
+                        fields,
+                        before,
+                    } => {
                         // Restore only the fields the entry set; later changes to other
                         // fields stay.
                         let mut now = link_state[link];
                         for up in dirs {
-                            let (cur, old) = if up { (&mut now.0, before.0) } else { (&mut now.1, before.1) };
+                            let (cur, old) = if up {
+                                (&mut now.0, before.0)
+                            } else {
+                                (&mut now.1, before.1)
+                            };
                             for f in &fields {
                                 match *f {
                                     "delay" => cur.delay = old.delay,
@@ -832,7 +956,11 @@ impl<'a> Validator<'a> {
                                 }
                             }
                         }
-                        ActionKind::Impair { link, up: now.0, down: now.1 }
+                        ActionKind::Impair {
+                            link,
+                            up: now.0,
+                            down: now.1,
+                        }
                     }
                 };
                 match &kind {
@@ -849,7 +977,13 @@ impl<'a> Validator<'a> {
                     }
                     _ => {}
                 }
-                out.push(Pending { at, revert: true, event, kind, summary });
+                out.push(Pending {
+                    at,
+                    revert: true,
+                    event,
+                    kind,
+                    summary,
+                });
             }
         };
 
@@ -857,9 +991,24 @@ impl<'a> Validator<'a> {
             let e: &EventSpec = &sc.spec.timeline[ei];
             let at = e.at.0;
             // Reverts due at or before this instant happen first.
-            flush_reverts(at, &mut reverts, &mut out, &mut link_state, &mut partitions, &mut down, true);
+            flush_reverts(
+                at,
+                &mut reverts,
+                &mut out,
+                &mut link_state,
+                &mut partitions,
+                &mut down,
+                true,
+            );
             if at > p.duration {
-                self.err(e.at.pos, format!("timeline entry at {} is after the end of the scenario ({})", Dur(at), Dur(p.duration)));
+                self.err(
+                    e.at.pos,
+                    format!(
+                        "timeline entry at {} is after the end of the scenario ({})",
+                        Dur(at),
+                        Dur(p.duration)
+                    ),
+                );
                 continue;
             }
             let until = e.for_.as_ref().map(|f| at + f.0);
@@ -868,8 +1017,15 @@ impl<'a> Validator<'a> {
                     self.err(f.pos, "`for` must be longer than zero");
                 }
                 if u > p.duration {
-                    self.err(f.pos, format!("this entry reverts at {}, after the end of the scenario ({})", Dur(u), Dur(p.duration)))
-                        .hint = Some("shorten `for` or lengthen `spec.duration`".into());
+                    self.err(
+                        f.pos,
+                        format!(
+                            "this entry reverts at {}, after the end of the scenario ({})",
+                            Dur(u),
+                            Dur(p.duration)
+                        ),
+                    )
+                    .hint = Some("shorten `for` or lengthen `spec.duration`".into());
                 }
             }
             let present: Vec<&str> = [
@@ -891,7 +1047,12 @@ impl<'a> Validator<'a> {
                 let msg = if present.is_empty() {
                     format!("timeline entry at {} has no action", Dur(at))
                 } else {
-                    format!("timeline entry at {} has {} actions ({}); give each its own entry", Dur(at), present.len(), present.join(", "))
+                    format!(
+                        "timeline entry at {} has {} actions ({}); give each its own entry",
+                        Dur(at),
+                        present.len(),
+                        present.join(", ")
+                    )
                 };
                 self.err(e.at.pos, msg).hint = Some("actions: partition, heal, impair, node-down, node-up, kill, restart, cpu, memory".into());
                 continue;
@@ -904,10 +1065,20 @@ impl<'a> Validator<'a> {
 
             if let Some(pa) = &e.partition {
                 auto_name += 1;
-                let name = pa.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("partition-{auto_name}"));
+                let name = pa
+                    .name
+                    .as_ref()
+                    .map(|n| n.value.clone())
+                    .unwrap_or_else(|| format!("partition-{auto_name}"));
                 if let Some(&prev) = partitions.get(&name) {
-                    self.err(e.at.pos, format!("partition `{name}` is already in effect (from the entry at {})", Dur(sc.spec.timeline[prev].at.0)))
-                        .hint = Some("heal it first, or give this partition another `name`".into());
+                    self.err(
+                        e.at.pos,
+                        format!(
+                            "partition `{name}` is already in effect (from the entry at {})",
+                            Dur(sc.spec.timeline[prev].at.0)
+                        ),
+                    )
+                    .hint = Some("heal it first, or give this partition another `name`".into());
                     continue;
                 }
                 let groups: Vec<Vec<usize>> = match (&pa.between, &pa.isolate) {
@@ -932,10 +1103,19 @@ impl<'a> Validator<'a> {
                         gs
                     }
                     (None, Some(iso)) => {
-                        let Some(mut sel) = self.select(iso, "in partition") else { continue };
+                        let Some(mut sel) = self.select(iso, "in partition") else {
+                            continue;
+                        };
                         if let Some(k) = &pa.pick {
                             if k.value == 0 || k.value as usize > sel.len() {
-                                self.err(k.pos, format!("cannot pick {} of the {} selected nodes", k.value, sel.len()));
+                                self.err(
+                                    k.pos,
+                                    format!(
+                                        "cannot pick {} of the {} selected nodes",
+                                        k.value,
+                                        sel.len()
+                                    ),
+                                );
                                 continue;
                             }
                             let mut rng = rng_for(p.seed, &format!("timeline/{ei}/pick"));
@@ -947,15 +1127,22 @@ impl<'a> Validator<'a> {
                             sel.truncate(k.value as usize);
                             sel.sort_unstable();
                         }
-                        let rest: Vec<usize> = (0..p.nodes.len()).filter(|i| !sel.contains(i)).collect();
+                        let rest: Vec<usize> =
+                            (0..p.nodes.len()).filter(|i| !sel.contains(i)).collect();
                         if rest.is_empty() {
-                            self.err(iso.pos, "isolating every node leaves nothing to be isolated from");
+                            self.err(
+                                iso.pos,
+                                "isolating every node leaves nothing to be isolated from",
+                            );
                             continue;
                         }
                         vec![sel, rest]
                     }
                     _ => {
-                        self.err(e.at.pos, "a partition needs exactly one of `between` or `isolate`");
+                        self.err(
+                            e.at.pos,
+                            "a partition needs exactly one of `between` or `isolate`",
+                        );
                         continue;
                     }
                 };
@@ -964,13 +1151,21 @@ impl<'a> Validator<'a> {
                 let mut clash = None;
                 for (gi, g) in groups.iter().enumerate() {
                     for n in g {
-                        if let Some(prev) = seen.insert(*n, gi) && prev != gi {
+                        if let Some(prev) = seen.insert(*n, gi)
+                            && prev != gi
+                        {
                             clash = Some(*n);
                         }
                     }
                 }
                 if let Some(n) = clash {
-                    self.err(e.at.pos, format!("node `{}` is in more than one group of the partition", p.nodes[n].name));
+                    self.err(
+                        e.at.pos,
+                        format!(
+                            "node `{}` is in more than one group of the partition",
+                            p.nodes[n].name
+                        ),
+                    );
                     continue;
                 }
                 let mut blocks = Vec::new();
@@ -979,18 +1174,41 @@ impl<'a> Validator<'a> {
                         if i == j || (pa.one_way && i != 0) {
                             continue;
                         }
-                        blocks.push(Block { from: a.clone(), to: b.clone() });
+                        blocks.push(Block {
+                            from: a.clone(),
+                            to: b.clone(),
+                        });
                     }
                 }
                 let summary = format!(
                     "partition `{name}`{}: {}",
                     if pa.one_way { " (one-way)" } else { "" },
-                    groups.iter().map(|g| self.describe(p, g)).collect::<Vec<_>>().join(if pa.one_way { " -x-> " } else { " | " })
+                    groups
+                        .iter()
+                        .map(|g| self.describe(p, g))
+                        .collect::<Vec<_>>()
+                        .join(if pa.one_way { " -x-> " } else { " | " })
                 );
                 partitions.insert(name.clone(), ei);
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Partition { name: name.clone(), blocks }, summary });
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::Partition {
+                        name: name.clone(),
+                        blocks,
+                    },
+                    summary,
+                });
                 if let Some(u) = until {
-                    reverts.push((u, ei, RevertOp::Kind(ActionKind::Heal { names: vec![name.clone()] }), format!("heal `{name}` (end of `for`)")));
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Kind(ActionKind::Heal {
+                            names: vec![name.clone()],
+                        }),
+                        format!("heal `{name}` (end of `for`)"),
+                    ));
                 }
             } else if let Some(h) = &e.heal {
                 no_for(self, "heal");
@@ -999,7 +1217,14 @@ impl<'a> Validator<'a> {
                         if !partitions.contains_key(&n.value) {
                             let active: Vec<&str> = partitions.keys().map(String::as_str).collect();
                             let hint = unknown_hint(n, "partitions in effect", &active);
-                            let d = self.err(n.pos, format!("no partition named `{}` is in effect at {}", n.value, Dur(at)));
+                            let d = self.err(
+                                n.pos,
+                                format!(
+                                    "no partition named `{}` is in effect at {}",
+                                    n.value,
+                                    Dur(at)
+                                ),
+                            );
                             d.hint = hint;
                             continue;
                         }
@@ -1008,7 +1233,10 @@ impl<'a> Validator<'a> {
                     None => partitions.keys().cloned().collect(),
                 };
                 if names.is_empty() {
-                    self.err(e.at.pos, format!("heal at {}: no partition is in effect", Dur(at)));
+                    self.err(
+                        e.at.pos,
+                        format!("heal at {}: no partition is in effect", Dur(at)),
+                    );
                     continue;
                 }
                 for n in &names {
@@ -1016,8 +1244,21 @@ impl<'a> Validator<'a> {
                 }
                 // A heal cancels the automatic heal of a `for` partition.
                 reverts.retain(|r| !matches!(&r.2, RevertOp::Kind(ActionKind::Heal { names: ns }) if ns.iter().all(|x| names.contains(x))));
-                let summary = format!("heal {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "));
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Heal { names }, summary });
+                let summary = format!(
+                    "heal {}",
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::Heal { names },
+                    summary,
+                });
             } else if let Some(im) = &e.impair {
                 let Some(&li) = self.link_ix.get(&im.link.value) else {
                     let names: Vec<&str> = p.links.iter().map(|l| l.name.as_str()).collect();
@@ -1038,7 +1279,10 @@ impl<'a> Validator<'a> {
                 .map(|(_, f)| *f)
                 .collect();
                 if fields.is_empty() {
-                    self.err(im.link.pos, "`impair` changes nothing: give at least one of delay, jitter, loss, rate");
+                    self.err(
+                        im.link.pos,
+                        "`impair` changes nothing: give at least one of delay, jitter, loss, rate",
+                    );
                     continue;
                 }
                 let dirs: Vec<bool> = match im.direction {
@@ -1088,17 +1332,42 @@ impl<'a> Validator<'a> {
                 }
                 link_state[li] = after;
                 let summary = format!("impair `{}` {}", im.link.value, describe_change(im));
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Impair { link: li, up: after.0, down: after.1 }, summary });
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::Impair {
+                        link: li,
+                        up: after.0,
+                        down: after.1,
+                    },
+                    summary,
+                });
                 if let Some(u) = until {
                     // Revert only the fields this entry set, on top of whatever holds then.
-                    reverts.push((u, ei, RevertOp::Restore { link: li, dirs: dirs.clone(), fields: fields.clone(), before }, format!("restore `{}` (end of `for`)", im.link.value)));
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Restore {
+                            link: li,
+                            dirs: dirs.clone(),
+                            fields: fields.clone(),
+                            before,
+                        },
+                        format!("restore `{}` (end of `for`)", im.link.value),
+                    ));
                 }
             } else if let Some(nd) = &e.node_down {
-                let Some(nodes) = self.select(&nd.nodes, "in node-down") else { continue };
+                let Some(nodes) = self.select(&nd.nodes, "in node-down") else {
+                    continue;
+                };
                 let mut bad = false;
                 for n in &nodes {
                     if down.contains_key(n) {
-                        self.err(e.at.pos, format!("node `{}` is already down at {}", p.nodes[*n].name, Dur(at)));
+                        self.err(
+                            e.at.pos,
+                            format!("node `{}` is already down at {}", p.nodes[*n].name, Dur(at)),
+                        );
                         bad = true;
                     }
                 }
@@ -1108,20 +1377,46 @@ impl<'a> Validator<'a> {
                 for n in &nodes {
                     down.insert(*n, (nd.mode, until));
                 }
-                let summary = format!("node-down ({}) {}", mode_name(nd.mode), self.describe(p, &nodes));
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::NodeDown { nodes: nodes.clone(), mode: nd.mode }, summary: summary.clone() });
+                let summary = format!(
+                    "node-down ({}) {}",
+                    mode_name(nd.mode),
+                    self.describe(p, &nodes)
+                );
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::NodeDown {
+                        nodes: nodes.clone(),
+                        mode: nd.mode,
+                    },
+                    summary: summary.clone(),
+                });
                 if let Some(u) = until {
-                    reverts.push((u, ei, RevertOp::Kind(ActionKind::NodeUp { nodes: nodes.clone(), mode: nd.mode }), format!("node-up {} (end of `for`)", self.describe(p, &nodes))));
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Kind(ActionKind::NodeUp {
+                            nodes: nodes.clone(),
+                            mode: nd.mode,
+                        }),
+                        format!("node-up {} (end of `for`)", self.describe(p, &nodes)),
+                    ));
                 }
             } else if let Some(nu) = &e.node_up {
                 no_for(self, "node-up");
-                let Some(nodes) = self.select(&nu.nodes, "in node-up") else { continue };
+                let Some(nodes) = self.select(&nu.nodes, "in node-up") else {
+                    continue;
+                };
                 let mut modes = BTreeSet::new();
                 let mut bad = false;
                 for n in &nodes {
                     match down.get(n) {
                         None => {
-                            self.err(e.at.pos, format!("node `{}` is not down at {}", p.nodes[*n].name, Dur(at)));
+                            self.err(
+                                e.at.pos,
+                                format!("node `{}` is not down at {}", p.nodes[*n].name, Dur(at)),
+                            );
                             bad = true;
                         }
                         Some((_, Some(end))) => {
@@ -1145,33 +1440,86 @@ impl<'a> Validator<'a> {
                     down.remove(n);
                 }
                 let summary = format!("node-up {}", self.describe(p, &nodes));
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::NodeUp { nodes, mode }, summary });
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::NodeUp { nodes, mode },
+                    summary,
+                });
             } else if let Some(k) = &e.kill {
-                let Some((wi, nodes)) = self.workload_nodes(p, &k.workload, k.nodes.as_ref()) else { continue };
+                let Some((wi, nodes)) = self.workload_nodes(p, &k.workload, k.nodes.as_ref())
+                else {
+                    continue;
+                };
                 let signal = match &k.signal {
                     None => libc::SIGKILL,
                     Some(s) => match signal_number(s) {
                         Some(n) => n,
                         None => {
-                            self.err(s.pos, format!("unknown signal `{}`", s.value)).hint = Some("signals: KILL, TERM, INT, HUP, QUIT, USR1, USR2, STOP, CONT".into());
+                            self.err(s.pos, format!("unknown signal `{}`", s.value))
+                                .hint = Some(
+                                "signals: KILL, TERM, INT, HUP, QUIT, USR1, USR2, STOP, CONT"
+                                    .into(),
+                            );
                             continue;
                         }
                     },
                 };
                 self.check_not_poweroff(&down, &nodes, p, e.at.pos, "kill");
-                let summary = format!("kill `{}` on {}", k.workload.value, self.describe(p, &nodes));
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Kill { workload: wi, nodes: nodes.clone(), signal }, summary });
+                let summary = format!(
+                    "kill `{}` on {}",
+                    k.workload.value,
+                    self.describe(p, &nodes)
+                );
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::Kill {
+                        workload: wi,
+                        nodes: nodes.clone(),
+                        signal,
+                    },
+                    summary,
+                });
                 if let Some(u) = until {
-                    reverts.push((u, ei, RevertOp::Kind(ActionKind::Restart { workload: wi, nodes: nodes.clone() }), format!("restart `{}` (end of `for`)", k.workload.value)));
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Kind(ActionKind::Restart {
+                            workload: wi,
+                            nodes: nodes.clone(),
+                        }),
+                        format!("restart `{}` (end of `for`)", k.workload.value),
+                    ));
                 }
             } else if let Some(r) = &e.restart {
                 no_for(self, "restart");
-                let Some((wi, nodes)) = self.workload_nodes(p, &r.workload, r.nodes.as_ref()) else { continue };
+                let Some((wi, nodes)) = self.workload_nodes(p, &r.workload, r.nodes.as_ref())
+                else {
+                    continue;
+                };
                 self.check_not_poweroff(&down, &nodes, p, e.at.pos, "restart");
-                let summary = format!("restart `{}` on {}", r.workload.value, self.describe(p, &nodes));
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Restart { workload: wi, nodes }, summary });
+                let summary = format!(
+                    "restart `{}` on {}",
+                    r.workload.value,
+                    self.describe(p, &nodes)
+                );
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::Restart {
+                        workload: wi,
+                        nodes,
+                    },
+                    summary,
+                });
             } else if let Some(c) = &e.cpu {
-                let Some(nodes) = self.select(&c.nodes, "in cpu") else { continue };
+                let Some(nodes) = self.select(&c.nodes, "in cpu") else {
+                    continue;
+                };
                 let cores = match (&c.cores, &c.percent) {
                     (Some(x), None) => {
                         if !(x.value > 0.0 && x.value.is_finite()) {
@@ -1181,7 +1529,13 @@ impl<'a> Validator<'a> {
                         for n in &nodes {
                             let have = f64::from(p.nodes[*n].profile.cpu.cores);
                             if x.value > have {
-                                self.err(x.pos, format!("node `{}` has {} cores (profile `{}`); cannot give it {}", p.nodes[*n].name, have, p.nodes[*n].profile_name, x.value));
+                                self.err(
+                                    x.pos,
+                                    format!(
+                                        "node `{}` has {} cores (profile `{}`); cannot give it {}",
+                                        p.nodes[*n].name, have, p.nodes[*n].profile_name, x.value
+                                    ),
+                                );
                             }
                         }
                         CpuSet::Cores(x.value)
@@ -1194,7 +1548,10 @@ impl<'a> Validator<'a> {
                         CpuSet::Fraction(pc.fraction())
                     }
                     _ => {
-                        self.err(c.nodes.pos, "`cpu` needs exactly one of `cores` or `percent`");
+                        self.err(
+                            c.nodes.pos,
+                            "`cpu` needs exactly one of `cores` or `percent`",
+                        );
                         continue;
                     }
                 };
@@ -1209,33 +1566,91 @@ impl<'a> Validator<'a> {
                         CpuSet::Fraction(f) => full * f,
                     };
                     let summary = format!("cpu {} → {:.2} cores", p.nodes[*n].name, v);
-                    out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Cpu { nodes: vec![*n], cores: Some(v) }, summary });
+                    out.push(Pending {
+                        at,
+                        revert: false,
+                        event: ei,
+                        kind: ActionKind::Cpu {
+                            nodes: vec![*n],
+                            cores: Some(v),
+                        },
+                        summary,
+                    });
                 }
                 if let Some(u) = until {
-                    reverts.push((u, ei, RevertOp::Kind(ActionKind::Cpu { nodes: nodes.clone(), cores: None }), format!("restore cpu of {} (end of `for`)", self.describe(p, &nodes))));
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Kind(ActionKind::Cpu {
+                            nodes: nodes.clone(),
+                            cores: None,
+                        }),
+                        format!("restore cpu of {} (end of `for`)", self.describe(p, &nodes)),
+                    ));
                 }
             } else if let Some(m) = &e.memory {
-                let Some(nodes) = self.select(&m.nodes, "in memory") else { continue };
+                let Some(nodes) = self.select(&m.nodes, "in memory") else {
+                    continue;
+                };
                 if m.limit.0 < 4 << 20 {
-                    self.err(m.limit.pos, format!("memory limit {} is below 4Mi", m.limit.value));
+                    self.err(
+                        m.limit.pos,
+                        format!("memory limit {} is below 4Mi", m.limit.value),
+                    );
                     continue;
                 }
-                if self.owned_conflict(&mut cpu_owned, &nodes, "memory", at, until, ei, p, e.at.pos) {
+                if self.owned_conflict(&mut cpu_owned, &nodes, "memory", at, until, ei, p, e.at.pos)
+                {
                     continue;
                 }
                 let summary = format!("memory {} → {}", self.describe(p, &nodes), m.limit.value);
-                out.push(Pending { at, revert: false, event: ei, kind: ActionKind::Memory { nodes: nodes.clone(), limit: Some(m.limit.0) }, summary });
+                out.push(Pending {
+                    at,
+                    revert: false,
+                    event: ei,
+                    kind: ActionKind::Memory {
+                        nodes: nodes.clone(),
+                        limit: Some(m.limit.0),
+                    },
+                    summary,
+                });
                 if let Some(u) = until {
-                    reverts.push((u, ei, RevertOp::Kind(ActionKind::Memory { nodes: nodes.clone(), limit: None }), format!("restore memory of {} (end of `for`)", self.describe(p, &nodes))));
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Kind(ActionKind::Memory {
+                            nodes: nodes.clone(),
+                            limit: None,
+                        }),
+                        format!(
+                            "restore memory of {} (end of `for`)",
+                            self.describe(p, &nodes)
+                        ),
+                    ));
                 }
             }
         }
-        flush_reverts(Duration::MAX, &mut reverts, &mut out, &mut link_state, &mut partitions, &mut down, true);
+        flush_reverts(
+            Duration::MAX,
+            &mut reverts,
+            &mut out,
+            &mut link_state,
+            &mut partitions,
+            &mut down,
+            true,
+        );
         // Stable order: by time; at equal times reverts first (they end what was before).
         out.sort_by(|a, b| a.at.cmp(&b.at).then(b.revert.cmp(&a.revert)));
         out.into_iter()
             .enumerate()
-            .map(|(seq, x)| Action { seq, at: x.at, event: x.event, revert: x.revert, summary: x.summary, kind: x.kind })
+            .map(|(seq, x)| Action {
+                seq,
+                at: x.at,
+                event: x.event,
+                revert: x.revert,
+                summary: x.summary,
+                kind: x.kind,
+            })
             .collect()
     }
 
@@ -1270,15 +1685,33 @@ impl<'a> Validator<'a> {
         false
     }
 
-    fn check_not_poweroff(&mut self, down: &HashMap<usize, (DownMode, Option<Duration>)>, nodes: &[usize], p: &Plan, pos: Pos, what: &str) {
+    fn check_not_poweroff(
+        &mut self,
+        down: &HashMap<usize, (DownMode, Option<Duration>)>,
+        nodes: &[usize],
+        p: &Plan,
+        pos: Pos,
+        what: &str,
+    ) {
         for n in nodes {
             if let Some((DownMode::Poweroff, _)) = down.get(n) {
-                self.err(pos, format!("`{what}` on node `{}`, which is powered off at this time", p.nodes[*n].name));
+                self.err(
+                    pos,
+                    format!(
+                        "`{what}` on node `{}`, which is powered off at this time",
+                        p.nodes[*n].name
+                    ),
+                );
             }
         }
     }
 
-    fn workload_nodes(&mut self, p: &Plan, w: &Loc<String>, nodes: Option<&Loc<Vec<Loc<String>>>>) -> Option<(usize, Vec<usize>)> {
+    fn workload_nodes(
+        &mut self,
+        p: &Plan,
+        w: &Loc<String>,
+        nodes: Option<&Loc<Vec<Loc<String>>>>,
+    ) -> Option<(usize, Vec<usize>)> {
         let Some(wi) = p.workload_index(w) else {
             let names: Vec<&str> = p.workloads.iter().map(|w| w.name.as_str()).collect();
             let hint = unknown_hint(w, "workloads", &names);
@@ -1292,9 +1725,20 @@ impl<'a> Validator<'a> {
             None => Some((wi, all)),
             Some(sel) => {
                 let chosen = self.select(sel, &format!("for workload `{}`", w.value))?;
-                let outside: Vec<&str> = chosen.iter().filter(|n| !all.contains(n)).map(|n| p.nodes[*n].name.as_str()).collect();
+                let outside: Vec<&str> = chosen
+                    .iter()
+                    .filter(|n| !all.contains(n))
+                    .map(|n| p.nodes[*n].name.as_str())
+                    .collect();
                 if !outside.is_empty() {
-                    self.err(sel.pos, format!("workload `{}` does not run on {}", w.value, outside.join(", ")));
+                    self.err(
+                        sel.pos,
+                        format!(
+                            "workload `{}` does not run on {}",
+                            w.value,
+                            outside.join(", ")
+                        ),
+                    );
                     return None;
                 }
                 Some((wi, chosen))
@@ -1305,13 +1749,19 @@ impl<'a> Validator<'a> {
     /// A short description of a node set: `site/factory`, `gw-1, gw-2` or `12 nodes`.
     fn describe(&self, p: &Plan, nodes: &[usize]) -> String {
         for (si, s) in p.sites.iter().enumerate() {
-            let in_site: Vec<usize> = (0..p.nodes.len()).filter(|&i| p.nodes[i].site == si).collect();
+            let in_site: Vec<usize> = (0..p.nodes.len())
+                .filter(|&i| p.nodes[i].site == si)
+                .collect();
             if !in_site.is_empty() && in_site == nodes {
                 return format!("site/{}", s.name);
             }
         }
         if nodes.len() <= 4 {
-            nodes.iter().map(|&n| p.nodes[n].name.as_str()).collect::<Vec<_>>().join(",")
+            nodes
+                .iter()
+                .map(|&n| p.nodes[n].name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             format!("{} nodes", nodes.len())
         }
@@ -1325,8 +1775,11 @@ impl<'a> Validator<'a> {
             if p.pool.contains(&a) {
                 return Some(a);
             }
-            self.err(pos, format!("address {a} {ctx} is outside the lab's pool {}", p.pool))
-                .hint = Some("probes only reach addresses inside the lab".into());
+            self.err(
+                pos,
+                format!("address {a} {ctx} is outside the lab's pool {}", p.pool),
+            )
+            .hint = Some("probes only reach addresses inside the lab".into());
             return None;
         }
         let names: Vec<&str> = p.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -1344,14 +1797,23 @@ impl<'a> Validator<'a> {
         for pr in &sc.spec.probes {
             self.name_ok(&pr.name, "probe");
             if !seen.insert(pr.name.value.clone()) {
-                self.err(pr.name.pos, format!("duplicate probe name `{}`", pr.name.value));
+                self.err(
+                    pr.name.pos,
+                    format!("duplicate probe name `{}`", pr.name.value),
+                );
             }
             let ctx = format!("in probe `{}`", pr.name.value);
             let from = self.select(std::slice::from_ref(&pr.from), &ctx);
             let from = match from.as_deref() {
                 Some([one]) => Some(*one),
                 Some(_) => {
-                    self.err(pr.from.pos, format!("a probe runs from one node; `{}` selects several", pr.from.value));
+                    self.err(
+                        pr.from.pos,
+                        format!(
+                            "a probe runs from one node; `{}` selects several",
+                            pr.from.value
+                        ),
+                    );
                     None
                 }
                 None => None,
@@ -1361,22 +1823,50 @@ impl<'a> Validator<'a> {
                 let pos = pr.every.as_ref().map_or(pr.name.pos, |d| d.pos);
                 self.err(pos, "probe interval must be at least 10ms");
             }
-            let timeout = pr.timeout.as_ref().map_or(every.min(Duration::from_secs(1)), |d| d.0);
-            let n = [pr.ping.is_some(), pr.tcp.is_some(), pr.http.is_some()].iter().filter(|b| **b).count();
+            let timeout = pr
+                .timeout
+                .as_ref()
+                .map_or(every.min(Duration::from_secs(1)), |d| d.0);
+            let n = [pr.ping.is_some(), pr.tcp.is_some(), pr.http.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
             if n != 1 {
-                self.err(pr.name.pos, format!("probe `{}` needs exactly one of `ping`, `tcp`, `http`", pr.name.value));
+                self.err(
+                    pr.name.pos,
+                    format!(
+                        "probe `{}` needs exactly one of `ping`, `tcp`, `http`",
+                        pr.name.value
+                    ),
+                );
                 continue;
             }
             if pr.expect_status.is_some() && pr.http.is_none() {
                 self.err(pr.name.pos, "`expectStatus` goes with `http`");
             }
             let kind = if let Some(t) = &pr.ping {
-                self.target_addr(p, t, t.pos, &ctx).map(|addr| plan::ProbeKind::Ping { target: t.value.clone(), addr })
+                self.target_addr(p, t, t.pos, &ctx)
+                    .map(|addr| plan::ProbeKind::Ping {
+                        target: t.value.clone(),
+                        addr,
+                    })
             } else if let Some(t) = &pr.tcp {
-                match t.value.rsplit_once(':').and_then(|(h, port)| port.parse::<u16>().ok().filter(|p| *p > 0).map(|port| (h, port))) {
-                    Some((h, port)) => self.target_addr(p, h, t.pos, &ctx).map(|a| plan::ProbeKind::Tcp { target: h.to_string(), addr: SocketAddrV4::new(a, port) }),
+                match t.value.rsplit_once(':').and_then(|(h, port)| {
+                    port.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .map(|port| (h, port))
+                }) {
+                    Some((h, port)) => {
+                        self.target_addr(p, h, t.pos, &ctx)
+                            .map(|a| plan::ProbeKind::Tcp {
+                                target: h.to_string(),
+                                addr: SocketAddrV4::new(a, port),
+                            })
+                    }
                     None => {
-                        self.err(t.pos, format!("`{}` is not `node:port`", t.value)).hint = Some("write e.g. `tcp: sink:8080`".into());
+                        self.err(t.pos, format!("`{}` is not `node:port`", t.value))
+                            .hint = Some("write e.g. `tcp: sink:8080`".into());
                         None
                     }
                 }
@@ -1386,13 +1876,25 @@ impl<'a> Validator<'a> {
                 None
             };
             if let (Some(from), Some(kind)) = (from, kind) {
-                out.push(plan::Probe { name: pr.name.value.clone(), from, kind, every, timeout });
+                out.push(plan::Probe {
+                    name: pr.name.value.clone(),
+                    from,
+                    kind,
+                    every,
+                    timeout,
+                });
             }
         }
         out
     }
 
-    fn http_target(&mut self, p: &Plan, u: &Loc<String>, ctx: &str, expect_status: Option<u16>) -> Option<plan::ProbeKind> {
+    fn http_target(
+        &mut self,
+        p: &Plan,
+        u: &Loc<String>,
+        ctx: &str,
+        expect_status: Option<u16>,
+    ) -> Option<plan::ProbeKind> {
         let uri: http::Uri = match u.value.parse() {
             Ok(x) => x,
             Err(e) => {
@@ -1401,20 +1903,29 @@ impl<'a> Validator<'a> {
             }
         };
         if uri.scheme_str() != Some("http") {
-            self.err(u.pos, format!("`{}`: only http:// URLs can be probed", u.value))
-                .hint = Some("write e.g. `http://sink:8080/healthz`".into());
+            self.err(
+                u.pos,
+                format!("`{}`: only http:// URLs can be probed", u.value),
+            )
+            .hint = Some("write e.g. `http://sink:8080/healthz`".into());
             return None;
         }
         let host = uri.host()?.to_string();
         let port = uri.port_u16().unwrap_or(80);
         let addr = self.target_addr(p, &host, u.pos, ctx)?;
-        let path = uri.path_and_query().map_or("/".to_string(), |pq| pq.as_str().to_string());
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_string(), |pq| pq.as_str().to_string());
         Some(plan::ProbeKind::Http {
             url: u.value.clone(),
             target: host.clone(),
             addr: SocketAddrV4::new(addr, port),
             path,
-            host: if port == 80 { host } else { format!("{host}:{port}") },
+            host: if port == 80 {
+                host
+            } else {
+                format!("{host}:{port}")
+            },
             expect_status,
         })
     }
@@ -1425,12 +1936,18 @@ impl<'a> Validator<'a> {
         let mut seen = BTreeSet::new();
         for a in &sc.spec.assertions {
             if !seen.insert(a.name.value.clone()) {
-                self.err(a.name.pos, format!("duplicate assertion name `{}`", a.name.value));
+                self.err(
+                    a.name.pos,
+                    format!("duplicate assertion name `{}`", a.name.value),
+                );
             }
             let subject = match (&a.probe, &a.metric) {
                 (Some(pr), None) => {
                     if let Some(at) = &a.at {
-                        self.err(at.pos, "`at` is for metric assertions; a probe assertion takes `during`");
+                        self.err(
+                            at.pos,
+                            "`at` is for metric assertions; a probe assertion takes `during`",
+                        );
                     }
                     let Some(pi) = p.probes.iter().position(|x| x.name == pr.value) else {
                         let names: Vec<&str> = p.probes.iter().map(|x| x.name.as_str()).collect();
@@ -1442,45 +1959,63 @@ impl<'a> Validator<'a> {
                     };
                     let window = match &a.during {
                         None => super::expect::Window::ALL,
-                        Some(w) => match parse_window(w) {
-                            Ok(win) => {
-                                let (f, t) = win.resolve(p.duration);
-                                if f >= p.duration || t > p.duration {
-                                    self.err(w.pos, format!("window `{}` reaches past the end of the scenario ({})", w.value, Dur(p.duration)));
+                        Some(w) => {
+                            match parse_window(w) {
+                                Ok(win) => {
+                                    let (f, t) = win.resolve(p.duration);
+                                    if f >= p.duration || t > p.duration {
+                                        self.err(w.pos, format!("window `{}` reaches past the end of the scenario ({})", w.value, Dur(p.duration)));
+                                    }
+                                    let _ = t;
+                                    win
                                 }
-                                let _ = t;
-                                win
+                                Err(m) => {
+                                    self.err(w.pos, m);
+                                    continue;
+                                }
                             }
-                            Err(m) => {
-                                self.err(w.pos, m);
-                                continue;
-                            }
-                        },
+                        }
                     };
                     plan::Subject::Probe { probe: pi, window }
                 }
                 (None, Some(m)) => {
                     if let Some(d) = &a.during {
-                        self.err(d.pos, "`during` is for probe assertions; a metric assertion takes `at`");
+                        self.err(
+                            d.pos,
+                            "`during` is for probe assertions; a metric assertion takes `at`",
+                        );
                     }
                     let Some(wi) = p.workload_index(&m.workload) else {
-                        let names: Vec<&str> = p.workloads.iter().map(|w| w.name.as_str()).collect();
+                        let names: Vec<&str> =
+                            p.workloads.iter().map(|w| w.name.as_str()).collect();
                         let hint = unknown_hint(&m.workload, "workloads", &names);
-                        let d = self.err(m.workload.pos, format!("unknown workload `{}`", m.workload.value));
+                        let d = self.err(
+                            m.workload.pos,
+                            format!("unknown workload `{}`", m.workload.value),
+                        );
                         d.width = width(&m.workload);
                         d.hint = hint;
                         continue;
                     };
                     let w = &p.workloads[wi];
                     let Some(ep) = &w.metrics else {
-                        self.err(m.workload.pos, format!("workload `{}` declares no `metrics` endpoint", w.name))
-                            .hint = Some("add `metrics: {port: 9100}` (and `path`, `format`) to the workload".into());
+                        self.err(
+                            m.workload.pos,
+                            format!("workload `{}` declares no `metrics` endpoint", w.name),
+                        )
+                        .hint = Some(
+                            "add `metrics: {port: 9100}` (and `path`, `format`) to the workload"
+                                .into(),
+                        );
                         continue;
                     };
                     match ep.format {
                         model::MetricsFormat::Prometheus => {
                             if m.name.is_none() {
-                                self.err(m.workload.pos, "a Prometheus metric assertion needs `name`");
+                                self.err(
+                                    m.workload.pos,
+                                    "a Prometheus metric assertion needs `name`",
+                                );
                             }
                             if let Some(j) = &m.json {
                                 self.err(j.pos, format!("workload `{}` serves Prometheus text; `json` is for JSON endpoints", w.name));
@@ -1489,10 +2024,19 @@ impl<'a> Validator<'a> {
                         model::MetricsFormat::Json => {
                             match &m.json {
                                 None => {
-                                    self.err(m.workload.pos, "a JSON metric assertion needs `json: /pointer/to/number`");
+                                    self.err(
+                                        m.workload.pos,
+                                        "a JSON metric assertion needs `json: /pointer/to/number`",
+                                    );
                                 }
                                 Some(j) if !j.value.starts_with('/') => {
-                                    self.err(j.pos, format!("`{}` is not a JSON pointer (it starts with `/`)", j.value));
+                                    self.err(
+                                        j.pos,
+                                        format!(
+                                            "`{}` is not a JSON pointer (it starts with `/`)",
+                                            j.value
+                                        ),
+                                    );
                                 }
                                 _ => {}
                             }
@@ -1504,9 +2048,17 @@ impl<'a> Validator<'a> {
                     let nodes = match &m.nodes {
                         None => w.nodes.clone(),
                         Some(sel) => {
-                            let Some(ch) = self.select(sel, "in metric") else { continue };
+                            let Some(ch) = self.select(sel, "in metric") else {
+                                continue;
+                            };
                             if let Some(x) = ch.iter().find(|n| !w.nodes.contains(n)) {
-                                self.err(sel.pos, format!("workload `{}` does not run on `{}`", w.name, p.nodes[*x].name));
+                                self.err(
+                                    sel.pos,
+                                    format!(
+                                        "workload `{}` does not run on `{}`",
+                                        w.name, p.nodes[*x].name
+                                    ),
+                                );
                                 continue;
                             }
                             ch
@@ -1516,11 +2068,21 @@ impl<'a> Validator<'a> {
                         None => Bound::End,
                         Some(s) => match parse_bound(s) {
                             Ok(Bound::Start) => {
-                                self.err(s.pos, "a metric is read at an offset or at `end`, not at `start`");
+                                self.err(
+                                    s.pos,
+                                    "a metric is read at an offset or at `end`, not at `start`",
+                                );
                                 continue;
                             }
                             Ok(Bound::At(d)) if d > p.duration => {
-                                self.err(s.pos, format!("{} is after the end of the scenario ({})", s.value, Dur(p.duration)));
+                                self.err(
+                                    s.pos,
+                                    format!(
+                                        "{} is after the end of the scenario ({})",
+                                        s.value,
+                                        Dur(p.duration)
+                                    ),
+                                );
                                 continue;
                             }
                             Ok(b) => b,
@@ -1541,13 +2103,23 @@ impl<'a> Validator<'a> {
                     }
                 }
                 _ => {
-                    self.err(a.name.pos, format!("assertion `{}` needs exactly one of `probe` or `metric`", a.name.value));
+                    self.err(
+                        a.name.pos,
+                        format!(
+                            "assertion `{}` needs exactly one of `probe` or `metric`",
+                            a.name.value
+                        ),
+                    );
                     continue;
                 }
             };
             let metric = matches!(subject, plan::Subject::Metric { .. });
             match parse_expectation(&a.expect, metric) {
-                Ok(expect) => out.push(plan::Assertion { name: a.name.value.clone(), subject, expect }),
+                Ok(expect) => out.push(plan::Assertion {
+                    name: a.name.value.clone(),
+                    subject,
+                    expect,
+                }),
                 Err((m, h)) => {
                     let d = self.err(a.expect.pos, format!("assertion `{}`: {m}", a.name.value));
                     d.width = width(&a.expect);

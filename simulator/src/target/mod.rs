@@ -23,19 +23,29 @@ pub fn netem_on_disk() -> bool {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let modules = std::path::Path::new("/lib/modules").join(&release);
-    let found = ["kernel/net/sched/sch_netem.ko", "kernel/net/sched/sch_netem.ko.xz", "kernel/net/sched/sch_netem.ko.zst", "kernel/net/sched/sch_netem.ko.gz"]
-        .iter()
-        .any(|f| modules.join(f).exists());
+    let found = [
+        "kernel/net/sched/sch_netem.ko",
+        "kernel/net/sched/sch_netem.ko.xz",
+        "kernel/net/sched/sch_netem.ko.zst",
+        "kernel/net/sched/sch_netem.ko.gz",
+    ]
+    .iter()
+    .any(|f| modules.join(f).exists());
     found
         || std::fs::read_to_string(format!("/boot/config-{release}"))
-            .map(|c| c.lines().any(|l| l == "CONFIG_NET_SCH_NETEM=y" || l == "CONFIG_NET_SCH_NETEM=m"))
+            .map(|c| {
+                c.lines()
+                    .any(|l| l == "CONFIG_NET_SCH_NETEM=y" || l == "CONFIG_NET_SCH_NETEM=m")
+            })
             .unwrap_or(false)
 }
 
 /// Whether the kernel has netem: probed in a scratch namespace when root, else from disk.
 pub fn kernel_has_netem() -> bool {
     if nix::unistd::geteuid().is_root() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
         if let Ok(rt) = rt
             && let Ok(v) = rt.block_on(crate::host::tc::kernel_has_qdisc("netem"))
         {
@@ -115,9 +125,23 @@ fn program(name: &str) -> bool {
 pub async fn doctor() -> DoctorReport {
     let root = nix::unistd::geteuid().is_root();
     let kernel = nix::sys::utsname::uname()
-        .map(|u| format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()))
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            )
+        })
         .unwrap_or_default();
-    let mut checks = vec![check("root", root, if root { "running as root" } else { "not root: namespaces, tc, nftables and cgroups need root" })];
+    let mut checks = vec![check(
+        "root",
+        root,
+        if root {
+            "running as root"
+        } else {
+            "not root: namespaces, tc, nftables and cgroups need root"
+        },
+    )];
 
     let mut netns_ok = false;
     let (mut tbf, mut htb, mut netem) = (false, false, netem_on_disk());
@@ -139,11 +163,43 @@ pub async fn doctor() -> DoctorReport {
     } else {
         checks.push(check("netns", false, "needs root to check"));
     }
-    checks.push(check("qdisc tbf", tbf, if tbf { "tc tbf available (rate limits)" } else { "missing: rate limits unavailable" }));
-    checks.push(check("qdisc htb", htb, if htb { "tc htb available (per-path rate limits)" } else { "missing: per-path rate limits unavailable" }));
-    checks.push(check("qdisc netem", netem, if netem { "tc netem available (delay, jitter)" } else { "missing (as on WSL2, minimal VMs and stock Jetson L4T kernels): no kernel delay/jitter" }));
+    checks.push(check(
+        "qdisc tbf",
+        tbf,
+        if tbf {
+            "tc tbf available (rate limits)"
+        } else {
+            "missing: rate limits unavailable"
+        },
+    ));
+    checks.push(check(
+        "qdisc htb",
+        htb,
+        if htb {
+            "tc htb available (per-path rate limits)"
+        } else {
+            "missing: per-path rate limits unavailable"
+        },
+    ));
+    checks.push(check(
+        "qdisc netem",
+        netem,
+        if netem {
+            "tc netem available (delay, jitter)"
+        } else {
+            "missing (as on WSL2, minimal VMs and stock Jetson L4T kernels): no kernel delay/jitter"
+        },
+    ));
     let nft = program("nft");
-    checks.push(check("nftables", nft, if nft { "nft found (partitions, loss)" } else { "nft not found: install the `nftables` package" }));
+    checks.push(check(
+        "nftables",
+        nft,
+        if nft {
+            "nft found (partitions, loss)"
+        } else {
+            "nft not found: install the `nftables` package"
+        },
+    ));
     let cg = crate::host::cgroup::Cgroups::detect();
     let cg_ok = cg.is_ok();
     checks.push(match &cg {
@@ -153,19 +209,44 @@ pub async fn doctor() -> DoctorReport {
             format!(
                 "cgroup v{}; controllers: {}",
                 c.version(),
-                ["cpu", "memory", "pids", "freezer"].iter().filter(|k| c.has(k)).copied().collect::<Vec<_>>().join(", ")
+                ["cpu", "memory", "pids", "freezer"]
+                    .iter()
+                    .filter(|k| c.has(k))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ),
         Err(e) => check("cgroups", false, e.to_string()),
     });
     let binfmt = std::path::Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists();
-    checks.push(check("binfmt arm64", binfmt, if binfmt { "arm64 binaries run under qemu-user" } else { "qemu-aarch64 binfmt not registered (install qemu-user-static binfmt-support)" }));
+    checks.push(check(
+        "binfmt arm64",
+        binfmt,
+        if binfmt {
+            "arm64 binaries run under qemu-user"
+        } else {
+            "qemu-aarch64 binfmt not registered (install qemu-user-static binfmt-support)"
+        },
+    ));
     let docker = std::path::Path::new("/var/run/docker.sock").exists();
-    checks.push(check("docker", docker, if docker { "Docker Engine socket present" } else { "no Docker Engine socket at /var/run/docker.sock" }));
+    checks.push(check(
+        "docker",
+        docker,
+        if docker {
+            "Docker Engine socket present"
+        } else {
+            "no Docker Engine socket at /var/run/docker.sock"
+        },
+    ));
 
     let exact_or = |ok: bool, how: &str, missing: &str| ActionSupport {
         action: String::new(),
-        support: if ok { Support::Exact } else { Support::Unavailable },
+        support: if ok {
+            Support::Exact
+        } else {
+            Support::Unavailable
+        },
         how: if ok { how.into() } else { missing.into() },
     };
     let mut actions = Vec::new();
@@ -173,13 +254,50 @@ pub async fn doctor() -> DoctorReport {
         s.action = action.into();
         actions.push(s);
     };
-    add("partition / heal", exact_or(nft, "nftables drop rules in the fabric namespace (routed and bridged)", "needs nft"));
-    add("loss", exact_or(nft, "nftables `numgen random` drop rules", "needs nft"));
-    add("rate", exact_or(htb, "tc htb classes on the destination site's bridge", "needs sch_htb"));
-    add("delay / jitter", exact_or(netem, "tc netem under the htb class", "needs sch_netem"));
-    add("node-down / node-up", exact_or(root, "veth carrier down; workloads killed or frozen", "needs root"));
-    add("kill / restart", exact_or(true, "signals to the workload's process group", ""));
-    add("cpu / memory", exact_or(cg_ok, "cgroup limits changed live", "needs cgroup cpu and memory controllers"));
+    add(
+        "partition / heal",
+        exact_or(
+            nft,
+            "nftables drop rules in the fabric namespace (routed and bridged)",
+            "needs nft",
+        ),
+    );
+    add(
+        "loss",
+        exact_or(nft, "nftables `numgen random` drop rules", "needs nft"),
+    );
+    add(
+        "rate",
+        exact_or(
+            htb,
+            "tc htb classes on the destination site's bridge",
+            "needs sch_htb",
+        ),
+    );
+    add(
+        "delay / jitter",
+        exact_or(netem, "tc netem under the htb class", "needs sch_netem"),
+    );
+    add(
+        "node-down / node-up",
+        exact_or(
+            root,
+            "veth carrier down; workloads killed or frozen",
+            "needs root",
+        ),
+    );
+    add(
+        "kill / restart",
+        exact_or(true, "signals to the workload's process group", ""),
+    );
+    add(
+        "cpu / memory",
+        exact_or(
+            cg_ok,
+            "cgroup limits changed live",
+            "needs cgroup cpu and memory controllers",
+        ),
+    );
     let targets = vec![TargetReport {
         target: "netns".into(),
         usable: root && netns_ok && nft,

@@ -158,7 +158,13 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let pid = Arc::new(AtomicI32::new(0));
         let (w, n) = (spec.launch.workload, spec.launch.node);
-        let task = tokio::spawn(run_instance(spec, launch, rx, pid.clone(), self.log.clone()));
+        let task = tokio::spawn(run_instance(
+            spec,
+            launch,
+            rx,
+            pid.clone(),
+            self.log.clone(),
+        ));
         self.instances.push(Instance {
             workload: w,
             node: n,
@@ -254,7 +260,10 @@ async fn run_instance(
     log: EventLog,
 ) {
     use std::os::unix::process::ExitStatusExt;
-    let ev = |kind: EventKind, pid: Option<i32>, status: Option<std::process::ExitStatus>, detail: Option<String>| Event {
+    let ev = |kind: EventKind,
+              pid: Option<i32>,
+              status: Option<std::process::ExitStatus>,
+              detail: Option<String>| Event {
         t: log.now(),
         workload: spec.workload_name.clone(),
         node: spec.node_name.clone(),
@@ -276,7 +285,11 @@ async fn run_instance(
             if starts > 0 {
                 log_marker(
                     &spec.launch.stdout,
-                    &format!("--- edgesim: start #{} at t={:.3}s ---", starts + 1, log.now()),
+                    &format!(
+                        "--- edgesim: start #{} at t={:.3}s ---",
+                        starts + 1,
+                        log.now()
+                    ),
                 );
             }
             starts += 1;
@@ -395,7 +408,11 @@ async fn run_instance(
 /// for people, never a reason to fail a run.
 pub fn log_marker(path: &std::path::Path, line: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{line}");
     }
 }

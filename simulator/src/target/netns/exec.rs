@@ -25,7 +25,9 @@ pub struct NodeExec {
 
 impl std::fmt::Debug for NodeExec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeExec").field("ns", &self.ns_name).finish()
+        f.debug_struct("NodeExec")
+            .field("ns", &self.ns_name)
+            .finish()
     }
 }
 
@@ -36,7 +38,12 @@ fn cstr(s: &[u8]) -> io::Result<CString> {
 impl NodeExec {
     /// `hosts`: file to bind over `/etc/hosts` (skipped when it does not exist);
     /// `cgroup_procs`: opened `cgroup.procs` files the child joins.
-    pub fn new(ns_name: &str, netns: OwnedFd, hosts: Option<&Path>, cgroup_procs: Vec<File>) -> io::Result<Self> {
+    pub fn new(
+        ns_name: &str,
+        netns: OwnedFd,
+        hosts: Option<&Path>,
+        cgroup_procs: Vec<File>,
+    ) -> io::Result<Self> {
         let hosts = match hosts {
             Some(p) if p.exists() => Some(cstr(p.as_os_str().as_bytes())?),
             _ => None,
@@ -80,18 +87,37 @@ impl NodeExec {
                     return Err(io::Error::last_os_error());
                 }
                 // Keep mounts made here out of the host's mount namespace.
-                if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 if let Some(h) = &hosts
-                    && libc::mount(h.as_ptr(), etc_hosts.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0
+                    && libc::mount(
+                        h.as_ptr(),
+                        etc_hosts.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
                 // A sysfs of this network namespace, as `ip netns exec` mounts; best effort
                 // (it fails in some containers, and few programs need it).
                 if libc::umount2(sys.as_ptr(), libc::MNT_DETACH) == 0 {
-                    libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), 0, std::ptr::null());
+                    libc::mount(
+                        sysfs.as_ptr(),
+                        sys.as_ptr(),
+                        sysfs.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    );
                 }
                 if libc::setsid() < 0 {
                     return Err(io::Error::last_os_error());

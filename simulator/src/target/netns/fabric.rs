@@ -111,7 +111,14 @@ impl Fabric {
             let name = format!("s{i}");
             // txqueuelen matters once a qdisc is attached: htb's default leaf uses it.
             let idx = link::add_bridge(&fabric_nl, &name, plan.mtu, 1000).await?;
-            link::add_addr(&fabric_nl, idx, s.gateway, s.subnet.prefix_len(), &format!("bridge {name} (site {})", s.name)).await?;
+            link::add_addr(
+                &fabric_nl,
+                idx,
+                s.gateway,
+                s.subnet.prefix_len(),
+                &format!("bridge {name} (site {})", s.name),
+            )
+            .await?;
             bridges.push(idx);
         }
 
@@ -121,7 +128,9 @@ impl Fabric {
                 let h = fabric_nl.clone();
                 let master = bridges[n.site];
                 let fd = node_fds[i].as_raw_fd();
-                async move { link::add_veth_into(&h, &format!("n{i}"), master, NODE_IF, fd, plan.mtu).await }
+                async move {
+                    link::add_veth_into(&h, &format!("n{i}"), master, NODE_IF, fd, plan.mtu).await
+                }
             })
             .buffered(PARALLEL)
             .try_collect()
@@ -162,23 +171,32 @@ impl Fabric {
     /// up. The node sees its carrier go (`NO-CARRIER`), as a board whose cable is pulled:
     /// its address and routes stay, packets go nowhere.
     pub async fn set_node_link(&self, node: usize, up: bool) -> Result<()> {
-        link::set_up(&self.fabric_nl, self.ports[node], up, &self.names.nodes[node]).await
+        link::set_up(
+            &self.fabric_nl,
+            self.ports[node],
+            up,
+            &self.names.nodes[node],
+        )
+        .await
     }
 }
 
 /// Writes a hosts file per node (`/etc/netns/<ns>/hosts`) naming every node of the run.
 /// Returns the directories created, for cleanup.
 pub fn write_hosts(plan: &Plan, names: &Names) -> Result<Vec<PathBuf>> {
-    let mut body = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut body =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for n in &plan.nodes {
         body.push_str(&format!("{}\t{}\n", n.addr, n.name));
     }
     let mut dirs = Vec::with_capacity(names.nodes.len());
     for ns_name in &names.nodes {
         let dir = hosts_dir(ns_name);
-        std::fs::create_dir_all(&dir).map_err(|e| HostError::io("creating", dir.display().to_string(), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HostError::io("creating", dir.display().to_string(), e))?;
         let path = dir.join("hosts");
-        std::fs::write(&path, &body).map_err(|e| HostError::io("writing", path.display().to_string(), e))?;
+        std::fs::write(&path, &body)
+            .map_err(|e| HostError::io("writing", path.display().to_string(), e))?;
         dirs.push(dir);
     }
     Ok(dirs)

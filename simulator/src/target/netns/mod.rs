@@ -123,20 +123,31 @@ impl NetnsLab {
     ///
     /// Guarantees: each object is recorded before (state file) and after (journal) it is
     /// created; on error everything created is described by the returned [`Partial`].
-    pub async fn provision(plan: Arc<Plan>, state: RunState) -> std::result::Result<NetnsLab, Box<ProvisionError>> {
+    pub async fn provision(
+        plan: Arc<Plan>,
+        state: RunState,
+    ) -> std::result::Result<NetnsLab, Box<ProvisionError>> {
         let mut journal = Vec::new();
         let mut cgroups_slot = None;
         macro_rules! fail {
             ($e:expr) => {
                 return Err(Box::new(ProvisionError {
                     error: $e,
-                    partial: Partial { state, journal, cgroups: cgroups_slot },
+                    partial: Partial {
+                        state,
+                        journal,
+                        cgroups: cgroups_slot,
+                    },
                 }))
             };
         }
         // 1. The state file names everything below before it exists.
         if let Err(e) = state.save() {
-            fail!(HostError::io("writing state file", state.path().display().to_string(), e));
+            fail!(HostError::io(
+                "writing state file",
+                state.path().display().to_string(),
+                e
+            ));
         }
         journal.push(Created::StateFile);
 
@@ -189,7 +200,10 @@ impl NetnsLab {
             Ok(s) => s,
             Err(e) => fail!(e),
         };
-        if let Err(e) = shaper.apply(&plan, &fabric, &links, &BTreeMap::new(), None).await {
+        if let Err(e) = shaper
+            .apply(&plan, &fabric, &links, &BTreeMap::new(), None)
+            .await
+        {
             fail!(e);
         }
 
@@ -198,7 +212,11 @@ impl NetnsLab {
         for (i, cg) in node_cgroups.iter().enumerate() {
             let fd = match fabric.node_fds[i].try_clone() {
                 Ok(f) => f,
-                Err(e) => fail!(HostError::io("duplicating the namespace handle of", &names.nodes[i], e)),
+                Err(e) => fail!(HostError::io(
+                    "duplicating the namespace handle of",
+                    &names.nodes[i],
+                    e
+                )),
             };
             let procs = match cg.procs_files() {
                 Ok(p) => p,
@@ -207,7 +225,11 @@ impl NetnsLab {
             let hosts = fabric::hosts_dir(&names.nodes[i]).join("hosts");
             match NodeExec::new(&names.nodes[i], fd, Some(&hosts), procs) {
                 Ok(x) => execs.push(Arc::new(x)),
-                Err(e) => fail!(HostError::io("preparing process start in", &names.nodes[i], e)),
+                Err(e) => fail!(HostError::io(
+                    "preparing process start in",
+                    &names.nodes[i],
+                    e
+                )),
             }
         }
 
@@ -237,9 +259,13 @@ impl NetnsLab {
         if let Some(f) = &self.sockets[node] {
             return Ok(f.clone());
         }
-        let fd = self.fabric.node_fds[node]
-            .try_clone()
-            .map_err(|e| HostError::io("duplicating the namespace handle of", &self.fabric.names.nodes[node], e))?;
+        let fd = self.fabric.node_fds[node].try_clone().map_err(|e| {
+            HostError::io(
+                "duplicating the namespace handle of",
+                &self.fabric.names.nodes[node],
+                e,
+            )
+        })?;
         let f = SocketFactory::start(fd, &self.fabric.names.nodes[node])?;
         self.sockets[node] = Some(f.clone());
         Ok(f)
@@ -259,10 +285,17 @@ impl NetnsLab {
             ("EDGESIM_CPU_CORES".into(), n.profile.cpu.cores.to_string()),
             ("EDGESIM_SEED".into(), p.seed.to_string()),
         ];
-        let peers: Vec<String> = p.nodes.iter().map(|m| format!("{}={}", m.name, m.addr)).collect();
+        let peers: Vec<String> = p
+            .nodes
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.addr))
+            .collect();
         env.push(("EDGESIM_PEERS".into(), peers.join(",")));
         for m in &p.nodes {
-            env.push((format!("EDGESIM_PEER_{}", env_key(&m.name)), m.addr.to_string()));
+            env.push((
+                format!("EDGESIM_PEER_{}", env_key(&m.name)),
+                m.addr.to_string(),
+            ));
         }
         env
     }
@@ -273,11 +306,13 @@ impl NetnsLab {
         let plan = self.plan.clone();
         for (wi, w) in plan.workloads.iter().enumerate() {
             let dir = out_dir.join("workloads").join(&w.name);
-            std::fs::create_dir_all(&dir).map_err(|e| HostError::io("creating", dir.display().to_string(), e))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| HostError::io("creating", dir.display().to_string(), e))?;
             for &ni in &w.nodes {
                 let node = &plan.nodes[ni].name;
                 let workdir = dir.join(format!("{node}.data"));
-                std::fs::create_dir_all(&workdir).map_err(|e| HostError::io("creating", workdir.display().to_string(), e))?;
+                std::fs::create_dir_all(&workdir)
+                    .map_err(|e| HostError::io("creating", workdir.display().to_string(), e))?;
                 let mut env = self.node_env(ni);
                 env.push(("EDGESIM_WORKLOAD".into(), w.name.clone()));
                 env.push(("EDGESIM_WORKDIR".into(), workdir.display().to_string()));
@@ -299,10 +334,21 @@ impl NetnsLab {
                 };
                 let exec = self.execs[ni].clone();
                 let launch: Launch = Arc::new(move |s: &LaunchSpec| {
-                    let open = |p: &std::path::Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
+                    let open = |p: &std::path::Path| {
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(p)
+                    };
                     let mut cmd = exec.command(&s.argv[0], &s.argv[1..])?;
                     cmd.env_clear()
-                        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()))
+                        .env(
+                            "PATH",
+                            std::env::var_os("PATH").unwrap_or_else(|| {
+                                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                                    .into()
+                            }),
+                        )
                         .env("HOME", &s.workdir)
                         .env("LANG", "C.UTF-8")
                         .envs(s.env.iter().map(|(k, v)| (k, v)))
@@ -330,7 +376,14 @@ impl NetnsLab {
                 let addr = std::net::SocketAddrV4::new(plan.nodes[ni].addr, port);
                 let deadline = tokio::time::Instant::now() + w.ready_timeout;
                 loop {
-                    if matches!(tokio::time::timeout(Duration::from_millis(500), crate::probe::net::connect(&f, addr)).await, Ok(Ok(_))) {
+                    if matches!(
+                        tokio::time::timeout(
+                            Duration::from_millis(500),
+                            crate::probe::net::connect(&f, addr)
+                        )
+                        .await,
+                        Ok(Ok(_))
+                    ) {
                         break;
                     }
                     if tokio::time::Instant::now() >= deadline {
@@ -353,13 +406,19 @@ impl NetnsLab {
     /// for the change (e.g. starting `nft`).
     pub fn prepare(&mut self, action: &ActionKind) -> Option<shaping::Prepared> {
         match action {
-            ActionKind::Partition { .. } | ActionKind::Heal { .. } | ActionKind::Impair { .. } => self.shaper.prepare().ok(),
+            ActionKind::Partition { .. } | ActionKind::Heal { .. } | ActionKind::Impair { .. } => {
+                self.shaper.prepare().ok()
+            }
             _ => None,
         }
     }
 
     /// Applies one timeline action.
-    pub async fn apply(&mut self, action: &ActionKind, prepared: Option<shaping::Prepared>) -> Result<()> {
+    pub async fn apply(
+        &mut self,
+        action: &ActionKind,
+        prepared: Option<shaping::Prepared>,
+    ) -> Result<()> {
         match action {
             ActionKind::Partition { name, blocks } => {
                 self.partitions.insert(name.clone(), blocks.clone());
@@ -399,7 +458,11 @@ impl NetnsLab {
                 }
                 Ok(())
             }
-            ActionKind::Kill { workload, nodes, signal } => {
+            ActionKind::Kill {
+                workload,
+                nodes,
+                signal,
+            } => {
                 self.supervisor.signal(*workload, nodes, *signal);
                 Ok(())
             }
@@ -415,7 +478,10 @@ impl NetnsLab {
                         Some(c) => base.with_cpu_cores(*c, spec, &self.host),
                         None => base,
                     };
-                    let l = NodeLimits { memory_bytes: self.node_limits[n].memory_bytes, ..l };
+                    let l = NodeLimits {
+                        memory_bytes: self.node_limits[n].memory_bytes,
+                        ..l
+                    };
                     self.node_cgroups[n].apply(&l)?;
                     self.node_limits[n] = l;
                 }
@@ -436,9 +502,19 @@ impl NetnsLab {
         }
     }
 
-    async fn reshape(&mut self, changed_link: Option<usize>, prepared: Option<shaping::Prepared>) -> Result<()> {
+    async fn reshape(
+        &mut self,
+        changed_link: Option<usize>,
+        prepared: Option<shaping::Prepared>,
+    ) -> Result<()> {
         self.shaper
-            .apply(&self.plan, &self.fabric, &self.links, &self.partitions, prepared)
+            .apply(
+                &self.plan,
+                &self.fabric,
+                &self.links,
+                &self.partitions,
+                prepared,
+            )
             .await
             .map(|_| {
                 let _ = changed_link;
@@ -454,9 +530,13 @@ impl NetnsLab {
     pub fn mark_ready(&mut self) -> Result<()> {
         self.state.ready = true;
         self.state.workload_pids = self.supervisor.pids();
-        self.state
-            .save()
-            .map_err(|e| HostError::io("writing state file", self.state.path().display().to_string(), e))
+        self.state.save().map_err(|e| {
+            HostError::io(
+                "writing state file",
+                self.state.path().display().to_string(),
+                e,
+            )
+        })
     }
 
     /// Stops workloads and removes everything the lab created, in reverse order. Keeps going
@@ -474,14 +554,30 @@ impl NetnsLab {
         }
         if !self.partitions.is_empty() {
             self.partitions.clear();
-            if let Err(e) = self.shaper.apply(&self.plan, &self.fabric, &self.plan.baseline_links(), &self.partitions, None).await {
+            if let Err(e) = self
+                .shaper
+                .apply(
+                    &self.plan,
+                    &self.fabric,
+                    &self.plan.baseline_links(),
+                    &self.partitions,
+                    None,
+                )
+                .await
+            {
                 errors.push(e.to_string());
             }
         }
         self.supervisor.stop_all(grace).await;
         drop(std::mem::take(&mut self.sockets));
         drop(std::mem::take(&mut self.execs));
-        let NetnsLab { journal, state, cgroups, fabric, .. } = self;
+        let NetnsLab {
+            journal,
+            state,
+            cgroups,
+            fabric,
+            ..
+        } = self;
         drop(fabric);
         errors.extend(revert(&journal, &state, Some(&cgroups)).await);
         errors
@@ -519,7 +615,10 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
             }
             Created::StateFile => {
                 if let Err(e) = state.remove() {
-                    errors.push(format!("removing state file {}: {e}", state.path().display()));
+                    errors.push(format!(
+                        "removing state file {}: {e}",
+                        state.path().display()
+                    ));
                 }
             }
         }
@@ -542,7 +641,11 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
         }
     }
     let cgroups = Cgroups::detect().ok();
-    let mut journal = vec![Created::StateFile, Created::Namespaces(state.namespaces.clone()), Created::HostsDirs(state.hosts_dirs.clone())];
+    let mut journal = vec![
+        Created::StateFile,
+        Created::Namespaces(state.namespaces.clone()),
+        Created::HostsDirs(state.hosts_dirs.clone()),
+    ];
     if let Some(cg) = &state.cgroup {
         journal.push(Created::Cgroup(cg.clone()));
     }
@@ -556,6 +659,12 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
 /// `EDGESIM_PEER_<NAME>` key for a node name (`gw-1` → `GW_1`).
 pub fn env_key(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -66,10 +66,13 @@ fn net(n: Ipv4Net) -> IpNet {
 
 impl Shaper {
     pub fn new(plan: &Plan, fabric: &Fabric) -> Result<Self> {
-        let fd = fabric
-            .fabric_fd
-            .try_clone()
-            .map_err(|e| HostError::io("duplicating the namespace handle of", &fabric.names.fabric, e))?;
+        let fd = fabric.fabric_fd.try_clone().map_err(|e| {
+            HostError::io(
+                "duplicating the namespace handle of",
+                &fabric.names.fabric,
+                e,
+            )
+        })?;
         Ok(Shaper {
             firewall: Firewall::from_fd(fd, &fabric.names.fabric, TABLE)?,
             installed: BTreeMap::new(),
@@ -85,7 +88,10 @@ impl Shaper {
     }
 
     /// The effective parameters of every path between two different sites.
-    pub fn paths(plan: &Plan, links: &[(LinkParams, LinkParams)]) -> BTreeMap<(usize, usize), Option<LinkParams>> {
+    pub fn paths(
+        plan: &Plan,
+        links: &[(LinkParams, LinkParams)],
+    ) -> BTreeMap<(usize, usize), Option<LinkParams>> {
         let mut out = BTreeMap::new();
         for s in 0..plan.sites.len() {
             for d in 0..plan.sites.len() {
@@ -98,7 +104,11 @@ impl Shaper {
     }
 
     /// The firewall rules for a link state and a set of partitions.
-    pub fn ruleset(plan: &Plan, links: &[(LinkParams, LinkParams)], partitions: &BTreeMap<String, Vec<Block>>) -> Ruleset {
+    pub fn ruleset(
+        plan: &Plan,
+        links: &[(LinkParams, LinkParams)],
+        partitions: &BTreeMap<String, Vec<Block>>,
+    ) -> Ruleset {
         let mut rs = Ruleset::default();
         for ((s, d), p) in Self::paths(plan, links) {
             let from = vec![net(plan.sites[s].subnet)];
@@ -123,7 +133,9 @@ impl Shaper {
             for (i, b) in blocks.iter().enumerate() {
                 let addrs = |ns: &[usize]| -> Vec<IpNet> {
                     ns.iter()
-                        .map(|n| IpNet::V4(Ipv4Net::new(plan.nodes[*n].addr, 32).expect("/32 is valid")))
+                        .map(|n| {
+                            IpNet::V4(Ipv4Net::new(plan.nodes[*n].addr, 32).expect("/32 is valid"))
+                        })
                         .collect()
                 };
                 rs.blocks.push(nft::Block {
@@ -160,14 +172,27 @@ impl Shaper {
         let mut want: BTreeMap<(usize, usize), PathShape> = BTreeMap::new();
         for ((s, d), p) in Self::paths(plan, links) {
             let Some(p) = p else { continue };
-            let netem = p.needs_delay().then(|| (p.delay.unwrap_or_default(), p.jitter.unwrap_or_default()));
+            let netem = p
+                .needs_delay()
+                .then(|| (p.delay.unwrap_or_default(), p.jitter.unwrap_or_default()));
             if p.rate.is_some() || netem.is_some() {
-                want.insert((s, d), PathShape { rate: p.rate.unwrap_or(UNLIMITED_BPS), netem });
+                want.insert(
+                    (s, d),
+                    PathShape {
+                        rate: p.rate.unwrap_or(UNLIMITED_BPS),
+                        netem,
+                    },
+                );
             }
         }
         let h = &fabric.fabric_nl;
         // Remove what is no longer wanted.
-        let gone: Vec<(usize, usize)> = self.installed.keys().filter(|k| !want.contains_key(k)).copied().collect();
+        let gone: Vec<(usize, usize)> = self
+            .installed
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
         for (s, d) in gone {
             let dev = fabric.bridges[d];
             tc::filter_delete(h, dev, ClassId::qdisc(1), 1 + s as u16).await?;
@@ -201,7 +226,8 @@ impl Shaper {
                     dst: None,
                 };
                 tc::filter_delete(h, dev, ClassId::qdisc(1), 1 + s as u16).await?;
-                tc::u32_filter_add(h, dev, ClassId::qdisc(1), 1 + s as u16, &m, class_of(s)).await?;
+                tc::u32_filter_add(h, dev, ClassId::qdisc(1), 1 + s as u16, &m, class_of(s))
+                    .await?;
             }
             if before.as_ref().and_then(|b| b.netem) != shape.netem {
                 match shape.netem {
@@ -212,7 +238,8 @@ impl Shaper {
                             seed: Some(self.seed ^ ((s as u64) << 32 | d as u64)),
                             ..Netem::default()
                         });
-                        tc::qdisc_replace(h, dev, Parent::Class(class_of(s)), 0x100 + s as u16, &q).await?;
+                        tc::qdisc_replace(h, dev, Parent::Class(class_of(s)), 0x100 + s as u16, &q)
+                            .await?;
                     }
                     None => tc::qdisc_delete(h, dev, Parent::Class(class_of(s))).await?,
                 }
