@@ -66,7 +66,8 @@ fn duration_secs(file: &Path) -> f64 {
         let l = line.trim();
         if let Some(v) = l.strip_prefix("duration:") {
             let v = v.trim();
-            let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+            let (num, unit) =
+                v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
             let n: f64 = num.trim().parse().unwrap_or(f64::MAX);
             return match unit {
                 "ms" => n / 1e3,
@@ -84,7 +85,12 @@ fn expected_failures(file: &Path) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("# expect-failed:"))
-        .map(|l| l.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .map(|l| {
+            l.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -113,14 +119,23 @@ fn run(file: &Path, want: i32) -> Result<(), Failed> {
         String::from_utf8_lossy(&out.stderr)
     );
     if code != want {
-        return Err(format!("`edgesim run {}` exited {code}, expected {want}\n{text}", file.display()).into());
+        return Err(format!(
+            "`edgesim run {}` exited {code}, expected {want}\n{text}",
+            file.display()
+        )
+        .into());
     }
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).map_err(|e| format!("no report: {e}\n{text}"))?)
-        .map_err(|e| format!("bad report: {e}"))?;
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&report).map_err(|e| format!("no report: {e}\n{text}"))?,
+    )
+    .map_err(|e| format!("bad report: {e}"))?;
     if !junit.exists() {
         return Err("no JUnit file written".into());
     }
-    if !r["teardown"]["errors"].as_array().is_some_and(|a| a.is_empty()) {
+    if !r["teardown"]["errors"]
+        .as_array()
+        .is_some_and(|a| a.is_empty())
+    {
         return Err(format!("teardown reported errors: {}", r["teardown"]["errors"]).into());
     }
     if want == 1 {
@@ -138,14 +153,20 @@ fn run(file: &Path, want: i32) -> Result<(), Failed> {
         let mut got = failed.clone();
         got.sort();
         if !expected.is_empty() && got != expected {
-            return Err(format!("failed assertions {got:?}, expected exactly {expected:?}\n{text}").into());
+            return Err(format!(
+                "failed assertions {got:?}, expected exactly {expected:?}\n{text}"
+            )
+            .into());
         }
     }
     Ok(())
 }
 
 fn normalise(stderr: &str, file: &Path) -> String {
-    stderr.replace(&file.display().to_string(), &format!("{}", file.file_name().unwrap_or_default().to_string_lossy()))
+    stderr.replace(
+        &file.display().to_string(),
+        &format!("{}", file.file_name().unwrap_or_default().to_string_lossy()),
+    )
 }
 
 fn reject(file: &Path) -> Result<(), Failed> {
@@ -156,17 +177,29 @@ fn reject(file: &Path) -> Result<(), Failed> {
         .map_err(|e| format!("running edgesim: {e}"))?;
     let stderr = normalise(&String::from_utf8_lossy(&out.stderr), file);
     if out.status.code() != Some(2) {
-        return Err(format!("`edgesim validate` exited {:?}, expected 2\n{stderr}", out.status.code()).into());
+        return Err(format!(
+            "`edgesim validate` exited {:?}, expected 2\n{stderr}",
+            out.status.code()
+        )
+        .into());
     }
     let golden = file.with_extension("stderr");
     if std::env::var_os("EDGESIM_BLESS").is_some() {
         std::fs::write(&golden, &stderr).map_err(|e| e.to_string())?;
         return Ok(());
     }
-    let want = std::fs::read_to_string(&golden)
-        .map_err(|e| format!("missing golden file {} ({e}); run with EDGESIM_BLESS=1 to create it.\ngot:\n{stderr}", golden.display()))?;
+    let want = std::fs::read_to_string(&golden).map_err(|e| {
+        format!(
+            "missing golden file {} ({e}); run with EDGESIM_BLESS=1 to create it.\ngot:\n{stderr}",
+            golden.display()
+        )
+    })?;
     if want != stderr {
-        return Err(format!("diagnostics differ from {}\n--- expected\n{want}\n--- got\n{stderr}", golden.display()).into());
+        return Err(format!(
+            "diagnostics differ from {}\n--- expected\n{want}\n--- got\n{stderr}",
+            golden.display()
+        )
+        .into());
     }
     Ok(())
 }
@@ -185,18 +218,26 @@ fn main() {
     assert!(!shipped.is_empty(), "no scenarios found under scenarios/");
     for f in shipped.iter().chain(&pass).chain(&fail) {
         let g = f.clone();
-        trials.push(Trial::test(format!("validate {}", name_of(f)), move || validate(&g)));
+        trials.push(Trial::test(format!("validate {}", name_of(f)), move || {
+            validate(&g)
+        }));
     }
     for (files, want) in [(&shipped, 0), (&pass, 0), (&fail, 1)] {
         for f in files {
             let g = f.clone();
             let t = Trial::test(format!("run {}", name_of(f)), move || run(&g, want));
-            trials.push(if duration_secs(f) > max_secs { t.with_ignored_flag(true) } else { t });
+            trials.push(if duration_secs(f) > max_secs {
+                t.with_ignored_flag(true)
+            } else {
+                t
+            });
         }
     }
     for f in &rejected {
         let g = f.clone();
-        trials.push(Trial::test(format!("reject {}", name_of(f)), move || reject(&g)));
+        trials.push(Trial::test(format!("reject {}", name_of(f)), move || {
+            reject(&g)
+        }));
     }
     libtest_mimic::run(&args, trials).exit();
 }
