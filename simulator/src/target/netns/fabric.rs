@@ -71,7 +71,6 @@ pub struct Fabric {
     pub fabric_fd: OwnedFd,
     pub fabric_nl: Handle,
     pub node_fds: Vec<OwnedFd>,
-    pub node_nl: Vec<Handle>,
     /// Per site: index of its bridge in the fabric namespace.
     pub bridges: Vec<u32>,
     /// Per node: index of the fabric end of its veth pair.
@@ -160,7 +159,6 @@ impl Fabric {
             fabric_fd,
             fabric_nl,
             node_fds,
-            node_nl,
             bridges,
             ports,
             node_ifs,
