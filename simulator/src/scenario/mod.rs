@@ -18,3 +18,6 @@ pub mod validate;
 pub use diag::{Diagnostic, Diagnostics};
 pub use plan::Plan;
 pub use validate::{Capabilities, LoadError, Overrides, load};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+//! Plan-building tests: expansion, addressing, path composition, timeline semantics.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::plan::{ActionKind, LinkParams, Plan};
+use super::validate::{Capabilities, Overrides, build, parse};
+use crate::profile::ProfileSet;
+
+fn plan_with(text: &str, caps: &Capabilities) -> Result<Plan, String> {
+    let f = Path::new("t.yaml");
+    let sc = parse(f, text).map_err(|d| d.to_string())?;
+    build(f, text, &sc, ProfileSet::builtin().expect("built-in profiles"), caps, &Overrides::default())
+        .map_err(|d| d.to_string())
+}
+
+fn plan(text: &str) -> Plan {
+    plan_with(text, &Capabilities::all("netns")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errors(text: &str) -> String {
+    plan_with(text, &Capabilities::all("netns")).expect_err("should be rejected")
+}
+
+const HEAD: &str = "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: t}\nspec:\n  seed: 5\n  duration: 60s\n";
+
+#[test]
+fn expands_counts_and_allocates_addresses_per_site() {
+    let p = plan(&format!(
+        "{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud}}}}\n  nodes:\n    - {{name: sink, site: cloud, profile: cloud-small}}\n    - {{name: gw, count: 300, site: edge, profile: raspberry-pi-5-4gb}}\n"
+    ));
+    assert_eq!(p.nodes.len(), 301);
+    assert_eq!(p.nodes[1].name, "gw-1");
+    assert_eq!(p.nodes[300].name, "gw-300");
+    assert_eq!(p.sites[0].subnet.to_string(), "10.90.0.0/24");
+    // 300 nodes need a /23, aligned.
+    assert_eq!(p.sites[1].subnet.to_string(), "10.90.2.0/23");
+    assert_eq!(p.sites[1].gateway.to_string(), "10.90.2.1");
+    assert_eq!(p.nodes[1].addr.to_string(), "10.90.2.2");
+    assert_eq!(p.nodes[300].addr.to_string(), "10.90.3.45");
+    assert_eq!(p.links[0].name, "edge-uplink");
+}
+
+#[test]
+fn inline_profiles_and_per_direction_overrides() {
+    let p = plan(&format!(
+        "{HEAD}  profiles:\n    tiny: {{arch: arm64, cpu: {{model: A53, cores: 1, clockGHz: 1.2, relativeSpeed: 0.3}}, memory: {{total: 512Mi}}}}\n  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, rate: 10mbit, loss: 1%, up: {{rate: 2mbit}}}}}}\n  nodes:\n    - {{name: a, site: edge, profile: tiny}}\n"
+    ));
+    assert_eq!(p.nodes[0].profile.cpu.cores, 1);
+    let l = &p.links[0];
+    assert_eq!(l.up.rate, Some(2_000_000));
+    assert_eq!(l.down.rate, Some(10_000_000));
+    assert!((l.up.loss - 0.01).abs() < 1e-12 && (l.down.loss - 0.01).abs() < 1e-12);
+}
+
+#[test]
+fn paths_compose_along_links() {
+    let p = plan(&format!(
+        "{HEAD}  sites:\n    cloud: {{}}\n    a: {{uplink: {{site: cloud, delay: 10ms, loss: 10%, rate: 50mbit}}}}\n    b: {{uplink: {{site: cloud, delay: 20ms, loss: 10%, rate: 20mbit}}}}\n    island: {{}}\n  nodes:\n    - {{name: n, site: a, profile: cloud-small}}\n"
+    ));
+    let links = p.baseline_links();
+    let ab = p.path_params(&links, 1, 2).expect("a reaches b through the cloud");
+    assert_eq!(ab.delay, Some(Duration::from_millis(30)));
+    assert!((ab.loss - 0.19).abs() < 1e-9, "losses compound: {}", ab.loss);
+    assert_eq!(ab.rate, Some(20_000_000));
+    assert_eq!(p.path_params(&links, 1, 3), None, "no link reaches the island");
+    assert_eq!(p.path_params(&links, 2, 2), Some(LinkParams::default()));
+}
+
+#[test]
+fn for_reverts_only_the_fields_it_set() {
+    let p = plan(&format!(
+        "{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, rate: 10mbit}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n  timeline:\n    - {{at: 10s, for: 10s, impair: {{link: edge-uplink, loss: 50%}}}}\n    - {{at: 15s, impair: {{link: edge-uplink, rate: 1mbit}}}}\n"
+    ));
+    let impairs: Vec<(Duration, LinkParams)> = p
+        .actions
+        .iter()
+        .filter_map(|a| match &a.kind {
+            ActionKind::Impair { up, .. } => Some((a.at, *up)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(impairs.len(), 3);
+    assert_eq!(impairs[2].0, Duration::from_secs(20));
+    // The revert at 20s restores the loss but keeps the rate set at 15s.
+    assert_eq!(impairs[2].1.loss, 0.0);
+    assert_eq!(impairs[2].1.rate, Some(1_000_000));
+}
+
+#[test]
+fn seeded_pick_is_stable_and_depends_on_the_seed() {
+    let text = |seed: u64| {
+        format!(
+            "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {{name: t}}\nspec:\n  seed: {seed}\n  duration: 60s\n  sites: {{s: {{}}}}\n  nodes:\n    - {{name: n, count: 20, site: s, profile: cloud-small}}\n  timeline:\n    - {{at: 1s, partition: {{isolate: [all], pick: 3}}}}\n"
+        )
+    };
+    let picked = |p: &Plan| match &p.actions[0].kind {
+        ActionKind::Partition { blocks, .. } => blocks[0].from.clone(),
+        _ => unreachable!(),
+    };
+    let a = picked(&plan(&text(1)));
+    assert_eq!(a.len(), 3);
+    assert_eq!(a, picked(&plan(&text(1))), "same seed, same choice");
+    let others: Vec<Vec<usize>> = (2..6).map(|s| picked(&plan(&text(s)))).collect();
+    assert!(others.iter().any(|o| *o != a), "different seeds should choose differently");
+}
+
+#[test]
+fn one_way_partitions_block_one_direction() {
+    let p = plan(&format!(
+        "{HEAD}  sites: {{s: {{}}}}\n  nodes:\n    - {{name: a, site: s, profile: cloud-small}}\n    - {{name: b, site: s, profile: cloud-small}}\n  timeline:\n    - {{at: 1s, for: 1s, partition: {{oneWay: true, between: [[a], [b]]}}}}\n"
+    ));
+    match &p.actions[0].kind {
+        ActionKind::Partition { blocks, .. } => {
+            assert_eq!(blocks.len(), 1);
+            assert_eq!((blocks[0].from.clone(), blocks[0].to.clone()), (vec![0], vec![1]));
+        }
+        k => panic!("unexpected {k:?}"),
+    }
+    assert!(matches!(p.actions[1].kind, ActionKind::Heal { .. }) && p.actions[1].revert);
+}
+
+#[test]
+fn delay_is_refused_where_the_target_cannot_do_it() {
+    let caps = Capabilities {
+        target: "netns".into(),
+        delay: false,
+        delay_hint: "no netem here".into(),
+    };
+    let e = plan_with(
+        &format!("{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, delay: 30ms}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n"),
+        &caps,
+    )
+    .expect_err("delay without netem");
+    assert!(e.contains("link delay cannot be emulated by the `netns` target"), "{e}");
+    assert!(e.contains("t.yaml:9:41"), "points at the delay: {e}");
+    assert!(e.contains("no netem here"), "{e}");
+}
+
+#[test]
+fn misspelt_selectors_and_sites_get_suggestions() {
+    let e = errors(&format!(
+        "{HEAD}  sites: {{factory: {{}}}}\n  nodes:\n    - {{name: gw, count: 2, site: factory, profile: cloud-small}}\n  timeline:\n    - {{at: 1s, node-down: {{nodes: [factory]}}}}\n    - {{at: 2s, node-down: {{nodes: [site/factroy]}}}}\n    - {{at: 3s, node-down: {{nodes: [\"xx-*\"]}}}}\n"
+    ));
+    assert!(e.contains("`factory` is a site: write `site/factory`"), "{e}");
+    assert!(e.contains("did you mean `factory`?"), "{e}");
+    assert!(e.contains("`xx-*` in node-down selects no node"), "{e}");
+}
+
+#[test]
+fn cpu_beyond_the_boards_cores_is_refused() {
+    let e = errors(&format!(
+        "{HEAD}  sites: {{s: {{}}}}\n  nodes:\n    - {{name: pi, site: s, profile: raspberry-pi-5-4gb}}\n  timeline:\n    - {{at: 1s, cpu: {{nodes: [pi], cores: 6}}}}\n"
+    ));
+    assert!(e.contains("has 4 cores"), "{e}");
+}
