@@ -1,0 +1,154 @@
+//! The command line as users drive it: exit codes, machine-readable outputs, the metrics
+//! endpoint of a running scenario.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_edgesim"))
+}
+
+fn repo(p: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+}
+
+#[test]
+fn schema_is_json_schema_of_scenarios() {
+    let out = bin().arg("schema").output().expect("run edgesim schema");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("schema is JSON");
+    assert_eq!(v["title"], "Scenario");
+    let spec = &v["$defs"]["Spec"]["properties"];
+    for key in ["sites", "nodes", "workloads", "timeline", "probes", "assertions"] {
+        assert!(spec.get(key).is_some(), "schema lacks spec.{key}: {spec}");
+    }
+    // Units are documented as patterns so editors can flag `20mbps`.
+    assert!(v["$defs"]["Rate"]["pattern"].is_string());
+}
+
+#[test]
+fn profiles_lists_every_board_as_json() {
+    let out = bin().args(["profiles", "--output", "json"]).output().expect("run");
+    assert!(out.status.success());
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON list");
+    let names: Vec<&str> = v.iter().filter_map(|p| p["name"].as_str()).collect();
+    for want in [
+        "raspberry-pi-5-4gb",
+        "raspberry-pi-5-8gb",
+        "raspberry-pi-5-16gb",
+        "jetson-orin-nx-8gb",
+        "jetson-orin-nx-16gb",
+        "jetson-agx-orin-64gb",
+        "cloud-small",
+        "cloud-large",
+    ] {
+        assert!(names.contains(&want), "missing {want} in {names:?}");
+    }
+    for p in &v {
+        assert!(p["limitsOnThisHost"]["memoryBytes"].as_u64().unwrap_or(0) > 0, "{p}");
+    }
+}
+
+#[test]
+fn validate_exit_codes() {
+    let ok = bin().arg("validate").arg(repo("scenarios/quickstart.yaml")).output().expect("run");
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = bin()
+        .arg("validate")
+        .arg(repo("tests/scenarios/reject/unknown-field.yaml"))
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    let missing = bin().args(["validate", "/nonexistent/x.yaml"]).output().expect("run");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+#[test]
+fn plan_as_json_has_the_realised_schedule() {
+    let out = bin()
+        .args(["plan", "--output", "json"])
+        .arg(repo("tests/scenarios/pass/every-action.yaml"))
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let actions = v["actions"].as_array().expect("actions");
+    assert_eq!(actions.len(), 20);
+    let times: Vec<f64> = actions
+        .iter()
+        .map(|a| a["at"].as_str().unwrap_or("").trim_end_matches('s').parse::<f64>().unwrap_or(-1.0))
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "actions in time order: {times:?}");
+    assert_eq!(v["seed"], 42);
+}
+
+/// `--metrics-addr` serves the run's metrics while it plays.
+#[test]
+fn metrics_endpoint_while_running() {
+    if !edgesim::testing::netns() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("metrics.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: cli-metrics}\nspec:\n  seed: 1\n  duration: 6s\n  sites: {s: {}}\n  nodes:\n    - {name: a, site: s, profile: cloud-small}\n    - {name: b, site: s, profile: cloud-small}\n  timeline:\n    - {at: 1s, for: 1s, partition: {between: [[a], [b]]}}\n  probes:\n    - {name: ab, from: a, ping: b, every: 100ms}\n  assertions:\n    - {name: reach, probe: ab, during: 2500ms..end, expect: \"success_rate >= 90%\"}\n",
+    )
+    .expect("write scenario");
+    let mut child = bin()
+        .arg("run")
+        .arg(&file)
+        .args(["--metrics-addr", "127.0.0.1:0", "--out"])
+        .arg(dir.path().join("out"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines.next().expect("metrics line").expect("read");
+        if let Some(rest) = line.strip_prefix("metrics at http://") {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    // Let the partition happen, then read.
+    std::thread::sleep(Duration::from_millis(3500));
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
+    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("edgesim_nodes_up 2"), "{body}");
+    assert!(body.contains("edgesim_actions_applied_total{verb=\"partition\"} 1"), "{body}");
+    assert!(body.contains("edgesim_probe_attempts_total"), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn doctor_reports_the_netns_target() {
+    if !edgesim::testing::netns() {
+        return;
+    }
+    let out = bin().args(["doctor", "--output", "json"]).output().expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let t = &v["targets"][0];
+    assert_eq!(t["target"], "netns");
+    let actions: Vec<&str> = t["actions"].as_array().expect("actions").iter().filter_map(|a| a["action"].as_str()).collect();
+    assert!(actions.contains(&"partition / heal") && actions.contains(&"delay / jitter"), "{actions:?}");
+    let netem = v["checks"].as_array().expect("checks").iter().find(|c| c["name"] == "qdisc netem").expect("netem check");
+    // Whatever the kernel says, the delay row must agree with it.
+    let delay = t["actions"].as_array().expect("a").iter().find(|a| a["action"] == "delay / jitter").expect("row");
+    assert_eq!(delay["support"] == "exact", netem["ok"] == true);
+}
