@@ -205,6 +205,24 @@ impl<'a> Validator<'a> {
         self.errs.last_mut().expect("just pushed")
     }
 
+    /// Reports an unknown reference `word` (a `what`, e.g. "site") at `pos`, suggesting the
+    /// closest of `names`. `ctx` follows the message (e.g. " in probe `p`").
+    fn unknown<'n>(
+        &mut self,
+        pos: Pos,
+        what: &str,
+        word: &str,
+        ctx: &str,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> &mut Diagnostic {
+        let names: Vec<&str> = names.into_iter().collect();
+        let hint = unknown_hint(word, &format!("{what}s"), &names);
+        let d = self.err(pos, format!("unknown {what} `{word}`{ctx}"));
+        d.width = width(word);
+        d.hint = hint;
+        d
+    }
+
     fn name_ok(&mut self, n: &Loc<String>, what: &str) {
         if !dns_label(n) {
             self.err(
@@ -309,12 +327,14 @@ impl<'a> Validator<'a> {
         if let Some(&i) = self.site_ix.get(&r.value) {
             return Some(i);
         }
-        let names: Vec<String> = self.sc.spec.sites.keys().map(|k| k.value.clone()).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let h = unknown_hint(r, "sites", &refs);
-        self.err(r.pos, format!("unknown site `{}` {ctx}", r.value))
-            .width = width(r);
-        self.errs.last_mut().expect("pushed").hint = h;
+        let sc = self.sc;
+        self.unknown(
+            r.pos,
+            "site",
+            r,
+            &format!(" {ctx}"),
+            sc.spec.sites.keys().map(|k| k.value.as_str()),
+        );
         None
     }
 
@@ -505,13 +525,7 @@ impl<'a> Validator<'a> {
                         all.extend(inline.keys().cloned());
                         all.sort();
                         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-                        let h = unknown_hint(&n.profile, "profiles", &refs);
-                        let d = self.err(
-                            n.profile.pos,
-                            format!("unknown profile `{}`", n.profile.value),
-                        );
-                        d.width = width(&n.profile);
-                        d.hint = h;
+                        self.unknown(n.profile.pos, "profile", &n.profile, "", refs);
                         None
                     }
                 },
@@ -1261,11 +1275,13 @@ impl<'a> Validator<'a> {
                 });
             } else if let Some(im) = &e.impair {
                 let Some(&li) = self.link_ix.get(&im.link.value) else {
-                    let names: Vec<&str> = p.links.iter().map(|l| l.name.as_str()).collect();
-                    let hint = unknown_hint(&im.link, "links", &names);
-                    let d = self.err(im.link.pos, format!("unknown link `{}`", im.link.value));
-                    d.width = width(&im.link);
-                    d.hint = hint;
+                    self.unknown(
+                        im.link.pos,
+                        "link",
+                        &im.link,
+                        "",
+                        p.links.iter().map(|l| l.name.as_str()),
+                    );
                     continue;
                 };
                 let fields: Vec<&'static str> = [
@@ -1713,11 +1729,13 @@ impl<'a> Validator<'a> {
         nodes: Option<&Loc<Vec<Loc<String>>>>,
     ) -> Option<(usize, Vec<usize>)> {
         let Some(wi) = p.workload_index(w) else {
-            let names: Vec<&str> = p.workloads.iter().map(|w| w.name.as_str()).collect();
-            let hint = unknown_hint(w, "workloads", &names);
-            let d = self.err(w.pos, format!("unknown workload `{}`", w.value));
-            d.width = width(w);
-            d.hint = hint;
+            self.unknown(
+                w.pos,
+                "workload",
+                w,
+                "",
+                p.workloads.iter().map(|w| w.name.as_str()),
+            );
             return None;
         };
         let all = p.workloads[wi].nodes.clone();
@@ -1782,11 +1800,13 @@ impl<'a> Validator<'a> {
             .hint = Some("probes only reach addresses inside the lab".into());
             return None;
         }
-        let names: Vec<&str> = p.nodes.iter().map(|n| n.name.as_str()).collect();
-        let hint = unknown_hint(host, "nodes", &names);
-        let d = self.err(pos, format!("unknown node `{host}` {ctx}"));
-        d.width = width(host);
-        d.hint = hint;
+        self.unknown(
+            pos,
+            "node",
+            host,
+            &format!(" {ctx}"),
+            p.nodes.iter().map(|n| n.name.as_str()),
+        );
         None
     }
 
@@ -1950,11 +1970,13 @@ impl<'a> Validator<'a> {
                         );
                     }
                     let Some(pi) = p.probes.iter().position(|x| x.name == pr.value) else {
-                        let names: Vec<&str> = p.probes.iter().map(|x| x.name.as_str()).collect();
-                        let hint = unknown_hint(pr, "probes", &names);
-                        let d = self.err(pr.pos, format!("unknown probe `{}`", pr.value));
-                        d.width = width(pr);
-                        d.hint = hint;
+                        self.unknown(
+                            pr.pos,
+                            "probe",
+                            pr,
+                            "",
+                            p.probes.iter().map(|x| x.name.as_str()),
+                        );
                         continue;
                     };
                     let window = match &a.during {
@@ -1986,15 +2008,13 @@ impl<'a> Validator<'a> {
                         );
                     }
                     let Some(wi) = p.workload_index(&m.workload) else {
-                        let names: Vec<&str> =
-                            p.workloads.iter().map(|w| w.name.as_str()).collect();
-                        let hint = unknown_hint(&m.workload, "workloads", &names);
-                        let d = self.err(
+                        self.unknown(
                             m.workload.pos,
-                            format!("unknown workload `{}`", m.workload.value),
+                            "workload",
+                            &m.workload,
+                            "",
+                            p.workloads.iter().map(|w| w.name.as_str()),
                         );
-                        d.width = width(&m.workload);
-                        d.hint = hint;
                         continue;
                     };
                     let w = &p.workloads[wi];
