@@ -9,10 +9,13 @@
 //!   before blocking in `poll(2)`: a reply that comes back through the other interface right
 //!   after a forward is then picked up without a scheduler wake-up, which is most of the
 //!   latency a relay adds on a VM. It never polls longer than that window.
-//! - **tx a-to-b / tx b-to-a**: each sleeps until ~`tx_spin` (100 µs) before its queue's next
-//!   release time (futex wait with 1 ns timer slack), then spins to the exact time and
-//!   sends. A packet that becomes the new head (earlier release, or a reordered packet)
-//!   wakes it. Spinning happens only in that window before a known release.
+//! - **tx a-to-b / tx b-to-a**: each owns its direction's release-ordered queue, fed by
+//!   the io thread through a lock-free channel (so a descheduled io thread can never hold a
+//!   lock the tx thread needs). It sleeps (futex park, 1 ns timer slack) until ~`tx_spin`
+//!   (100 µs) before the next release time, then spins to the exact time and sends. A packet
+//!   due before the thread's published wake time wakes it. Spinning happens only in that
+//!   window before a known release. The tx threads run SCHED_FIFO by default
+//!   ([`Timing::realtime`]): on a busy machine an ordinary thread can wake milliseconds late.
 //!
 //! Ordering: per direction, `pending` counts packets queued or being sent by the tx thread;
 //! the io thread sends inline only when it is zero. Since the io thread is the only producer,
@@ -24,9 +27,10 @@
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use super::decide::{Action, Compiled, Decider};
@@ -87,10 +91,12 @@ struct DirShared {
     dir: Dir,
     out: Arc<PacketSocket>,
     out_iface: String,
-    queue: Mutex<BinaryHeap<Queued>>,
-    cv: Condvar,
     pending: AtomicUsize,
-    head_gen: AtomicU64,
+    /// When the tx thread will next look at its queue on its own (CLOCK_MONOTONIC ns;
+    /// `i64::MAX` when it sleeps until woken): a packet due earlier must wake it.
+    next_wake: AtomicI64,
+    /// The tx thread, to wake it.
+    thread: OnceLock<Thread>,
     pcap: Option<Mutex<PcapWriter>>,
     counters: Arc<DirCounters>,
     warned: AtomicBool,
@@ -135,6 +141,7 @@ struct Shared {
     log: Option<Arc<LogSink>>,
     rx_spin: i64,
     tx_spin: i64,
+    realtime: Option<u8>,
 }
 
 /// Timing knobs of the relay threads.
@@ -144,6 +151,12 @@ pub struct Timing {
     pub rx_spin: Duration,
     /// How long before a release time a tx thread stops sleeping and spins.
     pub tx_spin: Duration,
+    /// SCHED_FIFO priority of the two tx threads (`None`: ordinary scheduling). On a busy
+    /// machine an ordinary thread can wake milliseconds late; a real-time one preempts at
+    /// once. Their busy time is bounded by the traffic they send plus `tx_spin` per release,
+    /// and the kernel's real-time throttling still bounds it. If the kernel refuses (no
+    /// CAP_SYS_NICE), the relay runs with ordinary scheduling and says so in a log line.
+    pub realtime: Option<u8>,
 }
 
 impl Default for Timing {
@@ -151,6 +164,7 @@ impl Default for Timing {
         Timing {
             rx_spin: Duration::from_micros(50),
             tx_spin: Duration::from_micros(100),
+            realtime: Some(10),
         }
     }
 }
@@ -248,10 +262,9 @@ impl Relay {
                 dir: d,
                 out,
                 out_iface,
-                queue: Mutex::new(BinaryHeap::new()),
-                cv: Condvar::new(),
                 pending: AtomicUsize::new(0),
-                head_gen: AtomicU64::new(0),
+                next_wake: AtomicI64::new(i64::MAX),
+                thread: OnceLock::new(),
                 pcap: pcap(d)?,
                 counters: Arc::new(DirCounters::default()),
                 warned: AtomicBool::new(false),
@@ -273,6 +286,7 @@ impl Relay {
             log: log.clone(),
             rx_spin: nanos(cfg.timing.rx_spin),
             tx_spin: nanos(cfg.timing.tx_spin),
+            realtime: cfg.timing.realtime,
         });
         let deciders = Dir::BOTH.map(|d| {
             Decider::new(
@@ -291,17 +305,24 @@ impl Relay {
             a: cfg.a.clone(),
             b: cfg.b.clone(),
         };
-        for d in Dir::BOTH {
+        let (mut senders, mut receivers) = (Vec::new(), Vec::new());
+        for _ in Dir::BOTH {
+            let (tx, rx) = channel::<Queued>();
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        for (d, rx) in Dir::BOTH.into_iter().zip(receivers) {
             let s = shared.clone();
-            relay.spawn(&format!("tx {d}"), move || tx_loop(&s, d))?;
+            let t = relay.spawn(&format!("tx {d}"), move || tx_loop(&s, d, rx))?;
+            let _ = shared.dirs[d.index()].thread.set(t);
         }
         let s = shared.clone();
-        relay.spawn("io", move || io_loop(&s, socks, deciders))?;
+        relay.spawn("io", move || io_loop(&s, socks, deciders, senders))?;
         tracing::debug!(relay = %name, a = %cfg.a, b = %cfg.b, ns = %cfg.ns_name, "linkem started");
         Ok(relay)
     }
 
-    fn spawn(&mut self, what: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    fn spawn(&mut self, what: &str, f: impl FnOnce() + Send + 'static) -> Result<Thread> {
         let h = std::thread::Builder::new()
             .name(format!("linkem-{}", what.replace(' ', "-")))
             .spawn(f)
@@ -310,8 +331,9 @@ impl Relay {
                 thread: what.to_string(),
                 source,
             })?;
+        let t = h.thread().clone();
         self.threads.push((what.to_string(), h));
-        Ok(())
+        Ok(t)
     }
 
     /// Replaces the rules of one direction. The next packet read is decided by the new rules;
@@ -365,9 +387,9 @@ impl Relay {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.signal();
         for d in &self.shared.dirs {
-            // Taking the lock orders the stop flag before the waiter's next check.
-            let _g = lock(&d.queue);
-            d.cv.notify_all();
+            if let Some(t) = d.thread.get() {
+                t.unpark();
+            }
         }
         let mut first_err = None;
         for (what, h) in self.threads.drain(..) {
@@ -416,15 +438,22 @@ impl Drop for Relay {
 /// Per-thread state of the io loop.
 struct Io {
     deciders: [Decider; 2],
+    senders: Vec<Sender<Queued>>,
     seen_epochs: [u64; 2],
     segs: Vec<Vec<u8>>,
     order: u64,
 }
 
-fn io_loop(shared: &Shared, socks: [Arc<PacketSocket>; 2], deciders: [Decider; 2]) {
+fn io_loop(
+    shared: &Shared,
+    socks: [Arc<PacketSocket>; 2],
+    deciders: [Decider; 2],
+    senders: Vec<Sender<Queued>>,
+) {
     sys::set_timer_slack(1);
     let mut io = Io {
         deciders,
+        senders,
         seen_epochs: [0; 2],
         segs: Vec::new(),
         order: 0,
@@ -601,15 +630,22 @@ impl Io {
                 wire,
                 rule: rule.clone(),
             };
+            let (head, release) = (q.head, q.release);
             ds.pending.fetch_add(1, Ordering::AcqRel);
             rule.queued();
-            let mut heap = lock(&ds.queue);
-            let new_head = heap.peek().is_none_or(|h| q > *h);
-            heap.push(q);
-            drop(heap);
-            if new_head {
-                ds.head_gen.fetch_add(1, Ordering::Release);
-                ds.cv.notify_one();
+            if self.senders[ds.dir.index()].send(q).is_err() {
+                // The tx thread is gone (stopping): the packet is discarded.
+                ds.pending.fetch_sub(1, Ordering::AcqRel);
+                rule.dequeued();
+                continue;
+            }
+            // Pairs with the fence in `tx_loop`: either the tx thread sees this packet
+            // before it sleeps, or this thread sees its wake time and wakes it.
+            fence(Ordering::SeqCst);
+            if (head || release < ds.next_wake.load(Ordering::SeqCst))
+                && let Some(t) = ds.thread.get()
+            {
+                t.unpark();
             }
         }
     }
@@ -652,40 +688,64 @@ impl Pkt<'_> {
     }
 }
 
-fn tx_loop(shared: &Shared, dir: Dir) {
+fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
     sys::set_timer_slack(1);
+    if let Some(p) = shared.realtime
+        && let Err(e) = sys::set_realtime(p)
+    {
+        tracing::info!(relay = %shared.name, %dir, error = %e, "linkem: tx thread keeps ordinary scheduling");
+    }
     let ds = &shared.dirs[dir.index()];
+    // The queue is this thread's alone: the io thread hands packets over through a lock-free
+    // channel, so a descheduled io thread can never hold up a release (no lock to invert).
+    let mut heap: BinaryHeap<Queued> = BinaryHeap::new();
     let mut batch: Vec<Queued> = Vec::new();
-    let mut heap = lock(&ds.queue);
+    let drain = |heap: &mut BinaryHeap<Queued>| loop {
+        match rx.try_recv() {
+            Ok(q) => heap.push(q),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    };
+    // Publishes when this thread will look again by itself, then looks once more: see the
+    // fence in `Io::execute`.
+    let sleep_until = |heap: &mut BinaryHeap<Queued>, wake: i64| -> bool {
+        ds.next_wake.store(wake, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let before = heap.len();
+        drain(heap);
+        heap.len() == before
+    };
     loop {
+        drain(&mut heap);
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
+        let now = sys::mono_ns();
         let Some(h) = heap.peek() else {
-            heap = ds.cv.wait(heap).unwrap_or_else(|p| p.into_inner());
+            if sleep_until(&mut heap, i64::MAX) {
+                std::thread::park();
+            }
             continue;
         };
-        let now = sys::mono_ns();
         let due = if h.head { now } else { h.release };
         if due - now > shared.tx_spin {
-            let nap = Duration::from_nanos((due - now - shared.tx_spin) as u64);
-            heap = ds
-                .cv
-                .wait_timeout(heap, nap)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            let wake = due - shared.tx_spin;
+            if sleep_until(&mut heap, wake) {
+                std::thread::park_timeout(Duration::from_nanos((wake - now) as u64));
+            }
             continue;
         }
         if due > now {
-            let gen_seen = ds.head_gen.load(Ordering::Acquire);
-            drop(heap);
-            while sys::mono_ns() < due
-                && ds.head_gen.load(Ordering::Acquire) == gen_seen
-                && !shared.stop.load(Ordering::Relaxed)
-            {
+            // Spin to the release time, still taking in new (possibly earlier) packets.
+            ds.next_wake.store(now, Ordering::SeqCst);
+            let before = heap.len();
+            while sys::mono_ns() < due && !shared.stop.load(Ordering::Relaxed) {
+                drain(&mut heap);
+                if heap.len() != before {
+                    break;
+                }
                 std::hint::spin_loop();
             }
-            heap = lock(&ds.queue);
             continue;
         }
         let now = sys::mono_ns();
@@ -694,7 +754,6 @@ fn tx_loop(shared: &Shared, dir: Dir) {
                 batch.push(q);
             }
         }
-        drop(heap);
         for q in batch.drain(..) {
             if !q.head {
                 let late = sys::mono_ns() - q.release;
@@ -704,9 +763,9 @@ fn tx_loop(shared: &Shared, dir: Dir) {
             q.rule.dequeued();
             ds.pending.fetch_sub(1, Ordering::AcqRel);
         }
-        heap = lock(&ds.queue);
     }
     // Stopping: what is still queued is discarded.
+    drain(&mut heap);
     for q in heap.drain() {
         q.rule.dequeued();
         ds.pending.fetch_sub(1, Ordering::AcqRel);

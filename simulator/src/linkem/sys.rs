@@ -56,6 +56,22 @@ pub fn set_timer_slack(ns: u64) {
     }
 }
 
+/// Puts the calling thread in the SCHED_FIFO real-time class at `priority` (1-99), so a
+/// release time is met even when every CPU is busy with ordinary processes. Fails without
+/// CAP_SYS_NICE (or inside a cgroup without a real-time budget).
+pub fn set_realtime(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: c_int::from(priority),
+    };
+    // SAFETY: `param` is a valid sched_param; the call affects only the calling thread.
+    let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
 /// One received frame.
 #[derive(Debug, Clone, Copy)]
 pub struct Recv {

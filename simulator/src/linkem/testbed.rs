@@ -54,6 +54,25 @@ fn ip(args: &[&str]) -> io::Result<()> {
     }
 }
 
+/// Waits until `dev` is operationally up. Until the kernel's link watcher has run (up to a
+/// second after the carrier appears) a device transmits into its `noop` qdisc, which drops
+/// everything: a first ARP request lost that way stalls a flow for a second.
+fn wait_up(ns: &str, dev: &str) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", "dev", dev])
+            .output()?;
+        if String::from_utf8_lossy(&out.stdout).contains("state UP") {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::other(format!("{dev} in {ns} did not come up")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn sysctl(ns: &str, kv: &str) -> io::Result<()> {
     ip(&["netns", "exec", ns, "sysctl", "-qw", kv])
 }
@@ -101,6 +120,14 @@ impl Testbed {
         for (n, addr) in [(&tb.a, ADDR_A), (&tb.b, ADDR_B)] {
             ip(&["-n", n, "addr", "add", &format!("{addr}/24"), "dev", "e0"])?;
             ip(&["-n", n, "link", "set", "e0", "up"])?;
+        }
+        let mut ifaces = vec![(tb.a.clone(), "e0"), (tb.b.clone(), "e0")];
+        if let Some(r) = &tb.r {
+            ifaces.push((r.clone(), RELAY_A));
+            ifaces.push((r.clone(), RELAY_B));
+        }
+        for (n, dev) in ifaces {
+            wait_up(&n, dev)?;
         }
         Ok(tb)
     }

@@ -117,10 +117,19 @@ fn rtts(tb: &Testbed, n: u32, gap: Duration) -> Vec<f64> {
             }
         })
     };
+    // Warm up (resolves ARP, whose first try a slow machine may lose), outside the sample.
+    let dst = u.b.local_addr().unwrap();
+    u.a.set_read_timeout(Some(ms(1000))).unwrap();
+    let mut buf = [0u8; 64];
+    let warm = (0..5).any(|_| {
+        u.a.send_to(&u32::MAX.to_be_bytes(), dst).unwrap();
+        u.a.recv(&mut buf).is_ok()
+    });
+    assert!(warm, "no echo from B at all");
     let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
     let rx = {
         let (a, sent) = (u.a.try_clone().unwrap(), sent.clone());
-        a.set_read_timeout(Some(ms(1000))).unwrap();
+        a.set_read_timeout(Some(ms(2000))).unwrap();
         thread::spawn(move || {
             let mut out = Vec::new();
             let mut buf = [0u8; 64];
@@ -139,7 +148,6 @@ fn rtts(tb: &Testbed, n: u32, gap: Duration) -> Vec<f64> {
             out
         })
     };
-    let dst = u.b.local_addr().unwrap();
     for i in 0..n {
         sent.lock().unwrap().insert(i, Instant::now());
         u.a.send_to(&i.to_be_bytes(), dst).unwrap();
@@ -290,7 +298,7 @@ fn jitter_spreads_rtt_around_the_mean() {
         );
     });
     let r = rtts(&tb, 400, ms(3));
-    assert_eq!(r.len(), 400);
+    assert_eq!(r.len(), 400, "{:#?}", _relay.stats());
     let (m, sd) = mean_sd(&r);
     // Base RTT through the relay is well under 1 ms.
     assert!((m - 20.0).abs() < 1.2, "mean {m} ms");
@@ -525,7 +533,8 @@ fn rule_updates_take_effect_and_prefixes_select() {
     assert!(median(&rtts(&tb, 20, ms(2))) < 5.0);
     let s = relay.stop().unwrap();
     assert_eq!(s.a_to_b.rule("other").unwrap().packets, 0);
-    assert_eq!(s.a_to_b.rule("slow").unwrap().packets, 20);
+    // 20 probes plus the warm-up exchange.
+    assert!((21..=25).contains(&s.a_to_b.rule("slow").unwrap().packets));
 }
 
 #[test]
