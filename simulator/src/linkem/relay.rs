@@ -28,7 +28,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering, fence};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
@@ -700,10 +700,9 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
     // channel, so a descheduled io thread can never hold up a release (no lock to invert).
     let mut heap: BinaryHeap<Queued> = BinaryHeap::new();
     let mut batch: Vec<Queued> = Vec::new();
-    let drain = |heap: &mut BinaryHeap<Queued>| loop {
-        match rx.try_recv() {
-            Ok(q) => heap.push(q),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+    let drain = |heap: &mut BinaryHeap<Queued>| {
+        while let Ok(q) = rx.try_recv() {
+            heap.push(q);
         }
     };
     // Publishes when this thread will look again by itself, then looks once more: see the
