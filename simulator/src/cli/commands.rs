@@ -238,24 +238,22 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
 }
 
 pub fn describe_params(l: &edgesim::scenario::plan::LinkParams) -> String {
-    let mut v = Vec::new();
-    if let Some(d) = l.delay {
-        v.push(format!("delay {}", edgesim::units::Dur(d)));
-    }
-    if let Some(d) = l.jitter {
-        v.push(format!("jitter {}", edgesim::units::Dur(d)));
-    }
-    if l.loss > 0.0 {
-        v.push(format!("loss {:.3}%", l.loss * 100.0).replace(".000%", "%"));
-    }
-    if let Some(r) = l.rate {
-        v.push(format!("rate {}", edgesim::units::Rate(r)));
-    }
-    if v.is_empty() {
-        "clear".into()
-    } else {
-        v.join(", ")
-    }
+    let v = serde_json::to_value(l).unwrap_or_default();
+    let parts: Vec<String> = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| match x.as_f64() {
+                    Some(f) if k != "reorder_gap" && k != "rate" && k != "limit" => {
+                        format!("{k} {}", edgesim::units::Percent::from_fraction(f).map(|p| p.to_string()).unwrap_or_else(|_| f.to_string()))
+                    }
+                    _ if k == "rate" => format!("rate {}", edgesim::units::Rate(x.as_u64().unwrap_or(0))),
+                    _ => format!("{k} {}", x.as_str().map_or_else(|| x.to_string(), str::to_string)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if parts.is_empty() { "clear".into() } else { parts.join(", ") }
 }
 
 fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {

@@ -95,49 +95,153 @@ pub struct SiteSpec {
     pub uplink: Option<LinkSpec>,
 }
 
-/// A WAN link. As a site's `uplink` it names the parent `site`; in `links` it names the two
-/// sites it joins with `between`. Impairments given at the top apply in both directions;
-/// `up` and `down` override them per direction (`up`: from the site that owns the uplink, or
-/// the first site of `between`, towards the other).
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LinkSpec {
-    /// Uplinks only: the site at the other end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<Loc<String>>,
-    /// `links` entries only: the two sites joined.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub between: Option<Loc<Vec<Loc<String>>>>,
-    /// `links` entries only (default `<a>-<b>`); an uplink is always `<site>-uplink`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<Loc<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<Loc<Dur>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<Loc<Dur>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<Loc<Percent>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Loc<Rate>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub up: Option<Impairment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub down: Option<Impairment>,
+/// Declares a struct that carries, besides its own fields, every impairment field, and a
+/// method returning those as an [`Impairment`]. Links, their per-direction overrides and
+/// `impair` actions share one list this way (serde's `flatten` would lose both
+/// `deny_unknown_fields` and source positions).
+macro_rules! with_impairment_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty,)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$fm])* pub $f: $t,)*
+            /// Added one-way latency.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub delay: Option<Loc<Dur>>,
+            /// Variation of the delay (at most the delay).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub jitter: Option<Loc<Dur>>,
+            /// Shape of the jitter (default uniform).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub distribution: Option<Loc<Distribution>>,
+            /// Correlation of successive delays.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub correlation: Option<Loc<Percent>>,
+            /// Independent random loss.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub loss: Option<Loc<Percent>>,
+            /// Correlation of successive loss decisions (bursty loss).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub loss_correlation: Option<Loc<Percent>>,
+            /// Gilbert-Elliott two-state burst loss (instead of `loss`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub gilbert_elliott: Option<Loc<GilbertElliott>>,
+            /// Packets sent twice.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub duplicate: Option<Loc<Percent>>,
+            /// Packets with one random bit flipped.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub corrupt: Option<Loc<Percent>>,
+            /// Packets sent at once, ahead of delayed ones (needs a delay).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub reorder: Option<Loc<Percent>>,
+            /// Reorder only every N-th packet.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub reorder_gap: Option<Loc<u32>>,
+            /// Bandwidth cap.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub rate: Option<Loc<Rate>>,
+            /// Packets the link may queue (default 1000); more are dropped.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub limit: Option<Loc<u32>>,
+        }
+
+        impl $name {
+            /// The impairment fields of this value.
+            pub fn impairment(&self) -> Impairment {
+                Impairment {
+                    delay: self.delay.clone(),
+                    jitter: self.jitter.clone(),
+                    distribution: self.distribution.clone(),
+                    correlation: self.correlation.clone(),
+                    loss: self.loss.clone(),
+                    loss_correlation: self.loss_correlation.clone(),
+                    gilbert_elliott: self.gilbert_elliott.clone(),
+                    duplicate: self.duplicate.clone(),
+                    corrupt: self.corrupt.clone(),
+                    reorder: self.reorder.clone(),
+                    reorder_gap: self.reorder_gap.clone(),
+                    rate: self.rate.clone(),
+                    limit: self.limit.clone(),
+                }
+            }
+        }
+    };
 }
 
-/// Impairments of one direction of a link. Absent fields mean "no impairment" in a baseline
-/// and "unchanged" in a timeline `impair` action.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+with_impairment_fields! {
+    /// A WAN link. As a site's `uplink` it names the parent `site`; in `links` it names the two
+    /// sites it joins with `between`. Impairments given at the top apply in both directions;
+    /// `up` and `down` override them per direction (`up`: from the site that owns the uplink,
+    /// or the first site of `between`, towards the other).
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct LinkSpec {
+        /// Uplinks only: the site at the other end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub site: Option<Loc<String>>,
+        /// `links` entries only: the two sites joined.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub between: Option<Loc<Vec<Loc<String>>>>,
+        /// `links` entries only (default `<a>-<b>`); an uplink is always `<site>-uplink`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<Loc<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub up: Option<Impairment>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub down: Option<Impairment>,
+    }
+}
+
+with_impairment_fields! {
+    /// Impairments of one direction of a link. Absent fields mean "no impairment" in a
+    /// baseline and "unchanged" in a timeline `impair` action.
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Impairment {}
+}
+
+impl Impairment {
+    /// The fields set, each with where it was written (for conflict and capability checks).
+    pub fn present(&self) -> Vec<(&'static str, super::loc::Pos)> {
+        let mut v = Vec::new();
+        macro_rules! f {
+            ($($field:ident => $name:literal),*) => {
+                $(if let Some(x) = &self.$field { v.push(($name, x.pos)); })*
+            };
+        }
+        f!(delay => "delay", jitter => "jitter", distribution => "distribution",
+           correlation => "correlation", loss => "loss", loss_correlation => "lossCorrelation",
+           gilbert_elliott => "gilbertElliott", duplicate => "duplicate", corrupt => "corrupt",
+           reorder => "reorder", reorder_gap => "reorderGap", rate => "rate", limit => "limit");
+        v
+    }
+}
+
+/// netem's jitter distributions (the same tables iproute2 ships).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distribution {
+    #[default]
+    Uniform,
+    Normal,
+    Pareto,
+    Paretonormal,
+}
+
+/// Gilbert-Elliott loss: a good and a bad state; `p` moves good → bad, `r` bad → good.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Impairment {
+pub struct GilbertElliott {
+    pub p: Percent,
+    /// Default `100% - p`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<Loc<Dur>>,
+    pub r: Option<Percent>,
+    /// Loss in the bad state (default 100%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<Loc<Dur>>,
+    pub loss_in_bad: Option<Percent>,
+    /// Loss in the good state (default 0%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<Loc<Percent>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Loc<Rate>>,
+    pub loss_in_good: Option<Percent>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -284,21 +388,15 @@ pub enum Direction {
     Down,
 }
 
-/// Change a link's impairments; fields not given stay as they are.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ImpairAction {
-    pub link: Loc<String>,
-    #[serde(default)]
-    pub direction: Direction,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delay: Option<Loc<Dur>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jitter: Option<Loc<Dur>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<Loc<Percent>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Loc<Rate>>,
+with_impairment_fields! {
+    /// Change a link's impairments; fields not given stay as they are.
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct ImpairAction {
+        pub link: Loc<String>,
+        #[serde(default)]
+        pub direction: Direction,
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use super::expect::{Bound, Expectation, Window};
-use super::model::{Aggregate, DownMode, MetricsFormat, RestartPolicy};
+use super::model::{Aggregate, Distribution, DownMode, Impairment, MetricsFormat, RestartPolicy};
 use crate::profile::ProfileSpec;
 
 /// How the seed of a run was chosen (reported, so a drawn seed can be replayed).
@@ -66,29 +66,61 @@ pub struct Site {
     pub gateway: Ipv4Addr,
 }
 
+/// Gilbert-Elliott loss parameters, as fractions, defaults resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct GeParams {
+    pub p: f64,
+    pub r: f64,
+    pub loss_in_bad: f64,
+    pub loss_in_good: f64,
+}
+
 /// Impairments of one direction of a link, as numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LinkParams {
-    #[serde(
-        serialize_with = "ser_opt_dur",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
     pub delay: Option<Duration>,
-    #[serde(
-        serialize_with = "ser_opt_dur",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
     pub jitter: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+    /// Correlation of successive delays, fraction.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub correlation: f64,
     /// Fraction of packets dropped, `0.0..=1.0`.
     #[serde(skip_serializing_if = "is_zero")]
     pub loss: f64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub loss_correlation: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gilbert_elliott: Option<GeParams>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub duplicate: f64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub corrupt: f64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reorder: f64,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub reorder_gap: u32,
     /// Bits per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<u64>,
+    /// Packets the link may queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The link is down (a `flap` in its down phase): nothing passes.
+    #[serde(skip_serializing_if = "is_false")]
+    pub cut: bool,
 }
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl LinkParams {
@@ -100,8 +132,96 @@ impl LinkParams {
     pub fn needs_delay(&self) -> bool {
         self.delay.is_some_and(|d| !d.is_zero()) || self.jitter.is_some_and(|d| !d.is_zero())
     }
-    /// Composes two hops in series: delays add, losses compound, the slower rate wins,
-    /// jitters add as independent variances.
+    /// Whether these parameters need netem (or the userspace emulator): anything beyond a
+    /// rate, independent loss and a cut, which tc htb and nftables do on every kernel.
+    pub fn needs_netem(&self) -> bool {
+        self.needs_delay()
+            || self.loss_correlation > 0.0
+            || self.gilbert_elliott.is_some()
+            || self.duplicate > 0.0
+            || self.corrupt > 0.0
+            || self.reorder > 0.0
+            || self.limit.is_some()
+    }
+
+    /// Sets the fields `imp` gives, leaving the others.
+    pub fn set_from(&mut self, imp: &Impairment) {
+        let pct = |p: &Option<super::loc::Loc<crate::units::Percent>>| p.as_ref().map(|x| x.fraction());
+        if let Some(d) = &imp.delay {
+            self.delay = Some(d.0);
+        }
+        if let Some(d) = &imp.jitter {
+            self.jitter = Some(d.0);
+        }
+        if let Some(d) = &imp.distribution {
+            self.distribution = Some(**d);
+        }
+        if let Some(v) = pct(&imp.correlation) {
+            self.correlation = v;
+        }
+        if let Some(v) = pct(&imp.loss) {
+            self.loss = v;
+        }
+        if let Some(v) = pct(&imp.loss_correlation) {
+            self.loss_correlation = v;
+        }
+        if let Some(ge) = &imp.gilbert_elliott {
+            let p = ge.p.fraction();
+            self.gilbert_elliott = Some(GeParams {
+                p,
+                r: ge.r.map_or(1.0 - p, |r| r.fraction()),
+                loss_in_bad: ge.loss_in_bad.map_or(1.0, |x| x.fraction()),
+                loss_in_good: ge.loss_in_good.map_or(0.0, |x| x.fraction()),
+            });
+        }
+        if let Some(v) = pct(&imp.duplicate) {
+            self.duplicate = v;
+        }
+        if let Some(v) = pct(&imp.corrupt) {
+            self.corrupt = v;
+        }
+        if let Some(v) = pct(&imp.reorder) {
+            self.reorder = v;
+        }
+        if let Some(g) = &imp.reorder_gap {
+            self.reorder_gap = **g;
+        }
+        if let Some(r) = &imp.rate {
+            self.rate = Some(r.0);
+        }
+        if let Some(l) = &imp.limit {
+            self.limit = Some(**l);
+        }
+    }
+
+    /// Copies the named fields (as [`Impairment::present`] names them) from `from`.
+    pub fn copy_fields(&mut self, from: &LinkParams, fields: &[&str]) {
+        for f in fields {
+            match *f {
+                "delay" => self.delay = from.delay,
+                "jitter" => self.jitter = from.jitter,
+                "distribution" => self.distribution = from.distribution,
+                "correlation" => self.correlation = from.correlation,
+                "loss" => self.loss = from.loss,
+                "lossCorrelation" => self.loss_correlation = from.loss_correlation,
+                "gilbertElliott" => self.gilbert_elliott = from.gilbert_elliott,
+                "duplicate" => self.duplicate = from.duplicate,
+                "corrupt" => self.corrupt = from.corrupt,
+                "reorder" => self.reorder = from.reorder,
+                "reorderGap" => self.reorder_gap = from.reorder_gap,
+                "rate" => self.rate = from.rate,
+                "limit" => self.limit = from.limit,
+                "cut" => self.cut = from.cut,
+                _ => {}
+            }
+        }
+    }
+
+    /// Composes two hops in series: delays add, jitters add as independent variances,
+    /// probabilities compound, the slower rate and the shorter queue win, a cut anywhere cuts
+    /// the path. Correlations, distribution and burst-loss parameters come from the first hop
+    /// that has them (an approximation: a path crossing two bursty links is modelled with the
+    /// burstiness of the first).
     pub fn then(&self, next: &LinkParams) -> LinkParams {
         let add = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (None, None) => None,
@@ -117,14 +237,27 @@ impl LinkParams {
                 Some(Duration::from_secs_f64((x * x + y * y).sqrt()))
             }
         };
+        let either = |a: f64, b: f64| 1.0 - (1.0 - a) * (1.0 - b);
+        let first = |a: f64, b: f64| if a > 0.0 { a } else { b };
+        let min_opt = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         LinkParams {
             delay: add(self.delay, next.delay),
             jitter,
-            loss: 1.0 - (1.0 - self.loss) * (1.0 - next.loss),
-            rate: match (self.rate, next.rate) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            distribution: self.distribution.or(next.distribution),
+            correlation: first(self.correlation, next.correlation),
+            loss: either(self.loss, next.loss),
+            loss_correlation: first(self.loss_correlation, next.loss_correlation),
+            gilbert_elliott: self.gilbert_elliott.or(next.gilbert_elliott),
+            duplicate: either(self.duplicate, next.duplicate),
+            corrupt: either(self.corrupt, next.corrupt),
+            reorder: either(self.reorder, next.reorder),
+            reorder_gap: self.reorder_gap.max(next.reorder_gap),
+            rate: min_opt(self.rate, next.rate),
+            limit: min_opt(self.limit.map(u64::from), next.limit.map(u64::from)).map(|v| v as u32),
+            cut: self.cut || next.cut,
         }
     }
 }

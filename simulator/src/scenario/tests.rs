@@ -10,8 +10,15 @@ use crate::profile::ProfileSet;
 fn plan_with(text: &str, caps: &Capabilities) -> Result<Plan, String> {
     let f = Path::new("t.yaml");
     let sc = parse(f, text).map_err(|d| d.to_string())?;
-    build(f, text, &sc, ProfileSet::builtin().expect("built-in profiles"), caps, &Overrides::default())
-        .map_err(|d| d.to_string())
+    build(
+        f,
+        text,
+        &sc,
+        ProfileSet::builtin().expect("built-in profiles"),
+        caps,
+        &Overrides::default(),
+    )
+    .map_err(|d| d.to_string())
 }
 
 fn plan(text: &str) -> Plan {
@@ -59,11 +66,21 @@ fn paths_compose_along_links() {
         "{HEAD}  sites:\n    cloud: {{}}\n    a: {{uplink: {{site: cloud, delay: 10ms, loss: 10%, rate: 50mbit}}}}\n    b: {{uplink: {{site: cloud, delay: 20ms, loss: 10%, rate: 20mbit}}}}\n    island: {{}}\n  nodes:\n    - {{name: n, site: a, profile: cloud-small}}\n"
     ));
     let links = p.baseline_links();
-    let ab = p.path_params(&links, 1, 2).expect("a reaches b through the cloud");
+    let ab = p
+        .path_params(&links, 1, 2)
+        .expect("a reaches b through the cloud");
     assert_eq!(ab.delay, Some(Duration::from_millis(30)));
-    assert!((ab.loss - 0.19).abs() < 1e-9, "losses compound: {}", ab.loss);
+    assert!(
+        (ab.loss - 0.19).abs() < 1e-9,
+        "losses compound: {}",
+        ab.loss
+    );
     assert_eq!(ab.rate, Some(20_000_000));
-    assert_eq!(p.path_params(&links, 1, 3), None, "no link reaches the island");
+    assert_eq!(
+        p.path_params(&links, 1, 3),
+        None,
+        "no link reaches the island"
+    );
     assert_eq!(p.path_params(&links, 2, 2), Some(LinkParams::default()));
 }
 
@@ -102,7 +119,10 @@ fn seeded_pick_is_stable_and_depends_on_the_seed() {
     assert_eq!(a.len(), 3);
     assert_eq!(a, picked(&plan(&text(1))), "same seed, same choice");
     let others: Vec<Vec<usize>> = (2..6).map(|s| picked(&plan(&text(s)))).collect();
-    assert!(others.iter().any(|o| *o != a), "different seeds should choose differently");
+    assert!(
+        others.iter().any(|o| *o != a),
+        "different seeds should choose differently"
+    );
 }
 
 #[test]
@@ -113,7 +133,10 @@ fn one_way_partitions_block_one_direction() {
     match &p.actions[0].kind {
         ActionKind::Partition { blocks, .. } => {
             assert_eq!(blocks.len(), 1);
-            assert_eq!((blocks[0].from.clone(), blocks[0].to.clone()), (vec![0], vec![1]));
+            assert_eq!(
+                (blocks[0].from.clone(), blocks[0].to.clone()),
+                (vec![0], vec![1])
+            );
         }
         k => panic!("unexpected {k:?}"),
     }
@@ -132,7 +155,10 @@ fn delay_is_refused_where_the_target_cannot_do_it() {
         &caps,
     )
     .expect_err("delay without netem");
-    assert!(e.contains("link delay cannot be emulated by the `netns` target"), "{e}");
+    assert!(
+        e.contains("link delay cannot be emulated by the `netns` target"),
+        "{e}"
+    );
     assert!(e.contains("t.yaml:9:41"), "points at the delay: {e}");
     assert!(e.contains("no netem here"), "{e}");
 }
@@ -142,7 +168,10 @@ fn misspelt_selectors_and_sites_get_suggestions() {
     let e = errors(&format!(
         "{HEAD}  sites: {{factory: {{}}}}\n  nodes:\n    - {{name: gw, count: 2, site: factory, profile: cloud-small}}\n  timeline:\n    - {{at: 1s, node-down: {{nodes: [factory]}}}}\n    - {{at: 2s, node-down: {{nodes: [site/factroy]}}}}\n    - {{at: 3s, node-down: {{nodes: [\"xx-*\"]}}}}\n"
     ));
-    assert!(e.contains("`factory` is a site: write `site/factory`"), "{e}");
+    assert!(
+        e.contains("`factory` is a site: write `site/factory`"),
+        "{e}"
+    );
     assert!(e.contains("did you mean `factory`?"), "{e}");
     assert!(e.contains("`xx-*` in node-down selects no node"), "{e}");
 }

@@ -339,42 +339,36 @@ impl<'a> Validator<'a> {
     }
 
     fn params(&mut self, base: &LinkSpec, over: Option<&model::Impairment>) -> LinkParams {
-        let mut p = LinkParams {
-            delay: base.delay.as_ref().map(|d| d.0),
-            jitter: base.jitter.as_ref().map(|d| d.0),
-            loss: base.loss.as_ref().map_or(0.0, |l| l.fraction()),
-            rate: base.rate.as_ref().map(|r| r.0),
-        };
+        let mut p = LinkParams::default();
+        p.set_from(&base.impairment());
         if let Some(o) = over {
-            if let Some(d) = &o.delay {
-                p.delay = Some(d.0);
-            }
-            if let Some(d) = &o.jitter {
-                p.jitter = Some(d.0);
-            }
-            if let Some(l) = &o.loss {
-                p.loss = l.fraction();
-            }
-            if let Some(r) = &o.rate {
-                p.rate = Some(r.0);
-            }
+            p.set_from(o);
         }
         p
     }
 
-    fn check_jitter(&mut self, p: &LinkParams, pos: Pos, what: &str) {
+    /// Checks that one direction's parameters make sense together.
+    fn check_params(&mut self, p: &LinkParams, pos: Pos, what: &str) {
         if let (Some(j), d) = (p.jitter, p.delay.unwrap_or_default())
             && j > d
         {
             self.err(
                 pos,
-                format!(
-                    "{what}: jitter {} is larger than the delay {}",
-                    Dur(j),
-                    Dur(d)
-                ),
+                format!("{what}: jitter {} is larger than the delay {}", Dur(j), Dur(d)),
             )
             .hint = Some("jitter varies the delay around its mean; it cannot exceed it".into());
+        }
+        if p.reorder > 0.0 && !p.needs_delay() {
+            self.err(pos, format!("{what}: `reorder` needs a `delay` (reordered packets skip it)"));
+        }
+        if p.loss > 0.0 && p.gilbert_elliott.is_some() {
+            self.err(pos, format!("{what}: give `loss` or `gilbertElliott`, not both"));
+        }
+        if p.limit == Some(0) {
+            self.err(pos, format!("{what}: `limit` must be at least 1 packet"));
+        }
+        if p.reorder_gap > 0 && p.reorder == 0.0 {
+            self.err(pos, format!("{what}: `reorderGap` goes with `reorder`"));
         }
     }
 
@@ -414,8 +408,8 @@ impl<'a> Validator<'a> {
         }
         let up = self.params(l, l.up.as_ref());
         let down = self.params(l, l.down.as_ref());
-        self.check_jitter(&up, pos, &format!("link `{name}` (up)"));
-        self.check_jitter(&down, pos, &format!("link `{name}` (down)"));
+        self.check_params(&up, pos, &format!("link `{name}` (up)"));
+        self.check_params(&down, pos, &format!("link `{name}` (down)"));
         self.link_ix.insert(name.clone(), self.links.len());
         self.links.push(plan::Link {
             name,
@@ -854,53 +848,39 @@ impl<'a> Validator<'a> {
         if self.caps.delay {
             return;
         }
-        let mut spots: Vec<(Pos, &'static str)> = Vec::new();
+        // Fields that need netem (or the userspace emulator); rate, loss and cuts work
+        // everywhere.
+        const NEEDS: [&str; 10] = [
+            "delay",
+            "jitter",
+            "distribution",
+            "correlation",
+            "lossCorrelation",
+            "gilbertElliott",
+            "duplicate",
+            "corrupt",
+            "reorder",
+            "limit",
+        ];
         let sc = self.sc;
-        let mut visit = |l: &LinkSpec| {
-            for (d, what) in [(&l.delay, "delay"), (&l.jitter, "jitter")] {
-                if let Some(d) = d
-                    && !d.is_zero()
-                {
-                    spots.push((d.pos, what));
-                }
-            }
-            for i in [&l.up, &l.down].into_iter().flatten() {
-                for (d, what) in [(&i.delay, "delay"), (&i.jitter, "jitter")] {
-                    if let Some(d) = d
-                        && !d.is_zero()
-                    {
-                        spots.push((d.pos, what));
-                    }
-                }
-            }
-        };
-        for s in sc.spec.sites.values() {
-            if let Some(u) = &s.uplink {
-                visit(u);
-            }
+        let mut imps: Vec<model::Impairment> = Vec::new();
+        for l in sc.spec.sites.values().filter_map(|s| s.uplink.as_ref()).chain(&sc.spec.links) {
+            imps.push(l.impairment());
+            imps.extend(l.up.iter().cloned());
+            imps.extend(l.down.iter().cloned());
         }
-        for l in &sc.spec.links {
-            visit(l);
-        }
-        for e in &sc.spec.timeline {
-            if let Some(i) = &e.impair {
-                for (d, what) in [(&i.delay, "delay"), (&i.jitter, "jitter")] {
-                    if let Some(d) = d
-                        && !d.is_zero()
-                    {
-                        spots.push((d.pos, what));
-                    }
-                }
-            }
-        }
+        imps.extend(sc.spec.timeline.iter().filter_map(|e| e.impair.as_ref()).map(|i| i.impairment()));
+        let spots: Vec<(Pos, &'static str)> = imps
+            .iter()
+            .flat_map(|i| i.present())
+            .filter(|(name, _)| NEEDS.contains(name))
+            .map(|(name, pos)| (pos, name))
+            .collect();
         for (pos, what) in spots {
             let hint = self.caps.delay_hint.clone();
             self.err(
                 pos,
-                format!(
-                    "link {what} cannot be emulated by the `{}` target on this machine",
-                    self.caps.target
-                ),
+                format!("link {what} cannot be emulated by the `{}` target on this machine", self.caps.target),
             )
             .hint = Some(hint);
         }
@@ -956,19 +936,8 @@ impl<'a> Validator<'a> {
                         // fields stay.
                         let mut now = link_state[link];
                         for up in dirs {
-                            let (cur, old) = if up {
-                                (&mut now.0, before.0)
-                            } else {
-                                (&mut now.1, before.1)
-                            };
-                            for f in &fields {
-                                match *f {
-                                    "delay" => cur.delay = old.delay,
-                                    "jitter" => cur.jitter = old.jitter,
-                                    "loss" => cur.loss = old.loss,
-                                    _ => cur.rate = old.rate,
-                                }
-                            }
+                            let (cur, old) = if up { (&mut now.0, before.0) } else { (&mut now.1, before.1) };
+                            cur.copy_fields(&old, &fields);
                         }
                         ActionKind::Impair {
                             link,
@@ -1284,20 +1253,12 @@ impl<'a> Validator<'a> {
                     );
                     continue;
                 };
-                let fields: Vec<&'static str> = [
-                    (im.delay.is_some(), "delay"),
-                    (im.jitter.is_some(), "jitter"),
-                    (im.loss.is_some(), "loss"),
-                    (im.rate.is_some(), "rate"),
-                ]
-                .iter()
-                .filter(|(b, _)| *b)
-                .map(|(_, f)| *f)
-                .collect();
+                let imp = im.impairment();
+                let fields: Vec<&'static str> = imp.present().into_iter().map(|(f, _)| f).collect();
                 if fields.is_empty() {
                     self.err(
                         im.link.pos,
-                        "`impair` changes nothing: give at least one of delay, jitter, loss, rate",
+                        "`impair` changes nothing: give at least one impairment (delay, jitter, loss, rate, …)",
                     );
                     continue;
                 }
@@ -1327,19 +1288,8 @@ impl<'a> Validator<'a> {
                 let mut after = before;
                 for &d in &dirs {
                     let lp = if d { &mut after.0 } else { &mut after.1 };
-                    if let Some(x) = &im.delay {
-                        lp.delay = Some(x.0);
-                    }
-                    if let Some(x) = &im.jitter {
-                        lp.jitter = Some(x.0);
-                    }
-                    if let Some(x) = &im.loss {
-                        lp.loss = x.fraction();
-                    }
-                    if let Some(x) = &im.rate {
-                        lp.rate = Some(x.0);
-                    }
-                    self.check_jitter(lp, e.at.pos, &format!("link `{}`", im.link.value));
+                    lp.set_from(&imp);
+                    self.check_params(lp, e.at.pos, &format!("link `{}`", im.link.value));
                     if let Some(u) = until {
                         for f in &fields {
                             owned.insert((li, d, *f), (u, ei));
@@ -2178,19 +2128,15 @@ fn mode_name(m: DownMode) -> &'static str {
 }
 
 fn describe_change(im: &model::ImpairAction) -> String {
-    let mut parts = Vec::new();
-    if let Some(d) = &im.delay {
-        parts.push(format!("delay={}", d.value));
-    }
-    if let Some(d) = &im.jitter {
-        parts.push(format!("jitter={}", d.value));
-    }
-    if let Some(d) = &im.loss {
-        parts.push(format!("loss={}", d.value));
-    }
-    if let Some(d) = &im.rate {
-        parts.push(format!("rate={}", d.value));
-    }
+    let v = serde_json::to_value(im.impairment()).unwrap_or_default();
+    let parts: Vec<String> = v
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| format!("{k}={}", x.as_str().map_or_else(|| x.to_string(), str::to_string)))
+                .collect()
+        })
+        .unwrap_or_default();
     let dir = match im.direction {
         Direction::Both => "",
         Direction::Up => " (up)",

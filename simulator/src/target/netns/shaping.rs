@@ -42,7 +42,53 @@ pub struct Prepared(Pending);
 #[derive(Debug, Clone, PartialEq)]
 struct PathShape {
     rate: u64,
-    netem: Option<(Duration, Duration)>,
+    netem: Option<Netem>,
+}
+
+/// netem's options for a path's parameters; loss goes to netem only when it is correlated or
+/// bursty (plain loss stays in nftables, the same on every kernel).
+fn netem_of(p: &LinkParams, seed: u64) -> Netem {
+    use crate::scenario::model::Distribution as D;
+    let loss = if let Some(ge) = p.gilbert_elliott {
+        Some(tc::NetemLoss::GilbertElliott {
+            p: ge.p,
+            r: Some(ge.r),
+            loss_in_bad: Some(ge.loss_in_bad),
+            loss_in_good: Some(ge.loss_in_good),
+        })
+    } else if p.loss_correlation > 0.0 {
+        Some(tc::NetemLoss::Random {
+            probability: p.loss,
+            correlation: p.loss_correlation,
+        })
+    } else {
+        None
+    };
+    Netem {
+        delay: p.delay.unwrap_or(Duration::ZERO),
+        jitter: p.jitter.unwrap_or(Duration::ZERO),
+        delay_correlation: p.correlation,
+        distribution: match p.distribution {
+            None | Some(D::Uniform) => None,
+            Some(D::Normal) => Some(tc::Distribution::Normal),
+            Some(D::Pareto) => Some(tc::Distribution::Pareto),
+            Some(D::Paretonormal) => Some(tc::Distribution::ParetoNormal),
+        }
+        .filter(|_| p.jitter.is_some_and(|j| !j.is_zero())),
+        loss,
+        duplicate: p.duplicate,
+        corrupt: p.corrupt,
+        reorder: p.reorder,
+        gap: p.reorder_gap,
+        limit: p.limit.unwrap_or(1000),
+        seed: Some(seed),
+        ..Netem::default()
+    }
+}
+
+/// Whether plain loss of a path goes to nftables (not netem).
+fn loss_in_firewall(p: &LinkParams) -> bool {
+    p.loss > 0.0 && p.gilbert_elliott.is_none() && p.loss_correlation == 0.0
 }
 
 pub struct Shaper {
@@ -120,7 +166,12 @@ impl Shaper {
                     from,
                     to,
                 }),
-                Some(p) if p.loss > 0.0 => rs.losses.push(nft::Loss {
+                Some(p) if p.cut => rs.blocks.push(nft::Block {
+                    name: format!("link-down {}->{}", plan.sites[s].name, plan.sites[d].name),
+                    from,
+                    to,
+                }),
+                Some(p) if loss_in_firewall(&p) => rs.losses.push(nft::Loss {
                     name: format!("loss {}->{}", plan.sites[s].name, plan.sites[d].name),
                     from,
                     to,
@@ -172,9 +223,8 @@ impl Shaper {
         let mut want: BTreeMap<(usize, usize), PathShape> = BTreeMap::new();
         for ((s, d), p) in Self::paths(plan, links) {
             let Some(p) = p else { continue };
-            let netem = p
-                .needs_delay()
-                .then(|| (p.delay.unwrap_or_default(), p.jitter.unwrap_or_default()));
+            let seed = self.seed ^ (((s as u64) << 32) | d as u64);
+            let netem = p.needs_netem().then(|| netem_of(&p, seed));
             if p.rate.is_some() || netem.is_some() {
                 want.insert(
                     (s, d),
@@ -229,15 +279,10 @@ impl Shaper {
                 tc::u32_filter_add(h, dev, ClassId::qdisc(1), 1 + s as u16, &m, class_of(s))
                     .await?;
             }
-            if before.as_ref().and_then(|b| b.netem) != shape.netem {
-                match shape.netem {
-                    Some((delay, jitter)) => {
-                        let q = Qdisc::Netem(Netem {
-                            delay,
-                            jitter,
-                            seed: Some(self.seed ^ ((s as u64) << 32 | d as u64)),
-                            ..Netem::default()
-                        });
+            if before.as_ref().and_then(|b| b.netem.clone()) != shape.netem {
+                match &shape.netem {
+                    Some(n) => {
+                        let q = Qdisc::Netem(n.clone());
                         tc::qdisc_replace(h, dev, Parent::Class(class_of(s)), 0x100 + s as u16, &q)
                             .await?;
                     }
@@ -260,10 +305,10 @@ impl Shaper {
         if p.rate.is_some() {
             v.push("rate: tc htb".to_string());
         }
-        if p.needs_delay() {
-            v.push("delay: tc netem".to_string());
+        if p.needs_netem() {
+            v.push("delay/jitter/burst loss/duplicate/corrupt/reorder: tc netem".to_string());
         }
-        if p.loss > 0.0 {
+        if loss_in_firewall(p) {
             v.push("loss: nftables numgen".to_string());
         }
         v
