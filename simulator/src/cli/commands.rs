@@ -245,15 +245,29 @@ pub fn describe_params(l: &edgesim::scenario::plan::LinkParams) -> String {
             o.iter()
                 .map(|(k, x)| match x.as_f64() {
                     Some(f) if k != "reorder_gap" && k != "rate" && k != "limit" => {
-                        format!("{k} {}", edgesim::units::Percent::from_fraction(f).map(|p| p.to_string()).unwrap_or_else(|_| f.to_string()))
+                        format!(
+                            "{k} {}",
+                            edgesim::units::Percent::from_fraction(f)
+                                .map(|p| p.to_string())
+                                .unwrap_or_else(|_| f.to_string())
+                        )
                     }
-                    _ if k == "rate" => format!("rate {}", edgesim::units::Rate(x.as_u64().unwrap_or(0))),
-                    _ => format!("{k} {}", x.as_str().map_or_else(|| x.to_string(), str::to_string)),
+                    _ if k == "rate" => {
+                        format!("rate {}", edgesim::units::Rate(x.as_u64().unwrap_or(0)))
+                    }
+                    _ => format!(
+                        "{k} {}",
+                        x.as_str().map_or_else(|| x.to_string(), str::to_string)
+                    ),
                 })
                 .collect()
         })
         .unwrap_or_default();
-    if parts.is_empty() { "clear".into() } else { parts.join(", ") }
+    if parts.is_empty() {
+        "clear".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {

@@ -349,6 +349,131 @@ pub struct EventSpec {
     pub cpu: Option<CpuAction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap: Option<FlapAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceAction>,
+}
+
+/// Take a link down and up again repeatedly while the entry lasts (`for` is required): it
+/// stays up for a time drawn from `up`, then down for a time drawn from `down`, and so on,
+/// all drawn from the scenario's seed, so the schedule is the same on every replay (`edgesim
+/// plan` shows it).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlapAction {
+    pub link: Loc<String>,
+    /// How long the link stays up each time: `2s` or `fixed(2s)`, `uniform(1s..3s)` (or
+    /// `"uniform(1s, 3s)"`), `exp(5s)` (exponential with that mean).
+    pub up: Loc<Draw>,
+    /// How long the link stays down each time.
+    pub down: Loc<Draw>,
+}
+
+/// Replay a recorded link: a CSV file (relative to the scenario) with a `time` column and any
+/// of `rate`, `delay`, `jitter`, `loss` (values with units; an empty cell leaves the field
+/// unchanged). Each row applies at `at + time`. With `for`, the fields are restored when it
+/// ends (and `repeat` loops the trace until then).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TraceAction {
+    pub link: Loc<String>,
+    pub file: Loc<String>,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default)]
+    pub repeat: bool,
+}
+
+/// A random duration: `fixed(D)` (or just `D`), `uniform(A, B)`, `exp(MEAN)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Draw {
+    Fixed(Dur),
+    Uniform(Dur, Dur),
+    Exp(Dur),
+}
+
+impl Draw {
+    /// Draws one duration, never shorter than 1 ms (a flap phase needs some length).
+    pub fn sample(&self, rng: &mut impl rand::Rng) -> std::time::Duration {
+        use rand::RngExt;
+        let secs = match *self {
+            Draw::Fixed(d) => d.as_secs_f64(),
+            Draw::Uniform(a, b) => {
+                a.as_secs_f64() + (b.as_secs_f64() - a.as_secs_f64()) * rng.random::<f64>()
+            }
+            // Inverse CDF of the exponential distribution; 1 - u is in (0, 1].
+            Draw::Exp(m) => -m.as_secs_f64() * (1.0 - rng.random::<f64>()).ln(),
+        };
+        std::time::Duration::from_secs_f64(secs.max(0.001))
+    }
+}
+
+impl std::str::FromStr for Draw {
+    type Err = crate::units::UnitError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            crate::units::UnitError(format!(
+                "invalid duration distribution `{s}`: write `2s`, `fixed(2s)`, `uniform(1s..3s)` or `exp(5s)` (in a `{{...}}` YAML mapping, quote a form with a comma)"
+            ))
+        };
+        let t = s.trim();
+        let Some((f, rest)) = t.split_once('(') else {
+            return t.parse().map(Draw::Fixed);
+        };
+        let args = rest.strip_suffix(')').ok_or_else(bad)?;
+        // `uniform(1s, 3s)` or, comma-free for YAML flow mappings, `uniform(1s..3s)`.
+        let parts: Vec<Dur> = args
+            .split([','])
+            .flat_map(|a| a.split(".."))
+            .map(|a| a.trim().parse::<Dur>())
+            .collect::<Result<_, _>>()?;
+        match (f.trim(), parts.as_slice()) {
+            ("fixed", [d]) => Ok(Draw::Fixed(*d)),
+            ("exp", [m]) if !m.is_zero() => Ok(Draw::Exp(*m)),
+            ("uniform", [a, b]) if a <= b => Ok(Draw::Uniform(*a, *b)),
+            ("uniform", [_, _]) => Err(crate::units::UnitError(format!(
+                "`{s}`: the lower bound is above the upper one"
+            ))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Draw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Draw::Fixed(d) => write!(f, "fixed({d})"),
+            Draw::Uniform(a, b) => write!(f, "uniform({a}..{b})"),
+            Draw::Exp(m) => write!(f, "exp({m})"),
+        }
+    }
+}
+
+impl Serialize for Draw {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Draw {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse()
+            .map_err(|e: crate::units::UnitError| serde::de::Error::custom(e.0))
+    }
+}
+
+impl JsonSchema for Draw {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Draw".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "a duration (`2s`), or `fixed(2s)`, `uniform(1s..3s)`, `exp(5s)`",
+        })
+    }
 }
 
 /// Cut traffic between groups of nodes. Either `between` (two or more groups of selectors;

@@ -78,9 +78,15 @@ pub struct GeParams {
 /// Impairments of one direction of a link, as numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct LinkParams {
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub delay: Option<Duration>,
-    #[serde(serialize_with = "ser_opt_dur", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "ser_opt_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jitter: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distribution: Option<Distribution>,
@@ -146,7 +152,8 @@ impl LinkParams {
 
     /// Sets the fields `imp` gives, leaving the others.
     pub fn set_from(&mut self, imp: &Impairment) {
-        let pct = |p: &Option<super::loc::Loc<crate::units::Percent>>| p.as_ref().map(|x| x.fraction());
+        let pct =
+            |p: &Option<super::loc::Loc<crate::units::Percent>>| p.as_ref().map(|x| x.fraction());
         if let Some(d) = &imp.delay {
             self.delay = Some(d.0);
         }

@@ -183,3 +183,142 @@ fn cpu_beyond_the_boards_cores_is_refused() {
     ));
     assert!(e.contains("has 4 cores"), "{e}");
 }
+
+#[test]
+fn flap_schedules_are_seeded_and_end_up() {
+    let text = |seed: u64| {
+        format!(
+            "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {{name: t}}\nspec:\n  seed: {seed}\n  duration: 60s\n  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, loss: 1%}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n  timeline:\n    - {{at: 10s, for: 20s, flap: {{link: edge-uplink, up: exp(2s), down: \"uniform(500ms, 1s)\"}}}}\n    - {{at: 15s, impair: {{link: edge-uplink, rate: 1mbit}}}}\n"
+        )
+    };
+    let cuts = |p: &Plan| -> Vec<(Duration, bool, Option<u64>, f64)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match &a.kind {
+                ActionKind::Impair { up, .. } => Some((a.at, up.cut, up.rate, up.loss)),
+                _ => None,
+            })
+            .collect()
+    };
+    let a = cuts(&plan(&text(9)));
+    assert_eq!(a, cuts(&plan(&text(9))), "same seed, same schedule");
+    assert_ne!(a, cuts(&plan(&text(10))), "another seed, another schedule");
+    let flaps: Vec<_> = a
+        .iter()
+        .filter(|x| x.0 != Duration::from_secs(15))
+        .collect();
+    assert!(flaps.len() >= 3, "some flapping in 20s: {a:?}");
+    for w in flaps.windows(2) {
+        assert_ne!(w[0].1, w[1].1, "down and up alternate: {a:?}");
+    }
+    let last = flaps.last().expect("end");
+    assert_eq!(
+        (last.0, last.1),
+        (Duration::from_secs(30), false),
+        "up again at the end"
+    );
+    assert!(
+        a.iter()
+            .all(|x| x.0 >= Duration::from_secs(10) && x.0 <= Duration::from_secs(30))
+    );
+    // Other fields survive the flap: the loss stays, the rate set at 15s stays.
+    assert!(a.iter().all(|x| (x.3 - 0.01).abs() < 1e-12));
+    assert_eq!(last.2, Some(1_000_000));
+    // Cuts are enforced per path.
+    let p = plan(&text(9));
+    let mut links = p.baseline_links();
+    links[0].0.cut = true;
+    assert!(p.path_params(&links, 1, 0).expect("path").cut);
+}
+
+#[test]
+fn flap_needs_for_and_owns_the_link() {
+    let base = "  sites:\n    cloud: {}\n    edge: {uplink: {site: cloud}}\n  nodes:\n    - {name: a, site: edge, profile: cloud-small}\n  timeline:\n";
+    let e = errors(&format!(
+        "{HEAD}{base}    - {{at: 10s, flap: {{link: edge-uplink, up: 2s, down: 1s}}}}\n"
+    ));
+    assert!(e.contains("`flap` needs `for`"), "{e}");
+    let e = errors(&format!(
+        "{HEAD}{base}    - {{at: 10s, for: 10s, flap: {{link: edge-uplink, up: 2s, down: 1s}}}}\n    - {{at: 12s, for: 1s, flap: {{link: edge-uplink, up: 1s, down: 1s}}}}\n"
+    ));
+    assert!(e.contains("while the entry at 10s still holds it"), "{e}");
+    let e = errors(&format!(
+        "{HEAD}{base}    - {{at: 10s, for: 5s, flap: {{link: edge-uplink, up: gauss(2s), down: 1s}}}}\n"
+    ));
+    assert!(e.contains("invalid duration distribution"), "{e}");
+}
+
+#[test]
+fn traces_parse_and_replay() {
+    use super::validate::parse_trace;
+    let rows = parse_trace(
+        "# a comment\ntime,rate,delay,loss\n0,10mbit,40ms,1%\n0.5s,2mbit,,\n1,,90ms,0%\n",
+    )
+    .expect("valid trace");
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1].t, Duration::from_millis(500));
+    assert_eq!(rows[1].fields, vec!["rate"]);
+    assert_eq!(rows[2].params.delay, Some(Duration::from_millis(90)));
+    assert!(
+        parse_trace("time,rate\n1,1mbit\n")
+            .unwrap_err()
+            .contains("time 0")
+    );
+    assert!(
+        parse_trace("time,rate\n0,1mbit\n0,2mbit\n")
+            .unwrap_err()
+            .contains("increase")
+    );
+    assert!(
+        parse_trace("time,speed\n0,1\n")
+            .unwrap_err()
+            .contains("unknown column `speed`")
+    );
+    assert!(
+        parse_trace("time,rate\n0,fast\n")
+            .unwrap_err()
+            .contains("line 2")
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("tr.csv"),
+        "time,rate,loss\n0,10mbit,1%\n1s,5mbit,2%\n",
+    )
+    .expect("write");
+    let text = format!(
+        "{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, rate: 50mbit}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n  timeline:\n    - {{at: 10s, for: 5s, trace: {{link: edge-uplink, file: tr.csv, repeat: true}}}}\n"
+    );
+    let file = dir.path().join("s.yaml");
+    let sc = parse(&file, &text).expect("parse");
+    let p = build(
+        &file,
+        &text,
+        &sc,
+        ProfileSet::builtin().expect("profiles"),
+        &Capabilities::all("netns"),
+        &Overrides::default(),
+    )
+    .expect("valid");
+    let steps: Vec<(Duration, Option<u64>)> = p
+        .actions
+        .iter()
+        .filter_map(|a| match &a.kind {
+            ActionKind::Impair { up, .. } => Some((a.at, up.rate)),
+            _ => None,
+        })
+        .collect();
+    // Rows at 10, 11, then repeated every 2s (the period is the last time + one step), then
+    // restored at 15s.
+    assert_eq!(
+        steps,
+        vec![
+            (Duration::from_secs(10), Some(10_000_000)),
+            (Duration::from_secs(11), Some(5_000_000)),
+            (Duration::from_secs(12), Some(10_000_000)),
+            (Duration::from_secs(13), Some(5_000_000)),
+            (Duration::from_secs(14), Some(10_000_000)),
+            (Duration::from_secs(15), Some(50_000_000)),
+        ]
+    );
+}

@@ -154,6 +154,7 @@ pub fn build(
 ) -> Result<Plan, Diagnostics> {
     let mut v = Validator {
         sc,
+        file,
         profiles,
         caps,
         errs: Vec::new(),
@@ -176,6 +177,7 @@ pub fn build(
 
 struct Validator<'a> {
     sc: &'a Scenario,
+    file: &'a Path,
     profiles: &'a ProfileSet,
     caps: &'a Capabilities,
     errs: Vec<Diagnostic>,
@@ -354,15 +356,25 @@ impl<'a> Validator<'a> {
         {
             self.err(
                 pos,
-                format!("{what}: jitter {} is larger than the delay {}", Dur(j), Dur(d)),
+                format!(
+                    "{what}: jitter {} is larger than the delay {}",
+                    Dur(j),
+                    Dur(d)
+                ),
             )
             .hint = Some("jitter varies the delay around its mean; it cannot exceed it".into());
         }
         if p.reorder > 0.0 && !p.needs_delay() {
-            self.err(pos, format!("{what}: `reorder` needs a `delay` (reordered packets skip it)"));
+            self.err(
+                pos,
+                format!("{what}: `reorder` needs a `delay` (reordered packets skip it)"),
+            );
         }
         if p.loss > 0.0 && p.gilbert_elliott.is_some() {
-            self.err(pos, format!("{what}: give `loss` or `gilbertElliott`, not both"));
+            self.err(
+                pos,
+                format!("{what}: give `loss` or `gilbertElliott`, not both"),
+            );
         }
         if p.limit == Some(0) {
             self.err(pos, format!("{what}: `limit` must be at least 1 packet"));
@@ -864,12 +876,24 @@ impl<'a> Validator<'a> {
         ];
         let sc = self.sc;
         let mut imps: Vec<model::Impairment> = Vec::new();
-        for l in sc.spec.sites.values().filter_map(|s| s.uplink.as_ref()).chain(&sc.spec.links) {
+        for l in sc
+            .spec
+            .sites
+            .values()
+            .filter_map(|s| s.uplink.as_ref())
+            .chain(&sc.spec.links)
+        {
             imps.push(l.impairment());
             imps.extend(l.up.iter().cloned());
             imps.extend(l.down.iter().cloned());
         }
-        imps.extend(sc.spec.timeline.iter().filter_map(|e| e.impair.as_ref()).map(|i| i.impairment()));
+        imps.extend(
+            sc.spec
+                .timeline
+                .iter()
+                .filter_map(|e| e.impair.as_ref())
+                .map(|i| i.impairment()),
+        );
         let spots: Vec<(Pos, &'static str)> = imps
             .iter()
             .flat_map(|i| i.present())
@@ -880,7 +904,10 @@ impl<'a> Validator<'a> {
             let hint = self.caps.delay_hint.clone();
             self.err(
                 pos,
-                format!("link {what} cannot be emulated by the `{}` target on this machine", self.caps.target),
+                format!(
+                    "link {what} cannot be emulated by the `{}` target on this machine",
+                    self.caps.target
+                ),
             )
             .hint = Some(hint);
         }
@@ -924,9 +951,16 @@ impl<'a> Validator<'a> {
                     break;
                 }
                 let (at, event, op, summary) = reverts.remove(0);
+                let is_revert = !matches!(op, RevertOp::Set { .. });
                 let kind = match op {
                     RevertOp::Kind(k) => k,
-                    RevertOp::Restore {
+                    RevertOp::Set {
+                        link,
+                        dirs,
+                        fields,
+                        values: before,
+                    }
+                    | RevertOp::Restore {
                         link,
                         dirs,
                         fields,
@@ -936,7 +970,11 @@ impl<'a> Validator<'a> {
                         // fields stay.
                         let mut now = link_state[link];
                         for up in dirs {
-                            let (cur, old) = if up { (&mut now.0, before.0) } else { (&mut now.1, before.1) };
+                            let (cur, old) = if up {
+                                (&mut now.0, before.0)
+                            } else {
+                                (&mut now.1, before.1)
+                            };
                             cur.copy_fields(&old, &fields);
                         }
                         ActionKind::Impair {
@@ -962,7 +1000,7 @@ impl<'a> Validator<'a> {
                 }
                 out.push(Pending {
                     at,
-                    revert: true,
+                    revert: is_revert,
                     event,
                     kind,
                     summary,
@@ -1021,6 +1059,8 @@ impl<'a> Validator<'a> {
                 (e.restart.is_some(), "restart"),
                 (e.cpu.is_some(), "cpu"),
                 (e.memory.is_some(), "memory"),
+                (e.flap.is_some(), "flap"),
+                (e.trace.is_some(), "trace"),
             ]
             .iter()
             .filter(|(b, _)| *b)
@@ -1037,7 +1077,7 @@ impl<'a> Validator<'a> {
                         present.join(", ")
                     )
                 };
-                self.err(e.at.pos, msg).hint = Some("actions: partition, heal, impair, node-down, node-up, kill, restart, cpu, memory".into());
+                self.err(e.at.pos, msg).hint = Some("actions: partition, heal, impair, flap, trace, node-down, node-up, kill, restart, cpu, memory".into());
                 continue;
             }
             let no_for = |v: &mut Self, what: &str| {
@@ -1243,14 +1283,7 @@ impl<'a> Validator<'a> {
                     summary,
                 });
             } else if let Some(im) = &e.impair {
-                let Some(&li) = self.link_ix.get(&im.link.value) else {
-                    self.unknown(
-                        im.link.pos,
-                        "link",
-                        &im.link,
-                        "",
-                        p.links.iter().map(|l| l.name.as_str()),
-                    );
+                let Some(li) = self.link_ref(p, &im.link) else {
                     continue;
                 };
                 let imp = im.impairment();
@@ -1267,21 +1300,7 @@ impl<'a> Validator<'a> {
                     Direction::Up => vec![true],
                     Direction::Down => vec![false],
                 };
-                let mut conflict = false;
-                for &d in &dirs {
-                    for f in &fields {
-                        if let Some((end, owner)) = owned.get(&(li, d, *f))
-                            && *end > at
-                        {
-                            self.err(e.at.pos, format!(
-                                "this changes the {f} of link `{}` while the entry at {} still holds it (until {})",
-                                im.link.value, Dur(sc.spec.timeline[*owner].at.0), Dur(*end)))
-                                .hint = Some("the earlier entry's revert would undo this change; move one of them".into());
-                            conflict = true;
-                        }
-                    }
-                }
-                if conflict {
+                if self.link_conflict(&mut owned, li, &dirs, &fields, at, until, ei, e.at.pos) {
                     continue;
                 }
                 let before = link_state[li];
@@ -1290,11 +1309,6 @@ impl<'a> Validator<'a> {
                     let lp = if d { &mut after.0 } else { &mut after.1 };
                     lp.set_from(&imp);
                     self.check_params(lp, e.at.pos, &format!("link `{}`", im.link.value));
-                    if let Some(u) = until {
-                        for f in &fields {
-                            owned.insert((li, d, *f), (u, ei));
-                        }
-                    }
                 }
                 link_state[li] = after;
                 let summary = format!("impair `{}` {}", im.link.value, describe_change(im));
@@ -1554,6 +1568,135 @@ impl<'a> Validator<'a> {
                         format!("restore cpu of {} (end of `for`)", self.describe(p, &nodes)),
                     ));
                 }
+            } else if let Some(f) = &e.flap {
+                let Some(li) = self.link_ref(p, &f.link) else {
+                    continue;
+                };
+                let Some(u) = until else {
+                    self.err(e.at.pos, "`flap` needs `for`: how long the link flaps")
+                        .hint = Some("e.g. `{at: 45s, for: 10s, flap: {link: factory-uplink, up: exp(5s), down: exp(1s)}}`".into());
+                    continue;
+                };
+                if self.link_conflict(
+                    &mut owned,
+                    li,
+                    &[true, false],
+                    &["cut"],
+                    at,
+                    Some(u),
+                    ei,
+                    e.at.pos,
+                ) {
+                    continue;
+                }
+                // Draw the whole schedule now: it is part of the plan, seeded and replayable.
+                let mut rng = rng_for(p.seed, &format!("timeline/{ei}/flap"));
+                let mut t = at;
+                let mut cut = false;
+                let name = &f.link.value;
+                loop {
+                    let phase = if cut {
+                        f.down.sample(&mut rng)
+                    } else {
+                        f.up.sample(&mut rng)
+                    };
+                    t += phase;
+                    if t >= u {
+                        break;
+                    }
+                    cut = !cut;
+                    let mut v = LinkParams::default();
+                    v.cut = cut;
+                    reverts.push((
+                        t,
+                        ei,
+                        RevertOp::Set {
+                            link: li,
+                            dirs: vec![true, false],
+                            fields: vec!["cut"],
+                            values: (v, v),
+                        },
+                        format!("flap `{name}` {}", if cut { "down" } else { "up" }),
+                    ));
+                }
+                reverts.push((
+                    u,
+                    ei,
+                    RevertOp::Set {
+                        link: li,
+                        dirs: vec![true, false],
+                        fields: vec!["cut"],
+                        values: Default::default(),
+                    },
+                    format!("flap `{name}` ends: up (end of `for`)"),
+                ));
+            } else if let Some(tr) = &e.trace {
+                let Some(li) = self.link_ref(p, &tr.link) else {
+                    continue;
+                };
+                let Some(rows) = self.read_trace(tr) else {
+                    continue;
+                };
+                let dirs = match tr.direction {
+                    Direction::Both => vec![true, false],
+                    Direction::Up => vec![true],
+                    Direction::Down => vec![false],
+                };
+                let mut fields: Vec<&'static str> = Vec::new();
+                for r in &rows {
+                    for f in &r.fields {
+                        if !fields.contains(f) {
+                            fields.push(f);
+                        }
+                    }
+                }
+                let last = rows.last().map_or(Duration::ZERO, |r| r.t);
+                let end = until.unwrap_or(at + last);
+                if self.link_conflict(&mut owned, li, &dirs, &fields, at, Some(end), ei, e.at.pos) {
+                    continue;
+                }
+                let period = last
+                    + rows
+                        .get(1)
+                        .map_or(Duration::from_secs(1), |r| r.t - rows[0].t);
+                let mut offset = Duration::ZERO;
+                'rounds: loop {
+                    for (k, r) in rows.iter().enumerate() {
+                        let t = at + offset + r.t;
+                        if t > end || (until.is_some() && t == end) {
+                            break 'rounds;
+                        }
+                        reverts.push((
+                            t,
+                            ei,
+                            RevertOp::Set {
+                                link: li,
+                                dirs: dirs.clone(),
+                                fields: r.fields.clone(),
+                                values: (r.params, r.params),
+                            },
+                            format!("trace `{}` row {}", tr.link.value, k + 1),
+                        ));
+                    }
+                    if !tr.repeat || until.is_none() {
+                        break;
+                    }
+                    offset += period;
+                }
+                if let Some(u) = until {
+                    let before = link_state[li];
+                    reverts.push((
+                        u,
+                        ei,
+                        RevertOp::Restore {
+                            link: li,
+                            dirs,
+                            fields,
+                            before,
+                        },
+                        format!("restore `{}` (end of trace)", tr.link.value),
+                    ));
+                }
             } else if let Some(m) = &e.memory {
                 let Some(nodes) = self.select(&m.nodes, "in memory") else {
                     continue;
@@ -1618,6 +1761,111 @@ impl<'a> Validator<'a> {
                 kind: x.kind,
             })
             .collect()
+    }
+
+    fn link_ref(&mut self, p: &Plan, l: &Loc<String>) -> Option<usize> {
+        if let Some(&li) = self.link_ix.get(&l.value) {
+            return Some(li);
+        }
+        self.unknown(
+            l.pos,
+            "link",
+            l,
+            "",
+            p.links.iter().map(|l| l.name.as_str()),
+        );
+        None
+    }
+
+    /// Claims `fields` of link `li` until `until`; an error if an earlier entry still holds
+    /// one of them.
+    #[allow(clippy::too_many_arguments)]
+    fn link_conflict(
+        &mut self,
+        owned: &mut HashMap<(usize, bool, &'static str), (Duration, usize)>,
+        li: usize,
+        dirs: &[bool],
+        fields: &[&'static str],
+        at: Duration,
+        until: Option<Duration>,
+        ei: usize,
+        pos: Pos,
+    ) -> bool {
+        for &d in dirs {
+            for f in fields {
+                if let Some((end, owner)) = owned.get(&(li, d, *f))
+                    && *end > at
+                {
+                    let (end, owner) = (*end, *owner);
+                    let name = self.links_name(li);
+                    self.err(
+                        pos,
+                        format!(
+                            "this changes the {f} of link `{name}` while the entry at {} still holds it (until {})",
+                            Dur(self.sc.spec.timeline[owner].at.0),
+                            Dur(end)
+                        ),
+                    )
+                    .hint = Some("the earlier entry's revert would undo this change; move one of them".into());
+                    return true;
+                }
+            }
+        }
+        if let Some(u) = until {
+            for &d in dirs {
+                for f in fields {
+                    owned.insert((li, d, *f), (u, ei));
+                }
+            }
+        }
+        false
+    }
+
+    fn links_name(&self, li: usize) -> String {
+        self.link_ix
+            .iter()
+            .find(|(_, v)| **v == li)
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// Reads a trace CSV (relative to the scenario file). Errors point at `file:` and name
+    /// the CSV line.
+    fn read_trace(&mut self, tr: &model::TraceAction) -> Option<Vec<TraceRow>> {
+        let path = self
+            .file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&tr.file.value);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.err(
+                    tr.file.pos,
+                    format!("cannot read trace {}: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        match parse_trace(&text) {
+            Ok(rows) if rows.is_empty() => {
+                self.err(tr.file.pos, format!("trace {} has no rows", tr.file.value));
+                None
+            }
+            Ok(rows) => {
+                if !self.caps.delay && rows.iter().any(|r| r.params.needs_delay()) {
+                    let hint = self.caps.delay_hint.clone();
+                    self.err(tr.file.pos, format!("trace {} sets delays, which the `{}` target cannot emulate on this machine", tr.file.value, self.caps.target))
+                        .hint = Some(hint);
+                }
+                Some(rows)
+            }
+            Err(e) => {
+                self.err(tr.file.pos, format!("trace {}: {e}", tr.file.value))
+                    .hint = Some("columns: time, then any of rate, delay, jitter, loss (e.g. `0s,20mbit,40ms,5ms,0.5%`)".into());
+                None
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -2101,9 +2349,17 @@ impl<'a> Validator<'a> {
     }
 }
 
-/// What the end of a `for:` window does.
+/// What the end of a `for:` window does, or a change an entry schedules for later (the steps
+/// of a `flap` or a `trace`), applied in time order on the state that holds then.
 enum RevertOp {
     Kind(ActionKind),
+    /// Set the listed fields of a link's directions to the values given (not a revert).
+    Set {
+        link: usize,
+        dirs: Vec<bool>,
+        fields: Vec<&'static str>,
+        values: (LinkParams, LinkParams),
+    },
     /// Put back the listed fields of a link's directions as they were before the entry.
     Restore {
         link: usize,
@@ -2133,7 +2389,12 @@ fn describe_change(im: &model::ImpairAction) -> String {
         .as_object()
         .map(|o| {
             o.iter()
-                .map(|(k, x)| format!("{k}={}", x.as_str().map_or_else(|| x.to_string(), str::to_string)))
+                .map(|(k, x)| {
+                    format!(
+                        "{k}={}",
+                        x.as_str().map_or_else(|| x.to_string(), str::to_string)
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -2166,4 +2427,88 @@ pub fn signal_number(s: &str) -> Option<i32> {
         "ABRT" => libc::SIGABRT,
         _ => return None,
     })
+}
+
+/// One row of a link trace.
+#[derive(Debug, Clone)]
+pub struct TraceRow {
+    /// Offset from the start of the trace.
+    pub t: Duration,
+    /// The fields this row sets (empty cells set nothing).
+    pub fields: Vec<&'static str>,
+    pub params: LinkParams,
+}
+
+/// Parses a link trace: a CSV with a header naming `time` and any of `rate`, `delay`,
+/// `jitter`, `loss`; values carry units (`time` may also be bare seconds). Times must start at
+/// 0 and increase.
+pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, String> {
+    let mut rd = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .comment(Some(b'#'))
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = rd
+        .headers()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let col = |n: &str| headers.iter().position(|h| h == n);
+    let time = col("time").ok_or("the header has no `time` column")?;
+    for h in &headers {
+        if !["time", "rate", "delay", "jitter", "loss"].contains(&h.as_str()) {
+            return Err(format!("unknown column `{h}`"));
+        }
+    }
+    let mut rows: Vec<TraceRow> = Vec::new();
+    for rec in rd.records() {
+        let rec = rec.map_err(|e| e.to_string())?;
+        let line = rec.position().map_or(0, |p| p.line());
+        let cell = |i: Option<usize>| i.and_then(|i| rec.get(i)).filter(|c| !c.is_empty());
+        let at = |e: String| format!("line {line}: {e}");
+        let tcell = cell(Some(time)).ok_or_else(|| at("empty time".into()))?;
+        let t = match tcell.parse::<f64>() {
+            Ok(secs) if secs >= 0.0 && secs.is_finite() => Duration::from_secs_f64(secs),
+            _ => tcell.parse::<Dur>().map_err(|e| at(e.0))?.0,
+        };
+        if rows.is_empty() && !t.is_zero() {
+            return Err(at("the first row must be at time 0".into()));
+        }
+        if rows.last().is_some_and(|r| r.t >= t) {
+            return Err(at("times must increase".into()));
+        }
+        let mut p = LinkParams::default();
+        let mut fields = Vec::new();
+        if let Some(c) = cell(col("rate")) {
+            p.rate = Some(c.parse::<crate::units::Rate>().map_err(|e| at(e.0))?.0);
+            fields.push("rate");
+        }
+        if let Some(c) = cell(col("delay")) {
+            p.delay = Some(c.parse::<Dur>().map_err(|e| at(e.0))?.0);
+            fields.push("delay");
+        }
+        if let Some(c) = cell(col("jitter")) {
+            p.jitter = Some(c.parse::<Dur>().map_err(|e| at(e.0))?.0);
+            fields.push("jitter");
+        }
+        if let Some(c) = cell(col("loss")) {
+            p.loss = c
+                .parse::<crate::units::Percent>()
+                .map_err(|e| at(e.0))?
+                .fraction();
+            fields.push("loss");
+        }
+        if p.jitter.unwrap_or_default() > p.delay.unwrap_or_default()
+            && p.jitter.is_some()
+            && p.delay.is_some()
+        {
+            return Err(at("jitter is larger than the delay".into()));
+        }
+        rows.push(TraceRow {
+            t,
+            fields,
+            params: p,
+        });
+    }
+    Ok(rows)
 }
