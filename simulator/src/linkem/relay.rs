@@ -142,6 +142,7 @@ struct Shared {
     rx_spin: i64,
     tx_spin: i64,
     realtime: Option<u8>,
+    realtime_io: bool,
 }
 
 /// Timing knobs of the relay threads.
@@ -157,6 +158,10 @@ pub struct Timing {
     /// and the kernel's real-time throttling still bounds it. If the kernel refuses (no
     /// CAP_SYS_NICE), the relay runs with ordinary scheduling and says so in a log line.
     pub realtime: Option<u8>,
+    /// Also run the io thread SCHED_FIFO at that priority: zero-impairment latency then holds
+    /// on a busy machine too, at the cost of the io thread preempting ordinary work while it
+    /// relays (bounded by the kernel's real-time throttling).
+    pub realtime_io: bool,
 }
 
 impl Default for Timing {
@@ -165,6 +170,7 @@ impl Default for Timing {
             rx_spin: Duration::from_micros(50),
             tx_spin: Duration::from_micros(100),
             realtime: Some(10),
+            realtime_io: true,
         }
     }
 }
@@ -287,6 +293,7 @@ impl Relay {
             rx_spin: nanos(cfg.timing.rx_spin),
             tx_spin: nanos(cfg.timing.tx_spin),
             realtime: cfg.timing.realtime,
+            realtime_io: cfg.timing.realtime_io,
         });
         let deciders = Dir::BOTH.map(|d| {
             Decider::new(
@@ -451,6 +458,11 @@ fn io_loop(
     senders: Vec<Sender<Queued>>,
 ) {
     sys::set_timer_slack(1);
+    if let Some(p) = shared.realtime.filter(|_| shared.realtime_io)
+        && let Err(e) = sys::set_realtime(p)
+    {
+        tracing::info!(relay = %shared.name, error = %e, "linkem: io thread keeps ordinary scheduling");
+    }
     let mut io = Io {
         deciders,
         senders,
