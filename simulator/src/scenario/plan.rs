@@ -324,6 +324,9 @@ pub struct Block {
     pub to: Vec<usize>,
 }
 
+// `Impair` carries two full parameter sets and dwarfs the other variants; a plan holds at
+// most a few thousand actions, built once, so boxing would only cost clarity.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "type")]
 pub enum ActionKind {

@@ -1605,8 +1605,10 @@ impl<'a> Validator<'a> {
                         break;
                     }
                     cut = !cut;
-                    let mut v = LinkParams::default();
-                    v.cut = cut;
+                    let v = LinkParams {
+                        cut,
+                        ..LinkParams::default()
+                    };
                     reverts.push((
                         t,
                         ei,
