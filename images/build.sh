@@ -6,8 +6,8 @@
 #
 # Usage: images/build.sh [--arch amd64,arm64] [--only name,name] [--no-qemu] [--no-docker]
 #
-# Output: target/images/bin/<arch>/<name>, and the Docker images. Cargo builds in
-#         target/images/cargo (IMAGES_TARGET_DIR overrides).
+# Output: target/images/<arch>/<name> (also the Docker build context, with an empty data/),
+#         and the Docker images. Cargo builds in target/images/cargo (IMAGES_TARGET_DIR overrides).
 # Needs:  rustup (adds the musl targets if missing), a host cc for x86_64 musl; rust-lld (in the
 #         toolchain) links aarch64 (see .cargo/config.toml). Optional: qemu-user-static with
 #         binfmt_misc (apt-get install -y qemu-user-static binfmt-support), a Docker daemon.
@@ -51,9 +51,6 @@ VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' C
 triple() { case "$1" in amd64) echo x86_64-unknown-linux-musl ;; arm64) echo aarch64-unknown-linux-musl ;; *) echo "unknown arch $1" >&2; exit 2 ;; esac; }
 
 OUT=target/images
-mkdir -p "$OUT/data"
-# The Docker build context is $OUT: only the binaries and the empty data/ directory.
-printf '*\n!bin\n!data\n' > "$OUT/.dockerignore"
 # A target directory of its own: release musl builds neither wait for nor evict the dev builds.
 export CARGO_TARGET_DIR=${IMAGES_TARGET_DIR:-$OUT/cargo}
 
@@ -69,14 +66,14 @@ for arch in "${ARCH_LIST[@]}"; do
     for p in "${PROGRAMS[@]}"; do pkgs+=(-p "$p"); done
     CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" "${pkgs[@]}" 2>&1 \
         || CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --target "$t" "${pkgs[@]}"
-    mkdir -p "$OUT/bin/$arch"
+    mkdir -p "$OUT/$arch/data"
     for p in "${PROGRAMS[@]}"; do
         bin="$CARGO_TARGET_DIR/$t/release/$p"
         # Static: no program interpreter, no dynamic section.
         if readelf -l "$bin" | grep -q 'INTERP' || readelf -d "$bin" 2>/dev/null | grep -q NEEDED; then
             echo "$bin is not statically linked" >&2; exit 1
         fi
-        cp "$bin" "$OUT/bin/$arch/$p"
+        cp "$bin" "$OUT/$arch/$p"
         printf '  %-14s %-6s %8s KiB  %s\n' "$p" "$arch" "$(( $(stat -c %s "$bin") / 1024 ))" \
             "$(file -b "$bin" 2>/dev/null | grep -o "static-pie linked\|statically linked" || true)"
     done
@@ -134,7 +131,7 @@ for arch in "${ARCH_LIST[@]}"; do
         say "checking the $arch binaries"
     fi
     for p in "${PROGRAMS[@]}"; do
-        bin="$OUT/bin/$arch/$p"
+        bin="$OUT/$arch/$p"
         v=$("${runner[@]}" "$bin" --version)
         file -b "$bin" | grep -q "$( [ "$arch" = arm64 ] && echo aarch64 || echo x86-64 )" \
             || { echo "$bin is not an $arch binary" >&2; exit 1; }
@@ -152,9 +149,9 @@ fi
 native=$(case "$(uname -m)" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac)
 # Runs a native image without any network, waits for it to listen, stops it (SIGTERM) and
 # checks that it exited cleanly. The container is labelled and removed either way.
-smoke() { # image name
+smoke() { # image name arch
     local c="edgesim-images-smoke-$2-$$" _i
-    docker run -d --network none --label edgesim.test=images --name "$c" "$1" >/dev/null
+    docker run -d --platform "linux/$3" --network none --label edgesim.test=images --name "$c" "$1" >/dev/null
     for _i in $(seq 1 100); do
         docker logs "$c" 2>&1 | grep -q 'listening' && break
         sleep 0.1
@@ -172,15 +169,17 @@ for p in "${PROGRAMS[@]}"; do
     for arch in "${ARCH_LIST[@]}"; do
         tag="edgesim/$p:$VERSION-$arch"
         say "docker build $tag"
-        docker build --quiet --platform "linux/$arch" --build-arg "TARGETARCH=$arch" \
+        # --no-cache: the legacy builder would reuse the other platform's layers and then refuse them.
+        docker build --quiet --no-cache --platform "linux/$arch" \
             --label "org.opencontainers.image.version=$VERSION" \
             --label "org.opencontainers.image.title=$p" \
-            -t "$tag" -f "images/$p/Dockerfile" "$OUT" >/dev/null
+            -t "$tag" -f "images/$p/Dockerfile" "$OUT/$arch" >/dev/null
         got=$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$tag")
         [ "$got" = "linux/$arch" ] || { echo "$tag is $got, expected linux/$arch" >&2; exit 1; }
-        if [ "$arch" = "$native" ]; then
-            docker tag "$tag" "edgesim/$p:$VERSION"
-            smoke "$tag" "$p"
+        [ "$arch" = "$native" ] && docker tag "$tag" "edgesim/$p:$VERSION"
+        # Foreign images run through binfmt_misc's qemu (registered with the fix-binary flag).
+        if [ "$arch" = "$native" ] || [ -e "/proc/sys/fs/binfmt_misc/qemu-$(triple "$arch" | cut -d- -f1)" ]; then
+            smoke "$tag" "$p-$arch" "$arch"
         fi
     done
 done
