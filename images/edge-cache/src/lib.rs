@@ -54,7 +54,7 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// Base URL of the origin (requests go to <ORIGIN><path>). Node names resolve through
+    /// Base URL of the origin (a request for /PATH goes to ORIGIN/PATH). Node names resolve through
     /// EDGESIM_PEERS, then /etc/hosts.
     #[arg(long, env = "ORIGIN_URL", default_value = "http://origin:8080")]
     pub origin: String,

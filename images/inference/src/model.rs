@@ -20,7 +20,7 @@
 //! # Weights
 //! The project makes its own model: [`generate`] draws He-normal weights (and zero biases)
 //! from the seeded generator, so every build and every node has bit-identical weights for the
-//! same seed. They are written with [`save`] and read back with [`load`], the same code path a
+//! same seed. They are written with [`save`] and read back with [`Model::load`], the same code path a
 //! trained model would take; [`Config`] is recovered from the tensor shapes and validated.
 
 use std::collections::HashMap;

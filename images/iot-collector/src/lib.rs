@@ -62,7 +62,7 @@ pub struct Args {
     #[command(flatten)]
     pub common: CommonArgs,
 
-    /// Base URL of the cloud sink (readings go to <URL>/ingest). Node names resolve through
+    /// Base URL of the cloud sink (readings are posted to SINK_URL/ingest). Node names resolve through
     /// EDGESIM_PEERS, then /etc/hosts.
     #[arg(long, env = "SINK_URL", default_value = "http://sink:8080")]
     pub sink_url: String,
@@ -75,7 +75,7 @@ pub struct Args {
     #[arg(long, env = "COLLECTOR_RATE", default_value_t = 5.0)]
     pub rate: f64,
 
-    /// Device ids are <PREFIX>-sensor-<n>; defaults to the node name.
+    /// Device ids are PREFIX-sensor-1, PREFIX-sensor-2, …; defaults to the node name.
     #[arg(long, env = "COLLECTOR_DEVICE_PREFIX")]
     pub device_prefix: Option<String>,
 
