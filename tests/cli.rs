@@ -10,7 +10,9 @@ fn bin() -> Command {
 }
 
 fn repo(p: &str) -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(p)
 }
 
 #[test]
@@ -20,7 +22,14 @@ fn schema_is_json_schema_of_scenarios() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("schema is JSON");
     assert_eq!(v["title"], "Scenario");
     let spec = &v["$defs"]["Spec"]["properties"];
-    for key in ["sites", "nodes", "workloads", "timeline", "probes", "assertions"] {
+    for key in [
+        "sites",
+        "nodes",
+        "workloads",
+        "timeline",
+        "probes",
+        "assertions",
+    ] {
         assert!(spec.get(key).is_some(), "schema lacks spec.{key}: {spec}");
     }
     // Units are documented as patterns so editors can flag `20mbps`.
@@ -29,7 +38,10 @@ fn schema_is_json_schema_of_scenarios() {
 
 #[test]
 fn profiles_lists_every_board_as_json() {
-    let out = bin().args(["profiles", "--output", "json"]).output().expect("run");
+    let out = bin()
+        .args(["profiles", "--output", "json"])
+        .output()
+        .expect("run");
     assert!(out.status.success());
     let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON list");
     let names: Vec<&str> = v.iter().filter_map(|p| p["name"].as_str()).collect();
@@ -46,21 +58,36 @@ fn profiles_lists_every_board_as_json() {
         assert!(names.contains(&want), "missing {want} in {names:?}");
     }
     for p in &v {
-        assert!(p["limitsOnThisHost"]["memoryBytes"].as_u64().unwrap_or(0) > 0, "{p}");
+        assert!(
+            p["limitsOnThisHost"]["memoryBytes"].as_u64().unwrap_or(0) > 0,
+            "{p}"
+        );
     }
 }
 
 #[test]
 fn validate_exit_codes() {
-    let ok = bin().arg("validate").arg(repo("scenarios/quickstart.yaml")).output().expect("run");
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = bin()
+        .arg("validate")
+        .arg(repo("scenarios/quickstart.yaml"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = bin()
         .arg("validate")
         .arg(repo("tests/scenarios/reject/unknown-field.yaml"))
         .output()
         .expect("run");
     assert_eq!(bad.status.code(), Some(2));
-    let missing = bin().args(["validate", "/nonexistent/x.yaml"]).output().expect("run");
+    let missing = bin()
+        .args(["validate", "/nonexistent/x.yaml"])
+        .output()
+        .expect("run");
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
 }
@@ -78,9 +105,19 @@ fn plan_as_json_has_the_realised_schedule() {
     assert_eq!(actions.len(), 20);
     let times: Vec<f64> = actions
         .iter()
-        .map(|a| a["at"].as_str().unwrap_or("").trim_end_matches('s').parse::<f64>().unwrap_or(-1.0))
+        .map(|a| {
+            a["at"]
+                .as_str()
+                .unwrap_or("")
+                .trim_end_matches('s')
+                .parse::<f64>()
+                .unwrap_or(-1.0)
+        })
         .collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "actions in time order: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "actions in time order: {times:?}"
+    );
     assert_eq!(v["seed"], 42);
 }
 
@@ -117,13 +154,18 @@ fn metrics_endpoint_while_running() {
     // Let the partition happen, then read.
     std::thread::sleep(Duration::from_millis(3500));
     let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .expect("send");
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("send");
     let mut body = String::new();
     s.read_to_string(&mut body).expect("read");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("edgesim_nodes_up 2"), "{body}");
-    assert!(body.contains("edgesim_actions_applied_total{verb=\"partition\"} 1"), "{body}");
+    assert!(
+        body.contains("edgesim_actions_applied_total{verb=\"partition\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("edgesim_probe_attempts_total"), "{body}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -141,14 +183,35 @@ fn doctor_reports_the_netns_target() {
     if !edgesim::testing::netns() {
         return;
     }
-    let out = bin().args(["doctor", "--output", "json"]).output().expect("run");
+    let out = bin()
+        .args(["doctor", "--output", "json"])
+        .output()
+        .expect("run");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let t = &v["targets"][0];
     assert_eq!(t["target"], "netns");
-    let actions: Vec<&str> = t["actions"].as_array().expect("actions").iter().filter_map(|a| a["action"].as_str()).collect();
-    assert!(actions.contains(&"partition / heal") && actions.contains(&"delay / jitter"), "{actions:?}");
-    let netem = v["checks"].as_array().expect("checks").iter().find(|c| c["name"] == "qdisc netem").expect("netem check");
+    let actions: Vec<&str> = t["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"partition / heal") && actions.contains(&"delay / jitter"),
+        "{actions:?}"
+    );
+    let netem = v["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "qdisc netem")
+        .expect("netem check");
     // Whatever the kernel says, the delay row must agree with it.
-    let delay = t["actions"].as_array().expect("a").iter().find(|a| a["action"] == "delay / jitter").expect("row");
+    let delay = t["actions"]
+        .as_array()
+        .expect("a")
+        .iter()
+        .find(|a| a["action"] == "delay / jitter")
+        .expect("row");
     assert_eq!(delay["support"] == "exact", netem["ok"] == true);
 }
