@@ -51,6 +51,10 @@ pub struct Spec {
     pub seed: Option<u64>,
     /// How long the timeline plays (from the moment the workloads are started).
     pub duration: Loc<Dur>,
+    /// Run the arm64 build of `app` workloads under qemu-user on nodes whose profile is arm64
+    /// (much slower than native; checks the arm64 build, not its speed).
+    #[serde(default)]
+    pub emulate_arch: bool,
     #[serde(default)]
     pub network: NetworkSpec,
     /// Hardware profiles defined inline, usable by name in `nodes[].profile`.
@@ -290,7 +294,9 @@ pub enum MetricsFormat {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MetricsEndpoint {
-    pub port: Loc<u16>,
+    /// Default: the workload's `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Loc<u16>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default)]
@@ -303,8 +309,22 @@ pub struct WorkloadSpec {
     pub name: Loc<String>,
     /// Node selectors: names, globs (`gw-*`), `site/NAME`, `label/KEY=VALUE`, or `all`.
     pub on: Vec<Loc<String>>,
-    /// The program and its arguments, run inside the node's namespace and cgroup.
-    pub command: Loc<CommandLine>,
+    /// The program and its arguments, run inside the node's namespace and cgroup. Give this
+    /// or `app`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Loc<CommandLine>>,
+    /// One of the edge workloads of `images/` (`iot-collector`, `cloud-sink`, `edge-web`,
+    /// `edge-cache`, `inference`, `offline-first`), with its metrics endpoint and readiness
+    /// check preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<Loc<String>>,
+    /// Extra arguments for `app` (for `command`, put them in the command).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// The port the workload serves on (apps: default 8080). Exported as `PORT`; the default
+    /// of `readyPort` for apps and of `metrics.port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Loc<u16>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     #[serde(default)]

@@ -301,7 +301,15 @@ pub struct MetricsEndpoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct Workload {
     pub name: String,
+    /// The app of `images/` this runs, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     pub argv: Vec<String>,
+    /// The command for arm64 nodes when the scenario emulates their architecture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm64_argv: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     pub restart: RestartPolicy,
@@ -468,6 +476,16 @@ pub struct Assertion {
     #[serde(flatten)]
     pub subject: Subject,
     pub expect: Expectation,
+}
+
+impl Workload {
+    /// The command an instance on `node` runs.
+    pub fn argv_for(&self, node: &Node) -> &[String] {
+        match (&self.arm64_argv, node.profile.arch) {
+            (Some(a), crate::profile::Arch::Arm64) => a,
+            _ => &self.argv,
+        }
+    }
 }
 
 impl Plan {

@@ -22,6 +22,7 @@ use super::loc::{Loc, Pos};
 use super::model::{self, Direction, DownMode, EventSpec, LinkSpec, Scenario};
 use super::plan::{self, Action, ActionKind, Block, LinkParams, Plan, SeedSource};
 use crate::profile::{ProfileSet, ProfileSpec};
+use crate::workload::apps;
 use crate::units::Dur;
 
 /// What the selected target can do on this machine, as far as validation is concerned.
@@ -786,25 +787,73 @@ impl<'a> Validator<'a> {
             let nodes = self
                 .select(&w.on, &format!("in `on` of workload `{}`", w.name.value))
                 .unwrap_or_default();
-            let argv = match &w.command.value {
-                model::CommandLine::Line(l) => match shlex::split(l) {
-                    Some(v) => v,
+            let app = match (&w.command, &w.app) {
+                (Some(_), None) => None,
+                (None, Some(a)) => match apps::find(a) {
+                    Some(app) => Some(app),
                     None => {
-                        self.err(
-                            w.command.pos,
-                            "the command line has an unterminated quote or escape",
-                        );
-                        vec![]
+                        self.unknown(a.pos, "app", a, "", apps::APPS.iter().map(|a| a.name));
+                        None
                     }
                 },
-                model::CommandLine::Args(a) => a.clone(),
+                _ => {
+                    self.err(w.name.pos, format!("workload `{}` needs exactly one of `command` or `app`", w.name.value))
+                        .hint = Some(format!(
+                            "apps: {}",
+                            apps::APPS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+                        ));
+                    None
+                }
             };
-            if argv.is_empty() || argv[0].is_empty() {
-                self.err(
-                    w.command.pos,
-                    format!("workload `{}` has an empty command", w.name.value),
-                );
-            }
+            let mut arm64_argv = None;
+            let argv = match (&w.command, &w.app, app) {
+                (Some(c), _, _) => {
+                    if !w.args.is_empty() {
+                        self.err(c.pos, "`args` goes with `app`; put a command's arguments in `command`");
+                    }
+                    let argv = match &c.value {
+                        model::CommandLine::Line(l) => match shlex::split(l) {
+                            Some(v) => v,
+                            None => {
+                                self.err(c.pos, "the command line has an unterminated quote or escape");
+                                vec![]
+                            }
+                        },
+                        model::CommandLine::Args(a) => a.clone(),
+                    };
+                    if argv.is_empty() || argv[0].is_empty() {
+                        self.err(c.pos, format!("workload `{}` has an empty command", w.name.value));
+                    }
+                    argv
+                }
+                (None, Some(a), Some(app)) => {
+                    let arm64_nodes = nodes
+                        .iter()
+                        .any(|&n| self.nodes[n].profile.arch == crate::profile::Arch::Arm64);
+                    if sc.spec.emulate_arch && arm64_nodes {
+                        match apps::arm64_command(app.name) {
+                            Ok(mut v) => {
+                                v.extend(w.args.iter().cloned());
+                                arm64_argv = Some(v);
+                            }
+                            Err(e) => {
+                                self.err(a.pos, format!("app `{}`: {e}", app.name));
+                            }
+                        }
+                    }
+                    let native_needed = !sc.spec.emulate_arch
+                        || nodes.iter().any(|&n| self.nodes[n].profile.arch != crate::profile::Arch::Arm64);
+                    match apps::native_binary(app.name) {
+                        Ok(p) => std::iter::once(p.display().to_string()).chain(w.args.iter().cloned()).collect(),
+                        Err(e) if native_needed => {
+                            self.err(a.pos, format!("app `{}`: {e}", app.name));
+                            vec![]
+                        }
+                        Err(_) => vec![app.name.to_string()],
+                    }
+                }
+                _ => vec![],
+            };
             for k in w.env.keys() {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
                     self.err(
@@ -813,37 +862,56 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
-            let metrics = w.metrics.as_ref().map(|m| {
-                if m.port.value == 0 {
-                    self.err(m.port.pos, "metrics port must not be 0");
+            let port = w.port.as_ref().map(|p| p.value).or(app.map(|a| a.port));
+            if let Some(p) = &w.port
+                && p.value == 0
+            {
+                self.err(p.pos, "port must not be 0");
+            }
+            let metrics = match &w.metrics {
+                Some(m) => {
+                    let mport = m.port.as_ref().map(|p| p.value).or(port);
+                    if mport.is_none_or(|p| p == 0) {
+                        self.err(w.name.pos, format!("workload `{}`: give `metrics.port` (or the workload's `port`)", w.name.value));
+                    }
+                    let path = m.path.clone().unwrap_or_else(|| match m.format {
+                        model::MetricsFormat::Prometheus => "/metrics".into(),
+                        model::MetricsFormat::Json => "/status".into(),
+                    });
+                    if !path.starts_with('/') {
+                        self.err(w.name.pos, format!("metrics path `{path}` must start with `/`"));
+                    }
+                    Some(plan::MetricsEndpoint { port: mport.unwrap_or(0), path, format: m.format })
                 }
-                let path = m.path.clone().unwrap_or_else(|| match m.format {
-                    model::MetricsFormat::Prometheus => "/metrics".into(),
-                    model::MetricsFormat::Json => "/status".into(),
-                });
-                if !path.starts_with('/') {
-                    self.err(
-                        m.port.pos,
-                        format!("metrics path `{path}` must start with `/`"),
-                    );
-                }
-                plan::MetricsEndpoint {
-                    port: m.port.value,
-                    path,
-                    format: m.format,
-                }
-            });
+                // Every app serves Prometheus text on its port.
+                None => app.map(|a| plan::MetricsEndpoint {
+                    port: port.unwrap_or(a.port),
+                    path: "/metrics".into(),
+                    format: model::MetricsFormat::Prometheus,
+                }),
+            };
+            let mut env = w.env.clone();
+            if let Some(p) = port {
+                env.entry("PORT".into()).or_insert_with(|| p.to_string());
+            }
             out.push(plan::Workload {
                 name: w.name.value.clone(),
+                app: app.map(|a| a.name.to_string()),
                 argv,
-                env: w.env.clone(),
+                arm64_argv,
+                port,
+                env,
                 restart: w.restart,
                 restart_delay: w
                     .restart_delay
                     .as_ref()
                     .map_or(Duration::from_secs(1), |d| d.0),
                 metrics,
-                ready_port: w.ready_port.as_ref().map(|p| p.value),
+                ready_port: w
+                    .ready_port
+                    .as_ref()
+                    .map(|p| p.value)
+                    .or(app.and(port)),
                 ready_timeout: w
                     .ready_timeout
                     .as_ref()

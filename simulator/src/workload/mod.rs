@@ -11,6 +11,8 @@
 //! is a shell pipeline is stopped as a whole. Whatever escapes the group is still killed with
 //! the node's cgroup at teardown.
 
+pub mod apps;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -321,7 +321,7 @@ impl NetnsLab {
                     launch: LaunchSpec {
                         workload: wi,
                         node: ni,
-                        argv: w.argv.clone(),
+                        argv: w.argv_for(&plan.nodes[ni]).to_vec(),
                         env,
                         stdout: dir.join(format!("{node}.stdout.log")),
                         stderr: dir.join(format!("{node}.stderr.log")),
