@@ -237,7 +237,16 @@ fn main() -> Result<()> {
     let s0 = relay.stats();
     // 2. Added RTT at zero impairment.
     let rb = ping(&bare, o.pings)?;
+    let before = relay.stats();
     let rl = ping(&lk, o.pings)?;
+    let after = relay.stats();
+    let inline_us = |d: Dir| {
+        let (b, a) = (before.dir(d), after.dir(d));
+        (a.inline_latency_ns - b.inline_latency_ns) as f64
+            / 1e3
+            / (a.inline_packets - b.inline_packets).max(1) as f64
+    };
+    let (in_ab, in_ba) = (inline_us(Dir::AToB), inline_us(Dir::BToA));
     // 3. Delay fidelity: 20 ms one way.
     relay.update(
         Dir::AToB,
@@ -388,6 +397,9 @@ fn main() -> Result<()> {
     println!(
         "linkem a-to-b during the throughput runs: {} frames, {} GSO, {} send errors",
         s0.a_to_b.frames, s0.a_to_b.gso_frames, s0.a_to_b.send_errors
+    );
+    println!(
+        "ping at zero impairment: linkem's mean latency from kernel receive timestamp to sent: {in_ab:.1} µs a-to-b, {in_ba:.1} µs b-to-a"
     );
     println!(
         "20 ms delay run: {} of {} packets left the queue > 100 µs late (worst {} µs)",

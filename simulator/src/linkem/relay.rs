@@ -8,7 +8,10 @@
 //!   queue. When idle it keeps polling for a short window (`rx_spin`, 50 µs by default)
 //!   before blocking in `poll(2)`: a reply that comes back through the other interface right
 //!   after a forward is then picked up without a scheduler wake-up, which is most of the
-//!   latency a relay adds on a VM. It never polls longer than that window.
+//!   latency a relay adds on a VM. It never polls longer than that window. A tx thread
+//!   that starts spinning towards a release kicks a sleeping io thread (eventfd), which then
+//!   polls through `tx_spin + rx_spin`, so that the answer to a delayed packet does not wait
+//!   for a wake-up either.
 //! - **tx a-to-b / tx b-to-a**: each owns its direction's release-ordered queue, fed by
 //!   the io thread through a lock-free channel (so a descheduled io thread can never hold a
 //!   lock the tx thread needs). It sleeps (futex park, 1 ns timer slack) until ~`tx_spin`
@@ -135,6 +138,8 @@ struct Shared {
     name: String,
     stop: AtomicBool,
     wake: EventFd,
+    /// The io thread is blocked in `poll`.
+    io_sleeping: AtomicBool,
     dirs: [DirShared; 2],
     updates: [Mutex<Option<Compiled>>; 2],
     epochs: [AtomicU64; 2],
@@ -286,6 +291,7 @@ impl Relay {
             name: name.clone(),
             stop: AtomicBool::new(false),
             wake,
+            io_sleeping: AtomicBool::new(false),
             dirs: [dir_shared(Dir::AToB)?, dir_shared(Dir::BToA)?],
             updates: [Mutex::new(None), Mutex::new(None)],
             epochs: [AtomicU64::new(0), AtomicU64::new(0)],
@@ -514,8 +520,18 @@ fn io_loop(
             socks[1].as_raw_fd(),
             shared.wake.as_raw_fd(),
         ];
-        if sys::poll(fds, -1).is_err() {
-            std::thread::sleep(Duration::from_millis(1));
+        shared.io_sleeping.store(true, Ordering::SeqCst);
+        let ready = sys::poll(fds, -1);
+        shared.io_sleeping.store(false, Ordering::SeqCst);
+        match ready {
+            Ok([_, _, true]) => {
+                // Kicked by a tx thread about to release a packet (or by stop): poll for the
+                // answer, which comes back within the tx thread's spin window plus a round trip.
+                shared.wake.drain();
+                spin_until = sys::mono_ns() + shared.rx_spin + shared.tx_spin;
+            }
+            Ok(_) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
@@ -570,7 +586,7 @@ impl Io {
                             parsed.l3,
                             len,
                             &counters,
-                            now,
+                            (arrival, now),
                         );
                     }
                     self.segs = segs;
@@ -591,7 +607,7 @@ impl Io {
             parsed.l3,
             wire,
             &counters,
-            now,
+            (arrival, now),
         );
     }
 
@@ -606,7 +622,7 @@ impl Io {
         l3: usize,
         wire: u32,
         rule: &Arc<RuleCounters>,
-        now: i64,
+        (arrival, now): (i64, i64),
     ) {
         let mut pkt = Some(pkt);
         for (i, a) in [original, copy].into_iter().enumerate() {
@@ -631,6 +647,12 @@ impl Io {
             let due = a.reordered || a.release <= now;
             if due && ds.pending.load(Ordering::Acquire) == 0 {
                 ds.transmit(p.bytes(), wire, rule);
+                if i == 0 {
+                    let c = &ds.counters;
+                    RuleCounters::add(&c.inline_packets, 1);
+                    let took = u64::try_from(sys::mono_ns() - arrival).unwrap_or(0);
+                    RuleCounters::add(&c.inline_latency_ns, took);
+                }
                 continue;
             }
             self.order += 1;
@@ -747,7 +769,12 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
             continue;
         }
         if due > now {
-            // Spin to the release time, still taking in new (possibly earlier) packets.
+            // Spin to the release time, still taking in new (possibly earlier) packets. The
+            // io thread is woken now, so that it is already polling when the answer to this
+            // packet comes back: its wake-up no longer adds to the emulated delay.
+            if shared.io_sleeping.load(Ordering::Relaxed) {
+                shared.wake.signal();
+            }
             ds.next_wake.store(now, Ordering::SeqCst);
             let before = heap.len();
             while sys::mono_ns() < due && !shared.stop.load(Ordering::Relaxed) {

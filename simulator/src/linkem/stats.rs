@@ -91,6 +91,8 @@ pub(crate) struct DirCounters {
     pub pcap_errors: AtomicU64,
     pub late_sends: AtomicU64,
     pub max_lateness_ns: AtomicU64,
+    pub inline_packets: AtomicU64,
+    pub inline_latency_ns: AtomicU64,
 }
 
 /// A queued packet sent more than this after its release time counts as late.
@@ -137,6 +139,8 @@ impl DirCounters {
             pcap_errors: self.pcap_errors.load(Relaxed),
             late_sends: self.late_sends.load(Relaxed),
             max_lateness_ns: self.max_lateness_ns.load(Relaxed),
+            inline_packets: self.inline_packets.load(Relaxed),
+            inline_latency_ns: self.inline_latency_ns.load(Relaxed),
         }
     }
 }
@@ -195,6 +199,10 @@ pub struct DirectionStats {
     /// own timing error: a loaded machine or a descheduled thread), and the worst lateness.
     pub late_sends: u64,
     pub max_lateness_ns: u64,
+    /// Packets sent at once by the io thread (the zero-delay path), and the total time from
+    /// their kernel receive timestamp to the return of their send: linkem's own latency.
+    pub inline_packets: u64,
+    pub inline_latency_ns: u64,
 }
 
 impl DirectionStats {

@@ -238,6 +238,15 @@ impl EventFd {
         Ok(EventFd(unsafe { OwnedFd::from_raw_fd(raw) }))
     }
 
+    /// Clears pending signals.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; the descriptor is non-blocking.
+        unsafe {
+            libc::read(self.0.as_raw_fd(), (&raw mut v).cast(), 8);
+        }
+    }
+
     pub fn signal(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64, as eventfd requires.
