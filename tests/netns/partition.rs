@@ -1,0 +1,162 @@
+//! Partitions cut real traffic: between sites (routed), within a site (bridged), one way
+//! only, and heal restores it. Each phase is observed from inside the nodes while
+//! `edgesim run` plays the timeline.
+
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Phases are 4 s apart; the checks of one phase take about 1.5 s.
+const PHASE: Duration = Duration::from_secs(4);
+
+const SITES: &str = "\
+seed: 1
+duration: 12s
+sites:
+  cloud: {}
+  factory:
+    uplink: {site: cloud}
+nodes:
+  - {name: sink, site: cloud, profile: cloud-small}
+  - {name: gw, count: 3, site: factory, profile: raspberry-pi-5-4gb}
+";
+
+/// Runs `timeline` on the two-site lab and returns what got through between `a` and `b`
+/// (and between the bystanders `c` and `d`) before, during and after the partition.
+fn observe(tag: &str, timeline: &str, pairs: [(&str, &str); 2]) -> [(Reach, Reach); 3] {
+    let sc = Scenario::new(tag, &format!("{SITES}timeline:\n{timeline}"));
+    let mut run = Run::start(&sc);
+    let t0 = run.timeline_started();
+    let st = run.state();
+    let [(a, b), (c, d)] = pairs;
+    let (a, b, c, d) = (peer(&st, a), peer(&st, b), peer(&st, c), peer(&st, d));
+    let measure = |phase: &str, since| {
+        let r = (reach(&sc.name, &a, &b), reach(&sc.name, &c, &d));
+        assert_within(phase, since, PHASE);
+        r
+    };
+
+    let before = measure("before the partition", t0);
+    let cut = run.action("partition", false);
+    let during = measure("during the partition", std::time::Instant::now());
+    let heal = run.action("heal", false);
+    let after = measure("after the heal", std::time::Instant::now());
+
+    let fin = run.finish(Duration::from_secs(30));
+    assert_eq!(
+        fin.status.code(),
+        Some(0),
+        "the run failed: {}\n{}",
+        fin.report,
+        fin.stderr
+    );
+    assert!(
+        cut["applied"].as_f64() < heal["applied"].as_f64(),
+        "journal out of order: {cut} / {heal}"
+    );
+    assert_gone(&fin.run_id());
+    [before, during, after]
+}
+
+#[test]
+fn partition_between_sites_blocks_both_ways_until_heal() {
+    let _g = serial();
+    if !privileged() || !edgesim::testing::program("ping", "ping") {
+        return;
+    }
+    let [before, during, after] = observe(
+        "partition-sites",
+        "  - {at: 4s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n  - {at: 8s, heal: {name: cut}}\n",
+        [("gw-1", "sink"), ("gw-2", "gw-3")],
+    );
+    assert_eq!(before.0, Reach::OPEN, "gw-1 <-> sink before the partition");
+    assert_eq!(
+        during.0,
+        Reach::CUT,
+        "gw-1 <-> sink while factory and cloud are partitioned"
+    );
+    assert_eq!(after.0, Reach::OPEN, "gw-1 <-> sink after the heal");
+    // Traffic inside the factory never crosses the cut.
+    for (phase, r) in [
+        ("before", before.1),
+        ("during", during.1),
+        ("after", after.1),
+    ] {
+        assert_eq!(
+            r,
+            Reach::OPEN,
+            "gw-2 <-> gw-3 (same site) {phase} the partition"
+        );
+    }
+}
+
+#[test]
+fn partition_within_a_site_blocks_bridged_traffic() {
+    let _g = serial();
+    if !privileged() || !edgesim::testing::program("ping", "ping") {
+        return;
+    }
+    let [before, during, after] = observe(
+        "partition-lan",
+        "  - {at: 4s, partition: {name: lan, between: [[gw-1], [gw-2]]}}\n  - {at: 8s, heal: {}}\n",
+        [("gw-1", "gw-2"), ("gw-1", "gw-3")],
+    );
+    assert_eq!(before.0, Reach::OPEN, "gw-1 <-> gw-2 before the partition");
+    assert_eq!(
+        during.0,
+        Reach::CUT,
+        "gw-1 <-> gw-2 (bridged, same site) while partitioned"
+    );
+    assert_eq!(after.0, Reach::OPEN, "gw-1 <-> gw-2 after the heal");
+    for (phase, r) in [
+        ("before", before.1),
+        ("during", during.1),
+        ("after", after.1),
+    ] {
+        assert_eq!(
+            r,
+            Reach::OPEN,
+            "gw-1 <-> gw-3 (not in the partition) {phase} it"
+        );
+    }
+}
+
+#[test]
+fn one_way_partition_blocks_only_the_first_group_towards_the_second() {
+    let _g = serial();
+    if !privileged() || !edgesim::testing::program("ping", "ping") {
+        return;
+    }
+    let [before, during, after] = observe(
+        "partition-oneway",
+        "  - {at: 4s, partition: {name: up-cut, oneWay: true, between: [[site/factory], [site/cloud]]}}\n  - {at: 8s, heal: {name: up-cut}}\n",
+        [("gw-1", "sink"), ("gw-2", "gw-3")],
+    );
+    assert_eq!(before.0, Reach::OPEN, "gw-1 <-> sink before the partition");
+    // factory -> cloud is dropped, cloud -> factory flows. Rules are stateless, so anything
+    // that needs an answer from the factory (ping, a TCP handshake) fails either way.
+    let one_way = Reach {
+        udp_there: 0,
+        udp_back: DATAGRAMS,
+        tcp_there: false,
+        tcp_back: false,
+        ping_there: 0,
+        ping_back: 0,
+    };
+    assert_eq!(
+        during.0, one_way,
+        "gw-1 (factory) -> sink (cloud) cut one way"
+    );
+    assert_eq!(after.0, Reach::OPEN, "gw-1 <-> sink after the heal");
+    for (phase, r) in [
+        ("before", before.1),
+        ("during", during.1),
+        ("after", after.1),
+    ] {
+        assert_eq!(
+            r,
+            Reach::OPEN,
+            "gw-2 <-> gw-3 (same site) {phase} the partition"
+        );
+    }
+}
