@@ -17,6 +17,10 @@
 //! - A write is acknowledged after it is durable locally; it is *pending* until a peer reports
 //!   heads that include it. `edgesim_offline_sync_lag_seconds` is the age of the oldest
 //!   pending write: how far the cloud is behind this replica.
+//! - With `--write-rate` above 0, a built-in generator ([`generator`]) writes seeded keys and
+//!   values through the same path as `PUT /kv/{key}` until `--write-until` has passed since
+//!   the start, so a scenario needs no client; `/status`'s `generation_done` says when it
+//!   stopped (replicas can converge only after every generator has).
 //!
 //! # Endpoints
 //! - `PUT /kv/{key}` (body: the value), `GET /kv/{key}`, `DELETE /kv/{key}`, `GET /kv` (all).
@@ -24,10 +28,12 @@
 //! - `POST /sync` — the sync exchange between replicas.
 //! - `GET /healthz`, `GET /metrics`, `GET /status`.
 
+pub mod generator;
 pub mod replica;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -52,6 +58,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use crate::generator::{Pacer, WriteSequence};
 use crate::replica::{Replica, ReplicaError, format_heads, parse_heads};
 
 /// Command line of `offline-first`.
@@ -89,6 +96,21 @@ pub struct Args {
     /// Keep the replica in memory only (nothing survives a restart).
     #[arg(long, env = "OFFLINE_IN_MEMORY")]
     pub in_memory: bool,
+
+    /// Built-in write generator: PUTs per second (0: off). Keys and values are seeded by
+    /// --seed and the replica id; each write takes the same path as `PUT /kv/{key}`.
+    #[arg(long, env = "OFFLINE_WRITE_RATE", default_value = "0", value_parser = generator::parse_rate)]
+    pub write_rate: f64,
+
+    /// Size of the generator's key space (`gen-00` … `gen-19` for 20); small, so that
+    /// replicas writing concurrently collide on keys and conflict.
+    #[arg(long, env = "OFFLINE_WRITE_KEYS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_keys: u32,
+
+    /// Stop generating this long after the start (e.g. `25s`), so replicas can converge
+    /// before a scenario ends; never when absent.
+    #[arg(long, env = "OFFLINE_WRITE_UNTIL")]
+    pub write_until: Option<Dur>,
 }
 
 /// One sync round's request: the initiator's heads and the changes the responder may lack.
@@ -157,6 +179,7 @@ struct Metrics {
     peer_pending: Family<PeerLabel, Gauge>,
     last_sync_age: Family<PeerLabel, FloatGauge>,
     digest: Gauge,
+    generated: Counter,
 }
 
 impl Metrics {
@@ -178,6 +201,7 @@ impl Metrics {
             peer_pending: Family::default(),
             last_sync_age: Family::default(),
             digest: Gauge::default(),
+            generated: Counter::default(),
         };
         r.register(
             "offline_local_writes",
@@ -239,6 +263,11 @@ impl Metrics {
             "The first 48 bits of the state digest as an integer: equal on converged replicas",
             m.digest.clone(),
         );
+        r.register(
+            "offline_generated_writes",
+            "Writes the built-in generator (--write-rate) made; each is also counted in offline_local_writes{op=put}",
+            m.generated.clone(),
+        );
         for op in ["put", "delete"] {
             let _ = m.writes.get_or_create(&OpLabel { op });
         }
@@ -271,6 +300,8 @@ struct Node {
     served: Mutex<BTreeMap<String, u64>>,
     metrics: Metrics,
     wrote: Notify,
+    /// Set once the write generator has stopped for good (at once when it is off).
+    generation_done: AtomicBool,
 }
 
 type Failure = (StatusCode, String);
@@ -373,6 +404,13 @@ impl Node {
             "in_sync": m.in_sync.get() == 1,
             "peers": *self.peers(),
             "synced_by": *self.served.lock().unwrap_or_else(PoisonError::into_inner),
+            "generation_done": self.generation_done.load(Ordering::SeqCst),
+            "generator": {
+                "write_rate": self.args.write_rate,
+                "write_keys": self.args.write_keys,
+                "write_until_seconds": self.args.write_until.map(|d| d.0.as_secs_f64()),
+                "generated_writes": m.generated.get(),
+            },
         })
     }
 }
@@ -392,15 +430,21 @@ fn write_result(node: &Node, op: &'static str, r: Result<(), ReplicaError>) -> R
     }
 }
 
+/// A local `put`: durable, counted, synced at once. `PUT /kv/{key}` and the write generator
+/// both write through here.
+async fn local_put(n: &Arc<Node>, key: String, value: String) -> Result<(), Failure> {
+    let r = n.with_replica(move |r| r.put(&key, &value)).await?;
+    write_result(n, "put", r)?;
+    n.refresh();
+    Ok(())
+}
+
 async fn put_key(
     State(n): State<Arc<Node>>,
     Path(key): Path<String>,
     body: String,
 ) -> Result<Response, Failure> {
-    let (k, v) = (key.clone(), body.clone());
-    let r = n.with_replica(move |r| r.put(&k, &v)).await?;
-    write_result(&n, "put", r)?;
-    n.refresh();
+    local_put(&n, key.clone(), body.clone()).await?;
     Ok(axum::Json(json!({"key": key, "value": body})).into_response())
 }
 
@@ -596,6 +640,51 @@ impl Node {
     }
 }
 
+/// The built-in write generator (`--write-rate` > 0): seeded puts, paced by a token bucket,
+/// until `--write-until` has passed since `started` or shutdown. A failed write is counted
+/// and logged by the write path and not retried; the generator goes on.
+async fn write_generator(n: Arc<Node>, started: Instant, shutdown: Shutdown) {
+    let rate = n.args.write_rate;
+    let until = n.args.write_until.map(|d| d.0);
+    let mut writes = WriteSequence::new(n.args.common.seed, &n.id, n.args.write_keys);
+    let mut pacer = Pacer::new(rate);
+    tracing::info!(
+        rate,
+        keys = n.args.write_keys,
+        until = ?until,
+        "write generator on"
+    );
+    let mut interval = tokio::time::interval(pacer.tick());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    'ticks: loop {
+        tokio::select! {
+            () = shutdown.wait() => break,
+            _ = interval.tick() => {}
+        }
+        let now = Instant::now();
+        if until.is_some_and(|u| now.duration_since(started) >= u) {
+            tracing::info!(
+                generated = n.metrics.generated.get(),
+                "--write-until reached; write generator stopped"
+            );
+            n.generation_done.store(true, Ordering::SeqCst);
+            break;
+        }
+        let due = pacer.due(now.duration_since(last));
+        last = now;
+        for _ in 0..due {
+            if shutdown.is_triggered() {
+                break 'ticks;
+            }
+            let w = writes.next_write();
+            if local_put(&n, w.key, w.value).await.is_ok() {
+                n.metrics.generated.inc();
+            }
+        }
+    }
+}
+
 async fn refresher(n: Arc<Node>, shutdown: Shutdown) {
     while !shutdown.is_triggered() {
         n.refresh();
@@ -654,6 +743,7 @@ pub async fn start(args: Args, shutdown: Shutdown) -> anyhow::Result<Running> {
         served: Mutex::new(BTreeMap::new()),
         metrics,
         wrote: Notify::new(),
+        generation_done: AtomicBool::new(args.write_rate == 0.0),
         args: args.clone(),
     });
     node.refresh();
@@ -672,6 +762,13 @@ pub async fn start(args: Args, shutdown: Shutdown) -> anyhow::Result<Running> {
     let addr = listener.local_addr();
     let grace = args.common.shutdown_grace.0;
     let mut tasks = vec![tokio::spawn(refresher(node.clone(), shutdown.clone()))];
+    if args.write_rate > 0.0 {
+        tasks.push(tokio::spawn(write_generator(
+            node.clone(),
+            Instant::now(),
+            shutdown.clone(),
+        )));
+    }
     let n_peers = node.peers().len();
     for i in 0..n_peers {
         tasks.push(tokio::spawn(sync_loop(

@@ -3,87 +3,15 @@
 //! cut off (including the same key), the relay is restored, and the replicas must converge:
 //! same digest, same winner for the conflicting key, nothing pending.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+mod support;
+
 use std::time::Duration;
 
 use edge_common::client::HttpClient;
-use edge_common::testing::{Service, eventually, scrape, scratch_dir, spawn};
-use helpers::*;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
+use edge_common::testing::{eventually, scrape, scratch_dir, spawn};
+use support::{Relay, get, put, status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_offline-first");
-
-/// A TCP relay to `target` that can be cut (refusing new connections and killing live ones).
-struct Relay {
-    addr: std::net::SocketAddr,
-    open: Arc<AtomicBool>,
-    live: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl Relay {
-    async fn start(target: std::net::SocketAddr) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let open = Arc::new(AtomicBool::new(true));
-        let live: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (o, lv) = (open.clone(), live.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = l.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: the connection is reset
-                }
-                let h = tokio::spawn(async move {
-                    if let Ok(mut out) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                });
-                lv.lock().await.push(h);
-            }
-        });
-        Self { addr, open, live }
-    }
-
-    async fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        for h in self.live.lock().await.drain(..) {
-            h.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Requests to a replica.
-mod helpers {
-    use super::*;
-
-    pub async fn put(c: &HttpClient, s: &Service, key: &str, value: &str) {
-        let r = c
-            .send(
-                axum::http::Method::PUT,
-                &s.url(&format!("/kv/{key}")),
-                bytes::Bytes::from(value.to_string()),
-                Some("text/plain"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-
-    pub async fn get(c: &HttpClient, s: &Service, key: &str) -> Option<String> {
-        let r = c.get(&s.url(&format!("/kv/{key}"))).await.unwrap();
-        (r.status == 200).then(|| r.text())
-    }
-
-    pub async fn status(c: &HttpClient, s: &Service) -> serde_json::Value {
-        c.get(&s.url("/status")).await.unwrap().json().unwrap()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_after_a_partition() {
