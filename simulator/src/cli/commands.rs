@@ -99,7 +99,7 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
     let Some(p) = load_plan(file, &profiles, &caps, seed)? else {
         return Ok(EXIT_INVALID);
     };
-    let host = HostCpu::detect();
+    let host = p.scaled_host(&HostCpu::detect());
     let mut out = std::io::stdout().lock();
     if output == Output::Json {
         serde_json::to_writer_pretty(&mut out, &p)?;

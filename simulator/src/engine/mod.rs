@@ -581,12 +581,21 @@ fn play_timeline(
     }
     const PREPARE_AHEAD: Duration = Duration::from_millis(30);
     let mut journal = Vec::with_capacity(plan.actions.len());
-    for a in &plan.actions {
+    // Actions due at the same instant are prepared together, before the first of them, so
+    // the later ones do not pay for preparation after the earlier ones applied.
+    let mut prepared: std::collections::VecDeque<Option<crate::target::netns::shaping::Prepared>> =
+        std::collections::VecDeque::new();
+    for (i, a) in plan.actions.iter().enumerate() {
         let at = t0 + a.at;
-        if !sleep_until_precise(at.checked_sub(PREPARE_AHEAD).unwrap_or(at), stop) {
-            break;
+        if i == 0 || plan.actions[i - 1].at != a.at {
+            if !sleep_until_precise(at.checked_sub(PREPARE_AHEAD).unwrap_or(at), stop) {
+                break;
+            }
+            let group = plan.actions[i..].iter().take_while(|b| b.at == a.at);
+            let mut l = rt.block_on(lab.lock());
+            prepared = group.map(|b| l.prepare(&b.kind)).collect();
         }
-        let prepared = rt.block_on(async { lab.lock().await.prepare(&a.kind) });
+        let prepared = prepared.pop_front().flatten();
         if !sleep_until_precise(at, stop) {
             break;
         }

@@ -81,7 +81,14 @@ pub fn summary(report: &Report, color: bool) -> String {
             let window = v
                 .window
                 .as_deref()
-                .map(|w| format!(" in {w}"))
+                .map(|w| {
+                    // Metric verdicts carry an instant ("at 24s"), probe verdicts a window.
+                    if w.starts_with("at ") {
+                        format!(" {w}")
+                    } else {
+                        format!(" in {w}")
+                    }
+                })
                 .unwrap_or_default();
             let _ = writeln!(
                 s,

@@ -55,6 +55,12 @@ pub struct Spec {
     /// (much slower than native; checks the arm64 build, not its speed).
     #[serde(default)]
     pub emulate_arch: bool,
+    /// Slow every node's CPU by this factor (0 < x ≤ 1), to fit a lab whose boards together
+    /// have more CPU than this host: a Pi 5 with `cpuScale: 0.25` gets a quarter of a Pi 5.
+    /// Nodes keep their ratios to each other, so compare them with each other; scale
+    /// request rates and deadlines by the same factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_scale: Option<Loc<f64>>,
     #[serde(default)]
     pub network: NetworkSpec,
     /// Hardware profiles defined inline, usable by name in `nodes[].profile`.

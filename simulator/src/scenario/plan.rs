@@ -39,6 +39,8 @@ pub struct Plan {
     pub duration: Duration,
     pub pool: Ipv4Net,
     pub mtu: u32,
+    /// Factor applied to every node's CPU (`spec.cpuScale`, default 1).
+    pub cpu_scale: f64,
     pub sites: Vec<Site>,
     pub links: Vec<Link>,
     pub nodes: Vec<Node>,
@@ -489,6 +491,14 @@ impl Workload {
 }
 
 impl Plan {
+    /// The host CPU as the run sees it: `host` slowed by `cpuScale`, so every quota computed
+    /// from it shrinks by that factor.
+    pub fn scaled_host(&self, host: &crate::profile::HostCpu) -> crate::profile::HostCpu {
+        let mut h = host.clone();
+        h.speed_per_core /= self.cpu_scale;
+        h
+    }
+
     pub fn node_index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }

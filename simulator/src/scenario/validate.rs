@@ -297,6 +297,14 @@ impl<'a> Validator<'a> {
             duration,
             pool: pool.0,
             mtu,
+            cpu_scale: match &spec.cpu_scale {
+                None => 1.0,
+                Some(x) if x.value > 0.0 && x.value <= 1.0 => x.value,
+                Some(x) => {
+                    self.err(x.pos, format!("cpuScale {} is outside (0, 1]", x.value));
+                    1.0
+                }
+            },
             sites: site_plans,
             links: std::mem::take(&mut self.links),
             nodes: self.nodes.clone(),

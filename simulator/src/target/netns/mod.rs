@@ -178,7 +178,7 @@ impl NetnsLab {
         let run_cg = state.cgroup.clone().unwrap_or_default();
         cgroups_slot = Some(cgroups.clone());
         journal.push(Created::Cgroup(run_cg.clone()));
-        let host = HostCpu::detect();
+        let host = plan.scaled_host(&HostCpu::detect());
         let mut node_cgroups = Vec::with_capacity(plan.nodes.len());
         let mut node_limits = Vec::with_capacity(plan.nodes.len());
         for (n, st) in plan.nodes.iter().zip(&state.nodes) {
