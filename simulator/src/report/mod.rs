@@ -554,7 +554,7 @@ pub(crate) mod tests {
         assert_eq!(v["assertions"][1]["passed"], false);
         assert_eq!(v["assertions"][1]["window"], "0s..2s");
         assert_eq!(v["assertions"][1]["expected"], "success_rate >= 99%");
-        assert_eq!(v["workloads"][0]["event"], "started");
+        assert_eq!(v["workloads"][0]["kind"], "started");
         assert_eq!(v["lag"]["p99_ms"], 1.2);
     }
 
