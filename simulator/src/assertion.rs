@@ -191,6 +191,7 @@ fn aggregate_name(a: Aggregate) -> &'static str {
         Aggregate::Max => "max",
         Aggregate::Min => "min",
         Aggregate::Avg => "avg",
+        Aggregate::Distinct => "distinct values of",
     }
 }
 

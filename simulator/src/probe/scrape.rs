@@ -251,12 +251,24 @@ pub fn aggregate(values: &[f64], how: Aggregate) -> Option<f64> {
         Aggregate::Min if nan => f64::NAN,
         Aggregate::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         Aggregate::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
+        Aggregate::Distinct => {
+            let mut v: Vec<u64> = values.iter().map(|x| x.to_bits()).collect();
+            v.sort_unstable();
+            v.dedup();
+            v.len() as f64
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_counts_different_values() {
+        assert_eq!(aggregate(&[3.0, 3.0, 3.0], Aggregate::Distinct), Some(1.0));
+        assert_eq!(aggregate(&[3.0, 4.0, 3.0], Aggregate::Distinct), Some(2.0));
+    }
 
     const TEXT: &str = "# TYPE req_total counter\n\
         req_total{code=\"200\",path=\"/a\"} 10\n\

@@ -651,6 +651,9 @@ pub enum Aggregate {
     Max,
     Min,
     Avg,
+    /// How many different values there are (e.g. `== 1`: every replica reports the same
+    /// state digest).
+    Distinct,
 }
 
 /// A number read from a workload's metrics endpoint.
