@@ -94,6 +94,166 @@ pub struct RunMetrics {
     /// `edgesim_workload_restarts_total{workload}`: restarts of workload instances, whether by
     /// restart policy or by a `restart` action.
     workload_restarts: Family<WorkloadLabels, Counter>,
+    /// The userspace link emulator's counters, read on each scrape (see [`LinkStats`]).
+    link_stats: LinkStats,
+}
+
+type StatsSource = Box<dyn Fn() -> Vec<crate::linkem::RelayStats> + Send + Sync>;
+
+/// Per-relay, per-direction, per-rule counters of the userspace link emulator, read from the
+/// relays' atomics at scrape time (so they are never stale and cost nothing between scrapes):
+/// `edgesim_link_packets_total`, `edgesim_link_bytes_total`, `edgesim_link_sent_packets_total`,
+/// `edgesim_link_dropped_total{cause=loss|partition|overflow}`,
+/// `edgesim_link_duplicated_total`, `edgesim_link_corrupted_total`,
+/// `edgesim_link_reordered_total` and the gauge `edgesim_link_queue_depth`, each labelled
+/// `relay`, `direction`, `rule`.
+#[derive(Clone, Default)]
+pub struct LinkStats(Arc<std::sync::Mutex<Option<StatsSource>>>);
+
+impl std::fmt::Debug for LinkStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkStats")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkLabels {
+    relay: String,
+    direction: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LinkCauseLabels {
+    relay: String,
+    direction: String,
+    rule: String,
+    cause: String,
+}
+
+impl prometheus_client::collector::Collector for LinkStats {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let stats = match self.0.lock() {
+            Ok(g) => g.as_ref().map(|f| f()).unwrap_or_default(),
+            Err(_) => return Ok(()),
+        };
+        if stats.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(LinkLabels, &crate::linkem::RuleStats)> = stats
+            .iter()
+            .flat_map(|r| {
+                [&r.a_to_b, &r.b_to_a].into_iter().flat_map(move |d| {
+                    d.rules.iter().map(move |rule| {
+                        (
+                            LinkLabels {
+                                relay: r.relay.clone(),
+                                direction: d.dir.as_str().to_string(),
+                                rule: rule.rule.clone(),
+                            },
+                            rule,
+                        )
+                    })
+                })
+            })
+            .collect();
+        type Get = fn(&crate::linkem::RuleStats) -> u64;
+        let counters: [(&str, &str, Get); 7] = [
+            (
+                "link_packets",
+                "Packets that reached the link emulator, by relay, direction and rule",
+                |r| r.packets,
+            ),
+            ("link_bytes", "Bytes that reached the link emulator", |r| {
+                r.bytes
+            }),
+            (
+                "link_sent_packets",
+                "Packets the link emulator sent on (duplicates included)",
+                |r| r.sent_packets,
+            ),
+            (
+                "link_duplicated",
+                "Packets the link emulator duplicated",
+                |r| r.duplicated,
+            ),
+            (
+                "link_corrupted",
+                "Packets the link emulator corrupted",
+                |r| r.corrupted,
+            ),
+            (
+                "link_reordered",
+                "Packets the link emulator sent ahead of delayed ones",
+                |r| r.reordered,
+            ),
+            (
+                "link_queue_max_depth",
+                "Most packets ever waiting in a rule's queue",
+                |r| r.max_queue_depth,
+            ),
+        ];
+        for (name, help, get) in counters {
+            if name == "link_queue_max_depth" {
+                let mut e = encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?;
+                for (l, r) in &rows {
+                    ConstGauge::new(get(r) as i64).encode(e.encode_family(l)?)?;
+                }
+                continue;
+            }
+            let mut e = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (l, r) in &rows {
+                ConstCounter::new(get(r)).encode(e.encode_family(l)?)?;
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "link_dropped",
+            "Packets the link emulator dropped, by cause (loss, partition, overflow)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (l, r) in &rows {
+            for (cause, v) in [
+                ("loss", r.dropped_loss),
+                ("partition", r.dropped_partition),
+                ("overflow", r.dropped_overflow),
+            ] {
+                let labels = LinkCauseLabels {
+                    relay: l.relay.clone(),
+                    direction: l.direction.clone(),
+                    rule: l.rule.clone(),
+                    cause: cause.into(),
+                };
+                ConstCounter::new(v).encode(e.encode_family(&labels)?)?;
+            }
+        }
+        let mut e = encoder.encode_descriptor(
+            "link_queue_depth",
+            "Packets waiting in a rule's queue now",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (l, r) in &rows {
+            ConstGauge::new(r.queue_depth as i64).encode(e.encode_family(l)?)?;
+        }
+        Ok(())
+    }
 }
 
 impl RunMetrics {
@@ -110,7 +270,9 @@ impl RunMetrics {
             assertion_passed: Family::default(),
             nodes_up: Gauge::default(),
             workload_restarts: Family::default(),
+            link_stats: LinkStats::default(),
         };
+        registry.register_collector(Box::new(m.link_stats.clone()));
         registry.register(
             "actions_applied",
             "Timeline actions applied, by verb",
@@ -153,6 +315,13 @@ impl RunMetrics {
             m.workload_restarts.clone(),
         );
         (m, registry)
+    }
+
+    /// Lets scrapes read the link emulator's counters through `source` (until cleared).
+    pub fn set_link_stats(&self, source: Option<StatsSource>) {
+        if let Ok(mut g) = self.link_stats.0.lock() {
+            *g = source;
+        }
     }
 
     /// Records an action that was applied (`ok`) or failed, and how late it started.

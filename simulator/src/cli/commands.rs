@@ -49,9 +49,9 @@ pub fn load_plan(
     file: &Path,
     profiles: &ProfileSet,
     caps: &Capabilities,
-    seed: Option<u64>,
+    ov: &Overrides,
 ) -> Result<Option<Plan>> {
-    match scenario::load(file, profiles, caps, &Overrides { seed }) {
+    match scenario::load(file, profiles, caps, ov) {
         Ok(p) => Ok(Some(p)),
         Err(LoadError::Invalid(d)) => {
             let n = d.items.len();
@@ -75,7 +75,15 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
     let caps = capabilities(target);
     let mut code = EXIT_PASS;
     for f in files {
-        match load_plan(f, &profiles, &caps, Some(0))? {
+        match load_plan(
+            f,
+            &profiles,
+            &caps,
+            &Overrides {
+                seed: Some(0),
+                impairment: None,
+            },
+        )? {
             Some(p) => println!(
                 "{}: ok ({} sites, {} nodes, {} workloads, {} timeline actions, {} probes, {} assertions)",
                 f.display(),
@@ -94,9 +102,18 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
 
 fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Result<u8> {
     let profiles = load_profiles(dirs)?;
-    // A plan shows what would happen on any machine: no kernel checks.
-    let caps = Capabilities::all("netns");
-    let Some(p) = load_plan(file, &profiles, &caps, seed)? else {
+    // What would happen on this machine (which mechanism carries impairments depends on it).
+    let caps = capabilities(TargetArg::Netns);
+    let Some(p) = load_plan(
+        file,
+        &profiles,
+        &caps,
+        &Overrides {
+            seed,
+            impairment: None,
+        },
+    )?
+    else {
         return Ok(EXIT_INVALID);
     };
     let host = p.scaled_host(&HostCpu::detect());
@@ -112,11 +129,15 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
     }
     writeln!(
         out,
-        "seed {} ({:?}), duration {}, address pool {}",
+        "seed {} ({:?}), duration {}, address pool {}, link impairments by {}",
         p.seed,
         p.seed_source,
         edgesim::units::Dur(p.duration),
-        p.pool
+        p.pool,
+        match p.mechanism {
+            edgesim::scenario::plan::Mechanism::Kernel => "the kernel (tc, nftables)",
+            edgesim::scenario::plan::Mechanism::Userspace => "the userspace emulator (linkem)",
+        }
     )?;
     writeln!(out, "\nsites:")?;
     for s in &p.sites {

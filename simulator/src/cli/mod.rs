@@ -77,6 +77,15 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
+    /// What carries link impairments (overrides the scenario's `impairment`).
+    #[arg(long, value_enum)]
+    pub impairment: Option<edgesim::scenario::model::ImpairmentMode>,
+    /// Userspace emulator: write a pcap per site and direction into the output folder.
+    #[arg(long)]
+    pub capture: bool,
+    /// Userspace emulator: write every per-packet decision (JSON lines) into the output folder.
+    #[arg(long)]
+    pub decision_log: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +112,8 @@ pub enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t)]
         target: TargetArg,
+        #[arg(long, value_enum)]
+        impairment: Option<edgesim::scenario::model::ImpairmentMode>,
         #[arg(long)]
         seed: Option<u64>,
         #[arg(long, value_name = "DIR")]
@@ -153,6 +164,8 @@ pub enum Command {
         file: PathBuf,
         #[arg(long)]
         run_id: String,
+        #[arg(long, value_enum)]
+        impairment: Option<edgesim::scenario::model::ImpairmentMode>,
         #[arg(long)]
         seed: Option<u64>,
         #[arg(long)]

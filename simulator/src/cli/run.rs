@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use edgesim::engine::state::{self, Mode, RunState};
 use edgesim::engine::{self, Progress, ProgressFn, RunOptions, StopLevel, StopSignal};
 use edgesim::report::{self, Report};
-use edgesim::scenario::Plan;
+use edgesim::scenario::model::ImpairmentMode;
+use edgesim::scenario::{Overrides, Plan};
 
 use super::commands::{capabilities, load_plan, load_profiles};
 use super::{
@@ -23,9 +24,10 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         Command::Up {
             file,
             target,
+            impairment,
             seed,
             out,
-        } => up(&file, target, seed, out, profile_dirs),
+        } => up(&file, target, impairment, seed, out, profile_dirs),
         Command::Down { name } => down(&name),
         Command::Exec {
             name,
@@ -38,10 +40,19 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         Command::LabDaemon {
             file,
             run_id,
+            impairment,
             seed,
             out,
             ready_fd,
-        } => lab_daemon(&file, &run_id, seed, out, ready_fd, profile_dirs),
+        } => lab_daemon(
+            &file,
+            &run_id,
+            impairment,
+            seed,
+            out,
+            ready_fd,
+            profile_dirs,
+        ),
         Command::Validate { .. }
         | Command::Plan { .. }
         | Command::Profiles { .. }
@@ -184,7 +195,11 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
     let mut plans = Vec::new();
     let mut invalid = false;
     for f in &args.files {
-        match load_plan(f, &profiles, &caps, args.seed)? {
+        let ov = Overrides {
+            seed: args.seed,
+            impairment: args.impairment,
+        };
+        match load_plan(f, &profiles, &caps, &ov)? {
             Some(p) => plans.push(p),
             None => invalid = true,
         }
@@ -247,6 +262,10 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
                 stop: stop.clone(),
                 ready: None,
                 grace: Duration::from_secs(3),
+                emulator: edgesim::target::netns::emulator::EmulatorOptions {
+                    capture_dir: args.capture.then(|| out_dir.join("capture")),
+                    decision_log_dir: args.decision_log.then(|| out_dir.join("decisions")),
+                },
             };
             let mut report = engine::run(Arc::new(plan), opts).await;
             if let Some(b) = bar {
@@ -273,13 +292,14 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
 fn up(
     file: &Path,
     target: TargetArg,
+    impairment: Option<ImpairmentMode>,
     seed: Option<u64>,
     out: Option<PathBuf>,
     profile_dirs: &[PathBuf],
 ) -> Result<u8> {
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(target);
-    let Some(plan) = load_plan(file, &profiles, &caps, seed)? else {
+    let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
         return Ok(EXIT_INVALID);
     };
     require_root("edgesim up")?;
@@ -312,6 +332,9 @@ fn up(
     }
     if let Some(s) = seed {
         cmd.args(["--seed", &s.to_string()]);
+    }
+    if let Some(v) = impairment.and_then(|m| clap::ValueEnum::to_possible_value(&m)) {
+        cmd.args(["--impairment", v.get_name()]);
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -369,6 +392,7 @@ fn up(
 fn lab_daemon(
     file: &Path,
     run_id: &str,
+    impairment: Option<ImpairmentMode>,
     seed: Option<u64>,
     out: Option<PathBuf>,
     ready_fd: Option<i32>,
@@ -392,7 +416,7 @@ fn lab_daemon(
     };
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(TargetArg::Netns);
-    let Some(plan) = load_plan(file, &profiles, &caps, seed)? else {
+    let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
         report_ready("err invalid scenario".into());
         return Ok(EXIT_INVALID);
     };
@@ -423,6 +447,7 @@ fn lab_daemon(
                 },
             )),
             grace: Duration::from_secs(3),
+            emulator: Default::default(),
         };
         let mut report = engine::run(Arc::new(plan), opts).await;
         write_reports(&mut report, &out_dir, None, None);

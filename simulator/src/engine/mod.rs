@@ -136,6 +136,8 @@ pub struct RunOptions {
     pub ready: Option<ReadyFn>,
     /// How long workloads get to exit after SIGTERM at the end.
     pub grace: Duration,
+    /// Captures and decision logs of the userspace link emulator.
+    pub emulator: crate::target::netns::emulator::EmulatorOptions,
 }
 
 struct Ctx {
@@ -191,10 +193,21 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
         return cx.report;
     }
 
+    for d in [&opts.emulator.capture_dir, &opts.emulator.decision_log_dir]
+        .into_iter()
+        .flatten()
+    {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            cx.report
+                .notes
+                .push(format!("cannot create {}: {e}", d.display()));
+        }
+    }
+
     // Provision.
     cx.begin("provision");
     let st = netns::initial_state(&plan, &opts.run_id, opts.mode, opts.out_dir.clone());
-    let lab = match NetnsLab::provision(plan.clone(), st).await {
+    let lab = match NetnsLab::provision(plan.clone(), st, &opts.emulator).await {
         Ok(l) => l,
         Err(pe) => {
             cx.end("provision", false);
@@ -215,12 +228,21 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
     if let Some(m) = &opts.metrics {
         m.set_nodes_up(plan.nodes.len());
     }
+    let userspace = lab.userspace();
+    cx.report.mechanism = if userspace {
+        "userspace (linkem)".into()
+    } else {
+        "kernel (tc, nftables)".into()
+    };
+    if let Some(m) = &opts.metrics {
+        m.set_link_stats(lab.emulator_stats_source());
+    }
     cx.report.links = plan
         .links
         .iter()
         .map(|l| {
-            let mut mech = netns::shaping::Shaper::mechanisms(&l.up);
-            for m in netns::shaping::Shaper::mechanisms(&l.down) {
+            let mut mech = netns::shaping::Shaper::mechanisms(&l.up, userspace);
+            for m in netns::shaping::Shaper::mechanisms(&l.down, userspace) {
                 if !mech.contains(&m) {
                     mech.push(m);
                 }
@@ -276,6 +298,10 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
         return cx.report;
     };
     cx.report.workloads = lab.supervisor.log.snapshot();
+    if let Some(m) = &opts.metrics {
+        m.set_link_stats(None);
+    }
+    cx.report.linkem = lab.emulator_stats();
     let t = Instant::now();
     let errors = lab.teardown(grace).await;
     cx.report.workloads = {

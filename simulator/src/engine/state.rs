@@ -127,12 +127,18 @@ pub fn live_by_name(name: &str) -> Vec<RunState> {
         .collect()
 }
 
-/// Start time of process `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+/// Start time of a running process `pid` in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`); `None` when there is no such process or it has exited and only awaits
+/// reaping (a zombie: its parent, often an init that reaps lazily, has not collected it yet).
 pub fn process_start(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past its last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// A fresh run id: 6 lowercase hex digits, not used by any state file or namespace.

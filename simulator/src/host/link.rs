@@ -108,6 +108,30 @@ pub async fn add_veth_into(
     index_of(h, name).await
 }
 
+/// Creates a veth pair with both ends in the handle's namespace, both up; `a` is enslaved to
+/// `master` when given. Returns the indices of `a` and `b`.
+pub async fn add_veth_pair(
+    h: &Handle,
+    a: &str,
+    b: &str,
+    master: Option<u32>,
+    mtu: u32,
+) -> Result<(u32, u32)> {
+    let mut msg = LinkVeth::new(a, b).mtu(mtu);
+    if let Some(m) = master {
+        msg = msg.controller(m);
+    }
+    h.link()
+        .add(msg.up().build())
+        .execute()
+        .await
+        .map_err(|e| HostError::netlink("creating veth", a, e))?;
+    let ia = index_of(h, a).await?;
+    let ib = index_of(h, b).await?;
+    set_up(h, ib, true, b).await?;
+    Ok((ia, ib))
+}
+
 /// Deletes interface `index`; an interface that is already gone counts as deleted.
 pub async fn delete(h: &Handle, index: u32, what: &str) -> Result<()> {
     match h.link().del(index).execute().await {

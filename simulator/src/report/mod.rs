@@ -261,6 +261,11 @@ pub struct Report {
     pub assertions: Vec<Verdict>,
     pub workloads: Vec<WorkloadEvent>,
     pub links: Vec<LinkReport>,
+    /// What carried the link impairments (`kernel (tc, nftables)`, `userspace (linkem)`).
+    pub mechanism: String,
+    /// The userspace link emulator's counters at the end of the run, per site relay.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub linkem: Vec<crate::linkem::RelayStats>,
     pub teardown: TeardownSummary,
     pub notes: Vec<String>,
     /// Where the reports of this run were written.
@@ -290,6 +295,8 @@ impl Report {
             assertions: Vec::new(),
             workloads: Vec::new(),
             links: Vec::new(),
+            mechanism: String::new(),
+            linkem: Vec::new(),
             teardown: TeardownSummary::default(),
             notes: Vec::new(),
             artifacts: Vec::new(),
@@ -475,6 +482,8 @@ pub(crate) mod tests {
                 detail: None,
             }],
             links: Vec::new(),
+            mechanism: "kernel (tc, nftables)".into(),
+            linkem: Vec::new(),
             teardown: TeardownSummary {
                 seconds: 0.05,
                 errors: Vec::new(),

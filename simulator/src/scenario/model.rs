@@ -55,6 +55,14 @@ pub struct Spec {
     /// (much slower than native; checks the arm64 build, not its speed).
     #[serde(default)]
     pub emulate_arch: bool,
+    /// What carries link impairments: `auto` (netem where the kernel has it, else the
+    /// userspace emulator), `kernel` or `userspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impairment: Option<Loc<ImpairmentMode>>,
+    /// Replayable impairments: forces the userspace emulator, whose every decision comes from
+    /// the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deterministic: Option<Loc<bool>>,
     /// Slow every node's CPU by this factor (0 < x ≤ 1), to fit a lab whose boards together
     /// have more CPU than this host: a Pi 5 with `cpuScale: 0.25` gets a quarter of a Pi 5.
     /// Nodes keep their ratios to each other, so compare them with each other; scale
@@ -80,6 +88,21 @@ pub struct Spec {
     pub probes: Vec<ProbeSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assertions: Vec<AssertionSpec>,
+}
+
+/// What carries link impairments.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImpairmentMode {
+    /// netem where the kernel has it, the userspace emulator elsewhere.
+    #[default]
+    Auto,
+    /// tc netem/htb and nftables.
+    Kernel,
+    /// The userspace link emulator (linkem).
+    Userspace,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]

@@ -18,6 +18,16 @@ use super::expect::{Bound, Expectation, Window};
 use super::model::{Aggregate, Distribution, DownMode, Impairment, MetricsFormat, RestartPolicy};
 use crate::profile::ProfileSpec;
 
+/// What carries link impairments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// tc (htb, netem) and nftables in the kernel.
+    Kernel,
+    /// The userspace link emulator (linkem), seeded; partitions stay in nftables.
+    Userspace,
+}
+
 /// How the seed of a run was chosen (reported, so a drawn seed can be replayed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -41,6 +51,8 @@ pub struct Plan {
     pub mtu: u32,
     /// Factor applied to every node's CPU (`spec.cpuScale`, default 1).
     pub cpu_scale: f64,
+    /// What carries link impairments.
+    pub mechanism: Mechanism,
     pub sites: Vec<Site>,
     pub links: Vec<Link>,
     pub nodes: Vec<Node>,
@@ -557,6 +569,23 @@ impl Plan {
             hops.iter()
                 .fold(LinkParams::default(), |acc, h| acc.then(h)),
         )
+    }
+
+    /// Whether any link is ever impaired (baseline or timeline): runs without impairments need
+    /// no emulator.
+    pub fn has_impairments(&self) -> bool {
+        self.links
+            .iter()
+            .any(|l| !l.up.is_clear() || !l.down.is_clear())
+            || self
+                .actions
+                .iter()
+                .any(|a| matches!(a.kind, ActionKind::Impair { .. }))
+    }
+
+    /// Whether the userspace link emulator runs.
+    pub fn uses_emulator(&self) -> bool {
+        self.mechanism == Mechanism::Userspace && self.has_impairments()
     }
 
     /// Every link's baseline parameters, as `(up, down)` pairs in link order.

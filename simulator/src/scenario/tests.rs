@@ -147,11 +147,12 @@ fn one_way_partitions_block_one_direction() {
 fn delay_is_refused_where_the_target_cannot_do_it() {
     let caps = Capabilities {
         target: "netns".into(),
-        delay: false,
-        delay_hint: "no netem here".into(),
+        netem: false,
+        userspace: true,
+        netem_hint: "no netem here".into(),
     };
     let e = plan_with(
-        &format!("{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, delay: 30ms}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n"),
+        &format!("{HEAD}  impairment: kernel\n  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, delay: 30ms}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n"),
         &caps,
     )
     .expect_err("delay without netem");
@@ -159,8 +160,16 @@ fn delay_is_refused_where_the_target_cannot_do_it() {
         e.contains("link delay cannot be emulated by the `netns` target"),
         "{e}"
     );
-    assert!(e.contains("t.yaml:9:41"), "points at the delay: {e}");
+    assert!(e.contains("t.yaml:10:41"), "points at the delay: {e}");
     assert!(e.contains("no netem here"), "{e}");
+    // `auto` (the default) takes the userspace emulator instead.
+    let p = plan_with(
+        &format!("{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, delay: 30ms}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n"),
+        &caps,
+    )
+    .expect("auto falls back to the emulator");
+    assert_eq!(p.mechanism, super::plan::Mechanism::Userspace);
+    assert!(p.uses_emulator());
 }
 
 #[test]

@@ -20,20 +20,23 @@ use super::diag::{Diagnostic, Diagnostics, did_you_mean, unknown_hint};
 use super::expect::{Bound, parse_bound, parse_expectation, parse_window};
 use super::loc::{Loc, Pos};
 use super::model::{self, Direction, DownMode, EventSpec, LinkSpec, Scenario};
-use super::plan::{self, Action, ActionKind, Block, LinkParams, Plan, SeedSource};
+use super::plan::{self, Action, ActionKind, Block, LinkParams, Mechanism, Plan, SeedSource};
 use crate::profile::{ProfileSet, ProfileSpec};
-use crate::workload::apps;
 use crate::units::Dur;
+use crate::workload::apps;
 
 /// What the selected target can do on this machine, as far as validation is concerned.
 #[derive(Debug, Clone)]
 pub struct Capabilities {
     /// Target name, for messages (`netns`, `docker`, …).
     pub target: String,
-    /// Whether link delay and jitter can be emulated.
-    pub delay: bool,
-    /// Why not, when `delay` is false (shown as the hint).
-    pub delay_hint: String,
+    /// Whether the kernel offers netem (delay, jitter, burst loss, duplication, corruption,
+    /// reordering in the kernel).
+    pub netem: bool,
+    /// Whether the userspace link emulator can run here.
+    pub userspace: bool,
+    /// Why the kernel mechanism cannot do those impairments (shown as a hint).
+    pub netem_hint: String,
 }
 
 impl Capabilities {
@@ -41,8 +44,9 @@ impl Capabilities {
     pub fn all(target: &str) -> Self {
         Capabilities {
             target: target.into(),
-            delay: true,
-            delay_hint: String::new(),
+            netem: true,
+            userspace: true,
+            netem_hint: String::new(),
         }
     }
 }
@@ -51,6 +55,8 @@ impl Capabilities {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub seed: Option<u64>,
+    /// `--impairment`: which mechanism carries link impairments.
+    pub impairment: Option<model::ImpairmentMode>,
 }
 
 /// Derives an independent, stable random stream for one consumer from the run's seed and a
@@ -155,6 +161,7 @@ pub fn build(
 ) -> Result<Plan, Diagnostics> {
     let mut v = Validator {
         sc,
+        mechanism: Mechanism::Kernel,
         file,
         profiles,
         caps,
@@ -178,6 +185,7 @@ pub fn build(
 
 struct Validator<'a> {
     sc: &'a Scenario,
+    mechanism: Mechanism,
     file: &'a Path,
     profiles: &'a ProfileSet,
     caps: &'a Capabilities,
@@ -263,6 +271,7 @@ impl<'a> Validator<'a> {
             (None, Some(s)) => (s, SeedSource::Scenario),
             (None, None) => (rand::rng().random::<u64>() >> 12, SeedSource::Drawn),
         };
+        self.mechanism = self.mechanism(ov);
         let duration = spec.duration.0;
         if duration.is_zero() {
             self.err(spec.duration.pos, "duration must be greater than zero");
@@ -297,6 +306,7 @@ impl<'a> Validator<'a> {
             duration,
             pool: pool.0,
             mtu,
+            mechanism: self.mechanism,
             cpu_scale: match &spec.cpu_scale {
                 None => 1.0,
                 Some(x) if x.value > 0.0 && x.value <= 1.0 => x.value,
@@ -318,6 +328,42 @@ impl<'a> Validator<'a> {
         p.probes = self.probes(&p);
         p.assertions = self.assertions(&p);
         p
+    }
+
+    /// Which mechanism carries the link impairments: the userspace emulator when asked for
+    /// (or for a deterministic run), netem when asked for, else netem where the kernel has
+    /// it and the emulator elsewhere.
+    fn mechanism(&mut self, ov: &Overrides) -> Mechanism {
+        use model::ImpairmentMode as M;
+        let spec = &self.sc.spec;
+        let from_file = spec.impairment.as_ref();
+        let requested = ov
+            .impairment
+            .or(from_file.map(|m| m.value))
+            .unwrap_or_default();
+        let pos = from_file.map_or(Pos::UNKNOWN, |m| m.pos);
+        let deterministic = spec.deterministic.as_ref().filter(|d| d.value);
+        let m = match (requested, deterministic) {
+            (M::Kernel, Some(d)) => {
+                self.err(d.pos, "a deterministic run needs the userspace link emulator, but `impairment: kernel` was asked for")
+                    .hint = Some("netem draws from the kernel's random generator and cannot replay a run; drop `impairment: kernel`".into());
+                Mechanism::Kernel
+            }
+            (_, Some(_)) | (M::Userspace, None) => Mechanism::Userspace,
+            (M::Kernel, None) => Mechanism::Kernel,
+            (M::Auto, None) if self.caps.netem || !self.caps.userspace => Mechanism::Kernel,
+            (M::Auto, None) => Mechanism::Userspace,
+        };
+        if m == Mechanism::Userspace && !self.caps.userspace {
+            self.err(
+                pos,
+                format!(
+                    "the `{}` target cannot run the userspace link emulator",
+                    self.caps.target
+                ),
+            );
+        }
+        m
     }
 
     fn sites(&mut self) -> Vec<String> {
@@ -805,11 +851,21 @@ impl<'a> Validator<'a> {
                     }
                 },
                 _ => {
-                    self.err(w.name.pos, format!("workload `{}` needs exactly one of `command` or `app`", w.name.value))
-                        .hint = Some(format!(
-                            "apps: {}",
-                            apps::APPS.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
-                        ));
+                    self.err(
+                        w.name.pos,
+                        format!(
+                            "workload `{}` needs exactly one of `command` or `app`",
+                            w.name.value
+                        ),
+                    )
+                    .hint = Some(format!(
+                        "apps: {}",
+                        apps::APPS
+                            .iter()
+                            .map(|a| a.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
                     None
                 }
             };
@@ -817,20 +873,29 @@ impl<'a> Validator<'a> {
             let argv = match (&w.command, &w.app, app) {
                 (Some(c), _, _) => {
                     if !w.args.is_empty() {
-                        self.err(c.pos, "`args` goes with `app`; put a command's arguments in `command`");
+                        self.err(
+                            c.pos,
+                            "`args` goes with `app`; put a command's arguments in `command`",
+                        );
                     }
                     let argv = match &c.value {
                         model::CommandLine::Line(l) => match shlex::split(l) {
                             Some(v) => v,
                             None => {
-                                self.err(c.pos, "the command line has an unterminated quote or escape");
+                                self.err(
+                                    c.pos,
+                                    "the command line has an unterminated quote or escape",
+                                );
                                 vec![]
                             }
                         },
                         model::CommandLine::Args(a) => a.clone(),
                     };
                     if argv.is_empty() || argv[0].is_empty() {
-                        self.err(c.pos, format!("workload `{}` has an empty command", w.name.value));
+                        self.err(
+                            c.pos,
+                            format!("workload `{}` has an empty command", w.name.value),
+                        );
                     }
                     argv
                 }
@@ -850,9 +915,13 @@ impl<'a> Validator<'a> {
                         }
                     }
                     let native_needed = !sc.spec.emulate_arch
-                        || nodes.iter().any(|&n| self.nodes[n].profile.arch != crate::profile::Arch::Arm64);
+                        || nodes
+                            .iter()
+                            .any(|&n| self.nodes[n].profile.arch != crate::profile::Arch::Arm64);
                     match apps::native_binary(app.name) {
-                        Ok(p) => std::iter::once(p.display().to_string()).chain(w.args.iter().cloned()).collect(),
+                        Ok(p) => std::iter::once(p.display().to_string())
+                            .chain(w.args.iter().cloned())
+                            .collect(),
                         Err(e) if native_needed => {
                             self.err(a.pos, format!("app `{}`: {e}", app.name));
                             vec![]
@@ -880,16 +949,29 @@ impl<'a> Validator<'a> {
                 Some(m) => {
                     let mport = m.port.as_ref().map(|p| p.value).or(port);
                     if mport.is_none_or(|p| p == 0) {
-                        self.err(w.name.pos, format!("workload `{}`: give `metrics.port` (or the workload's `port`)", w.name.value));
+                        self.err(
+                            w.name.pos,
+                            format!(
+                                "workload `{}`: give `metrics.port` (or the workload's `port`)",
+                                w.name.value
+                            ),
+                        );
                     }
                     let path = m.path.clone().unwrap_or_else(|| match m.format {
                         model::MetricsFormat::Prometheus => "/metrics".into(),
                         model::MetricsFormat::Json => "/status".into(),
                     });
                     if !path.starts_with('/') {
-                        self.err(w.name.pos, format!("metrics path `{path}` must start with `/`"));
+                        self.err(
+                            w.name.pos,
+                            format!("metrics path `{path}` must start with `/`"),
+                        );
                     }
-                    Some(plan::MetricsEndpoint { port: mport.unwrap_or(0), path, format: m.format })
+                    Some(plan::MetricsEndpoint {
+                        port: mport.unwrap_or(0),
+                        path,
+                        format: m.format,
+                    })
                 }
                 // Every app serves Prometheus text on its port.
                 None => app.map(|a| plan::MetricsEndpoint {
@@ -915,11 +997,7 @@ impl<'a> Validator<'a> {
                     .as_ref()
                     .map_or(Duration::from_secs(1), |d| d.0),
                 metrics,
-                ready_port: w
-                    .ready_port
-                    .as_ref()
-                    .map(|p| p.value)
-                    .or(app.and(port)),
+                ready_port: w.ready_port.as_ref().map(|p| p.value).or(app.and(port)),
                 ready_timeout: w
                     .ready_timeout
                     .as_ref()
@@ -932,8 +1010,8 @@ impl<'a> Validator<'a> {
 
     /// Impairments the target cannot do on this kernel are errors, pointed at where they are
     /// written.
-    fn capabilities(&mut self, _p: &Plan) {
-        if self.caps.delay {
+    fn capabilities(&mut self, p: &Plan) {
+        if self.caps.netem || p.mechanism == Mechanism::Userspace {
             return;
         }
         // Fields that need netem (or the userspace emulator); rate, loss and cuts work
@@ -977,7 +1055,7 @@ impl<'a> Validator<'a> {
             .map(|(name, pos)| (pos, name))
             .collect();
         for (pos, what) in spots {
-            let hint = self.caps.delay_hint.clone();
+            let hint = self.caps.netem_hint.clone();
             self.err(
                 pos,
                 format!(
@@ -1931,8 +2009,11 @@ impl<'a> Validator<'a> {
                 None
             }
             Ok(rows) => {
-                if !self.caps.delay && rows.iter().any(|r| r.params.needs_delay()) {
-                    let hint = self.caps.delay_hint.clone();
+                if !self.caps.netem
+                    && self.mechanism == Mechanism::Kernel
+                    && rows.iter().any(|r| r.params.needs_netem())
+                {
+                    let hint = self.caps.netem_hint.clone();
                     self.err(tr.file.pos, format!("trace {} sets delays, which the `{}` target cannot emulate on this machine", tr.file.value, self.caps.target))
                         .hint = Some(hint);
                 }

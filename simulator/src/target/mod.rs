@@ -60,10 +60,10 @@ pub fn netns_capabilities() -> Capabilities {
     let netem = kernel_has_netem();
     Capabilities {
         target: "netns".into(),
-        delay: netem,
-        delay_hint: "this kernel has no sch_netem (tc netem), which the netns target uses for delay and jitter; \
-                     remove delay/jitter from the scenario to run it here, or run on a kernel with netem \
-                     (`edgesim doctor` shows what this machine offers)"
+        netem,
+        userspace: true,
+        netem_hint: "this kernel has no sch_netem (tc netem); `impairment: auto` or `userspace` runs the same \
+                     impairments in the userspace link emulator instead (`edgesim doctor` shows what this machine offers)"
             .into(),
     }
 }

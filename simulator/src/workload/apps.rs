@@ -26,12 +26,36 @@ pub struct App {
 
 /// The apps of `images/`.
 pub const APPS: [App; 6] = [
-    App { name: "iot-collector", port: 8080, summary: "simulated sensors → durable queue → sink" },
-    App { name: "cloud-sink", port: 8080, summary: "ingest, de-duplication, missing-reading accounting" },
-    App { name: "edge-web", port: 8080, summary: "HTTP service with a CPU cost per request" },
-    App { name: "edge-cache", port: 8080, summary: "read-through cache serving bounded-stale data" },
-    App { name: "inference", port: 8080, summary: "CNN forward pass on the CPU with deadlines" },
-    App { name: "offline-first", port: 8080, summary: "local-first key-value store with CRDT sync" },
+    App {
+        name: "iot-collector",
+        port: 8080,
+        summary: "simulated sensors → durable queue → sink",
+    },
+    App {
+        name: "cloud-sink",
+        port: 8080,
+        summary: "ingest, de-duplication, missing-reading accounting",
+    },
+    App {
+        name: "edge-web",
+        port: 8080,
+        summary: "HTTP service with a CPU cost per request",
+    },
+    App {
+        name: "edge-cache",
+        port: 8080,
+        summary: "read-through cache serving bounded-stale data",
+    },
+    App {
+        name: "inference",
+        port: 8080,
+        summary: "CNN forward pass on the CPU with deadlines",
+    },
+    App {
+        name: "offline-first",
+        port: 8080,
+        summary: "local-first key-value store with CRDT sync",
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static App> {
@@ -40,12 +64,18 @@ pub fn find(name: &str) -> Option<&'static App> {
 
 fn env_dirs(var: &str) -> Vec<PathBuf> {
     std::env::var_os(var)
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn exe_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 fn first_file(dirs: &[PathBuf], name: &str) -> Option<PathBuf> {
@@ -64,8 +94,19 @@ pub fn native_binary(name: &str) -> Result<PathBuf, String> {
     }
     Err(format!(
         "the `{name}` binary was not found (looked in {}{} and on PATH); build it with `cargo build -p {name}` (or `cargo build --workspace`), or point EDGESIM_APPS at a folder holding it",
-        if dirs.is_empty() { String::new() } else { dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ") },
-        if std::env::var_os("EDGESIM_APPS").is_some() { "" } else { " (EDGESIM_APPS unset)" }
+        if dirs.is_empty() {
+            String::new()
+        } else {
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        if std::env::var_os("EDGESIM_APPS").is_some() {
+            ""
+        } else {
+            " (EDGESIM_APPS unset)"
+        }
     ))
 }
 

@@ -85,7 +85,10 @@ impl Fabric {
     ///
     /// Assumes: the namespaces in `names` exist and are empty. Guarantees: on error, what
     /// was built lives inside those namespaces, so deleting them undoes everything.
-    pub async fn build(plan: &Plan, names: Names) -> Result<Fabric> {
+    ///
+    /// `userspace`: put each site's gateway behind a pair of interfaces (`q<i>`, `g<i>`) for
+    /// the userspace link emulator to relay between, instead of on the bridge.
+    pub async fn build(plan: &Plan, names: Names, userspace: bool) -> Result<Fabric> {
         let fabric_fd = ns::open(&names.fabric)?;
         let node_fds: Vec<OwnedFd> = names
             .nodes
@@ -104,20 +107,37 @@ impl Fabric {
         link::loopback_up(&fabric_nl, &names.fabric).await?;
         link::sysctl_in(&fabric_fd, &names.fabric, "net.ipv4.ip_forward", "1")?;
 
-        // A bridge per site, holding the site's gateway address.
+        // A bridge per site. With kernel shaping it holds the site's gateway address; with the
+        // userspace emulator the gateway sits behind the emulator instead:
+        //   bridge s<i> — p<i> ⇄ q<i> [linkem] g<i> ⇄ w<i> (gateway address, routing)
         let mut bridges = Vec::with_capacity(plan.sites.len());
         for (i, s) in plan.sites.iter().enumerate() {
             let name = format!("s{i}");
+            let what = format!("bridge {name} (site {})", s.name);
             // txqueuelen matters once a qdisc is attached: htb's default leaf uses it.
             let idx = link::add_bridge(&fabric_nl, &name, plan.mtu, 1000).await?;
-            link::add_addr(
-                &fabric_nl,
-                idx,
-                s.gateway,
-                s.subnet.prefix_len(),
-                &format!("bridge {name} (site {})", s.name),
-            )
-            .await?;
+            let gw_dev = if userspace {
+                link::add_veth_pair(
+                    &fabric_nl,
+                    &format!("p{i}"),
+                    &format!("q{i}"),
+                    Some(idx),
+                    plan.mtu,
+                )
+                .await?;
+                let (_, w) = link::add_veth_pair(
+                    &fabric_nl,
+                    &format!("g{i}"),
+                    &format!("w{i}"),
+                    None,
+                    plan.mtu,
+                )
+                .await?;
+                w
+            } else {
+                idx
+            };
+            link::add_addr(&fabric_nl, gw_dev, s.gateway, s.subnet.prefix_len(), &what).await?;
             bridges.push(idx);
         }
 

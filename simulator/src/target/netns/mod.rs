@@ -7,6 +7,7 @@
 //! past errors and treating "already gone" as success. [`cleanup_state`] does the same from
 //! a state file alone, for runs that died without tearing down.
 
+pub mod emulator;
 pub mod exec;
 pub mod fabric;
 pub mod shaping;
@@ -26,6 +27,7 @@ use crate::scenario::model::DownMode;
 use crate::scenario::plan::{ActionKind, Block, LinkParams};
 use crate::workload::{InstanceSpec, Launch, LaunchSpec, Supervisor};
 
+use self::emulator::{Emulator, EmulatorOptions};
 use self::exec::NodeExec;
 use self::fabric::{Fabric, Names};
 use self::shaping::Shaper;
@@ -46,6 +48,7 @@ pub struct NetnsLab {
     pub state: RunState,
     pub fabric: Fabric,
     shaper: Shaper,
+    emulator: Option<Emulator>,
     cgroups: Cgroups,
     node_cgroups: Vec<NodeCgroup>,
     node_limits: Vec<NodeLimits>,
@@ -126,6 +129,7 @@ impl NetnsLab {
     pub async fn provision(
         plan: Arc<Plan>,
         state: RunState,
+        emu: &EmulatorOptions,
     ) -> std::result::Result<NetnsLab, Box<ProvisionError>> {
         let mut journal = Vec::new();
         let mut cgroups_slot = None;
@@ -159,7 +163,8 @@ impl NetnsLab {
         journal.push(Created::Namespaces(names.all()));
 
         // 3. The fabric: bridges, veth pairs, addresses, routes.
-        let fabric = match Fabric::build(&plan, names.clone()).await {
+        let userspace = plan.uses_emulator();
+        let fabric = match Fabric::build(&plan, names.clone(), userspace).await {
             Ok(f) => f,
             Err(e) => fail!(e),
         };
@@ -196,7 +201,7 @@ impl NetnsLab {
 
         // 6. Baseline WAN shaping and firewall in the fabric namespace.
         let links = plan.baseline_links();
-        let mut shaper = match Shaper::new(&plan, &fabric) {
+        let mut shaper = match Shaper::new(&plan, &fabric, userspace) {
             Ok(s) => s,
             Err(e) => fail!(e),
         };
@@ -207,7 +212,17 @@ impl NetnsLab {
             fail!(e);
         }
 
-        // 7. What processes need to start inside nodes.
+        // 7. The userspace link emulator, when it carries the impairments.
+        let emulator = if userspace {
+            match Emulator::start(&plan, &fabric, &links, emu) {
+                Ok(e) => Some(e),
+                Err(e) => fail!(e),
+            }
+        } else {
+            None
+        };
+
+        // 8. What processes need to start inside nodes.
         let mut execs = Vec::with_capacity(plan.nodes.len());
         for (i, cg) in node_cgroups.iter().enumerate() {
             let fd = match fabric.node_fds[i].try_clone() {
@@ -240,6 +255,7 @@ impl NetnsLab {
             state,
             fabric,
             shaper,
+            emulator,
             cgroups,
             node_cgroups,
             node_limits,
@@ -406,6 +422,7 @@ impl NetnsLab {
     /// for the change (e.g. starting `nft`).
     pub fn prepare(&mut self, action: &ActionKind) -> Option<shaping::Prepared> {
         match action {
+            ActionKind::Impair { .. } if self.emulator.is_some() => None,
             ActionKind::Partition { .. } | ActionKind::Heal { .. } | ActionKind::Impair { .. } => {
                 self.shaper.prepare().ok()
             }
@@ -422,17 +439,17 @@ impl NetnsLab {
         match action {
             ActionKind::Partition { name, blocks } => {
                 self.partitions.insert(name.clone(), blocks.clone());
-                self.reshape(None, prepared).await
+                self.reshape(false, prepared).await
             }
             ActionKind::Heal { names } => {
                 for n in names {
                     self.partitions.remove(n);
                 }
-                self.reshape(None, prepared).await
+                self.reshape(false, prepared).await
             }
             ActionKind::Impair { link, up, down } => {
                 self.links[*link] = (*up, *down);
-                self.reshape(Some(*link), prepared).await
+                self.reshape(true, prepared).await
             }
             ActionKind::NodeDown { nodes, mode } => {
                 for &n in nodes {
@@ -502,11 +519,16 @@ impl NetnsLab {
         }
     }
 
+    /// Makes firewall, qdiscs and emulator match the current links and partitions. The
+    /// emulator goes first when a link changed: its rules take effect with the next packet.
     async fn reshape(
         &mut self,
-        changed_link: Option<usize>,
+        link_changed: bool,
         prepared: Option<shaping::Prepared>,
     ) -> Result<()> {
+        if link_changed && let Some(e) = &mut self.emulator {
+            e.update(&self.plan, &self.links)?;
+        }
         self.shaper
             .apply(
                 &self.plan,
@@ -516,9 +538,28 @@ impl NetnsLab {
                 prepared,
             )
             .await
-            .map(|_| {
-                let _ = changed_link;
-            })
+    }
+
+    /// Statistics of the userspace link emulator, if it runs.
+    pub fn emulator_stats(&self) -> Vec<crate::linkem::RelayStats> {
+        self.emulator
+            .as_ref()
+            .map(|e| e.stats())
+            .unwrap_or_default()
+    }
+
+    /// A function reading the emulator's statistics from any thread (for live metrics).
+    pub fn emulator_stats_source(
+        &self,
+    ) -> Option<Box<dyn Fn() -> Vec<crate::linkem::RelayStats> + Send + Sync>> {
+        self.emulator
+            .as_ref()
+            .map(|e| Box::new(e.stats_source()) as Box<_>)
+    }
+
+    /// Whether the userspace emulator carries the link impairments.
+    pub fn userspace(&self) -> bool {
+        self.emulator.is_some()
     }
 
     /// Limits node `n`'s cgroup holds now (read back from the kernel).
@@ -569,6 +610,9 @@ impl NetnsLab {
             }
         }
         self.supervisor.stop_all(grace).await;
+        if let Some(e) = self.emulator.take() {
+            errors.extend(e.stop().1);
+        }
         drop(std::mem::take(&mut self.sockets));
         drop(std::mem::take(&mut self.execs));
         let NetnsLab {
@@ -596,15 +640,7 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
                     errors.push(e.to_string());
                 }
             }
-            Created::HostsDirs(dirs) => {
-                for d in dirs {
-                    if let Err(e) = std::fs::remove_dir_all(d)
-                        && e.kind() != std::io::ErrorKind::NotFound
-                    {
-                        errors.push(format!("removing {}: {e}", d.display()));
-                    }
-                }
-            }
+            Created::HostsDirs(dirs) => errors.extend(remove_dirs(dirs)),
             Created::Namespaces(names) => {
                 // Nodes first, fabric last (the reverse of creation).
                 for n in names.iter().rev() {
@@ -624,6 +660,38 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
         }
     }
     errors
+}
+
+/// Removes directories concurrently (on a journalling filesystem each removal waits for the
+/// journal; 200 in a row take half a second on a busy disk). Missing ones count as removed.
+fn remove_dirs(dirs: &[PathBuf]) -> Vec<String> {
+    const THREADS: usize = 8;
+    let chunk = dirs.len().div_ceil(THREADS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .filter_map(|d| match std::fs::remove_dir_all(d) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                Some(format!("removing {}: {e}", d.display()))
+                            }
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec!["removing hosts directories: a thread panicked".into()]
+                })
+            })
+            .collect()
+    })
 }
 
 /// Removes everything a run described by `state` may have created, whether or not it did.

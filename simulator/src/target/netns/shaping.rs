@@ -100,6 +100,7 @@ pub struct Shaper {
     /// Ruleset in force.
     ruleset: Ruleset,
     seed: u64,
+    userspace: bool,
 }
 
 fn class_of(src: usize) -> ClassId {
@@ -111,7 +112,9 @@ fn net(n: Ipv4Net) -> IpNet {
 }
 
 impl Shaper {
-    pub fn new(plan: &Plan, fabric: &Fabric) -> Result<Self> {
+    /// `userspace`: the link emulator carries every link impairment; the shaper then keeps
+    /// only partitions and unreachable paths in the firewall and installs no qdiscs.
+    pub fn new(plan: &Plan, fabric: &Fabric, userspace: bool) -> Result<Self> {
         let fd = fabric.fabric_fd.try_clone().map_err(|e| {
             HostError::io(
                 "duplicating the namespace handle of",
@@ -125,6 +128,7 @@ impl Shaper {
             roots: BTreeSet::new(),
             ruleset: Ruleset::default(),
             seed: plan.seed,
+            userspace,
         })
     }
 
@@ -154,6 +158,7 @@ impl Shaper {
         plan: &Plan,
         links: &[(LinkParams, LinkParams)],
         partitions: &BTreeMap<String, Vec<Block>>,
+        userspace: bool,
     ) -> Ruleset {
         let mut rs = Ruleset::default();
         for ((s, d), p) in Self::paths(plan, links) {
@@ -166,6 +171,8 @@ impl Shaper {
                     from,
                     to,
                 }),
+                // With the emulator, cuts and loss are its business.
+                Some(_) if userspace => {}
                 Some(p) if p.cut => rs.blocks.push(nft::Block {
                     name: format!("link-down {}->{}", plan.sites[s].name, plan.sites[d].name),
                     from,
@@ -210,7 +217,7 @@ impl Shaper {
         prepared: Option<Prepared>,
     ) -> Result<()> {
         // Firewall first: partitions are what the timeline's instants are about.
-        let rs = Self::ruleset(plan, links, partitions);
+        let rs = Self::ruleset(plan, links, partitions, self.userspace);
         if rs != self.ruleset || prepared.is_some() {
             match prepared {
                 Some(Prepared(p)) => p.commit(&rs)?,
@@ -222,7 +229,9 @@ impl Shaper {
         // Rates and delays on the destination bridges.
         let mut want: BTreeMap<(usize, usize), PathShape> = BTreeMap::new();
         for ((s, d), p) in Self::paths(plan, links) {
-            let Some(p) = p else { continue };
+            let Some(p) = p.filter(|_| !self.userspace) else {
+                continue;
+            };
             let seed = self.seed ^ (((s as u64) << 32) | d as u64);
             let netem = p.needs_netem().then(|| netem_of(&p, seed));
             if p.rate.is_some() || netem.is_some() {
@@ -300,7 +309,14 @@ impl Shaper {
     }
 
     /// Which mechanism carries each impairment of a link, for the report.
-    pub fn mechanisms(p: &LinkParams) -> Vec<String> {
+    pub fn mechanisms(p: &LinkParams, userspace: bool) -> Vec<String> {
+        if userspace {
+            return if p.is_clear() {
+                Vec::new()
+            } else {
+                vec!["linkem (userspace, seeded)".to_string()]
+            };
+        }
         let mut v = Vec::new();
         if p.rate.is_some() {
             v.push("rate: tc htb".to_string());
