@@ -843,6 +843,15 @@ impl Drop for CleanupOnDrop {
     }
 }
 
+/// Gives a lab's bridge ports time to start forwarding after they were set up. Both the lab
+/// (at the start of the timeline) and `node-up` are reported done a few milliseconds before
+/// their ports forward, so traffic sent at once is dropped — a product bug that
+/// `nodes::node_up_has_taken_effect_when_it_is_journalled` shows. Tests about other things
+/// wait this long first, so that bug does not make them flaky.
+pub fn settle() {
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 /// Asserts that a check made for a phase of the timeline finished before the phase ended,
 /// so that it really observed that phase.
 pub fn assert_within(phase: &str, since: Instant, limit: Duration) {

@@ -94,6 +94,7 @@ timeline:
     let watcher = peer(&st, "watcher");
     let peers: Vec<Peer> = NODES.iter().map(|n| peer(&st, n)).collect();
     let cgs: Vec<NodeCgroup> = NODES.iter().map(|n| NodeCgroup::of(&st, n)).collect();
+    settle();
 
     let before = look_all(&sc, &watcher, &peers, &cgs);
     assert_within("before node-down", t0, PHASE);
@@ -135,9 +136,7 @@ timeline:
     for _ in NODES {
         up = run.action("node-up", false);
     }
-    // The node's bridge port starts forwarding a few ms after node-up is journalled (see
-    // `node_up_has_taken_effect_when_it_is_journalled`); give it that time here.
-    std::thread::sleep(Duration::from_millis(100));
+    settle();
     let t = Instant::now();
     let after = look_all(&sc, &watcher, &peers, &cgs);
     assert_within("node-up", t, PHASE);
