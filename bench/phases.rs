@@ -120,7 +120,7 @@ async fn bringup_once(plan: &Plan, steps: &mut Steps) -> Result<()> {
     let res: Result<()> = async {
         created?;
         let t = Instant::now();
-        let fab = Fabric::build(plan, names.clone()).await?;
+        let fab = Fabric::build(plan, names.clone(), plan.uses_emulator()).await?;
         steps.add("up: fabric (bridges, veths, addrs, routes)", t.elapsed());
 
         let t = Instant::now();
@@ -139,7 +139,7 @@ async fn bringup_once(plan: &Plan, steps: &mut Steps) -> Result<()> {
         steps.add("up: cgroups (create + limits)", t.elapsed());
 
         let t = Instant::now();
-        let mut shaper = Shaper::new(plan, &fab)?;
+        let mut shaper = Shaper::new(plan, &fab, plan.uses_emulator())?;
         shaper
             .apply(plan, &fab, &plan.baseline_links(), &BTreeMap::new(), None)
             .await?;
@@ -333,7 +333,7 @@ fn actions(rounds: usize) -> Result<()> {
     let run_id = state::new_run_id();
     let out = tempfile::tempdir()?;
     let st = netns::initial_state(&plan, &run_id, Mode::Run, out.path().to_path_buf());
-    let mut lab = match rt.block_on(NetnsLab::provision(plan.clone(), st)) {
+    let mut lab = match rt.block_on(NetnsLab::provision(plan.clone(), st, &Default::default())) {
         Ok(l) => l,
         Err(pe) => {
             let errs = rt.block_on(pe.partial.teardown());
@@ -363,7 +363,12 @@ fn actions(rounds: usize) -> Result<()> {
 
         // nft CPU per process: prepared and dropped (start-up + exit) against committed.
         let fw = edgesim::host::nft::Firewall::new(&lab.fabric.names.fabric, "edgesim")?;
-        let rs = Shaper::ruleset(&plan, &plan.baseline_links(), &BTreeMap::new());
+        let rs = Shaper::ruleset(
+            &plan,
+            &plan.baseline_links(),
+            &BTreeMap::new(),
+            plan.uses_emulator(),
+        );
         let n = 40;
         let c0 = children_cpu();
         for _ in 0..n {

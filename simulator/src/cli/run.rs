@@ -603,7 +603,7 @@ fn doctor(output: Output) -> Result<u8> {
                 edgesim::target::Support::Emulated => "emulated",
                 edgesim::target::Support::Unavailable => "unavailable",
             };
-            println!("  {:<22} {:<12} {}", a.action, s, a.how);
+            println!("  {:<30} {:<12} {}", a.action, s, a.how);
         }
     }
     Ok(if r.targets.iter().any(|t| t.usable) {
@@ -611,6 +611,15 @@ fn doctor(output: Output) -> Result<u8> {
     } else {
         EXIT_INFRA
     })
+}
+
+/// Run ids of runs whose controlling process is alive, read afresh.
+fn live_runs() -> Vec<String> {
+    state::list()
+        .into_iter()
+        .filter(|s| s.controller_alive())
+        .map(|s| s.run_id)
+        .collect()
 }
 
 fn cleanup(all: bool) -> Result<u8> {
@@ -647,7 +656,9 @@ fn cleanup(all: bool) -> Result<u8> {
     // Orphans that no state file describes (e.g. a crash before the state file was written).
     for ns in edgesim::host::ns::list("edgesim-") {
         let dead = match state::run_of_namespace(&ns) {
-            Some(id) => !live_ids.iter().any(|l| l == id),
+            // Read the state files again: a run that started since we began is not an orphan
+            // (runs write their state file before creating anything).
+            Some(id) => !live_runs().iter().any(|l| l == id),
             // Scratch namespaces of tests and probes: `edgesim-<tag>-<pid>-<n>`.
             None => ns
                 .split('-')
@@ -667,7 +678,7 @@ fn cleanup(all: bool) -> Result<u8> {
     }
     if let Ok(cg) = edgesim::host::cgroup::Cgroups::detect() {
         for id in cg.children("edgesim").unwrap_or_default() {
-            if !live_ids.contains(&id) {
+            if !live_runs().contains(&id) {
                 match cg.remove_tree(&format!("edgesim/{id}")) {
                     Ok(()) => {
                         println!("removed cgroup edgesim/{id}");
@@ -682,7 +693,8 @@ fn cleanup(all: bool) -> Result<u8> {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with("edgesim-")
-                && state::run_of_namespace(&n).is_some_and(|id| !live_ids.iter().any(|l| l == id))
+                && state::run_of_namespace(&n)
+                    .is_some_and(|id| !live_runs().iter().any(|l| l == id))
             {
                 match std::fs::remove_dir_all(e.path()) {
                     Ok(()) => removed += 1,

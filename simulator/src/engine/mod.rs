@@ -297,7 +297,8 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
         cx.report.finish();
         return cx.report;
     };
-    cx.report.workloads = lab.supervisor.log.snapshot();
+    // The log outlives the lab: teardown's stops (and how workloads exited) are recorded too.
+    let workload_log = lab.supervisor.log.clone();
     if let Some(m) = &opts.metrics {
         m.set_link_stats(None);
     }
@@ -305,7 +306,7 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
     let t = Instant::now();
     let errors = lab.teardown(grace).await;
     cx.report.workloads = {
-        let mut w = cx.report.workloads.clone();
+        let mut w = workload_log.snapshot();
         w.sort_by(|a, b| a.t.total_cmp(&b.t));
         w
     };

@@ -50,6 +50,28 @@ pub async fn is_up(h: &Handle, index: u32) -> Result<bool> {
     }
 }
 
+/// Whether interface `index` is operationally up (carrier and, for a bridge port, forwarding).
+pub async fn is_oper_up(h: &Handle, index: u32) -> Result<bool> {
+    use netlink_packet_route::link::State;
+    let mut s = h.link().get().match_index(index).execute();
+    match s.try_next().await {
+        Ok(Some(m)) => Ok(m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))),
+        Ok(None) => Err(HostError::other(
+            "reading",
+            format!("interface {index}"),
+            "gone",
+        )),
+        Err(e) => Err(HostError::netlink(
+            "reading",
+            format!("interface {index}"),
+            e,
+        )),
+    }
+}
+
 /// Sets interface `index` up or down.
 pub async fn set_up(h: &Handle, index: u32, up: bool, what: &str) -> Result<()> {
     let b = LinkUnspec::new_with_index(index);

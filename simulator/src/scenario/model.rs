@@ -540,7 +540,9 @@ pub struct PartitionAction {
     pub isolate: Option<Loc<Vec<Loc<String>>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pick: Option<Loc<u32>>,
-    /// Drop only traffic from the first group to the others (replies still flow back).
+    /// Drop only traffic from the first group to the others; traffic from the others to the
+    /// first group still arrives (rules do not track connections, so a reply from the first
+    /// group is dropped too: a ping fails, a UDP stream flows one way).
     #[serde(default)]
     pub one_way: bool,
 }

@@ -240,64 +240,78 @@ pub async fn doctor() -> DoctorReport {
         },
     ));
 
-    let exact_or = |ok: bool, how: &str, missing: &str| ActionSupport {
-        action: String::new(),
-        support: if ok {
-            Support::Exact
+    let row = |action: &str, support: Support, how: &str| ActionSupport {
+        action: action.into(),
+        support,
+        how: how.into(),
+    };
+    let exact_or = |action: &str, ok: bool, how: &str, missing: &str| {
+        if ok {
+            row(action, Support::Exact, how)
         } else {
-            Support::Unavailable
-        },
-        how: if ok { how.into() } else { missing.into() },
+            row(action, Support::Unavailable, missing)
+        }
     };
-    let mut actions = Vec::new();
-    let mut add = |action: &str, mut s: ActionSupport| {
-        s.action = action.into();
-        actions.push(s);
+    // With `impairment: auto` link impairments go to netem where the kernel has it and to the
+    // userspace emulator (linkem) elsewhere; partitions always stay in nftables.
+    let emulated =
+        "linkem, the userspace emulator (seeded; `impairment: auto` picks it without netem)";
+    let link_row = |action: &str, kernel_ok: bool, kernel_how: &str| {
+        if kernel_ok {
+            row(action, Support::Exact, kernel_how)
+        } else {
+            row(action, Support::Emulated, emulated)
+        }
     };
-    add(
-        "partition / heal",
+    let actions = vec![
         exact_or(
+            "partition / heal",
             nft,
             "nftables drop rules in the fabric namespace (routed and bridged)",
             "needs nft",
         ),
-    );
-    add(
-        "loss",
-        exact_or(nft, "nftables `numgen random` drop rules", "needs nft"),
-    );
-    add(
-        "rate",
-        exact_or(
-            htb,
-            "tc htb classes on the destination site's bridge",
-            "needs sch_htb",
+        link_row(
+            "loss",
+            netem,
+            "nftables `numgen random` drop rules (netem when correlated)",
         ),
-    );
-    add(
-        "delay / jitter",
-        exact_or(netem, "tc netem under the htb class", "needs sch_netem"),
-    );
-    add(
-        "node-down / node-up",
+        link_row(
+            "rate",
+            netem && htb,
+            "tc htb classes on the destination site's bridge",
+        ),
+        link_row("delay / jitter", netem, "tc netem under the htb class"),
+        link_row("burst loss (Gilbert-Elliott)", netem, "tc netem"),
+        link_row("duplicate / corrupt / reorder", netem, "tc netem"),
+        link_row(
+            "flap / trace",
+            netem,
+            "the same mechanisms, changed on schedule",
+        ),
+        row(
+            "deterministic runs",
+            Support::Emulated,
+            "always linkem: every decision comes from the seed",
+        ),
         exact_or(
+            "node-down / node-up",
             root,
             "veth carrier down; workloads killed or frozen",
             "needs root",
         ),
-    );
-    add(
-        "kill / restart",
-        exact_or(true, "signals to the workload's process group", ""),
-    );
-    add(
-        "cpu / memory",
         exact_or(
+            "kill / restart",
+            true,
+            "signals to the workload's process group",
+            "",
+        ),
+        exact_or(
+            "cpu / memory",
             cg_ok,
             "cgroup limits changed live",
             "needs cgroup cpu and memory controllers",
         ),
-    );
+    ];
     let targets = vec![TargetReport {
         target: "netns".into(),
         usable: root && netns_ok && nft,

@@ -197,6 +197,26 @@ impl Fabric {
         )
         .await
     }
+
+    /// Waits until the fabric end of node `node`'s veth is operationally up, i.e. its bridge
+    /// port forwards. Setting a link up returns before that: the kernel applies the carrier
+    /// change from deferred work, up to a second later, and packets sent meanwhile are lost.
+    pub async fn wait_node_link(&self, node: usize, timeout: std::time::Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if link::is_oper_up(&self.fabric_nl, self.ports[node]).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(HostError::other(
+                    "waiting for the link of",
+                    self.names.nodes[node].clone(),
+                    format!("not carrying traffic after {timeout:?}"),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// Writes a hosts file per node (`/etc/netns/<ns>/hosts`) naming every node of the run.

@@ -464,6 +464,16 @@ impl NetnsLab {
                 Ok(())
             }
             ActionKind::NodeUp { nodes, .. } => {
+                // Network first (and wait until it carries traffic), then processes: a board
+                // that powers on finds its cable already plugged in.
+                for &n in nodes {
+                    self.fabric.set_node_link(n, true).await?;
+                }
+                for &n in nodes {
+                    self.fabric
+                        .wait_node_link(n, Duration::from_secs(2))
+                        .await?;
+                }
                 for &n in nodes {
                     let mode = self.down.remove(&n).unwrap_or_default();
                     match mode {
@@ -471,7 +481,6 @@ impl NetnsLab {
                         DownMode::Freeze => self.node_cgroups[n].thaw()?,
                         DownMode::Isolate => {}
                     }
-                    self.fabric.set_node_link(n, true).await?;
                 }
                 Ok(())
             }
