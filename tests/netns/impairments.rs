@@ -6,15 +6,27 @@ use crate::common::*;
 /// Datagrams per measured path: at p = 0.9 the 99.9 % interval is about ±1.6 points.
 const N: u32 = 4000;
 
+/// Both mechanisms must give the same effect: the kernel's (nftables `numgen`) and the
+/// userspace emulator's (linkem, seeded).
 #[test]
 fn loss_drops_the_configured_fraction_per_direction_and_composes_along_a_path() {
+    loss_with("kernel");
+}
+
+#[test]
+fn loss_in_the_userspace_emulator() {
+    loss_with("userspace");
+}
+
+fn loss_with(mechanism: &str) {
     let _g = serial();
     if !privileged() {
         return;
     }
     let sc = Scenario::new(
-        "loss",
-        "\
+        &format!("loss-{mechanism}"),
+        &(format!("impairment: {mechanism}\n")
+            + "\
 seed: 3
 duration: 60s
 sites:
@@ -27,7 +39,7 @@ nodes:
   - {name: sink, site: cloud, profile: cloud-small}
   - {name: n, count: 2, site: near, profile: raspberry-pi-5-4gb}
   - {name: f-1, site: far, profile: raspberry-pi-5-4gb}
-",
+"),
     );
     let lab = Lab::up(&sc);
     let (sink, n1, n2, f1) = (
@@ -103,15 +115,26 @@ fn expected_goodput(rate_bps: f64, mss: f64) -> f64 {
     rate_bps * mss / (1500.0 + 14.0)
 }
 
+/// Kernel (tc htb) and userspace (linkem) rate limits.
 #[test]
 fn rate_limits_tcp_goodput_to_the_configured_rate() {
+    rate_with("kernel");
+}
+
+#[test]
+fn rate_limits_in_the_userspace_emulator() {
+    rate_with("userspace");
+}
+
+fn rate_with(mechanism: &str) {
     let _g = serial();
     if !privileged() || !edgesim::testing::program("iperf3", "iperf3") {
         return;
     }
     let sc = Scenario::new(
-        "rate",
-        "\
+        &format!("rate-{mechanism}"),
+        &(format!("impairment: {mechanism}\n")
+            + "\
 seed: 4
 duration: 60s
 sites:
@@ -127,7 +150,7 @@ nodes:
   - {name: f-gw, site: fast, profile: raspberry-pi-5-4gb}
 workloads:
   - {name: iperf, on: [sink], command: iperf3 -s -p 5201, readyPort: 5201, restart: always}
-",
+"),
     );
     let lab = Lab::up(&sc);
     let mut lines = Vec::new();

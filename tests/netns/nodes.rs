@@ -266,9 +266,9 @@ impl Burst {
 /// node is reachable. Datagrams sent the moment `edgesim run` reports node-up applied should
 /// all arrive. They often do not: the node's bridge port only starts forwarding once the
 /// kernel's linkwatch work has run, some time after the link was set up (see the report).
-/// Many down/up cycles of several nodes make a miss likely, not certain, hence the ignore.
+/// Many down/up cycles of several nodes: a miss used to be likely (node-up was journalled
+/// before the bridge port forwarded).
 #[test]
-#[ignore = "bug: node-up is journalled before the node's bridge port forwards (NetnsLab::apply NodeUp / Fabric::set_node_link do not wait for linkwatch); fails intermittently"]
 fn node_up_has_taken_effect_when_it_is_journalled() {
     let _g = serial();
     if !privileged() {
