@@ -157,7 +157,7 @@ fn delay_is_refused_where_the_target_cannot_do_it() {
     )
     .expect_err("delay without netem");
     assert!(
-        e.contains("link delay cannot be emulated by the `netns` target"),
+        e.contains("link delay needs netem, which this kernel lacks"),
         "{e}"
     );
     assert!(e.contains("t.yaml:10:41"), "points at the delay: {e}");

@@ -1059,7 +1059,7 @@ impl<'a> Validator<'a> {
             self.err(
                 pos,
                 format!(
-                    "link {what} cannot be emulated by the `{}` target on this machine",
+                    "link {what} needs netem, which this kernel lacks, and `impairment: kernel` keeps the `{}` target from using the userspace emulator",
                     self.caps.target
                 ),
             )
@@ -2014,7 +2014,7 @@ impl<'a> Validator<'a> {
                     && rows.iter().any(|r| r.params.needs_netem())
                 {
                     let hint = self.caps.netem_hint.clone();
-                    self.err(tr.file.pos, format!("trace {} sets delays, which the `{}` target cannot emulate on this machine", tr.file.value, self.caps.target))
+                    self.err(tr.file.pos, format!("trace {} sets delays, which need netem (this kernel lacks it) while `impairment: kernel` keeps the `{}` target from using the userspace emulator", tr.file.value, self.caps.target))
                         .hint = Some(hint);
                 }
                 Some(rows)
