@@ -5,7 +5,7 @@
 //! - The timeline plays on a dedicated OS thread with a 1 ns timer slack that sleeps until
 //!   just before each action's instant and spins the last few tens of microseconds; the
 //!   action is then applied through the tokio runtime (`Handle::block_on`). Work that can be
-//!   done early (starting `nft`) is done ~30 ms before. Every action is journalled with the
+//!   done early (opening the firewall's socket) is done ~30 ms before. Every action is journalled with the
 //!   instant it had taken effect, so lag is measured, not assumed.
 //! - Probes and metric scrapes are tokio tasks on a grid anchored at the same `t0`.
 //! - Whatever happens — an assertion failing, an infrastructure error, Ctrl-C — the lab is

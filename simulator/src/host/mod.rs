@@ -73,7 +73,7 @@ pub enum HostError {
         object: String,
         detail: String,
     },
-    /// `nft` failed; `detail` carries its exit status and stderr.
+    /// The nf_tables conversation went wrong (a malformed or missing answer).
     #[error("{op} nftables tables {table} in namespace {namespace}: {detail}")]
     Nft {
         op: &'static str,

@@ -116,9 +116,6 @@ fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
     }
 }
 
-fn program(name: &str) -> bool {
-    crate::testing::have_program(name)
-}
 
 /// Examines this machine: kernel features (probed in scratch namespaces when root), cgroups,
 /// tools and daemons, and what each target can do with them.
@@ -190,14 +187,24 @@ pub async fn doctor() -> DoctorReport {
             "missing (as on WSL2, minimal VMs and stock Jetson L4T kernels): no kernel delay/jitter"
         },
     ));
-    let nft = program("nft");
+    // nf_tables in the kernel, tried for real: a table applied and deleted in a scratch
+    // namespace (edgesim speaks netlink to it; the `nft` program is not needed).
+    let nft_probe = if root {
+        crate::host::tc::ScratchNs::create("doctor").and_then(|s| {
+            let fw = crate::host::nft::Firewall::new(&s.0, "edgesim-doctor")?;
+            fw.apply(&crate::host::nft::Ruleset::default())?;
+            fw.delete()
+        })
+    } else {
+        Err(crate::host::HostError::other("probing", "nf_tables", "needs root to check"))
+    };
+    let nft = nft_probe.is_ok();
     checks.push(check(
         "nftables",
         nft,
-        if nft {
-            "nft found (partitions, loss)"
-        } else {
-            "nft not found: install the `nftables` package"
+        match &nft_probe {
+            Ok(()) => "nf_tables works (partitions, loss)".to_string(),
+            Err(e) => format!("nf_tables unusable: {e}"),
         },
     ));
     let cg = crate::host::cgroup::Cgroups::detect();
@@ -268,7 +275,7 @@ pub async fn doctor() -> DoctorReport {
             "partition / heal",
             nft,
             "nftables drop rules in the fabric namespace (routed and bridged)",
-            "needs nft",
+            "needs nf_tables in the kernel",
         ),
         link_row(
             "loss",

@@ -419,7 +419,7 @@ impl NetnsLab {
     }
 
     /// Work to do before an action's scheduled instant so that the instant itself pays only
-    /// for the change (e.g. starting `nft`).
+    /// for the change (e.g. opening the firewall's netlink socket).
     pub fn prepare(&mut self, action: &ActionKind) -> Option<shaping::Prepared> {
         match action {
             ActionKind::Impair { .. } if self.emulator.is_some() => None,

@@ -13,7 +13,7 @@
 //!
 //! Each change recomputes the desired state and applies only the difference to tc (classes
 //! replaced in place, filters re-added per priority); the firewall is replaced as a whole in
-//! one nft transaction, which can be started ahead of the scheduled instant ([`Prepared`]).
+//! one nf_tables transaction over netlink ([`Prepared`] opens the socket ahead of time).
 //! Because the approximation is per path, two paths that share a physical link in the
 //! scenario (e.g. two factories' traffic into the cloud) do not compete for that link's
 //! bandwidth; each gets the link's rate.
@@ -132,7 +132,8 @@ impl Shaper {
         })
     }
 
-    /// Starts `nft` now so that a later [`Shaper::apply`] pays only for the transaction.
+    /// Makes sure the firewall's netlink socket is open, so that a later [`Shaper::apply`]
+    /// pays only for the transaction.
     pub fn prepare(&self) -> Result<Prepared> {
         self.firewall.prepare().map(Prepared)
     }
