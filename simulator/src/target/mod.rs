@@ -116,7 +116,6 @@ fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
     }
 }
 
-
 /// Examines this machine: kernel features (probed in scratch namespaces when root), cgroups,
 /// tools and daemons, and what each target can do with them.
 pub async fn doctor() -> DoctorReport {
@@ -196,7 +195,11 @@ pub async fn doctor() -> DoctorReport {
             fw.delete()
         })
     } else {
-        Err(crate::host::HostError::other("probing", "nf_tables", "needs root to check"))
+        Err(crate::host::HostError::other(
+            "probing",
+            "nf_tables",
+            "needs root to check",
+        ))
     };
     let nft = nft_probe.is_ok();
     checks.push(check(
