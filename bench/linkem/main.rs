@@ -223,7 +223,18 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--delay-matrix") {
         return delay_matrix(&lk, &bare, 3, 500);
     }
-    let relay = Relay::start(lk.relay_config("bench")?)?;
+    let mut cfg = lk.relay_config("bench")?;
+    // `--busy-poll`: the io thread never blocks while traffic keeps coming (it polls for up to
+    // a second after each packet): a whole CPU spent to take the scheduler's wake-up (most
+    // of the added latency on a VM) out of the path.
+    if std::env::args().any(|a| a == "--busy-poll") {
+        cfg.timing.rx_spin = Duration::from_secs(1);
+        // A real-time thread that never sleeps meets the kernel's real-time throttling
+        // (5 % of every second): keep the spinning io thread at normal priority.
+        cfg.timing.realtime_io = false;
+        println!("(busy-poll: io thread spins up to 1 s after each packet, normal priority)");
+    }
+    let relay = Relay::start(cfg)?;
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     println!("# linkem vs bare veth ({cpus} CPUs, kernel {})", kernel());
     println!();

@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Userspace emulator: write every per-packet decision (JSON lines) into the output folder.
     #[arg(long)]
     pub decision_log: bool,
+    /// Userspace emulator: keep polling this long after each packet (e.g. `20ms`) instead of
+    /// sleeping, for microsecond-accurate timing at the cost of a CPU per busy site.
+    #[arg(long, value_name = "DURATION")]
+    pub busy_poll: Option<edgesim::units::Dur>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -265,6 +265,7 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
                 emulator: edgesim::target::netns::emulator::EmulatorOptions {
                     capture_dir: args.capture.then(|| out_dir.join("capture")),
                     decision_log_dir: args.decision_log.then(|| out_dir.join("decisions")),
+                    busy_poll: args.busy_poll.map(|d| d.0),
                 },
             };
             let mut report = engine::run(Arc::new(plan), opts).await;
