@@ -128,3 +128,32 @@ pub async fn serve(
         }
     }
 }
+
+/// Serves `app` like [`serve`] on a task of its own and, once `shutdown` is triggered, also
+/// waits (up to `grace`) for the program's background `tasks`; `what` names them in the log.
+/// The returned handle resolves when everything stopped.
+pub fn serve_with_tasks(
+    listener: Listener,
+    app: Router,
+    shutdown: Shutdown,
+    grace: Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let server = tokio::spawn(serve(listener, app, shutdown.clone(), grace));
+    tokio::spawn(async move {
+        shutdown.wait().await;
+        let all = async {
+            for t in tasks {
+                if let Err(e) = t.await {
+                    tracing::error!(error = %e, "a task panicked");
+                }
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            tracing::warn!(?grace, "{what} did not stop within the grace period");
+        }
+        server.await.context("server task")??;
+        Ok(())
+    })
+}

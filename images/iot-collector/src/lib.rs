@@ -639,26 +639,13 @@ pub async fn start(args: Args, shutdown: Shutdown) -> anyhow::Result<Running> {
         tokio::spawn(forwarder(c.clone(), client, shutdown.clone())),
         tokio::spawn(refresher(c.clone(), shutdown.clone())),
     ];
-    let server = tokio::spawn(edge_common::server::serve(
+    let task = edge_common::server::serve_with_tasks(
         listener,
         app,
         shutdown.clone(),
         grace,
-    ));
-    let task = tokio::spawn(async move {
-        shutdown.wait().await;
-        let all = async {
-            for t in tasks {
-                if let Err(e) = t.await {
-                    tracing::error!(error = %e, "a task panicked");
-                }
-            }
-        };
-        if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!(?grace, "tasks did not stop within the grace period");
-        }
-        server.await.context("server task")??;
-        Ok(())
-    });
+        tasks,
+        "background tasks",
+    );
     Ok(Running { addr, task })
 }

@@ -778,27 +778,14 @@ pub async fn start(args: Args, shutdown: Shutdown) -> anyhow::Result<Running> {
             shutdown.clone(),
         )));
     }
-    let server = tokio::spawn(edge_common::server::serve(
+    let task = edge_common::server::serve_with_tasks(
         listener,
         app,
         shutdown.clone(),
         grace,
-    ));
-    let task = tokio::spawn(async move {
-        shutdown.wait().await;
-        let all = async {
-            for t in tasks {
-                if let Err(e) = t.await {
-                    tracing::error!(error = %e, "a task panicked");
-                }
-            }
-        };
-        if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!(?grace, "sync did not stop within the grace period");
-        }
-        server.await.context("server task")??;
-        Ok(())
-    });
+        tasks,
+        "sync",
+    );
     Ok(Running { addr, task })
 }
 
