@@ -292,3 +292,91 @@ fn same_seed_same_decisions() {
     }
     assert!(differs, "a different seed should decide differently");
 }
+
+/// Delay and jitter by effect, on the mechanism of the test's name: ping a → b across one link
+/// with 20 ms ± 2 ms each way. The kernel path needs sch_netem (skipped where it is missing,
+/// unless EDGESIM_REQUIRE lists `netem`); the userspace path runs everywhere.
+fn delay_by_effect(mechanism: &str) {
+    if !edgesim::testing::netns() {
+        return;
+    }
+    if mechanism == "kernel"
+        && !edgesim::testing::gate(
+            "netem",
+            edgesim::target::kernel_has_netem(),
+            "the kernel has no sch_netem",
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("delay.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {{name: cli-delay-{mechanism}}}\nspec:\n  seed: 5\n  duration: 6s\n  impairment: {mechanism}\n  sites:\n    a: {{}}\n    b: {{uplink: {{site: a, delay: 20ms, jitter: 2ms, distribution: normal}}}}\n  nodes:\n    - {{name: x, site: a, profile: cloud-small}}\n    - {{name: y, site: b, profile: cloud-small}}\n  probes:\n    - {{name: p, from: x, ping: y, every: 20ms}}\n"
+        ),
+    )
+    .expect("write scenario");
+    let report = dir.path().join("r.json");
+    let st = bin()
+        .arg("run")
+        .arg(&file)
+        .arg("--report")
+        .arg(&report)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("run");
+    assert_eq!(
+        st.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    let mut rtts: Vec<f64> = r["probes"][0]["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .filter(|s| s["t"].as_f64().unwrap_or(0.0) >= 1.0)
+        .filter_map(|s| s["rtt"].as_f64())
+        .collect();
+    rtts.sort_by(f64::total_cmp);
+    assert!(rtts.len() > 150, "too few replies: {}", rtts.len());
+    let mean = rtts.iter().sum::<f64>() / rtts.len() as f64;
+    let sd = (rtts.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / rtts.len() as f64).sqrt();
+    // Two independent 2 ms jitters: the round trip spreads by about 2.8 ms around 40 ms.
+    assert!(
+        (0.0395..0.0425).contains(&mean),
+        "mean RTT {mean} s, expected about 40 ms"
+    );
+    assert!(
+        (0.0015..0.0045).contains(&sd),
+        "RTT spread {sd} s, expected about 2.8 ms"
+    );
+    // netem's normal table reaches about four standard deviations.
+    assert!(
+        rtts[0] > 0.025,
+        "a reply faster than the delay allows: {}",
+        rtts[0]
+    );
+    let mech = r["links"][0]["mechanisms"].to_string();
+    let want = if mechanism == "kernel" {
+        "netem"
+    } else {
+        "linkem"
+    };
+    assert!(mech.contains(want), "mechanisms {mech}, expected {want}");
+}
+
+#[test]
+fn delay_and_jitter_in_the_userspace_emulator() {
+    delay_by_effect("userspace");
+}
+
+#[test]
+fn delay_and_jitter_in_the_kernel() {
+    delay_by_effect("kernel");
+}

@@ -662,7 +662,8 @@ pub struct ProbeSpec {
     /// Interval between attempts (default 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<Loc<Dur>>,
-    /// How long one attempt may take (default: the interval, at most 1s).
+    /// How long one attempt may take (default 1s; attempts may overlap when it exceeds the
+    /// interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Loc<Dur>>,
 }

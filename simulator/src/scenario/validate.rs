@@ -2200,10 +2200,7 @@ impl<'a> Validator<'a> {
                 let pos = pr.every.as_ref().map_or(pr.name.pos, |d| d.pos);
                 self.err(pos, "probe interval must be at least 10ms");
             }
-            let timeout = pr
-                .timeout
-                .as_ref()
-                .map_or(every.min(Duration::from_secs(1)), |d| d.0);
+            let timeout = pr.timeout.as_ref().map_or(Duration::from_secs(1), |d| d.0);
             let n = [pr.ping.is_some(), pr.tcp.is_some(), pr.http.is_some()]
                 .iter()
                 .filter(|b| **b)
