@@ -227,14 +227,16 @@ async fn htb_classes_and_u32_filters_steer_rates() {
 
     let qs = dump(h, va).await.unwrap();
     let q = qs.iter().find(|q| q.parent == Parent::Root).unwrap();
-    assert_eq!(
-        q.options,
+    // `direct_packets` is left out: IPv6 neighbour discovery of the fresh veth may pass the
+    // qdisc before its default class exists, and those packets go out directly.
+    match &q.options {
         QdiscOptions::Htb(HtbInfo {
-            default_class: 0x30,
-            r2q: 10,
-            direct_packets: 0
-        })
-    );
+            default_class,
+            r2q,
+            ..
+        }) => assert_eq!((*default_class, *r2q), (0x30, 10)),
+        other => panic!("expected htb, got {other:?}"),
+    }
     let classes = dump_classes(h, va).await.unwrap();
     let class = |minor| {
         classes
