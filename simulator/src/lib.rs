@@ -1,4 +1,14 @@
 //! edgesim: a network-partition and hardware-constraint simulator for edge computing.
+//!
+//! The library behind the `edgesim` command, usable on its own (the tests and benches do):
+//! - [`scenario`]: the YAML model, validation with positioned diagnostics, the resolved plan;
+//! - [`profile`]: hardware profiles and their translation to limits; host CPU calibration;
+//! - [`engine`]: a run from provisioning to report, with the timeline's journal and state files;
+//! - [`target`]: where nodes become real (the `netns` target), and what this machine can do;
+//! - [`host`]: the only code that changes kernel state (namespaces, links, tc, nf_tables, cgroups);
+//! - [`linkem`]: the userspace link emulator;
+//! - [`workload`]: workload supervision and the edge apps of `images/`;
+//! - [`probe`], [`assertion`], [`report`], [`metrics`]: measuring, judging, reporting.
 pub mod assertion;
 pub mod engine;
 pub mod host;

@@ -4,7 +4,12 @@
 //! target's on-board agent reuses it), and never touches the host's own network namespace:
 //! every object is created inside a namespace that a run owns.
 //!
-//! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`).
+//! - [`ns`]: creating, entering and deleting named network namespaces (`/run/netns/NAME`),
+//!   and sockets opened inside them.
+//! - [`link`]: interfaces, addresses, routes over rtnetlink.
+//! - [`tc`]: qdiscs, classes and filters (tbf, htb, netem, u32) over netlink, hand-encoded.
+//! - [`nft`]: the run's firewall (partitions, loss) as nf_tables batches over netlink.
+//! - [`cgroup`]: cgroup v1 and v2 limits, freezing and killing.
 
 pub mod cgroup;
 pub mod link;

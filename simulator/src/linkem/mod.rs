@@ -12,7 +12,7 @@
 //!    super-frames arrive and leave whole with their virtio-net header, and
 //!    `PACKET_IGNORE_OUTGOING` so a relay never reads back what it sent. Zero-impairment
 //!    throughput stays close to a bare veth's (see `bench/linkem/`). Receive timestamps come
-//!    from the kernel ([`sys`]).
+//!    from the kernel (`sys`).
 //! 2. **Per-packet semantics where they matter.** Delay and rate act on whole GSO frames,
 //!    counting the wire bytes of every segment they stand for. When a rule drops, duplicates,
 //!    corrupts or reorders, GSO frames are first cut into wire-size packets in software

@@ -1,7 +1,7 @@
 //! The running relay: sockets, threads, queues.
 //!
 //! Threads (three per relay, all plain OS threads):
-//! - **io**: owns both sockets' receive sides and both directions' [`Decider`]s. It reads
+//! - **io**: owns both sockets' receive sides and both directions' `Decider`s. It reads
 //!   frames without blocking from either interface, decides, and sends a packet *inline*
 //!   when it is due now and nothing of its direction is queued (the zero-impairment fast
 //!   path: no hand-off, no extra wake-up). Everything else goes to the direction's release

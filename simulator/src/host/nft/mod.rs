@@ -25,7 +25,7 @@
 //!   it, commits or aborts it as a whole and queues its answer before `sendmsg` returns, so
 //!   an apply costs the encoding (microseconds) plus the kernel's own commit. The last command
 //!   asks for an acknowledgement, which arrives after any refusal of an earlier message.
-//! - [`encode`] builds the batches by hand, byte for byte as `nft` 1.0.6 would for the same
+//! - `encode` builds the batches by hand, byte for byte as `nft` 1.0.6 would for the same
 //!   rules (checked against captures of nft in `golden/`), user data included, so the `nft`
 //!   tool lists, and users can inspect, what edgesim installed: `nft list ruleset` inside
 //!   the namespace shows every rule with its comment and counter. The `nft` binary is not

@@ -231,9 +231,7 @@ async fn htb_classes_and_u32_filters_steer_rates() {
     // qdisc before its default class exists, and those packets go out directly.
     match &q.options {
         QdiscOptions::Htb(HtbInfo {
-            default_class,
-            r2q,
-            ..
+            default_class, r2q, ..
         }) => assert_eq!((*default_class, *r2q), (0x30, 10)),
         other => panic!("expected htb, got {other:?}"),
     }
