@@ -164,6 +164,8 @@ pub async fn doctor() -> DoctorReport {
         tbf,
         if tbf {
             "tc tbf available (rate limits)"
+        } else if !root {
+            "needs root to check"
         } else {
             "missing: rate limits unavailable"
         },
@@ -173,6 +175,8 @@ pub async fn doctor() -> DoctorReport {
         htb,
         if htb {
             "tc htb available (per-path rate limits)"
+        } else if !root {
+            "needs root to check"
         } else {
             "missing: per-path rate limits unavailable"
         },
