@@ -1067,114 +1067,20 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// Flattens the timeline into absolute actions, simulating its effect in time order to
+    /// compute reverts and to catch entries that conflict. Each kind of entry has its own
+    /// `on_*` method.
     fn timeline(&mut self, p: &Plan) -> Vec<Action> {
         let sc = self.sc;
-        struct Pending {
-            at: Duration,
-            revert: bool,
-            event: usize,
-            kind: ActionKind,
-            summary: String,
-        }
-        let mut out: Vec<Pending> = Vec::new();
-        // Plan-time state, to compute reverts and catch conflicts.
-        let mut link_state: Vec<(LinkParams, LinkParams)> = p.baseline_links();
-        // (link, direction up?, field) → end of the `for` window that owns it.
-        let mut owned: HashMap<(usize, bool, &'static str), (Duration, usize)> = HashMap::new();
-        let mut partitions: BTreeMap<String, usize> = BTreeMap::new();
-        let mut down: HashMap<usize, (DownMode, Option<Duration>)> = HashMap::new();
-        let mut cpu_owned: HashMap<(usize, &'static str), (Duration, usize)> = HashMap::new();
-
+        let mut sim = Sim::new(p);
         // Entries are applied in time order; equal times keep file order.
         let mut order: Vec<usize> = (0..sc.spec.timeline.len()).collect();
         order.sort_by_key(|&i| sc.spec.timeline[i].at.0);
-        // Reverts scheduled so far: (time, event, kind) — processed when time passes.
-        let mut reverts: Vec<(Duration, usize, RevertOp, String)> = Vec::new();
-        let mut auto_name = 0usize;
-
-        let flush_reverts = |until: Duration,
-                             reverts: &mut Vec<(Duration, usize, RevertOp, String)>,
-                             out: &mut Vec<Pending>,
-                             link_state: &mut Vec<(LinkParams, LinkParams)>,
-                             partitions: &mut BTreeMap<String, usize>,
-                             down: &mut HashMap<usize, (DownMode, Option<Duration>)>,
-                             inclusive: bool| {
-            reverts.sort_by_key(|r| r.0);
-            while let Some(r) = reverts.first() {
-                if r.0 > until || (!inclusive && r.0 == until) {
-                    break;
-                }
-                let (at, event, op, summary) = reverts.remove(0);
-                let is_revert = !matches!(op, RevertOp::Set { .. });
-                let kind = match op {
-                    RevertOp::Kind(k) => k,
-                    RevertOp::Set {
-                        link,
-                        dirs,
-                        fields,
-                        values: before,
-                    }
-                    | RevertOp::Restore {
-                        link,
-                        dirs,
-                        fields,
-                        before,
-                    } => {
-                        // Restore only the fields the entry set; later changes to other
-                        // fields stay.
-                        let mut now = link_state[link];
-                        for up in dirs {
-                            let (cur, old) = if up {
-                                (&mut now.0, before.0)
-                            } else {
-                                (&mut now.1, before.1)
-                            };
-                            cur.copy_fields(&old, &fields);
-                        }
-                        ActionKind::Impair {
-                            link,
-                            up: now.0,
-                            down: now.1,
-                        }
-                    }
-                };
-                match &kind {
-                    ActionKind::Impair { link, up, down: dn } => link_state[*link] = (*up, *dn),
-                    ActionKind::Heal { names } => {
-                        for n in names {
-                            partitions.remove(n);
-                        }
-                    }
-                    ActionKind::NodeUp { nodes, .. } => {
-                        for n in nodes {
-                            down.remove(n);
-                        }
-                    }
-                    _ => {}
-                }
-                out.push(Pending {
-                    at,
-                    revert: is_revert,
-                    event,
-                    kind,
-                    summary,
-                });
-            }
-        };
-
         for &ei in &order {
             let e: &EventSpec = &sc.spec.timeline[ei];
             let at = e.at.0;
             // Reverts due at or before this instant happen first.
-            flush_reverts(
-                at,
-                &mut reverts,
-                &mut out,
-                &mut link_state,
-                &mut partitions,
-                &mut down,
-                true,
-            );
+            sim.flush(at);
             if at > p.duration {
                 self.err(
                     e.at.pos,
@@ -1234,689 +1140,874 @@ impl<'a> Validator<'a> {
                 self.err(e.at.pos, msg).hint = Some("actions: partition, heal, impair, flap, trace, node-down, node-up, kill, restart, cpu, memory".into());
                 continue;
             }
-            let no_for = |v: &mut Self, what: &str| {
-                if let Some(f) = &e.for_ {
-                    v.err(f.pos, format!("`for` has no meaning for `{what}`"));
-                }
-            };
-
             if let Some(pa) = &e.partition {
-                auto_name += 1;
-                let name = pa
-                    .name
-                    .as_ref()
-                    .map(|n| n.value.clone())
-                    .unwrap_or_else(|| format!("partition-{auto_name}"));
-                if let Some(&prev) = partitions.get(&name) {
-                    self.err(
-                        e.at.pos,
-                        format!(
-                            "partition `{name}` is already in effect (from the entry at {})",
-                            Dur(sc.spec.timeline[prev].at.0)
-                        ),
-                    )
-                    .hint = Some("heal it first, or give this partition another `name`".into());
-                    continue;
-                }
-                let groups: Vec<Vec<usize>> = match (&pa.between, &pa.isolate) {
-                    (Some(b), None) => {
-                        if pa.pick.is_some() {
-                            self.err(b.pos, "`pick` goes with `isolate`, not `between`");
-                        }
-                        if b.len() < 2 {
-                            self.err(b.pos, "`between` needs at least two groups, e.g. `[[site/factory], [site/cloud]]`");
-                            continue;
-                        }
-                        let mut gs = Vec::new();
-                        for g in b.iter() {
-                            match self.select(g, "in partition") {
-                                Some(v) => gs.push(v),
-                                None => continue,
-                            }
-                        }
-                        if gs.len() != b.len() {
-                            continue;
-                        }
-                        gs
-                    }
-                    (None, Some(iso)) => {
-                        let Some(mut sel) = self.select(iso, "in partition") else {
-                            continue;
-                        };
-                        if let Some(k) = &pa.pick {
-                            if k.value == 0 || k.value as usize > sel.len() {
-                                self.err(
-                                    k.pos,
-                                    format!(
-                                        "cannot pick {} of the {} selected nodes",
-                                        k.value,
-                                        sel.len()
-                                    ),
-                                );
-                                continue;
-                            }
-                            let mut rng = rng_for(p.seed, &format!("timeline/{ei}/pick"));
-                            // Partial Fisher-Yates: a seeded, stable choice.
-                            for i in 0..k.value as usize {
-                                let j = rng.random_range(i..sel.len());
-                                sel.swap(i, j);
-                            }
-                            sel.truncate(k.value as usize);
-                            sel.sort_unstable();
-                        }
-                        let rest: Vec<usize> =
-                            (0..p.nodes.len()).filter(|i| !sel.contains(i)).collect();
-                        if rest.is_empty() {
-                            self.err(
-                                iso.pos,
-                                "isolating every node leaves nothing to be isolated from",
-                            );
-                            continue;
-                        }
-                        vec![sel, rest]
-                    }
-                    _ => {
-                        self.err(
-                            e.at.pos,
-                            "a partition needs exactly one of `between` or `isolate`",
-                        );
-                        continue;
-                    }
-                };
-                // Overlapping groups would block a node from itself.
-                let mut seen = BTreeMap::new();
-                let mut clash = None;
-                for (gi, g) in groups.iter().enumerate() {
-                    for n in g {
-                        if let Some(prev) = seen.insert(*n, gi)
-                            && prev != gi
-                        {
-                            clash = Some(*n);
-                        }
-                    }
-                }
-                if let Some(n) = clash {
-                    self.err(
-                        e.at.pos,
-                        format!(
-                            "node `{}` is in more than one group of the partition",
-                            p.nodes[n].name
-                        ),
-                    );
-                    continue;
-                }
-                let mut blocks = Vec::new();
-                for (i, a) in groups.iter().enumerate() {
-                    for (j, b) in groups.iter().enumerate() {
-                        if i == j || (pa.one_way && i != 0) {
-                            continue;
-                        }
-                        blocks.push(Block {
-                            from: a.clone(),
-                            to: b.clone(),
-                        });
-                    }
-                }
-                let summary = format!(
-                    "partition `{name}`{}: {}",
-                    if pa.one_way { " (one-way)" } else { "" },
-                    groups
-                        .iter()
-                        .map(|g| self.describe(p, g))
-                        .collect::<Vec<_>>()
-                        .join(if pa.one_way { " -x-> " } else { " | " })
-                );
-                partitions.insert(name.clone(), ei);
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::Partition {
-                        name: name.clone(),
-                        blocks,
-                    },
-                    summary,
-                });
-                if let Some(u) = until {
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Kind(ActionKind::Heal {
-                            names: vec![name.clone()],
-                        }),
-                        format!("heal `{name}` (end of `for`)"),
-                    ));
-                }
+                self.on_partition(&mut sim, p, e, ei, at, until, pa);
             } else if let Some(h) = &e.heal {
-                no_for(self, "heal");
-                let names: Vec<String> = match &h.name {
-                    Some(n) => {
-                        if !partitions.contains_key(&n.value) {
-                            let active: Vec<&str> = partitions.keys().map(String::as_str).collect();
-                            let hint = unknown_hint(n, "partitions in effect", &active);
-                            let d = self.err(
-                                n.pos,
-                                format!(
-                                    "no partition named `{}` is in effect at {}",
-                                    n.value,
-                                    Dur(at)
-                                ),
-                            );
-                            d.hint = hint;
-                            continue;
-                        }
-                        vec![n.value.clone()]
-                    }
-                    None => partitions.keys().cloned().collect(),
-                };
-                if names.is_empty() {
-                    self.err(
-                        e.at.pos,
-                        format!("heal at {}: no partition is in effect", Dur(at)),
-                    );
-                    continue;
-                }
-                for n in &names {
-                    partitions.remove(n);
-                }
-                // A heal cancels the automatic heal of a `for` partition.
-                reverts.retain(|r| !matches!(&r.2, RevertOp::Kind(ActionKind::Heal { names: ns }) if ns.iter().all(|x| names.contains(x))));
-                let summary = format!(
-                    "heal {}",
-                    names
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::Heal { names },
-                    summary,
-                });
+                self.on_heal(&mut sim, p, e, ei, at, until, h);
             } else if let Some(im) = &e.impair {
-                let Some(li) = self.link_ref(p, &im.link) else {
-                    continue;
-                };
-                let imp = im.impairment();
-                let fields: Vec<&'static str> = imp.present().into_iter().map(|(f, _)| f).collect();
-                if fields.is_empty() {
-                    self.err(
-                        im.link.pos,
-                        "`impair` changes nothing: give at least one impairment (delay, jitter, loss, rate, …)",
-                    );
-                    continue;
-                }
-                let dirs: Vec<bool> = match im.direction {
-                    Direction::Both => vec![true, false],
-                    Direction::Up => vec![true],
-                    Direction::Down => vec![false],
-                };
-                if self.link_conflict(&mut owned, li, &dirs, &fields, at, until, ei, e.at.pos) {
-                    continue;
-                }
-                let before = link_state[li];
-                let mut after = before;
-                for &d in &dirs {
-                    let lp = if d { &mut after.0 } else { &mut after.1 };
-                    lp.set_from(&imp);
-                    self.check_params(lp, e.at.pos, &format!("link `{}`", im.link.value));
-                }
-                link_state[li] = after;
-                let summary = format!("impair `{}` {}", im.link.value, describe_change(im));
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::Impair {
-                        link: li,
-                        up: after.0,
-                        down: after.1,
-                    },
-                    summary,
-                });
-                if let Some(u) = until {
-                    // Revert only the fields this entry set, on top of whatever holds then.
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Restore {
-                            link: li,
-                            dirs: dirs.clone(),
-                            fields: fields.clone(),
-                            before,
-                        },
-                        format!("restore `{}` (end of `for`)", im.link.value),
-                    ));
-                }
+                self.on_impair(&mut sim, p, e, ei, at, until, im);
             } else if let Some(nd) = &e.node_down {
-                let Some(nodes) = self.select(&nd.nodes, "in node-down") else {
-                    continue;
-                };
-                let mut bad = false;
-                for n in &nodes {
-                    if down.contains_key(n) {
-                        self.err(
-                            e.at.pos,
-                            format!("node `{}` is already down at {}", p.nodes[*n].name, Dur(at)),
-                        );
-                        bad = true;
-                    }
-                }
-                if bad {
-                    continue;
-                }
-                for n in &nodes {
-                    down.insert(*n, (nd.mode, until));
-                }
-                let summary = format!(
-                    "node-down ({}) {}",
-                    mode_name(nd.mode),
-                    self.describe(p, &nodes)
-                );
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::NodeDown {
-                        nodes: nodes.clone(),
-                        mode: nd.mode,
-                    },
-                    summary: summary.clone(),
-                });
-                if let Some(u) = until {
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Kind(ActionKind::NodeUp {
-                            nodes: nodes.clone(),
-                            mode: nd.mode,
-                        }),
-                        format!("node-up {} (end of `for`)", self.describe(p, &nodes)),
-                    ));
-                }
+                self.on_node_down(&mut sim, p, e, ei, at, until, nd);
             } else if let Some(nu) = &e.node_up {
-                no_for(self, "node-up");
-                let Some(nodes) = self.select(&nu.nodes, "in node-up") else {
-                    continue;
-                };
-                let mut modes = BTreeSet::new();
-                let mut bad = false;
-                for n in &nodes {
-                    match down.get(n) {
-                        None => {
-                            self.err(
-                                e.at.pos,
-                                format!("node `{}` is not down at {}", p.nodes[*n].name, Dur(at)),
-                            );
-                            bad = true;
-                        }
-                        Some((_, Some(end))) => {
-                            self.err(e.at.pos, format!("node `{}` comes back by itself at {} (its node-down has `for`)", p.nodes[*n].name, Dur(*end)));
-                            bad = true;
-                        }
-                        Some((m, None)) => {
-                            modes.insert(mode_name(*m));
-                        }
-                    }
-                }
-                if bad {
-                    continue;
-                }
-                if modes.len() > 1 {
-                    self.err(e.at.pos, "these nodes went down in different modes; bring them up in separate entries");
-                    continue;
-                }
-                let mode = down.get(&nodes[0]).map(|d| d.0).unwrap_or_default();
-                for n in &nodes {
-                    down.remove(n);
-                }
-                let summary = format!("node-up {}", self.describe(p, &nodes));
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::NodeUp { nodes, mode },
-                    summary,
-                });
+                self.on_node_up(&mut sim, p, e, ei, at, until, nu);
             } else if let Some(k) = &e.kill {
-                let Some((wi, nodes)) = self.workload_nodes(p, &k.workload, k.nodes.as_ref())
-                else {
-                    continue;
-                };
-                let signal = match &k.signal {
-                    None => libc::SIGKILL,
-                    Some(s) => match signal_number(s) {
-                        Some(n) => n,
-                        None => {
-                            self.err(s.pos, format!("unknown signal `{}`", s.value))
-                                .hint = Some(
-                                "signals: KILL, TERM, INT, HUP, QUIT, USR1, USR2, STOP, CONT"
-                                    .into(),
-                            );
-                            continue;
-                        }
-                    },
-                };
-                self.check_not_poweroff(&down, &nodes, p, e.at.pos, "kill");
-                let summary = format!(
-                    "kill `{}` on {}",
-                    k.workload.value,
-                    self.describe(p, &nodes)
-                );
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::Kill {
-                        workload: wi,
-                        nodes: nodes.clone(),
-                        signal,
-                    },
-                    summary,
-                });
-                if let Some(u) = until {
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Kind(ActionKind::Restart {
-                            workload: wi,
-                            nodes: nodes.clone(),
-                        }),
-                        format!("restart `{}` (end of `for`)", k.workload.value),
-                    ));
-                }
+                self.on_kill(&mut sim, p, e, ei, at, until, k);
             } else if let Some(r) = &e.restart {
-                no_for(self, "restart");
-                let Some((wi, nodes)) = self.workload_nodes(p, &r.workload, r.nodes.as_ref())
-                else {
-                    continue;
-                };
-                self.check_not_poweroff(&down, &nodes, p, e.at.pos, "restart");
-                let summary = format!(
-                    "restart `{}` on {}",
-                    r.workload.value,
-                    self.describe(p, &nodes)
-                );
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::Restart {
-                        workload: wi,
-                        nodes,
-                    },
-                    summary,
-                });
+                self.on_restart(&mut sim, p, e, ei, at, until, r);
             } else if let Some(c) = &e.cpu {
-                let Some(nodes) = self.select(&c.nodes, "in cpu") else {
-                    continue;
-                };
-                let cores = match (&c.cores, &c.percent) {
-                    (Some(x), None) => {
-                        if !(x.value > 0.0 && x.value.is_finite()) {
-                            self.err(x.pos, "cores must be greater than zero");
-                            continue;
-                        }
-                        for n in &nodes {
-                            let have = f64::from(p.nodes[*n].profile.cpu.cores);
-                            if x.value > have {
-                                self.err(
-                                    x.pos,
-                                    format!(
-                                        "node `{}` has {} cores (profile `{}`); cannot give it {}",
-                                        p.nodes[*n].name, have, p.nodes[*n].profile_name, x.value
-                                    ),
-                                );
-                            }
-                        }
-                        CpuSet::Cores(x.value)
-                    }
-                    (None, Some(pc)) => {
-                        if pc.is_zero() {
-                            self.err(pc.pos, "percent must be greater than zero");
-                            continue;
-                        }
-                        CpuSet::Fraction(pc.fraction())
-                    }
-                    _ => {
-                        self.err(
-                            c.nodes.pos,
-                            "`cpu` needs exactly one of `cores` or `percent`",
-                        );
-                        continue;
-                    }
-                };
-                if self.owned_conflict(&mut cpu_owned, &nodes, "cpu", at, until, ei, p, e.at.pos) {
-                    continue;
-                }
-                // Express both forms in profile cores per node; percent differs per profile.
-                for n in &nodes {
-                    let full = f64::from(p.nodes[*n].profile.cpu.cores);
-                    let v = match cores {
-                        CpuSet::Cores(c) => c,
-                        CpuSet::Fraction(f) => full * f,
-                    };
-                    let summary = format!("cpu {} → {:.2} cores", p.nodes[*n].name, v);
-                    out.push(Pending {
-                        at,
-                        revert: false,
-                        event: ei,
-                        kind: ActionKind::Cpu {
-                            nodes: vec![*n],
-                            cores: Some(v),
-                        },
-                        summary,
-                    });
-                }
-                if let Some(u) = until {
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Kind(ActionKind::Cpu {
-                            nodes: nodes.clone(),
-                            cores: None,
-                        }),
-                        format!("restore cpu of {} (end of `for`)", self.describe(p, &nodes)),
-                    ));
-                }
+                self.on_cpu(&mut sim, p, e, ei, at, until, c);
             } else if let Some(f) = &e.flap {
-                let Some(li) = self.link_ref(p, &f.link) else {
-                    continue;
-                };
-                let Some(u) = until else {
-                    self.err(e.at.pos, "`flap` needs `for`: how long the link flaps")
-                        .hint = Some("e.g. `{at: 45s, for: 10s, flap: {link: factory-uplink, up: exp(5s), down: exp(1s)}}`".into());
-                    continue;
-                };
-                if self.link_conflict(
-                    &mut owned,
-                    li,
-                    &[true, false],
-                    &["cut"],
-                    at,
-                    Some(u),
-                    ei,
-                    e.at.pos,
-                ) {
-                    continue;
-                }
-                // Draw the whole schedule now: it is part of the plan, seeded and replayable.
-                let mut rng = rng_for(p.seed, &format!("timeline/{ei}/flap"));
-                let mut t = at;
-                let mut cut = false;
-                let name = &f.link.value;
-                loop {
-                    let phase = if cut {
-                        f.down.sample(&mut rng)
-                    } else {
-                        f.up.sample(&mut rng)
-                    };
-                    t += phase;
-                    if t >= u {
-                        break;
-                    }
-                    cut = !cut;
-                    let v = LinkParams {
-                        cut,
-                        ..LinkParams::default()
-                    };
-                    reverts.push((
-                        t,
-                        ei,
-                        RevertOp::Set {
-                            link: li,
-                            dirs: vec![true, false],
-                            fields: vec!["cut"],
-                            values: (v, v),
-                        },
-                        format!("flap `{name}` {}", if cut { "down" } else { "up" }),
-                    ));
-                }
-                reverts.push((
-                    u,
-                    ei,
-                    RevertOp::Set {
-                        link: li,
-                        dirs: vec![true, false],
-                        fields: vec!["cut"],
-                        values: Default::default(),
-                    },
-                    format!("flap `{name}` ends: up (end of `for`)"),
-                ));
+                self.on_flap(&mut sim, p, e, ei, at, until, f);
             } else if let Some(tr) = &e.trace {
-                let Some(li) = self.link_ref(p, &tr.link) else {
-                    continue;
-                };
-                let Some(rows) = self.read_trace(tr) else {
-                    continue;
-                };
-                let dirs = match tr.direction {
-                    Direction::Both => vec![true, false],
-                    Direction::Up => vec![true],
-                    Direction::Down => vec![false],
-                };
-                let mut fields: Vec<&'static str> = Vec::new();
-                for r in &rows {
-                    for f in &r.fields {
-                        if !fields.contains(f) {
-                            fields.push(f);
-                        }
-                    }
-                }
-                let last = rows.last().map_or(Duration::ZERO, |r| r.t);
-                let end = until.unwrap_or(at + last);
-                if self.link_conflict(&mut owned, li, &dirs, &fields, at, Some(end), ei, e.at.pos) {
-                    continue;
-                }
-                let period = last
-                    + rows
-                        .get(1)
-                        .map_or(Duration::from_secs(1), |r| r.t - rows[0].t);
-                let mut offset = Duration::ZERO;
-                'rounds: loop {
-                    for (k, r) in rows.iter().enumerate() {
-                        let t = at + offset + r.t;
-                        if t > end || (until.is_some() && t == end) {
-                            break 'rounds;
-                        }
-                        reverts.push((
-                            t,
-                            ei,
-                            RevertOp::Set {
-                                link: li,
-                                dirs: dirs.clone(),
-                                fields: r.fields.clone(),
-                                values: (r.params, r.params),
-                            },
-                            format!("trace `{}` row {}", tr.link.value, k + 1),
-                        ));
-                    }
-                    if !tr.repeat || until.is_none() {
-                        break;
-                    }
-                    offset += period;
-                }
-                if let Some(u) = until {
-                    let before = link_state[li];
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Restore {
-                            link: li,
-                            dirs,
-                            fields,
-                            before,
-                        },
-                        format!("restore `{}` (end of trace)", tr.link.value),
-                    ));
-                }
+                self.on_trace(&mut sim, p, e, ei, at, until, tr);
             } else if let Some(m) = &e.memory {
-                let Some(nodes) = self.select(&m.nodes, "in memory") else {
-                    continue;
+                self.on_memory(&mut sim, p, e, ei, at, until, m);
+            }
+        }
+        sim.finish()
+    }
+
+    fn no_for(&mut self, e: &EventSpec, what: &str) {
+        if let Some(f) = &e.for_ {
+            self.err(f.pos, format!("`for` has no meaning for `{what}`"));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_partition(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        pa: &model::PartitionAction,
+    ) {
+        let sc = self.sc;
+        let Sim {
+            out,
+            reverts,
+            partitions,
+            auto_name,
+            ..
+        } = sim;
+        *auto_name += 1;
+        let name = pa
+            .name
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_else(|| format!("partition-{auto_name}"));
+        if let Some(&prev) = partitions.get(&name) {
+            self.err(
+                e.at.pos,
+                format!(
+                    "partition `{name}` is already in effect (from the entry at {})",
+                    Dur(sc.spec.timeline[prev].at.0)
+                ),
+            )
+            .hint = Some("heal it first, or give this partition another `name`".into());
+            return;
+        }
+        let groups: Vec<Vec<usize>> = match (&pa.between, &pa.isolate) {
+            (Some(b), None) => {
+                if pa.pick.is_some() {
+                    self.err(b.pos, "`pick` goes with `isolate`, not `between`");
+                }
+                if b.len() < 2 {
+                    self.err(b.pos, "`between` needs at least two groups, e.g. `[[site/factory], [site/cloud]]`");
+                    return;
+                }
+                let mut gs = Vec::new();
+                for g in b.iter() {
+                    match self.select(g, "in partition") {
+                        Some(v) => gs.push(v),
+                        None => continue,
+                    }
+                }
+                if gs.len() != b.len() {
+                    return;
+                }
+                gs
+            }
+            (None, Some(iso)) => {
+                let Some(mut sel) = self.select(iso, "in partition") else {
+                    return;
                 };
-                if m.limit.0 < 4 << 20 {
+                if let Some(k) = &pa.pick {
+                    if k.value == 0 || k.value as usize > sel.len() {
+                        self.err(
+                            k.pos,
+                            format!(
+                                "cannot pick {} of the {} selected nodes",
+                                k.value,
+                                sel.len()
+                            ),
+                        );
+                        return;
+                    }
+                    let mut rng = rng_for(p.seed, &format!("timeline/{ei}/pick"));
+                    // Partial Fisher-Yates: a seeded, stable choice.
+                    for i in 0..k.value as usize {
+                        let j = rng.random_range(i..sel.len());
+                        sel.swap(i, j);
+                    }
+                    sel.truncate(k.value as usize);
+                    sel.sort_unstable();
+                }
+                let rest: Vec<usize> = (0..p.nodes.len()).filter(|i| !sel.contains(i)).collect();
+                if rest.is_empty() {
                     self.err(
-                        m.limit.pos,
-                        format!("memory limit {} is below 4Mi", m.limit.value),
+                        iso.pos,
+                        "isolating every node leaves nothing to be isolated from",
                     );
-                    continue;
+                    return;
                 }
-                if self.owned_conflict(&mut cpu_owned, &nodes, "memory", at, until, ei, p, e.at.pos)
+                vec![sel, rest]
+            }
+            _ => {
+                self.err(
+                    e.at.pos,
+                    "a partition needs exactly one of `between` or `isolate`",
+                );
+                return;
+            }
+        };
+        // Overlapping groups would block a node from itself.
+        let mut seen = BTreeMap::new();
+        let mut clash = None;
+        for (gi, g) in groups.iter().enumerate() {
+            for n in g {
+                if let Some(prev) = seen.insert(*n, gi)
+                    && prev != gi
                 {
-                    continue;
-                }
-                let summary = format!("memory {} → {}", self.describe(p, &nodes), m.limit.value);
-                out.push(Pending {
-                    at,
-                    revert: false,
-                    event: ei,
-                    kind: ActionKind::Memory {
-                        nodes: nodes.clone(),
-                        limit: Some(m.limit.0),
-                    },
-                    summary,
-                });
-                if let Some(u) = until {
-                    reverts.push((
-                        u,
-                        ei,
-                        RevertOp::Kind(ActionKind::Memory {
-                            nodes: nodes.clone(),
-                            limit: None,
-                        }),
-                        format!(
-                            "restore memory of {} (end of `for`)",
-                            self.describe(p, &nodes)
-                        ),
-                    ));
+                    clash = Some(*n);
                 }
             }
         }
-        flush_reverts(
-            Duration::MAX,
-            &mut reverts,
-            &mut out,
-            &mut link_state,
-            &mut partitions,
-            &mut down,
-            true,
+        if let Some(n) = clash {
+            self.err(
+                e.at.pos,
+                format!(
+                    "node `{}` is in more than one group of the partition",
+                    p.nodes[n].name
+                ),
+            );
+            return;
+        }
+        let mut blocks = Vec::new();
+        for (i, a) in groups.iter().enumerate() {
+            for (j, b) in groups.iter().enumerate() {
+                if i == j || (pa.one_way && i != 0) {
+                    continue;
+                }
+                blocks.push(Block {
+                    from: a.clone(),
+                    to: b.clone(),
+                });
+            }
+        }
+        let summary = format!(
+            "partition `{name}`{}: {}",
+            if pa.one_way { " (one-way)" } else { "" },
+            groups
+                .iter()
+                .map(|g| self.describe(p, g))
+                .collect::<Vec<_>>()
+                .join(if pa.one_way { " -x-> " } else { " | " })
         );
-        // Stable order: by time; at equal times reverts first (they end what was before).
-        out.sort_by(|a, b| a.at.cmp(&b.at).then(b.revert.cmp(&a.revert)));
-        out.into_iter()
-            .enumerate()
-            .map(|(seq, x)| Action {
-                seq,
-                at: x.at,
-                event: x.event,
-                revert: x.revert,
-                summary: x.summary,
-                kind: x.kind,
-            })
-            .collect()
+        partitions.insert(name.clone(), ei);
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::Partition {
+                name: name.clone(),
+                blocks,
+            },
+            summary,
+        });
+        if let Some(u) = until {
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Kind(ActionKind::Heal {
+                    names: vec![name.clone()],
+                }),
+                format!("heal `{name}` (end of `for`)"),
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_heal(
+        &mut self,
+        sim: &mut Sim,
+        _p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        _until: Option<Duration>,
+        h: &model::HealAction,
+    ) {
+        let Sim {
+            out,
+            reverts,
+            partitions,
+            ..
+        } = sim;
+        self.no_for(e, "heal");
+        let names: Vec<String> = match &h.name {
+            Some(n) => {
+                if !partitions.contains_key(&n.value) {
+                    let active: Vec<&str> = partitions.keys().map(String::as_str).collect();
+                    let hint = unknown_hint(n, "partitions in effect", &active);
+                    let d = self.err(
+                        n.pos,
+                        format!(
+                            "no partition named `{}` is in effect at {}",
+                            n.value,
+                            Dur(at)
+                        ),
+                    );
+                    d.hint = hint;
+                    return;
+                }
+                vec![n.value.clone()]
+            }
+            None => partitions.keys().cloned().collect(),
+        };
+        if names.is_empty() {
+            self.err(
+                e.at.pos,
+                format!("heal at {}: no partition is in effect", Dur(at)),
+            );
+            return;
+        }
+        for n in &names {
+            partitions.remove(n);
+        }
+        // A heal cancels the automatic heal of a `for` partition.
+        reverts.retain(|r| !matches!(&r.2, RevertOp::Kind(ActionKind::Heal { names: ns }) if ns.iter().all(|x| names.contains(x))));
+        let summary = format!(
+            "heal {}",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::Heal { names },
+            summary,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_impair(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        im: &model::ImpairAction,
+    ) {
+        let Sim {
+            out,
+            reverts,
+            link_state,
+            owned,
+            ..
+        } = sim;
+        let Some(li) = self.link_ref(p, &im.link) else {
+            return;
+        };
+        let imp = im.impairment();
+        let fields: Vec<&'static str> = imp.present().into_iter().map(|(f, _)| f).collect();
+        if fields.is_empty() {
+            self.err(
+                im.link.pos,
+                "`impair` changes nothing: give at least one impairment (delay, jitter, loss, rate, …)",
+            );
+            return;
+        }
+        let dirs: Vec<bool> = match im.direction {
+            Direction::Both => vec![true, false],
+            Direction::Up => vec![true],
+            Direction::Down => vec![false],
+        };
+        if self.link_conflict(owned, li, &dirs, &fields, at, until, ei, e.at.pos) {
+            return;
+        }
+        let before = link_state[li];
+        let mut after = before;
+        for &d in &dirs {
+            let lp = if d { &mut after.0 } else { &mut after.1 };
+            lp.set_from(&imp);
+            self.check_params(lp, e.at.pos, &format!("link `{}`", im.link.value));
+        }
+        link_state[li] = after;
+        let summary = format!("impair `{}` {}", im.link.value, describe_change(im));
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::Impair {
+                link: li,
+                up: after.0,
+                down: after.1,
+            },
+            summary,
+        });
+        if let Some(u) = until {
+            // Revert only the fields this entry set, on top of whatever holds then.
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Restore {
+                    link: li,
+                    dirs: dirs.clone(),
+                    fields: fields.clone(),
+                    before,
+                },
+                format!("restore `{}` (end of `for`)", im.link.value),
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_node_down(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        nd: &model::NodeDownAction,
+    ) {
+        let Sim {
+            out, reverts, down, ..
+        } = sim;
+        let Some(nodes) = self.select(&nd.nodes, "in node-down") else {
+            return;
+        };
+        let mut bad = false;
+        for n in &nodes {
+            if down.contains_key(n) {
+                self.err(
+                    e.at.pos,
+                    format!("node `{}` is already down at {}", p.nodes[*n].name, Dur(at)),
+                );
+                bad = true;
+            }
+        }
+        if bad {
+            return;
+        }
+        for n in &nodes {
+            down.insert(*n, (nd.mode, until));
+        }
+        let summary = format!(
+            "node-down ({}) {}",
+            mode_name(nd.mode),
+            self.describe(p, &nodes)
+        );
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::NodeDown {
+                nodes: nodes.clone(),
+                mode: nd.mode,
+            },
+            summary: summary.clone(),
+        });
+        if let Some(u) = until {
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Kind(ActionKind::NodeUp {
+                    nodes: nodes.clone(),
+                    mode: nd.mode,
+                }),
+                format!("node-up {} (end of `for`)", self.describe(p, &nodes)),
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_node_up(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        _until: Option<Duration>,
+        nu: &model::NodesAction,
+    ) {
+        let Sim { out, down, .. } = sim;
+        self.no_for(e, "node-up");
+        let Some(nodes) = self.select(&nu.nodes, "in node-up") else {
+            return;
+        };
+        let mut modes = BTreeSet::new();
+        let mut bad = false;
+        for n in &nodes {
+            match down.get(n) {
+                None => {
+                    self.err(
+                        e.at.pos,
+                        format!("node `{}` is not down at {}", p.nodes[*n].name, Dur(at)),
+                    );
+                    bad = true;
+                }
+                Some((_, Some(end))) => {
+                    self.err(
+                        e.at.pos,
+                        format!(
+                            "node `{}` comes back by itself at {} (its node-down has `for`)",
+                            p.nodes[*n].name,
+                            Dur(*end)
+                        ),
+                    );
+                    bad = true;
+                }
+                Some((m, None)) => {
+                    modes.insert(mode_name(*m));
+                }
+            }
+        }
+        if bad {
+            return;
+        }
+        if modes.len() > 1 {
+            self.err(
+                e.at.pos,
+                "these nodes went down in different modes; bring them up in separate entries",
+            );
+            return;
+        }
+        let mode = down.get(&nodes[0]).map(|d| d.0).unwrap_or_default();
+        for n in &nodes {
+            down.remove(n);
+        }
+        let summary = format!("node-up {}", self.describe(p, &nodes));
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::NodeUp { nodes, mode },
+            summary,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_kill(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        k: &model::KillAction,
+    ) {
+        let Sim {
+            out, reverts, down, ..
+        } = sim;
+        let Some((wi, nodes)) = self.workload_nodes(p, &k.workload, k.nodes.as_ref()) else {
+            return;
+        };
+        let signal = match &k.signal {
+            None => libc::SIGKILL,
+            Some(s) => match signal_number(s) {
+                Some(n) => n,
+                None => {
+                    self.err(s.pos, format!("unknown signal `{}`", s.value))
+                        .hint =
+                        Some("signals: KILL, TERM, INT, HUP, QUIT, USR1, USR2, STOP, CONT".into());
+                    return;
+                }
+            },
+        };
+        self.check_not_poweroff(down, &nodes, p, e.at.pos, "kill");
+        let summary = format!(
+            "kill `{}` on {}",
+            k.workload.value,
+            self.describe(p, &nodes)
+        );
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::Kill {
+                workload: wi,
+                nodes: nodes.clone(),
+                signal,
+            },
+            summary,
+        });
+        if let Some(u) = until {
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Kind(ActionKind::Restart {
+                    workload: wi,
+                    nodes: nodes.clone(),
+                }),
+                format!("restart `{}` (end of `for`)", k.workload.value),
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_restart(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        _until: Option<Duration>,
+        r: &model::RestartAction,
+    ) {
+        let Sim { out, down, .. } = sim;
+        self.no_for(e, "restart");
+        let Some((wi, nodes)) = self.workload_nodes(p, &r.workload, r.nodes.as_ref()) else {
+            return;
+        };
+        self.check_not_poweroff(down, &nodes, p, e.at.pos, "restart");
+        let summary = format!(
+            "restart `{}` on {}",
+            r.workload.value,
+            self.describe(p, &nodes)
+        );
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::Restart {
+                workload: wi,
+                nodes,
+            },
+            summary,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_cpu(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        c: &model::CpuAction,
+    ) {
+        let Sim {
+            out,
+            reverts,
+            cpu_owned,
+            ..
+        } = sim;
+        let Some(nodes) = self.select(&c.nodes, "in cpu") else {
+            return;
+        };
+        let cores = match (&c.cores, &c.percent) {
+            (Some(x), None) => {
+                if !(x.value > 0.0 && x.value.is_finite()) {
+                    self.err(x.pos, "cores must be greater than zero");
+                    return;
+                }
+                for n in &nodes {
+                    let have = f64::from(p.nodes[*n].profile.cpu.cores);
+                    if x.value > have {
+                        self.err(
+                            x.pos,
+                            format!(
+                                "node `{}` has {} cores (profile `{}`); cannot give it {}",
+                                p.nodes[*n].name, have, p.nodes[*n].profile_name, x.value
+                            ),
+                        );
+                    }
+                }
+                CpuSet::Cores(x.value)
+            }
+            (None, Some(pc)) => {
+                if pc.is_zero() {
+                    self.err(pc.pos, "percent must be greater than zero");
+                    return;
+                }
+                CpuSet::Fraction(pc.fraction())
+            }
+            _ => {
+                self.err(
+                    c.nodes.pos,
+                    "`cpu` needs exactly one of `cores` or `percent`",
+                );
+                return;
+            }
+        };
+        if self.owned_conflict(cpu_owned, &nodes, "cpu", at, until, ei, p, e.at.pos) {
+            return;
+        }
+        // Express both forms in profile cores per node; percent differs per profile.
+        for n in &nodes {
+            let full = f64::from(p.nodes[*n].profile.cpu.cores);
+            let v = match cores {
+                CpuSet::Cores(c) => c,
+                CpuSet::Fraction(f) => full * f,
+            };
+            let summary = format!("cpu {} → {:.2} cores", p.nodes[*n].name, v);
+            out.push(Pending {
+                at,
+                revert: false,
+                event: ei,
+                kind: ActionKind::Cpu {
+                    nodes: vec![*n],
+                    cores: Some(v),
+                },
+                summary,
+            });
+        }
+        if let Some(u) = until {
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Kind(ActionKind::Cpu {
+                    nodes: nodes.clone(),
+                    cores: None,
+                }),
+                format!("restore cpu of {} (end of `for`)", self.describe(p, &nodes)),
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_flap(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        f: &model::FlapAction,
+    ) {
+        let Sim { reverts, owned, .. } = sim;
+        let Some(li) = self.link_ref(p, &f.link) else {
+            return;
+        };
+        let Some(u) = until else {
+            self.err(e.at.pos, "`flap` needs `for`: how long the link flaps")
+                .hint = Some("e.g. `{at: 45s, for: 10s, flap: {link: factory-uplink, up: exp(5s), down: exp(1s)}}`".into());
+            return;
+        };
+        if self.link_conflict(
+            owned,
+            li,
+            &[true, false],
+            &["cut"],
+            at,
+            Some(u),
+            ei,
+            e.at.pos,
+        ) {
+            return;
+        }
+        // Draw the whole schedule now: it is part of the plan, seeded and replayable.
+        let mut rng = rng_for(p.seed, &format!("timeline/{ei}/flap"));
+        let mut t = at;
+        let mut cut = false;
+        let name = &f.link.value;
+        loop {
+            let phase = if cut {
+                f.down.sample(&mut rng)
+            } else {
+                f.up.sample(&mut rng)
+            };
+            t += phase;
+            if t >= u {
+                break;
+            }
+            cut = !cut;
+            let v = LinkParams {
+                cut,
+                ..LinkParams::default()
+            };
+            reverts.push((
+                t,
+                ei,
+                RevertOp::Set {
+                    link: li,
+                    dirs: vec![true, false],
+                    fields: vec!["cut"],
+                    values: (v, v),
+                },
+                format!("flap `{name}` {}", if cut { "down" } else { "up" }),
+            ));
+        }
+        reverts.push((
+            u,
+            ei,
+            RevertOp::Set {
+                link: li,
+                dirs: vec![true, false],
+                fields: vec!["cut"],
+                values: Default::default(),
+            },
+            format!("flap `{name}` ends: up (end of `for`)"),
+        ));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_trace(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        tr: &model::TraceAction,
+    ) {
+        let Sim {
+            reverts,
+            link_state,
+            owned,
+            ..
+        } = sim;
+        let Some(li) = self.link_ref(p, &tr.link) else {
+            return;
+        };
+        let Some(rows) = self.read_trace(tr) else {
+            return;
+        };
+        let dirs = match tr.direction {
+            Direction::Both => vec![true, false],
+            Direction::Up => vec![true],
+            Direction::Down => vec![false],
+        };
+        let mut fields: Vec<&'static str> = Vec::new();
+        for r in &rows {
+            for f in &r.fields {
+                if !fields.contains(f) {
+                    fields.push(f);
+                }
+            }
+        }
+        let last = rows.last().map_or(Duration::ZERO, |r| r.t);
+        let end = until.unwrap_or(at + last);
+        if self.link_conflict(owned, li, &dirs, &fields, at, Some(end), ei, e.at.pos) {
+            return;
+        }
+        let period = last
+            + rows
+                .get(1)
+                .map_or(Duration::from_secs(1), |r| r.t - rows[0].t);
+        let mut offset = Duration::ZERO;
+        'rounds: loop {
+            for (k, r) in rows.iter().enumerate() {
+                let t = at + offset + r.t;
+                if t > end || (until.is_some() && t == end) {
+                    break 'rounds;
+                }
+                reverts.push((
+                    t,
+                    ei,
+                    RevertOp::Set {
+                        link: li,
+                        dirs: dirs.clone(),
+                        fields: r.fields.clone(),
+                        values: (r.params, r.params),
+                    },
+                    format!("trace `{}` row {}", tr.link.value, k + 1),
+                ));
+            }
+            if !tr.repeat || until.is_none() {
+                break;
+            }
+            offset += period;
+        }
+        if let Some(u) = until {
+            let before = link_state[li];
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Restore {
+                    link: li,
+                    dirs,
+                    fields,
+                    before,
+                },
+                format!("restore `{}` (end of trace)", tr.link.value),
+            ));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_memory(
+        &mut self,
+        sim: &mut Sim,
+        p: &Plan,
+        e: &EventSpec,
+        ei: usize,
+        at: Duration,
+        until: Option<Duration>,
+        m: &model::MemoryAction,
+    ) {
+        let Sim {
+            out,
+            reverts,
+            cpu_owned,
+            ..
+        } = sim;
+        let Some(nodes) = self.select(&m.nodes, "in memory") else {
+            return;
+        };
+        if m.limit.0 < 4 << 20 {
+            self.err(
+                m.limit.pos,
+                format!("memory limit {} is below 4Mi", m.limit.value),
+            );
+            return;
+        }
+        if self.owned_conflict(cpu_owned, &nodes, "memory", at, until, ei, p, e.at.pos) {
+            return;
+        }
+        let summary = format!("memory {} → {}", self.describe(p, &nodes), m.limit.value);
+        out.push(Pending {
+            at,
+            revert: false,
+            event: ei,
+            kind: ActionKind::Memory {
+                nodes: nodes.clone(),
+                limit: Some(m.limit.0),
+            },
+            summary,
+        });
+        if let Some(u) = until {
+            reverts.push((
+                u,
+                ei,
+                RevertOp::Kind(ActionKind::Memory {
+                    nodes: nodes.clone(),
+                    limit: None,
+                }),
+                format!(
+                    "restore memory of {} (end of `for`)",
+                    self.describe(p, &nodes)
+                ),
+            ));
+        }
     }
 
     fn link_ref(&mut self, p: &Plan, l: &Loc<String>) -> Option<usize> {
@@ -2502,6 +2593,134 @@ impl<'a> Validator<'a> {
             }
         }
         out
+    }
+}
+
+/// One action of the timeline being built.
+struct Pending {
+    at: Duration,
+    revert: bool,
+    event: usize,
+    kind: ActionKind,
+    summary: String,
+}
+
+/// The timeline's effect, simulated at plan time: what holds at the instant being processed,
+/// and the changes scheduled for later (reverts of `for` entries, flap and trace steps).
+struct Sim {
+    out: Vec<Pending>,
+    /// Every link's parameters (up, down).
+    link_state: Vec<(LinkParams, LinkParams)>,
+    /// (link, direction up?, field) → end of the `for` window that owns it, and its entry.
+    owned: HashMap<(usize, bool, &'static str), (Duration, usize)>,
+    /// Partitions in effect → the entry that made each.
+    partitions: BTreeMap<String, usize>,
+    /// Nodes that are down: how, and until when if automatically.
+    down: HashMap<usize, (DownMode, Option<Duration>)>,
+    /// (node, "cpu" | "memory") → end of the `for` window that owns it, and its entry.
+    cpu_owned: HashMap<(usize, &'static str), (Duration, usize)>,
+    /// Changes scheduled for later: (time, entry, change, summary).
+    reverts: Vec<(Duration, usize, RevertOp, String)>,
+    /// Counter for default partition names.
+    auto_name: usize,
+}
+
+impl Sim {
+    fn new(p: &Plan) -> Self {
+        Sim {
+            out: Vec::new(),
+            link_state: p.baseline_links(),
+            owned: HashMap::new(),
+            partitions: BTreeMap::new(),
+            down: HashMap::new(),
+            cpu_owned: HashMap::new(),
+            reverts: Vec::new(),
+            auto_name: 0,
+        }
+    }
+
+    /// Applies every scheduled change due at or before `until`, in time order.
+    fn flush(&mut self, until: Duration) {
+        self.reverts.sort_by_key(|r| r.0);
+        while let Some(r) = self.reverts.first() {
+            if r.0 > until {
+                break;
+            }
+            let (at, event, op, summary) = self.reverts.remove(0);
+            let is_revert = !matches!(op, RevertOp::Set { .. });
+            let kind = match op {
+                RevertOp::Kind(k) => k,
+                RevertOp::Set {
+                    link,
+                    dirs,
+                    fields,
+                    values: before,
+                }
+                | RevertOp::Restore {
+                    link,
+                    dirs,
+                    fields,
+                    before,
+                } => {
+                    // Set only the listed fields; later changes to other fields stay.
+                    let mut now = self.link_state[link];
+                    for up in dirs {
+                        let (cur, old) = if up {
+                            (&mut now.0, before.0)
+                        } else {
+                            (&mut now.1, before.1)
+                        };
+                        cur.copy_fields(&old, &fields);
+                    }
+                    ActionKind::Impair {
+                        link,
+                        up: now.0,
+                        down: now.1,
+                    }
+                }
+            };
+            match &kind {
+                ActionKind::Impair { link, up, down: dn } => self.link_state[*link] = (*up, *dn),
+                ActionKind::Heal { names } => {
+                    for n in names {
+                        self.partitions.remove(n);
+                    }
+                }
+                ActionKind::NodeUp { nodes, .. } => {
+                    for n in nodes {
+                        self.down.remove(n);
+                    }
+                }
+                _ => {}
+            }
+            self.out.push(Pending {
+                at,
+                revert: is_revert,
+                event,
+                kind,
+                summary,
+            });
+        }
+    }
+
+    /// Everything scheduled, in order: by time; at equal times reverts first (they end what
+    /// was before), then entries in file order.
+    fn finish(mut self) -> Vec<Action> {
+        self.flush(Duration::MAX);
+        self.out
+            .sort_by(|a, b| a.at.cmp(&b.at).then(b.revert.cmp(&a.revert)));
+        self.out
+            .into_iter()
+            .enumerate()
+            .map(|(seq, x)| Action {
+                seq,
+                at: x.at,
+                event: x.event,
+                revert: x.revert,
+                summary: x.summary,
+                kind: x.kind,
+            })
+            .collect()
     }
 }
 
