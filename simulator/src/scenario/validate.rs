@@ -1140,28 +1140,29 @@ impl<'a> Validator<'a> {
                 self.err(e.at.pos, msg).hint = Some("actions: partition, heal, impair, flap, trace, node-down, node-up, kill, restart, cpu, memory".into());
                 continue;
             }
+            let x = Entry { e, ei, at, until };
             if let Some(pa) = &e.partition {
-                self.on_partition(&mut sim, p, e, ei, at, until, pa);
+                self.on_partition(&mut sim, p, x, pa);
             } else if let Some(h) = &e.heal {
-                self.on_heal(&mut sim, p, e, ei, at, until, h);
+                self.on_heal(&mut sim, p, x, h);
             } else if let Some(im) = &e.impair {
-                self.on_impair(&mut sim, p, e, ei, at, until, im);
+                self.on_impair(&mut sim, p, x, im);
             } else if let Some(nd) = &e.node_down {
-                self.on_node_down(&mut sim, p, e, ei, at, until, nd);
+                self.on_node_down(&mut sim, p, x, nd);
             } else if let Some(nu) = &e.node_up {
-                self.on_node_up(&mut sim, p, e, ei, at, until, nu);
+                self.on_node_up(&mut sim, p, x, nu);
             } else if let Some(k) = &e.kill {
-                self.on_kill(&mut sim, p, e, ei, at, until, k);
+                self.on_kill(&mut sim, p, x, k);
             } else if let Some(r) = &e.restart {
-                self.on_restart(&mut sim, p, e, ei, at, until, r);
+                self.on_restart(&mut sim, p, x, r);
             } else if let Some(c) = &e.cpu {
-                self.on_cpu(&mut sim, p, e, ei, at, until, c);
+                self.on_cpu(&mut sim, p, x, c);
             } else if let Some(f) = &e.flap {
-                self.on_flap(&mut sim, p, e, ei, at, until, f);
+                self.on_flap(&mut sim, p, x, f);
             } else if let Some(tr) = &e.trace {
-                self.on_trace(&mut sim, p, e, ei, at, until, tr);
+                self.on_trace(&mut sim, p, x, tr);
             } else if let Some(m) = &e.memory {
-                self.on_memory(&mut sim, p, e, ei, at, until, m);
+                self.on_memory(&mut sim, p, x, m);
             }
         }
         sim.finish()
@@ -1173,17 +1174,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_partition(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        pa: &model::PartitionAction,
-    ) {
+    fn on_partition(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, pa: &model::PartitionAction) {
+        let Entry { e, ei, at, until } = x;
         let sc = self.sc;
         let Sim {
             out,
@@ -1339,17 +1331,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_heal(
-        &mut self,
-        sim: &mut Sim,
-        _p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        _until: Option<Duration>,
-        h: &model::HealAction,
-    ) {
+    fn on_heal(&mut self, sim: &mut Sim, _p: &Plan, x: Entry<'_>, h: &model::HealAction) {
+        let Entry { e, ei, at, .. } = x;
         let Sim {
             out,
             reverts,
@@ -1406,17 +1389,8 @@ impl<'a> Validator<'a> {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_impair(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        im: &model::ImpairAction,
-    ) {
+    fn on_impair(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, im: &model::ImpairAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim {
             out,
             reverts,
@@ -1480,17 +1454,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_node_down(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        nd: &model::NodeDownAction,
-    ) {
+    fn on_node_down(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, nd: &model::NodeDownAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim {
             out, reverts, down, ..
         } = sim;
@@ -1541,17 +1506,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_node_up(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        _until: Option<Duration>,
-        nu: &model::NodesAction,
-    ) {
+    fn on_node_up(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, nu: &model::NodesAction) {
+        let Entry { e, ei, at, .. } = x;
         let Sim { out, down, .. } = sim;
         self.no_for(e, "node-up");
         let Some(nodes) = self.select(&nu.nodes, "in node-up") else {
@@ -1608,17 +1564,8 @@ impl<'a> Validator<'a> {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_kill(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        k: &model::KillAction,
-    ) {
+    fn on_kill(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, k: &model::KillAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim {
             out, reverts, down, ..
         } = sim;
@@ -1667,17 +1614,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_restart(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        _until: Option<Duration>,
-        r: &model::RestartAction,
-    ) {
+    fn on_restart(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, r: &model::RestartAction) {
+        let Entry { e, ei, at, .. } = x;
         let Sim { out, down, .. } = sim;
         self.no_for(e, "restart");
         let Some((wi, nodes)) = self.workload_nodes(p, &r.workload, r.nodes.as_ref()) else {
@@ -1701,17 +1639,8 @@ impl<'a> Validator<'a> {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_cpu(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        c: &model::CpuAction,
-    ) {
+    fn on_cpu(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, c: &model::CpuAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim {
             out,
             reverts,
@@ -1791,17 +1720,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_flap(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        f: &model::FlapAction,
-    ) {
+    fn on_flap(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, f: &model::FlapAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim { reverts, owned, .. } = sim;
         let Some(li) = self.link_ref(p, &f.link) else {
             return;
@@ -1868,17 +1788,8 @@ impl<'a> Validator<'a> {
         ));
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_trace(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        tr: &model::TraceAction,
-    ) {
+    fn on_trace(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, tr: &model::TraceAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim {
             reverts,
             link_state,
@@ -1953,17 +1864,8 @@ impl<'a> Validator<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_memory(
-        &mut self,
-        sim: &mut Sim,
-        p: &Plan,
-        e: &EventSpec,
-        ei: usize,
-        at: Duration,
-        until: Option<Duration>,
-        m: &model::MemoryAction,
-    ) {
+    fn on_memory(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, m: &model::MemoryAction) {
+        let Entry { e, ei, at, until } = x;
         let Sim {
             out,
             reverts,
@@ -2594,6 +2496,16 @@ impl<'a> Validator<'a> {
         }
         out
     }
+}
+
+/// The timeline entry being processed: the entry, its index, when it applies and, with
+/// `for`, when it reverts.
+#[derive(Clone, Copy)]
+struct Entry<'a> {
+    e: &'a EventSpec,
+    ei: usize,
+    at: Duration,
+    until: Option<Duration>,
 }
 
 /// One action of the timeline being built.
