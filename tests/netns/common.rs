@@ -834,22 +834,17 @@ pub fn reach(scenario: &str, a: &Peer, b: &Peer) -> Reach {
     })
 }
 
-/// Removes whatever a killed run left, even when the test fails half-way.
-pub struct CleanupOnDrop;
+/// Removes whatever a killed run left, even when the test fails half-way; with a lab name,
+/// first takes that lab down in case the test failed before killing its daemon.
+pub struct CleanupOnDrop(pub Option<String>);
 
 impl Drop for CleanupOnDrop {
     fn drop(&mut self) {
+        if let Some(lab) = &self.0 {
+            let _ = edgesim().args(["down", lab]).output();
+        }
         let _ = edgesim().arg("cleanup").output();
     }
-}
-
-/// Gives a lab's bridge ports time to start forwarding after they were set up. Both the lab
-/// (at the start of the timeline) and `node-up` are reported done a few milliseconds before
-/// their ports forward, so traffic sent at once is dropped — a product bug that
-/// `nodes::node_up_has_taken_effect_when_it_is_journalled` shows. Tests about other things
-/// wait this long first, so that bug does not make them flaky.
-pub fn settle() {
-    std::thread::sleep(Duration::from_millis(100));
 }
 
 /// Asserts that a check made for a phase of the timeline finished before the phase ended,

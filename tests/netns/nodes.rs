@@ -94,7 +94,6 @@ timeline:
     let watcher = peer(&st, "watcher");
     let peers: Vec<Peer> = NODES.iter().map(|n| peer(&st, n)).collect();
     let cgs: Vec<NodeCgroup> = NODES.iter().map(|n| NodeCgroup::of(&st, n)).collect();
-    settle();
 
     let before = look_all(&sc, &watcher, &peers, &cgs);
     assert_within("before node-down", t0, PHASE);
@@ -136,7 +135,6 @@ timeline:
     for _ in NODES {
         up = run.action("node-up", false);
     }
-    settle();
     let t = Instant::now();
     let after = look_all(&sc, &watcher, &peers, &cgs);
     assert_within("node-up", t, PHASE);

@@ -30,7 +30,6 @@ fn observe(tag: &str, timeline: &str, pairs: [(&str, &str); 2]) -> [(Reach, Reac
     let st = run.state();
     let [(a, b), (c, d)] = pairs;
     let (a, b, c, d) = (peer(&st, a), peer(&st, b), peer(&st, c), peer(&st, d));
-    settle();
     let measure = |phase: &str, since| {
         let r = (reach(&sc.name, &a, &b), reach(&sc.name, &c, &d));
         assert_within(phase, since, PHASE);

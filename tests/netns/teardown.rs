@@ -4,6 +4,7 @@
 //! whose daemon was killed. Nothing of the run remains: namespaces, hosts folders, cgroups,
 //! state file, processes.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -118,7 +119,7 @@ fn sigkill_leaves_leftovers_that_cleanup_removes() {
     }
     let sc = busy_lab("teardown-sigkill", "60s");
     let before = HostSnapshot::take();
-    let _cleanup = CleanupOnDrop;
+    let _cleanup = CleanupOnDrop(None);
     let mut run = Run::start(&sc);
     run.action("node-down", false);
     let st = run.state();
@@ -164,13 +165,26 @@ fn a_lab_whose_daemon_is_killed_is_removed_by_cleanup() {
     }
     let sc = busy_lab("teardown-lab", "60s");
     let before = HostSnapshot::take();
-    let _cleanup = CleanupOnDrop;
+    let _cleanup = CleanupOnDrop(Some(sc.name.clone()));
     let st = Lab::up(&sc).into_state();
     assert!(
         st.controller_alive(),
         "the lab daemon (pid {}) should be running",
         st.pid
     );
+    // `up` returns once every workload process exists: 3 nodes, one instance each.
+    assert_eq!(
+        st.workload_pids.len(),
+        3,
+        "the state file should list every workload pid: {:?}",
+        st.workload_pids
+    );
+    for p in &st.workload_pids {
+        assert!(
+            Path::new(&format!("/proc/{p}")).exists(),
+            "workload pid {p} from the state file is not running"
+        );
+    }
     // SAFETY: kill(2) on the lab daemon's pid, which the state file names and
     // `controller_alive` just matched against its start time.
     unsafe {

@@ -50,25 +50,25 @@ pub async fn is_up(h: &Handle, index: u32) -> Result<bool> {
     }
 }
 
-/// Whether interface `index` is operationally up (carrier and, for a bridge port, forwarding).
-pub async fn is_oper_up(h: &Handle, index: u32) -> Result<bool> {
+/// The indexes of every interface in the handle's namespace that is operationally up
+/// (one dump, however many interfaces there are).
+pub async fn oper_up_indexes(h: &Handle) -> Result<std::collections::HashSet<u32>> {
     use netlink_packet_route::link::State;
-    let mut s = h.link().get().match_index(index).execute();
-    match s.try_next().await {
-        Ok(Some(m)) => Ok(m
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))),
-        Ok(None) => Err(HostError::other(
-            "reading",
-            format!("interface {index}"),
-            "gone",
-        )),
-        Err(e) => Err(HostError::netlink(
-            "reading",
-            format!("interface {index}"),
-            e,
-        )),
+    let mut s = h.link().get().execute();
+    let mut up = std::collections::HashSet::new();
+    loop {
+        match s.try_next().await {
+            Ok(Some(m)) => {
+                if m.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+                {
+                    up.insert(m.header.index);
+                }
+            }
+            Ok(None) => return Ok(up),
+            Err(e) => return Err(HostError::netlink("listing", "interfaces", e)),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::process::Child;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::scenario::model::RestartPolicy;
@@ -144,6 +144,8 @@ pub struct InstanceSpec {
 /// Supervises every instance of a run.
 pub struct Supervisor {
     instances: Vec<Instance>,
+    /// One per instance whose first launch has not been awaited yet.
+    first_launch: Vec<oneshot::Receiver<()>>,
     pub log: EventLog,
 }
 
@@ -151,13 +153,15 @@ impl Supervisor {
     pub fn new(log: EventLog) -> Self {
         Supervisor {
             instances: Vec::new(),
+            first_launch: Vec::new(),
             log,
         }
     }
 
-    /// Starts an instance now.
+    /// Starts an instance now; [`Supervisor::launched`] waits until its process exists.
     pub fn start(&mut self, spec: InstanceSpec, launch: Launch) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (first_tx, first_rx) = oneshot::channel();
         let pid = Arc::new(AtomicI32::new(0));
         let (w, n) = (spec.launch.workload, spec.launch.node);
         let task = tokio::spawn(run_instance(
@@ -166,7 +170,9 @@ impl Supervisor {
             rx,
             pid.clone(),
             self.log.clone(),
+            first_tx,
         ));
+        self.first_launch.push(first_rx);
         self.instances.push(Instance {
             workload: w,
             node: n,
@@ -174,6 +180,15 @@ impl Supervisor {
             pid,
             task,
         });
+    }
+
+    /// Waits until every instance started so far has made its first launch attempt, so
+    /// that its pid is known (or its spawn failure logged) before the lab reports ready.
+    pub async fn launched(&mut self) {
+        for rx in self.first_launch.drain(..) {
+            // An error means the task ended early, which also settles the attempt.
+            let _ = rx.await;
+        }
     }
 
     fn send(&self, workload: Option<usize>, nodes: &[usize], mk: impl Fn() -> Ctl) {
@@ -260,7 +275,9 @@ async fn run_instance(
     mut rx: mpsc::UnboundedReceiver<Ctl>,
     pid_slot: Arc<AtomicI32>,
     log: EventLog,
+    first_launch: oneshot::Sender<()>,
 ) {
+    let mut first_launch = Some(first_launch);
     use std::os::unix::process::ExitStatusExt;
     let ev = |kind: EventKind,
               pid: Option<i32>,
@@ -310,6 +327,9 @@ async fn run_instance(
                         restart_at = Some(Instant::now() + spec.restart_delay);
                     }
                 }
+            }
+            if let Some(tx) = first_launch.take() {
+                let _ = tx.send(());
             }
         }
 

@@ -198,15 +198,17 @@ impl Fabric {
         .await
     }
 
-    /// Waits until the fabric end of node `node`'s veth is operationally up, i.e. its bridge
-    /// port forwards. Setting a link up returns before that: the kernel applies the carrier
-    /// change from deferred work, up to a second later, and packets sent meanwhile are lost.
-    pub async fn wait_node_link(&self, node: usize, timeout: std::time::Duration) -> Result<()> {
+    /// Waits until the fabric ends of `nodes`' veths are operationally up, i.e. their bridge
+    /// ports forward. Setting a link up returns before that: the kernel applies the carrier
+    /// change from deferred work, some time later, and packets sent meanwhile are lost. One
+    /// interface dump per poll, however many nodes.
+    pub async fn wait_links(&self, nodes: &[usize], timeout: std::time::Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if link::is_oper_up(&self.fabric_nl, self.ports[node]).await? {
+            let up = link::oper_up_indexes(&self.fabric_nl).await?;
+            let Some(&node) = nodes.iter().find(|&&n| !up.contains(&self.ports[n])) else {
                 return Ok(());
-            }
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(HostError::other(
                     "waiting for the link of",

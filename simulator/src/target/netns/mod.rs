@@ -168,6 +168,17 @@ impl NetnsLab {
             Ok(f) => f,
             Err(e) => fail!(e),
         };
+        let t_links = std::time::Instant::now();
+        if let Err(e) = fabric
+            .wait_links(
+                &(0..plan.nodes.len()).collect::<Vec<_>>(),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            fail!(e);
+        }
+        tracing::debug!(waited = ?t_links.elapsed(), "every node link carries traffic");
 
         // 4. Hosts files, so node names resolve inside nodes.
         journal.push(Created::HostsDirs(state.hosts_dirs.clone()));
@@ -383,7 +394,10 @@ impl NetnsLab {
     }
 
     /// Waits until every workload with a `readyPort` accepts TCP connections on its node.
+    /// Every workload process has been launched first, so the pids in the state file and
+    /// the processes a caller of `edgesim up` finds are all there.
     pub async fn wait_ready(&mut self) -> std::result::Result<(), String> {
+        self.supervisor.launched().await;
         let plan = self.plan.clone();
         for w in &plan.workloads {
             let Some(port) = w.ready_port else { continue };
@@ -469,11 +483,9 @@ impl NetnsLab {
                 for &n in nodes {
                     self.fabric.set_node_link(n, true).await?;
                 }
-                for &n in nodes {
-                    self.fabric
-                        .wait_node_link(n, Duration::from_secs(2))
-                        .await?;
-                }
+                self.fabric
+                    .wait_links(nodes, Duration::from_secs(2))
+                    .await?;
                 for &n in nodes {
                     let mode = self.down.remove(&n).unwrap_or_default();
                     match mode {
