@@ -110,6 +110,26 @@ fn sink_totals(sink: &str) -> Option<serde_json::Value> {
     Some(v["totals"].clone())
 }
 
+/// `docker run -d` of `image` for `arch` with this test's label, on `network`.
+fn run_container(arch: &str, network: &str, name: &str, image: &str, args: &[&str]) {
+    let platform = format!("linux/{arch}");
+    let mut argv = vec![
+        "run",
+        "-d",
+        "--platform",
+        &platform,
+        "--network",
+        network,
+        "--label",
+        LABEL,
+        "--name",
+        name,
+        image,
+    ];
+    argv.extend_from_slice(args);
+    docker_ok(&argv);
+}
+
 fn exit_code(container: &str) -> String {
     docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", container])
 }
@@ -128,22 +148,13 @@ fn pipeline(arch: &str, version: &str) {
     }
     let sink = format!("edgesim-images-sink-{arch}-{}", std::process::id());
     let collector = format!("edgesim-images-collector-{arch}-{}", std::process::id());
-    let platform = format!("linux/{arch}");
-    docker_ok(&[
-        "run",
-        "-d",
-        "--platform",
-        &platform,
-        "--network",
+    run_container(
+        arch,
         "none",
-        "--label",
-        LABEL,
-        "--name",
         &sink,
         &tag("cloud-sink"),
-        "--listen",
-        "127.0.0.1:8080",
-    ]);
+        &["--listen", "127.0.0.1:8080"],
+    );
     // Wait for the sink to answer before the collector starts (qemu makes arm64 slower).
     let deadline = Instant::now() + Duration::from_secs(60);
     while sink_totals(&sink).is_none() {
@@ -155,31 +166,26 @@ fn pipeline(arch: &str, version: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (devices, readings) = (DEVICES.to_string(), READINGS.to_string());
-    docker_ok(&[
-        "run",
-        "-d",
-        "--platform",
-        &platform,
-        "--network",
+    run_container(
+        arch,
         &format!("container:{sink}"),
-        "--label",
-        LABEL,
-        "--name",
         &collector,
         &tag("iot-collector"),
-        "--listen",
-        "127.0.0.1:8081",
-        "--sink-url",
-        "http://127.0.0.1:8080",
-        "--devices",
-        &devices,
-        "--rate",
-        "50",
-        "--max-readings",
-        &readings,
-        "--seed",
-        "5",
-    ]);
+        &[
+            "--listen",
+            "127.0.0.1:8081",
+            "--sink-url",
+            "http://127.0.0.1:8080",
+            "--devices",
+            &devices,
+            "--rate",
+            "50",
+            "--max-readings",
+            &readings,
+            "--seed",
+            "5",
+        ],
+    );
 
     // Half-way (50 readings/s per device for 4 s): kill the collector, then start it again.
     let deadline = Instant::now() + Duration::from_secs(60);
