@@ -34,7 +34,9 @@
 //! nothing else in the code names `/sys/fs/cgroup`. The unit tests point those roots at a
 //! temporary directory laid out like the kernel's, so the order of operations and the values
 //! written are checked without root; the privileged tests run the same code against the real
-//! hierarchy (v1 on the CI machine).
+//! hierarchy (v1 on the CI machine), and v2's core — placement, `cpu.stat`, `cgroup.freeze`,
+//! `cgroup.kill`, removal — against the CI machine's controller-less cgroup2 mount. v2's
+//! `cpu.max`, `memory.max` and `pids.max` are checked on the fake tree only there.
 //!
 //! **Guarantees.** [`Cgroups::create`] and [`NodeCgroup::remove`] are idempotent; removal kills
 //! what is inside first and treats an already-removed cgroup as success, and
@@ -1263,17 +1265,31 @@ mod tests {
             format!("edgesim-test-{}", std::process::id())
         }
         fn new(name: &str) -> Option<(TestCgroup, NodeCgroup)> {
+            Self::in_layout(name, Cgroups::detect())
+        }
+        /// On the machine's cgroup2 mount, whatever controllers it offers (none on a hybrid
+        /// layout like this machine's, where v1 holds them all).
+        fn new_v2(name: &str) -> Option<(TestCgroup, NodeCgroup)> {
+            let v2 = read(Path::new("/proc/self/mountinfo")).and_then(|text| {
+                let m = parse_mountinfo(&text)
+                    .into_iter()
+                    .find(|m| m.fs_type == "cgroup2")
+                    .ok_or_else(|| HostError::other("finding", "cgroup2", "not mounted"))?;
+                Cgroups::v2(&m.mount_point)
+            });
+            Self::in_layout(name, v2)
+        }
+        fn in_layout(name: &str, layout: Result<Cgroups>) -> Option<(TestCgroup, NodeCgroup)> {
             let root = nix::unistd::geteuid().is_root();
-            let detected = Cgroups::detect();
-            let why = match (&detected, root) {
+            let why = match (&layout, root) {
                 (_, false) => "must run as root to create cgroups".to_string(),
                 (Err(e), _) => format!("no usable cgroup hierarchy: {e}"),
                 _ => String::new(),
             };
-            if !crate::testing::gate("cgroup", root && detected.is_ok(), &why) {
+            if !crate::testing::gate("cgroup", root && layout.is_ok(), &why) {
                 return None;
             }
-            let cg = detected.ok()?;
+            let cg = layout.ok()?;
             let rel = format!("{}/{name}", Self::parent());
             let node = cg.create(&rel).unwrap();
             Some((TestCgroup { cg, rel }, node))
@@ -1354,31 +1370,8 @@ mod tests {
         );
         assert!(used > 0, "the busy loop never ran");
 
-        // Frozen, it uses no CPU at all; thawed, it runs again.
-        node.freeze().unwrap();
-        let a = node.usage().unwrap().cpu_usage_us;
-        std::thread::sleep(Duration::from_millis(300));
-        let b = node.usage().unwrap().cpu_usage_us;
-        assert!(b - a < 2_000, "frozen cgroup used {} µs", b - a);
-        node.thaw().unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            node.usage().unwrap().cpu_usage_us > b,
-            "thawed cgroup did not run"
-        );
-
-        // A second process joins with add_pid; kill_all takes both.
-        let mut sleeper = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        node.add_pid(sleeper.id() as i32).unwrap();
-        assert_eq!(node.pids().unwrap().len(), 2);
-        node.kill_all().unwrap();
-        assert!(node.pids().unwrap().is_empty());
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(busy.wait().unwrap().signal(), Some(libc::SIGKILL));
-        assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+        freeze_stops_and_thaw_resumes(&node);
+        sleeper_joins_and_kill_all_takes_both(&node, &mut busy, false);
 
         // Removal: gone from every hierarchy, and removing again is fine.
         assert!(
@@ -1389,6 +1382,84 @@ mod tests {
         node.remove().unwrap();
         assert!(!node.exists());
         node.remove().unwrap();
+    }
+
+    /// Frozen, a cgroup's busy loop uses no CPU at all (and v2 reports it frozen); thawed,
+    /// it runs again.
+    fn freeze_stops_and_thaw_resumes(node: &NodeCgroup) {
+        node.freeze().unwrap();
+        let events = node.dirs()[0].join("cgroup.events");
+        if events.exists() {
+            // v2 (v1 has no such file).
+            let events = fs::read_to_string(events).unwrap();
+            assert!(events.contains("frozen 1"), "{events}");
+        }
+        let a = node.usage().unwrap().cpu_usage_us;
+        std::thread::sleep(Duration::from_millis(300));
+        let b = node.usage().unwrap().cpu_usage_us;
+        assert!(b - a < 2_000, "frozen cgroup used {} µs", b - a);
+        node.thaw().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            node.usage().unwrap().cpu_usage_us > b,
+            "thawed cgroup did not run"
+        );
+    }
+
+    /// A second process joins with add_pid; kill_all (of a frozen cgroup when `frozen`)
+    /// takes both.
+    fn sleeper_joins_and_kill_all_takes_both(
+        node: &NodeCgroup,
+        busy: &mut std::process::Child,
+        frozen: bool,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        node.add_pid(sleeper.id() as i32).unwrap();
+        assert_eq!(node.pids().unwrap().len(), 2);
+        if frozen {
+            node.freeze().unwrap();
+        }
+        node.kill_all().unwrap();
+        assert!(node.pids().unwrap().is_empty());
+        assert_eq!(busy.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    /// cgroup v2's core (no controller needed): placement before exec, CPU accounting,
+    /// `cgroup.freeze`, `cgroup.kill`, removal — on the kernel, not a fake tree. On a hybrid
+    /// layout such as this machine's the v2 mount has no controllers, so limits cannot be
+    /// applied there, and `apply` must say which file it could not write.
+    #[test]
+    fn real_cgroup_v2_core_places_accounts_freezes_kills_and_removes() {
+        let Some((guard, node)) = TestCgroup::new_v2("v2core") else {
+            return;
+        };
+        assert_eq!(guard.cg.version(), 2);
+        let dir = node.dirs().remove(0);
+        assert!(dir.join("cgroup.freeze").exists(), "{}", dir.display());
+
+        let mut busy = spawn_in(&node, "while :; do :; done");
+        let pid = busy.id() as i32;
+        assert_eq!(node.pids().unwrap(), vec![pid], "placed before exec");
+        std::thread::sleep(Duration::from_millis(300));
+        let a = node.usage().unwrap().cpu_usage_us;
+        assert!(a > 0, "cpu.stat counts the busy loop");
+
+        freeze_stops_and_thaw_resumes(&node);
+
+        let limits = NodeLimits::unlimited(1).with_pids(Some(8));
+        if !guard.cg.has("cpu") {
+            let e = node.apply(&limits).unwrap_err().to_string();
+            assert!(e.contains("cpu.max"), "{e}");
+        }
+        // Frozen while killed: cgroup.kill still takes every task.
+        sleeper_joins_and_kill_all_takes_both(&node, &mut busy, true);
+        node.remove().unwrap();
+        assert!(!node.exists());
     }
 
     #[test]
