@@ -8,9 +8,9 @@
 //! assertions' expressions, and finally what the selected target can do on this kernel.
 //! All problems are collected and reported together.
 //!
-//! This module holds the entry points, the [`Validator`]'s sites, links, nodes, addresses,
-//! selectors, workloads and capability checks; [`timeline`] simulates the timeline and
-//! [`checks`] handles probes and assertions.
+//! This module holds the entry points, the `Validator`'s sites, links, nodes, addresses,
+//! selectors, workloads and capability checks; `timeline` simulates the timeline and
+//! `checks` handles probes and assertions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
