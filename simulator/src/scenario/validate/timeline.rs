@@ -352,7 +352,7 @@ impl Validator<'_> {
             Direction::Up => vec![true],
             Direction::Down => vec![false],
         };
-        if self.link_conflict(owned, li, &dirs, &fields, at, until, ei, e.at.pos) {
+        if self.link_conflict(owned, li, &dirs, &fields, x.holding(until)) {
             return;
         }
         let before = link_state[li];
@@ -577,7 +577,7 @@ impl Validator<'_> {
     }
 
     fn on_cpu(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, c: &model::CpuAction) {
-        let Entry { e, ei, at, until } = x;
+        let Entry { ei, at, until, .. } = x;
         let Sim {
             out,
             reverts,
@@ -622,7 +622,7 @@ impl Validator<'_> {
                 return;
             }
         };
-        if self.owned_conflict(cpu_owned, &nodes, "cpu", at, until, ei, p, e.at.pos) {
+        if self.owned_conflict(cpu_owned, &nodes, "cpu", x.holding(until), p) {
             return;
         }
         // Express both forms in profile cores per node; percent differs per profile.
@@ -668,16 +668,7 @@ impl Validator<'_> {
                 .hint = Some("e.g. `{at: 45s, for: 10s, flap: {link: factory-uplink, up: exp(5s), down: exp(1s)}}`".into());
             return;
         };
-        if self.link_conflict(
-            owned,
-            li,
-            &[true, false],
-            &["cut"],
-            at,
-            Some(u),
-            ei,
-            e.at.pos,
-        ) {
+        if self.link_conflict(owned, li, &[true, false], &["cut"], x.holding(Some(u))) {
             return;
         }
         // Draw the whole schedule now: it is part of the plan, seeded and replayable.
@@ -726,7 +717,7 @@ impl Validator<'_> {
     }
 
     fn on_trace(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, tr: &model::TraceAction) {
-        let Entry { e, ei, at, until } = x;
+        let Entry { ei, at, until, .. } = x;
         let Sim {
             reverts,
             link_state,
@@ -754,7 +745,7 @@ impl Validator<'_> {
         }
         let last = rows.last().map_or(Duration::ZERO, |r| r.t);
         let end = until.unwrap_or(at + last);
-        if self.link_conflict(owned, li, &dirs, &fields, at, Some(end), ei, e.at.pos) {
+        if self.link_conflict(owned, li, &dirs, &fields, x.holding(Some(end))) {
             return;
         }
         let period = last
@@ -802,7 +793,7 @@ impl Validator<'_> {
     }
 
     fn on_memory(&mut self, sim: &mut Sim, p: &Plan, x: Entry<'_>, m: &model::MemoryAction) {
-        let Entry { e, ei, at, until } = x;
+        let Entry { ei, at, until, .. } = x;
         let Sim {
             out,
             reverts,
@@ -819,7 +810,7 @@ impl Validator<'_> {
             );
             return;
         }
-        if self.owned_conflict(cpu_owned, &nodes, "memory", at, until, ei, p, e.at.pos) {
+        if self.owned_conflict(cpu_owned, &nodes, "memory", x.holding(until), p) {
             return;
         }
         let summary = format!("memory {} → {}", self.describe(p, &nodes), m.limit.value);
@@ -865,18 +856,15 @@ impl Validator<'_> {
 
     /// Claims `fields` of link `li` until `until`; an error if an earlier entry still holds
     /// one of them.
-    #[allow(clippy::too_many_arguments)]
     fn link_conflict(
         &mut self,
         owned: &mut HashMap<(usize, bool, &'static str), (Duration, usize)>,
         li: usize,
         dirs: &[bool],
         fields: &[&'static str],
-        at: Duration,
-        until: Option<Duration>,
-        ei: usize,
-        pos: Pos,
+        h: Hold,
     ) -> bool {
+        let Hold { at, until, ei, pos } = h;
         for &d in dirs {
             for f in fields {
                 if let Some((end, owner)) = owned.get(&(li, d, *f))
@@ -957,18 +945,15 @@ impl Validator<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn owned_conflict(
         &mut self,
         owned: &mut HashMap<(usize, &'static str), (Duration, usize)>,
         nodes: &[usize],
         what: &'static str,
-        at: Duration,
-        until: Option<Duration>,
-        ei: usize,
+        h: Hold,
         p: &Plan,
-        pos: Pos,
     ) -> bool {
+        let Hold { at, until, ei, pos } = h;
         for n in nodes {
             if let Some((end, owner)) = owned.get(&(*n, what))
                 && *end > at
@@ -1081,6 +1066,28 @@ struct Entry<'a> {
     ei: usize,
     at: Duration,
     until: Option<Duration>,
+}
+
+impl Entry<'_> {
+    /// What this entry holds from its instant until `until` (its revert, or the end of a
+    /// flap or trace), for the conflict checks.
+    fn holding(&self, until: Option<Duration>) -> Hold {
+        Hold {
+            at: self.at,
+            until,
+            ei: self.ei,
+            pos: self.e.at.pos,
+        }
+    }
+}
+
+/// A field held by a timeline entry: from `at` until `until`, by entry `ei` written at `pos`.
+#[derive(Clone, Copy)]
+struct Hold {
+    at: Duration,
+    until: Option<Duration>,
+    ei: usize,
+    pos: Pos,
 }
 
 /// One action of the timeline being built.
