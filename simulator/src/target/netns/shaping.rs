@@ -14,9 +14,11 @@
 //! Each change recomputes the desired state and applies only the difference to tc (classes
 //! replaced in place, filters re-added per priority); the firewall is replaced as a whole in
 //! one nf_tables transaction over netlink ([`Prepared`] opens the socket ahead of time).
-//! Because the approximation is per path, two paths that share a physical link in the
-//! scenario (e.g. two factories' traffic into the cloud) do not compete for that link's
-//! bandwidth; each gets the link's rate.
+//! Because the approximation is per path, two paths that share a link in the scenario do
+//! not compete for that link's bandwidth: in a chain `a → b → cloud`, traffic from `a` and
+//! from `b` into the cloud both cross `b`'s uplink, and each gets its full rate; likewise in
+//! a star, `a → hub` and `a → b` (through the hub) each get `a`'s uplink rate. All nodes of
+//! one site sending to one destination site do share their path's rate.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
