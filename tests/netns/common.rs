@@ -706,6 +706,23 @@ pub fn assert_gone(run_id: &str) {
 #[derive(Debug, PartialEq, Eq)]
 pub struct HostSnapshot(Vec<(String, String)>);
 
+/// The `edgesim` cgroups (parents of every run's cgroup) that exist, one per line.
+fn shared_cgroup_parents() -> String {
+    let mut found: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("edgesim"))
+                .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup/edgesim")))
+                .filter(|p| p.is_dir())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.dedup();
+    found.join("\n")
+}
+
 impl HostSnapshot {
     pub fn take() -> HostSnapshot {
         let cmds: [&[&str]; 5] = [
@@ -734,6 +751,10 @@ impl HostSnapshot {
                     }
                     (c.join(" "), text)
                 })
+                .chain(std::iter::once((
+                    "edgesim's shared parent cgroups".to_string(),
+                    shared_cgroup_parents(),
+                )))
                 .collect(),
         )
     }

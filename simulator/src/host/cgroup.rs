@@ -301,10 +301,26 @@ impl Cgroups {
     /// `rel` below the root holds processes.
     pub fn create(&self, rel: &str) -> Result<NodeCgroup> {
         let relp = rel_path(rel)?;
+        // A concurrent run that ends may remove a shared parent (`edgesim`) between our
+        // mkdirs: that shows as "not found", and creating again settles it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.create_dirs(&relp) {
+                Err(HostError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempt < 3 => {}
+                other => break other?,
+            }
+        }
+        tracing::debug!(cgroup = rel, version = self.version(), "created cgroup");
+        self.open(rel)
+    }
+
+    fn create_dirs(&self, relp: &Path) -> Result<()> {
         match &self.layout {
             Layout::V1(hs) => {
                 for h in hs {
-                    let dir = h.root.join(&relp);
+                    let dir = h.root.join(relp);
                     fs::create_dir_all(&dir).map_err(|e| {
                         HostError::io("creating cgroup", dir.display().to_string(), e)
                     })?;
@@ -329,8 +345,7 @@ impl Cgroups {
                 }
             }
         }
-        tracing::debug!(cgroup = rel, version = self.version(), "created cgroup");
-        self.open(rel)
+        Ok(())
     }
 
     /// A handle on the cgroup `rel`, which may or may not exist.
@@ -391,6 +406,31 @@ impl Cgroups {
                     .join("; "),
             )),
         }
+    }
+
+    /// Removes the cgroup `rel` in every hierarchy if it is empty (no processes, no children);
+    /// leaves it where it is still in use. For shared parents such as `edgesim`, which
+    /// concurrent runs create and only the last one to finish can remove.
+    pub fn remove_if_unused(&self, rel: &str) -> Result<()> {
+        let cg = self.open(rel)?;
+        for dir in cg.dirs() {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::EBUSY | libc::ENOTEMPTY)
+                    ) => {}
+                Err(e) => {
+                    return Err(HostError::io(
+                        "removing cgroup",
+                        dir.display().to_string(),
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn remove_tree_into(&self, rel: &str, errors: &mut Vec<HostError>) {
@@ -1427,6 +1467,26 @@ mod tests {
         assert!(node.pids().unwrap().is_empty());
         assert_eq!(busy.wait().unwrap().signal(), Some(libc::SIGKILL));
         assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    /// A shared parent stays while any child uses it, goes with the last, and removing it
+    /// again is fine.
+    #[test]
+    fn real_cgroup_shared_parent_goes_with_its_last_child() {
+        let Some((guard, _node)) = TestCgroup::new("unused") else {
+            return;
+        };
+        let cg = &guard.cg;
+        let parent = format!("edgesim-test-{}-shared", std::process::id());
+        let a = cg.create(&format!("{parent}/a")).unwrap();
+        let b = cg.create(&format!("{parent}/b")).unwrap();
+        a.remove().unwrap();
+        cg.remove_if_unused(&parent).unwrap();
+        assert!(cg.open(&parent).unwrap().exists(), "b still uses it");
+        b.remove().unwrap();
+        cg.remove_if_unused(&parent).unwrap();
+        assert!(!cg.open(&parent).unwrap().exists());
+        cg.remove_if_unused(&parent).unwrap();
     }
 
     /// cgroup v2's core (no controller needed): placement before exec, CPU accounting,

@@ -655,10 +655,16 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
     for c in journal.iter().rev() {
         match c {
             Created::Cgroup(rel) => {
-                if let Some(cg) = cgroups
-                    && let Err(e) = cg.remove_tree(rel)
-                {
-                    errors.push(e.to_string());
+                if let Some(cg) = cgroups {
+                    if let Err(e) = cg.remove_tree(rel) {
+                        errors.push(e.to_string());
+                    }
+                    // The shared `edgesim` parent goes with the last run that used it.
+                    if let Some((parent, _)) = rel.rsplit_once('/')
+                        && let Err(e) = cg.remove_if_unused(parent)
+                    {
+                        errors.push(e.to_string());
+                    }
                 }
             }
             Created::HostsDirs(dirs) => errors.extend(remove_dirs(dirs)),
