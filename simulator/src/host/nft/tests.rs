@@ -3,12 +3,12 @@
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::encode::{self, Batch, Family};
 use super::golden_tests::describe;
 use super::*;
+use crate::host::tc::{ScratchNs, ip};
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -207,38 +207,6 @@ fn kernel_refusals_carry_errno_and_extended_ack_message() {
     assert!(ack(0, &[1, 2]).is_err());
 }
 
-/// A scratch namespace `edgesim-t-<pid>-n<k>`, deleted when dropped.
-struct TestNs(String);
-
-static NEXT_NS: AtomicU32 = AtomicU32::new(0);
-
-impl TestNs {
-    fn create() -> Self {
-        let k = NEXT_NS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("edgesim-t-{}-n{k}", std::process::id());
-        ns::create(&name).unwrap();
-        TestNs(name)
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        if let Err(e) = ns::delete(&self.0) {
-            eprintln!("deleting scratch namespace {}: {e}", self.0);
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn host_ruleset() -> Vec<u8> {
     Command::new("nft")
         .args(["list", "ruleset"])
@@ -250,10 +218,10 @@ fn host_ruleset() -> Vec<u8> {
 /// A fabric namespace with bridges br0 (10.88.1.0/24: nodes n1 .1 and n2 .2) and br1
 /// (10.88.2.0/24: node n3 .3), routing between them. Field order: nodes go first.
 struct Lab {
-    n1: TestNs,
-    n2: TestNs,
-    n3: TestNs,
-    fabric: TestNs,
+    n1: ScratchNs,
+    n2: ScratchNs,
+    n3: ScratchNs,
+    fabric: ScratchNs,
     host_before: Vec<u8>,
 }
 
@@ -271,10 +239,10 @@ impl Lab {
             return None;
         }
         let host_before = host_ruleset();
-        let fabric = TestNs::create();
-        let n1 = TestNs::create();
-        let n2 = TestNs::create();
-        let n3 = TestNs::create();
+        let fabric = ScratchNs::create("t").unwrap();
+        let n1 = ScratchNs::create("t").unwrap();
+        let n2 = ScratchNs::create("t").unwrap();
+        let n3 = ScratchNs::create("t").unwrap();
         let f = fabric.0.as_str();
         for (br, addr) in [("br0", "10.88.1.254/24"), ("br1", "10.88.2.254/24")] {
             ip(&["-n", f, "link", "add", br, "type", "bridge"]);
@@ -357,7 +325,7 @@ impl Drop for Lab {
 }
 
 /// Sends `count` UDP datagrams from namespace `from` to `dst` and returns how many arrived.
-fn udp(from: &TestNs, to: &TestNs, dst: Ipv4Addr, count: u32) -> u32 {
+fn udp(from: &ScratchNs, to: &ScratchNs, dst: Ipv4Addr, count: u32) -> u32 {
     let rx = ns::run_in(&to.0, || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
         .unwrap()
         .unwrap();

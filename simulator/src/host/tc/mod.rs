@@ -925,6 +925,22 @@ pub async fn dump_classes(h: &rtnetlink::Handle, ifindex: u32) -> Result<Vec<Cla
         .collect()
 }
 
+/// Runs iproute2's `ip` with `args` (tests set up and inspect scratch namespaces with it);
+/// panics with its stderr when it fails.
+#[cfg(test)]
+pub(crate) fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 static SCRATCH: AtomicU32 = AtomicU32::new(0);
 
 /// A namespace deleted when dropped (scratch probes, tests).

@@ -21,16 +21,6 @@ struct Pair {
     b: ScratchNs,
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn ifindex(h: &rtnetlink::Handle, name: &str) -> u32 {
     let link = h
         .link()
