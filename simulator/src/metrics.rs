@@ -164,7 +164,7 @@ impl prometheus_client::collector::Collector for LinkStats {
             })
             .collect();
         type Get = fn(&crate::linkem::RuleStats) -> u64;
-        let counters: [(&str, &str, Get); 7] = [
+        let counters: [(&str, &str, Get); 6] = [
             (
                 "link_packets",
                 "Packets that reached the link emulator, by relay, direction and rule",
@@ -193,25 +193,8 @@ impl prometheus_client::collector::Collector for LinkStats {
                 "Packets the link emulator sent ahead of delayed ones",
                 |r| r.reordered,
             ),
-            (
-                "link_queue_max_depth",
-                "Most packets ever waiting in a rule's queue",
-                |r| r.max_queue_depth,
-            ),
         ];
         for (name, help, get) in counters {
-            if name == "link_queue_max_depth" {
-                let mut e = encoder.encode_descriptor(
-                    name,
-                    help,
-                    None,
-                    prometheus_client::metrics::MetricType::Gauge,
-                )?;
-                for (l, r) in &rows {
-                    ConstGauge::new(get(r) as i64).encode(e.encode_family(l)?)?;
-                }
-                continue;
-            }
             let mut e = encoder.encode_descriptor(
                 name,
                 help,
@@ -221,6 +204,15 @@ impl prometheus_client::collector::Collector for LinkStats {
             for (l, r) in &rows {
                 ConstCounter::new(get(r)).encode(e.encode_family(l)?)?;
             }
+        }
+        let mut e = encoder.encode_descriptor(
+            "link_queue_max_depth",
+            "Most packets ever waiting in a rule's queue",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (l, r) in &rows {
+            ConstGauge::new(r.max_queue_depth as i64).encode(e.encode_family(l)?)?;
         }
         let mut e = encoder.encode_descriptor(
             "link_dropped",
