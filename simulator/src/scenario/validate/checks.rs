@@ -34,12 +34,7 @@ impl Validator<'_> {
         let mut seen = BTreeSet::new();
         for pr in &sc.spec.probes {
             self.name_ok(&pr.name, "probe");
-            if !seen.insert(pr.name.value.clone()) {
-                self.err(
-                    pr.name.pos,
-                    format!("duplicate probe name `{}`", pr.name.value),
-                );
-            }
+            self.name_unique(&mut seen, &pr.name, "probe");
             let ctx = format!("in probe `{}`", pr.name.value);
             let from = self.select(std::slice::from_ref(&pr.from), &ctx);
             let from = match from.as_deref() {
@@ -170,12 +165,7 @@ impl Validator<'_> {
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
         for a in &sc.spec.assertions {
-            if !seen.insert(a.name.value.clone()) {
-                self.err(
-                    a.name.pos,
-                    format!("duplicate assertion name `{}`", a.name.value),
-                );
-            }
+            self.name_unique(&mut seen, &a.name, "assertion");
             let subject = match (&a.probe, &a.metric) {
                 (Some(pr), None) => {
                     if let Some(at) = &a.at {

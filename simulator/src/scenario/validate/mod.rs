@@ -238,6 +238,13 @@ impl<'a> Validator<'a> {
         d
     }
 
+    /// Reports `n` when a `what` of the same name came before (`seen` collects them).
+    fn name_unique(&mut self, seen: &mut BTreeSet<String>, n: &Loc<String>, what: &str) {
+        if !seen.insert(n.value.clone()) {
+            self.err(n.pos, format!("duplicate {what} name `{}`", n.value));
+        }
+    }
+
     fn name_ok(&mut self, n: &Loc<String>, what: &str) {
         if !dns_label(n) {
             self.err(
@@ -836,12 +843,7 @@ impl<'a> Validator<'a> {
         let mut seen = BTreeSet::new();
         for w in &sc.spec.workloads {
             self.name_ok(&w.name, "workload");
-            if !seen.insert(w.name.value.clone()) {
-                self.err(
-                    w.name.pos,
-                    format!("duplicate workload name `{}`", w.name.value),
-                );
-            }
+            self.name_unique(&mut seen, &w.name, "workload");
             let nodes = self
                 .select(&w.on, &format!("in `on` of workload `{}`", w.name.value))
                 .unwrap_or_default();
