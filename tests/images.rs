@@ -51,20 +51,6 @@ fn daemon_answers() -> bool {
             .is_ok_and(|o| o.status.success())
 }
 
-fn version() -> String {
-    let toml = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
-    let ws = toml
-        .split("[workspace.package]")
-        .nth(1)
-        .expect("[workspace.package]");
-    ws.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == "version").then(|| v.trim().trim_matches('"').to_string())
-        })
-        .expect("workspace version")
-}
-
 /// Removes this test's containers, also when it fails half-way.
 struct Containers;
 
@@ -274,9 +260,10 @@ fn images_build_for_both_architectures_and_run_a_crash_safe_pipeline() {
         .expect("running images/build.sh");
     assert!(st.success(), "images/build.sh --arch {arches} failed");
 
-    let version = version();
+    // Every crate takes the workspace version, which build.sh tags the images with.
+    let version = env!("CARGO_PKG_VERSION");
     for arch in arches.split(',') {
-        pipeline(arch, &version);
+        pipeline(arch, version);
     }
     let left = docker_ok(&["ps", "-aq", "--filter", &format!("label={LABEL}")]);
     assert!(left.is_empty(), "containers left: {left}");
