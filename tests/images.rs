@@ -81,10 +81,7 @@ fn get_inside(container: &str, port: u16, path: &str) -> Option<String> {
         let mut body = String::new();
         s.read_to_string(&mut body).ok()?;
         let (head, body) = body.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.")
-            .then_some(())
-            .filter(|_| head.contains(" 200 "))?;
-        Some(body.to_string())
+        (head.starts_with("HTTP/1.") && head.contains(" 200 ")).then(|| body.to_string())
     })
     .ok()
     .flatten()
