@@ -22,15 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use edgesim::engine::state::{self, Mode};
+use edgesim::fabric::{self, Fabric, Names};
+use edgesim::faults::shaping::Shaper;
 use edgesim::host::cgroup::Cgroups;
 use edgesim::host::ns;
 use edgesim::profile::{HostCpu, ProfileSet, limits};
 use edgesim::scenario::{self, Overrides, Plan};
-use edgesim::target::netns::exec::NodeExec;
-use edgesim::target::netns::fabric::{self, Fabric, Names};
-use edgesim::target::netns::shaping::Shaper;
-use edgesim::target::netns::{self as netns, NetnsLab};
+use edgesim::targets::netns::exec::NodeExec;
+use edgesim::targets::netns::{self as netns, NetnsLab};
+use edgesim::targets::state::{self, Mode};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -39,7 +39,12 @@ fn root() -> PathBuf {
 fn load(rel: &str) -> Result<Plan> {
     let profiles = ProfileSet::builtin().context("built-in profiles")?;
     // The real capabilities of this kernel, as `edgesim run` checks them.
-    let caps = edgesim::target::netns_capabilities();
+    let caps = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(edgesim::targets::capabilities_here(
+            edgesim::targets::TargetKind::Netns,
+        ));
     scenario::load(&root().join(rel), profiles, &caps, &Overrides::default())
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -120,7 +125,7 @@ async fn bringup_once(plan: &Plan, steps: &mut Steps) -> Result<()> {
     let res: Result<()> = async {
         created?;
         let t = Instant::now();
-        let fab = Fabric::build(plan, names.clone(), plan.uses_emulator()).await?;
+        let fab = Fabric::build_named(plan, names.clone(), plan.uses_emulator()).await?;
         steps.add("up: fabric (bridges, veths, addrs, routes)", t.elapsed());
 
         let t = Instant::now();
@@ -131,7 +136,10 @@ async fn bringup_once(plan: &Plan, steps: &mut Steps) -> Result<()> {
         let cgroups = Cgroups::detect()?;
         let host = HostCpu::detect();
         let mut cgs = Vec::new();
-        for (n, ns_st) in plan.nodes.iter().zip(&st.nodes) {
+        let edgesim::targets::state::TargetState::Netns(nst) = &st.target else {
+            bail!("not a netns state");
+        };
+        for (n, ns_st) in plan.nodes.iter().zip(&nst.nodes) {
             let cg = cgroups.create(&ns_st.cgroup)?;
             cg.apply(&limits(&n.profile, &host))?;
             cgs.push(cg);
@@ -166,12 +174,12 @@ async fn bringup_once(plan: &Plan, steps: &mut Steps) -> Result<()> {
         drop(fab);
         steps.add("down: close handles and sockets", t.elapsed());
         let t = Instant::now();
-        if let Some(rel) = &st.cgroup {
+        if let Some(rel) = &nst.cgroup {
             cgroups.remove_tree(rel)?;
         }
         steps.add("down: cgroups", t.elapsed());
         let t = Instant::now();
-        for d in &st.hosts_dirs {
+        for d in &nst.hosts_dirs {
             std::fs::remove_dir_all(d)?;
         }
         steps.add("down: hosts dirs (rmdir /etc/netns/*)", t.elapsed());
@@ -333,7 +341,13 @@ fn actions(rounds: usize) -> Result<()> {
     let run_id = state::new_run_id();
     let out = tempfile::tempdir()?;
     let st = netns::initial_state(&plan, &run_id, Mode::Run, out.path().to_path_buf());
-    let mut lab = match rt.block_on(NetnsLab::provision(plan.clone(), st, &Default::default())) {
+    let programs = netns::resolve(&plan).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut lab = match rt.block_on(NetnsLab::provision(
+        plan.clone(),
+        programs,
+        st,
+        &Default::default(),
+    )) {
         Ok(l) => l,
         Err(pe) => {
             let errs = rt.block_on(pe.partial.teardown());
@@ -341,7 +355,7 @@ fn actions(rounds: usize) -> Result<()> {
         }
     };
     let res = (|| -> Result<_> {
-        lab.deploy(out.path())?;
+        rt.block_on(lab.deploy(out.path()))?;
         let mut prep: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         let mut apply: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         nft_children_settled();

@@ -303,7 +303,11 @@ fn delay_by_effect(mechanism: &str) {
     if mechanism == "kernel"
         && !edgesim::testing::gate(
             "netem",
-            edgesim::target::kernel_has_netem(),
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(edgesim::targets::kernel_has_netem()),
             "the kernel has no sch_netem",
         )
     {

@@ -4,13 +4,16 @@
 //! - [`scenario`]: the YAML model, validation with positioned diagnostics, the resolved plan;
 //! - [`profile`]: hardware profiles and their translation to limits; host CPU calibration;
 //! - [`engine`]: a run from provisioning to report, with the timeline's journal and state files;
-//! - [`target`]: where nodes become real (the `netns` target), and what this machine can do;
+//! - [`targets`]: where nodes become real (the `netns` target), and what this machine can do;
 //! - [`host`]: the only code that changes kernel state (namespaces, links, tc, nf_tables, cgroups);
 //! - [`linkem`]: the userspace link emulator;
 //! - [`workload`]: workload supervision and the edge apps of `images/`;
 //! - [`probe`], [`assertion`], [`report`], [`metrics`]: measuring, judging, reporting.
 pub mod assertion;
+pub mod caps;
 pub mod engine;
+pub mod fabric;
+pub mod faults;
 pub mod host;
 pub mod linkem;
 pub mod metrics;
@@ -18,7 +21,7 @@ pub mod probe;
 pub mod profile;
 pub mod report;
 pub mod scenario;
-pub mod target;
+pub mod targets;
 pub mod testing;
 pub mod units;
 pub mod workload;

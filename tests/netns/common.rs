@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::time::{Duration, Instant};
 
-use edgesim::engine::state::{self, NodeState, RunState};
 use edgesim::host::ns::{self, SocketFactory};
+use edgesim::targets::state::{self, NodeState, RunState};
 use serde_json::Value;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -126,9 +126,25 @@ pub fn node<'a>(st: &'a RunState, name: &str) -> &'a NodeState {
         .unwrap_or_else(|| panic!("run {} has no node `{name}`", st.run_id))
 }
 
+/// The netns target's part of a run's state.
+pub fn netns_of(st: &RunState) -> &edgesim::targets::netns::NetnsState {
+    match &st.target {
+        edgesim::targets::state::TargetState::Netns(n) => n,
+        other => panic!("run {} is not a netns run: {}", st.run_id, other.name()),
+    }
+}
+
+/// The netns part of node `name`: namespace and cgroup.
+pub fn netns_node<'a>(st: &'a RunState, name: &str) -> &'a edgesim::targets::netns::NetnsNode {
+    let i = st
+        .node_index(name)
+        .unwrap_or_else(|| panic!("run {} has no node `{name}`", st.run_id));
+    &netns_of(st).nodes[i]
+}
+
 /// Opens sockets inside a node's namespace.
 pub fn sockets(st: &RunState, name: &str) -> SocketFactory {
-    let n = node(st, name);
+    let n = netns_node(st, name);
     let fd = ns::open(&n.namespace).unwrap_or_else(|e| panic!("opening {}: {e}", n.namespace));
     SocketFactory::start(fd, &n.namespace)
         .unwrap_or_else(|e| panic!("entering {}: {e}", n.namespace))
@@ -888,7 +904,7 @@ pub struct NodeCgroup {
 
 impl NodeCgroup {
     pub fn of(st: &RunState, name: &str) -> NodeCgroup {
-        let rel = PathBuf::from(&node(st, name).cgroup);
+        let rel = PathBuf::from(&netns_node(st, name).cgroup);
         let v1 = Path::new("/sys/fs/cgroup/cpu").join(&rel);
         let v2 = Path::new("/sys/fs/cgroup").join(&rel);
         if v1.is_dir() {

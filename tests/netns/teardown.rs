@@ -174,12 +174,12 @@ fn a_lab_whose_daemon_is_killed_is_removed_by_cleanup() {
     );
     // `up` returns once every workload process exists: 3 nodes, one instance each.
     assert_eq!(
-        st.workload_pids.len(),
+        netns_of(&st).workload_pids.len(),
         3,
         "the state file should list every workload pid: {:?}",
-        st.workload_pids
+        netns_of(&st).workload_pids
     );
-    for p in &st.workload_pids {
+    for p in &netns_of(&st).workload_pids {
         assert!(
             Path::new(&format!("/proc/{p}")).exists(),
             "workload pid {p} from the state file is not running"

@@ -36,11 +36,40 @@ pub fn load_profiles(dirs: &[PathBuf]) -> Result<ProfileSet> {
     ProfileSet::load(dirs).context("loading hardware profiles")
 }
 
-/// What the target can do here, for validation. Probing the kernel needs root; without it
-/// we look for the netem module on disk.
-pub fn capabilities(target: TargetArg) -> Capabilities {
-    match target {
-        TargetArg::Netns => edgesim::target::netns_capabilities(),
+/// What the target can do here, for validation: the table `doctor` prints. Probing the
+/// kernel needs root; without it we look for the netem module on disk.
+pub fn capabilities(target: TargetArg) -> Result<Capabilities> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(edgesim::targets::capabilities_here(target.kind())))
+}
+
+/// The target's own validation of a plan (workloads resolved to binaries or images), with
+/// its problems printed as diagnostics of the file. `Ok(None)` when the target refuses it.
+pub fn resolve_plan(target: TargetArg, plan: &Plan) -> Result<Option<edgesim::targets::Resolved>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match rt.block_on(edgesim::targets::resolve(target.kind(), plan)) {
+        Ok(r) => Ok(Some(r)),
+        Err(items) => {
+            let n = items.len();
+            let text = std::fs::read_to_string(&plan.file).unwrap_or_default();
+            eprint!(
+                "{}",
+                scenario::diag::Diagnostics::new(&plan.file, &text, items)
+            );
+            eprintln!(
+                "\n{}: {n} problem{} for the `{}` target; nothing was created.",
+                plan.file.display(),
+                if n == 1 { "" } else { "s" },
+                target.kind()
+            );
+            Ok(None)
+        }
     }
 }
 
@@ -72,7 +101,7 @@ pub fn load_plan(
 
 fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8> {
     let profiles = load_profiles(dirs)?;
-    let caps = capabilities(target);
+    let caps = capabilities(target)?;
     let mut code = EXIT_PASS;
     for f in files {
         match load_plan(
@@ -84,6 +113,7 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
                 impairment: None,
             },
         )? {
+            Some(p) if resolve_plan(target, &p)?.is_none() => code = EXIT_INVALID,
             Some(p) => println!(
                 "{}: ok ({} sites, {} nodes, {} workloads, {} timeline actions, {} probes, {} assertions)",
                 f.display(),
@@ -103,7 +133,7 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
 fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Result<u8> {
     let profiles = load_profiles(dirs)?;
     // What would happen on this machine (which mechanism carries impairments depends on it).
-    let caps = capabilities(TargetArg::Netns);
+    let caps = capabilities(TargetArg::Netns)?;
     let Some(p) = load_plan(
         file,
         &profiles,
@@ -200,7 +230,22 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
                 "  {:<16} on {}: {}",
                 w.name,
                 on.join(","),
-                shlex::try_join(w.argv.iter().map(String::as_str)).unwrap_or_default()
+                match &w.run {
+                    edgesim::scenario::plan::Run::Command { argv } =>
+                        shlex::try_join(argv.iter().map(String::as_str)).unwrap_or_default(),
+                    edgesim::scenario::plan::Run::App { app, args } => format!(
+                        "app {app} {}",
+                        shlex::try_join(args.iter().map(String::as_str)).unwrap_or_default()
+                    )
+                    .trim_end()
+                    .to_string(),
+                    edgesim::scenario::plan::Run::Image { image, args } => format!(
+                        "image {image} {}",
+                        shlex::try_join(args.iter().map(String::as_str)).unwrap_or_default()
+                    )
+                    .trim_end()
+                    .to_string(),
+                }
             )?;
         }
     }

@@ -51,6 +51,17 @@ pub enum TargetArg {
     /// Network namespaces and cgroups on this host (needs root).
     #[default]
     Netns,
+    /// One container per node through the Docker Engine (needs root and a Docker daemon).
+    Docker,
+}
+
+impl TargetArg {
+    pub fn kind(self) -> edgesim::targets::TargetKind {
+        match self {
+            TargetArg::Netns => edgesim::targets::TargetKind::Netns,
+            TargetArg::Docker => edgesim::targets::TargetKind::Docker,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,6 +179,8 @@ pub enum Command {
         file: PathBuf,
         #[arg(long)]
         run_id: String,
+        #[arg(long, value_enum, default_value_t)]
+        target: TargetArg,
         #[arg(long, value_enum)]
         impairment: Option<edgesim::scenario::model::ImpairmentMode>,
         #[arg(long)]

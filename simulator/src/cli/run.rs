@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use edgesim::engine::state::{self, Mode, RunState};
 use edgesim::engine::{self, Progress, ProgressFn, RunOptions, StopLevel, StopSignal};
 use edgesim::report::{self, Report};
 use edgesim::scenario::model::ImpairmentMode;
 use edgesim::scenario::{Overrides, Plan};
+use edgesim::targets::state::{self, Mode, RunState};
 
-use super::commands::{capabilities, load_plan, load_profiles};
+use super::commands::{capabilities, load_plan, load_profiles, resolve_plan};
 use super::{
     Command, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_PASS, Output, RunArgs, TargetArg,
 };
@@ -40,6 +40,7 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         Command::LabDaemon {
             file,
             run_id,
+            target,
             impairment,
             seed,
             out,
@@ -47,6 +48,7 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         } => lab_daemon(
             &file,
             &run_id,
+            target,
             impairment,
             seed,
             out,
@@ -190,8 +192,9 @@ fn write_reports(
 
 fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
     let profiles = load_profiles(profile_dirs)?;
-    let caps = capabilities(args.target);
-    // Every file is validated before anything is created.
+    let caps = capabilities(args.target)?;
+    // Every file is validated, by the scenario rules and by the target, before anything is
+    // created.
     let mut plans = Vec::new();
     let mut invalid = false;
     for f in &args.files {
@@ -200,7 +203,10 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
             impairment: args.impairment,
         };
         match load_plan(f, &profiles, &caps, &ov)? {
-            Some(p) => plans.push(p),
+            Some(p) => match resolve_plan(args.target, &p)? {
+                Some(r) => plans.push((p, r)),
+                None => invalid = true,
+            },
             None => invalid = true,
         }
     }
@@ -234,7 +240,7 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
             None => (None, None),
         };
         let mut worst = EXIT_PASS;
-        for plan in plans {
+        for (plan, resolved) in plans {
             if stop.level() >= StopLevel::Graceful {
                 worst = worst.max(EXIT_INTERRUPTED);
                 break;
@@ -262,13 +268,13 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
                 stop: stop.clone(),
                 ready: None,
                 grace: Duration::from_secs(3),
-                emulator: edgesim::target::netns::emulator::EmulatorOptions {
+                emulator: edgesim::faults::emulator::EmulatorOptions {
                     capture_dir: args.capture.then(|| out_dir.join("capture")),
                     decision_log_dir: args.decision_log.then(|| out_dir.join("decisions")),
                     busy_poll: args.busy_poll.map(|d| d.0),
                 },
             };
-            let mut report = engine::run(Arc::new(plan), opts).await;
+            let mut report = engine::run(Arc::new(plan), resolved, opts).await;
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -299,10 +305,13 @@ fn up(
     profile_dirs: &[PathBuf],
 ) -> Result<u8> {
     let profiles = load_profiles(profile_dirs)?;
-    let caps = capabilities(target);
+    let caps = capabilities(target)?;
     let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
         return Ok(EXIT_INVALID);
     };
+    if resolve_plan(target, &plan)?.is_none() {
+        return Ok(EXIT_INVALID);
+    }
     require_root("edgesim up")?;
     if let Some(live) = state::live_by_name(&plan.name).first() {
         eprintln!(
@@ -325,6 +334,7 @@ fn up(
     cmd.arg("lab-daemon")
         .arg(file)
         .args(["--run-id", &run_id])
+        .args(["--target", target.kind().name()])
         .arg("--out")
         .arg(&out_dir)
         .args(["--ready-fd", &wr_raw.to_string()]);
@@ -390,9 +400,11 @@ fn up(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn lab_daemon(
     file: &Path,
     run_id: &str,
+    target: TargetArg,
     impairment: Option<ImpairmentMode>,
     seed: Option<u64>,
     out: Option<PathBuf>,
@@ -416,9 +428,16 @@ fn lab_daemon(
         }
     };
     let profiles = load_profiles(profile_dirs)?;
-    let caps = capabilities(TargetArg::Netns);
+    let caps = capabilities(target)?;
     let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
         report_ready("err invalid scenario".into());
+        return Ok(EXIT_INVALID);
+    };
+    let Some(resolved) = resolve_plan(target, &plan)? else {
+        report_ready(format!(
+            "err the `{}` target refuses the scenario",
+            target.kind()
+        ));
         return Ok(EXIT_INVALID);
     };
     let out_dir = out
@@ -450,7 +469,7 @@ fn lab_daemon(
             grace: Duration::from_secs(3),
             emulator: Default::default(),
         };
-        let mut report = engine::run(Arc::new(plan), opts).await;
+        let mut report = engine::run(Arc::new(plan), resolved, opts).await;
         write_reports(&mut report, &out_dir, None, None);
         Ok(
             if report.error.is_some() && report.error.as_deref() != Some("interrupted") {
@@ -500,7 +519,7 @@ fn down(name_or_file: &str) -> Result<u8> {
         }
         if st.controller_alive() || st.path().exists() {
             // The lab process is gone (or stuck): remove what it left from its state file.
-            let errors = rt.block_on(edgesim::target::netns::cleanup_state(&st));
+            let errors = rt.block_on(edgesim::targets::cleanup(&st));
             for e in &errors {
                 eprintln!("warning: {e}");
             }
@@ -527,54 +546,19 @@ fn exec(name_or_file: &str, node: &str, command: &[String]) -> Result<u8> {
         eprintln!("error: lab `{name}` has no node `{node}`\n  hint: {hint}");
         return Ok(EXIT_INVALID);
     };
-    let fd = edgesim::host::ns::open(&n.namespace)?;
-    let procs = edgesim::host::cgroup::Cgroups::detect()
-        .and_then(|c| c.open(&n.cgroup))
-        .and_then(|c| c.procs_files())
-        .unwrap_or_default();
-    let hosts = edgesim::target::netns::fabric::hosts_dir(&n.namespace).join("hosts");
-    let x = edgesim::target::netns::exec::NodeExec::new(&n.namespace, fd, Some(&hosts), procs)?;
-    let mut cmd = x.command(&command[0], &command[1..])?;
-    for (k, v) in peer_env(st, n) {
-        cmd.env(k, v);
-    }
-    let status = cmd
-        .status()
+    let Some(ni) = st.node_index(&n.name) else {
+        return Ok(EXIT_INVALID);
+    };
+    let rt = runtime()?;
+    let code = rt
+        .block_on(edgesim::targets::exec(st, ni, command))
         .with_context(|| format!("running `{}` in {node}", command[0]))?;
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .map(|c| c as u8)
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0) as u8))
-}
-
-/// The environment a workload on `n` would see, for `exec`.
-fn peer_env(st: &RunState, n: &state::NodeState) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("EDGESIM_RUN".to_string(), st.run_id.clone()),
-        ("EDGESIM_SCENARIO".into(), st.scenario.clone()),
-        ("EDGESIM_NODE".into(), n.name.clone()),
-        ("EDGESIM_SITE".into(), n.site.clone()),
-        ("EDGESIM_ADDR".into(), n.addr.to_string()),
-    ];
-    let peers: Vec<String> = st
-        .nodes
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.addr))
-        .collect();
-    env.push(("EDGESIM_PEERS".into(), peers.join(",")));
-    for m in &st.nodes {
-        env.push((
-            format!("EDGESIM_PEER_{}", edgesim::target::netns::env_key(&m.name)),
-            m.addr.to_string(),
-        ));
-    }
-    env
+    Ok(code.clamp(0, 255) as u8)
 }
 
 fn doctor(output: Output) -> Result<u8> {
     let rt = runtime()?;
-    let r = rt.block_on(edgesim::target::doctor());
+    let r = rt.block_on(edgesim::targets::doctor());
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(EXIT_PASS);
@@ -599,11 +583,7 @@ fn doctor(output: Output) -> Result<u8> {
             }
         );
         for a in &t.actions {
-            let s = match a.support {
-                edgesim::target::Support::Exact => "exact",
-                edgesim::target::Support::Emulated => "emulated",
-                edgesim::target::Support::Unavailable => "unavailable",
-            };
+            let s = a.support.as_str();
             println!("  {:<30} {:<12} {}", a.action, s, a.how);
         }
     }
@@ -644,7 +624,7 @@ fn cleanup(all: bool) -> Result<u8> {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        let errs = rt.block_on(edgesim::target::netns::cleanup_state(&st));
+        let errs = rt.block_on(edgesim::targets::cleanup(&st));
         println!(
             "removed run {} ({}){}",
             st.run_id,
@@ -655,6 +635,12 @@ fn cleanup(all: bool) -> Result<u8> {
         removed += 1;
     }
     // Orphans that no state file describes (e.g. a crash before the state file was written).
+    let (n, errs) = rt.block_on(edgesim::targets::docker::cleanup_orphans(&live_runs()));
+    if n > 0 {
+        println!("removed {n} container(s) of runs that are gone");
+    }
+    removed += n;
+    errors.extend(errs);
     for ns in edgesim::host::ns::list("edgesim-") {
         let dead = match state::run_of_namespace(&ns) {
             // Read the state files again: a run that started since we began is not an orphan

@@ -8,18 +8,21 @@
 //!   done early (opening the firewall's socket) is done ~30 ms before. Every action is journalled with the
 //!   instant it had taken effect, so lag is measured, not assumed.
 //! - Probes and metric scrapes are tokio tasks on a grid anchored at the same `t0`.
+//! - The engine drives a [`Lab`] and never names a target. The lab has one owner at a time:
+//!   the engine, then the timeline thread for the length of the timeline (probes and timed
+//!   scrapes hold only socket factories into nodes), then the engine again for the final
+//!   scrapes and teardown. A timeline thread that panics is an infrastructure error, and the
+//!   run's objects are then removed from its state file.
 //! - Whatever happens — an assertion failing, an infrastructure error, Ctrl-C — the lab is
 //!   torn down and a report is produced. A first Ctrl-C (or SIGTERM) stops the run and tears
 //!   down gracefully; a second one makes teardown skip the grace period of workloads.
-
-pub mod state;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
 use crate::assertion::{self, Verdict};
 use crate::metrics::RunMetrics;
@@ -28,9 +31,9 @@ use crate::report::{JournalEntry, LinkReport, Phase, ProbeSummary, Report};
 use crate::scenario::Plan;
 use crate::scenario::expect::Bound;
 use crate::scenario::plan::Subject;
-use crate::target::netns::{self, NetnsLab};
 
-use self::state::Mode;
+use crate::targets::state::{self, Mode};
+use crate::targets::{self, Lab, Resolved};
 
 /// How hard a stop was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -137,7 +140,7 @@ pub struct RunOptions {
     /// How long workloads get to exit after SIGTERM at the end.
     pub grace: Duration,
     /// Captures and decision logs of the userspace link emulator.
-    pub emulator: crate::target::netns::emulator::EmulatorOptions,
+    pub emulator: crate::faults::emulator::EmulatorOptions,
 }
 
 struct Ctx {
@@ -173,11 +176,16 @@ impl Ctx {
     }
 }
 
-/// Runs a validated plan on the netns target and returns its report. Never leaves anything
-/// behind: the lab is torn down whatever happens (the report lists what could not be).
-pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
+/// Runs a validated plan on the target that `resolved` came from ([`targets::resolve`]) and
+/// returns its report. Never leaves anything behind: the lab is torn down whatever happens
+/// (the report lists what could not be).
+pub async fn run(plan: Arc<Plan>, resolved: Resolved, mut opts: RunOptions) -> Report {
+    let target = match &resolved {
+        Resolved::Netns(_) => targets::TargetKind::Netns,
+        Resolved::Docker(_) => targets::TargetKind::Docker,
+    };
     let mut cx = Ctx {
-        report: Report::new(&plan, &opts.run_id, "netns"),
+        report: Report::new(&plan, &opts.run_id, target.name()),
         progress: opts.progress.clone(),
         phase_start: Instant::now(),
     };
@@ -206,10 +214,19 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
 
     // Provision.
     cx.begin("provision");
-    let st = netns::initial_state(&plan, &opts.run_id, opts.mode, opts.out_dir.clone());
-    let lab = match NetnsLab::provision(plan.clone(), st, &opts.emulator).await {
+    let provisioned = Lab::provision(
+        plan.clone(),
+        resolved,
+        &opts.run_id,
+        opts.mode,
+        opts.out_dir.clone(),
+        &opts.emulator,
+    )
+    .await;
+    let lab = match provisioned {
         Ok(l) => l,
         Err(pe) => {
+            let pe = *pe;
             cx.end("provision", false);
             cx.report.error = Some(format!("provisioning: {}", pe.error));
             if let Some(r) = opts.ready.take() {
@@ -228,21 +245,21 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
     if let Some(m) = &opts.metrics {
         m.set_nodes_up(plan.nodes.len());
     }
-    let userspace = lab.userspace();
+    let userspace = lab.faults().userspace();
     cx.report.mechanism = if userspace {
         "userspace (linkem)".into()
     } else {
         "kernel (tc, nftables)".into()
     };
     if let Some(m) = &opts.metrics {
-        m.set_link_stats(lab.emulator_stats_source());
+        m.set_link_stats(lab.faults().emulator_stats_source());
     }
     cx.report.links = plan
         .links
         .iter()
         .map(|l| {
-            let mut mech = netns::shaping::Shaper::mechanisms(&l.up, userspace);
-            for m in netns::shaping::Shaper::mechanisms(&l.down, userspace) {
+            let mut mech = crate::faults::shaping::Shaper::mechanisms(&l.up, userspace);
+            for m in crate::faults::shaping::Shaper::mechanisms(&l.down, userspace) {
                 if !mech.contains(&m) {
                     mech.push(m);
                 }
@@ -258,8 +275,9 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
         })
         .collect();
 
-    let lab = Arc::new(Mutex::new(lab));
-    let outcome = play(&plan, &lab, &mut opts, &mut cx).await;
+    // The state as provisioned: enough to remove everything should the lab be lost.
+    let state_copy = lab.state().clone();
+    let (lab, outcome) = play(&plan, lab, &mut opts, &mut cx).await;
     if let Err(e) = outcome {
         cx.report.error = Some(e);
     }
@@ -271,38 +289,21 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
     } else {
         opts.grace
     };
-    let state_copy = lab.lock().await.state.clone();
-    // Every task holding the lab has been joined by now; wait briefly if one is finishing.
-    let mut shared = lab;
-    let mut tries = 0;
-    let lab = loop {
-        match Arc::try_unwrap(shared) {
-            Ok(m) => break Some(m.into_inner()),
-            Err(a) if tries < 200 => {
-                shared = a;
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(_) => break None,
-        }
-    };
+    if let Some(m) = &opts.metrics {
+        m.set_link_stats(None);
+    }
     let Some(lab) = lab else {
-        // Cannot happen unless a task leaked; fall back to the state file.
-        let errors = netns::cleanup_state(&state_copy).await;
+        // The timeline thread panicked and took the lab with it: remove what the state file
+        // names.
+        let errors = targets::cleanup(&state_copy).await;
         cx.end("teardown", errors.is_empty());
         cx.report.teardown.errors = errors;
-        cx.report
-            .error
-            .get_or_insert_with(|| "internal error: the lab was still in use at teardown".into());
         cx.report.finish();
         return cx.report;
     };
     // The log outlives the lab: teardown's stops (and how workloads exited) are recorded too.
-    let workload_log = lab.supervisor.log.clone();
-    if let Some(m) = &opts.metrics {
-        m.set_link_stats(None);
-    }
-    cx.report.linkem = lab.emulator_stats();
+    let workload_log = lab.events();
+    cx.report.linkem = lab.faults().emulator_stats();
     let t = Instant::now();
     let errors = lab.teardown(grace).await;
     cx.report.workloads = {
@@ -329,66 +330,72 @@ pub async fn run(plan: Arc<Plan>, mut opts: RunOptions) -> Report {
     cx.report
 }
 
-/// Deploy, timeline, probes and assertions. An `Err` is an infrastructure error.
+/// Deploy, timeline, probes and assertions. An `Err` is an infrastructure error. Gives the
+/// lab back, unless the timeline thread panicked with it.
 async fn play(
     plan: &Arc<Plan>,
-    lab: &Arc<Mutex<NetnsLab>>,
+    mut lab: Lab,
     opts: &mut RunOptions,
     cx: &mut Ctx,
-) -> Result<(), String> {
+) -> (Option<Lab>, Result<(), String>) {
     cx.begin("deploy");
-    {
-        let mut l = lab.lock().await;
-        let deployed = l.deploy(&opts.out_dir).map_err(|e| e.to_string());
-        let ready = match deployed {
-            Ok(()) => l.wait_ready().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = ready {
-            cx.end("deploy", false);
-            if let Some(r) = opts.ready.take() {
-                r(Err(e.clone()));
-            }
-            return Err(e);
+    let ready = match lab.deploy(&opts.out_dir).await {
+        Ok(()) => lab.mark_ready().map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = ready {
+        cx.end("deploy", false);
+        if let Some(r) = opts.ready.take() {
+            r(Err(e.clone()));
         }
-        if let Err(e) = l.mark_ready() {
-            cx.end("deploy", false);
-            if let Some(r) = opts.ready.take() {
-                r(Err(e.to_string()));
-            }
-            return Err(e.to_string());
-        }
+        return (Some(lab), Err(e));
     }
     cx.end("deploy", true);
 
     if opts.mode == Mode::Lab {
-        {
-            let l = lab.lock().await;
-            if let Some(r) = opts.ready.take() {
-                r(Ok(&l.state));
-            }
+        if let Some(r) = opts.ready.take() {
+            r(Ok(lab.state()));
         }
         cx.say(Progress::Message {
             text: "lab is up; waiting for `edgesim down`".into(),
         });
         opts.stop.wait(StopLevel::Graceful).await;
-        return Ok(());
+        return (Some(lab), Ok(()));
     }
+
+    // Probes and scrapes reach into nodes through socket factories, got before the timeline
+    // takes the lab.
+    let mut factories = BTreeMap::new();
+    let mut wanted: Vec<usize> = plan.probes.iter().map(|p| p.from).collect();
+    for a in &plan.assertions {
+        if let Subject::Metric { nodes, .. } = &a.subject {
+            wanted.extend(nodes.iter().copied());
+        }
+    }
+    for n in wanted {
+        if let std::collections::btree_map::Entry::Vacant(e) = factories.entry(n) {
+            match lab.sockets(n) {
+                Ok(f) => {
+                    e.insert(f);
+                }
+                Err(err) => return (Some(lab), Err(err.to_string())),
+            }
+        }
+    }
+    let factories = Arc::new(factories);
 
     // Timeline, probes and timed scrapes share t0.
     cx.begin("timeline");
     let t0 = Instant::now() + Duration::from_millis(20);
     let t0_tokio = tokio::time::Instant::from_std(t0);
-    lab.lock().await.supervisor.log.set_t0(t0_tokio);
+    lab.events().set_t0(t0_tokio);
 
     let mut probe_tasks = Vec::new();
     let mut logs: Vec<ProbeLog> = Vec::new();
     for p in plan.probes.iter() {
-        let f = lab
-            .lock()
-            .await
-            .sockets(p.from)
-            .map_err(|e| e.to_string())?;
+        let Some(f) = factories.get(&p.from).cloned() else {
+            continue;
+        };
         let log = ProbeLog::new();
         logs.push(log.clone());
         let p = p.clone();
@@ -405,47 +412,47 @@ async fn play(
             at: Bound::At(at), ..
         } = &a.subject
         {
-            let lab = lab.clone();
+            let factories = factories.clone();
             let plan = plan.clone();
             let at = *at;
             timed_scrapes.push((
                 ai,
                 tokio::spawn(async move {
                     tokio::time::sleep_until(t0_tokio + at).await;
-                    scrape_for(&plan, &lab, ai).await
+                    scrape_for(&plan, &factories, ai).await
                 }),
             ));
         }
     }
 
-    let journal = {
-        let lab = lab.clone();
+    // The timeline thread owns the lab until the timeline ends, and hands it back.
+    let (back_tx, back_rx) = tokio::sync::oneshot::channel();
+    let spawned = {
         let plan = plan.clone();
         let rt = tokio::runtime::Handle::current();
         let stop = opts.stop.clone();
         let metrics = opts.metrics.clone();
         let progress = opts.progress.clone();
-        tokio::task::spawn_blocking(move || {
-            // A thread of its own: spawn_blocking only hosts the join.
-            std::thread::scope(|s| {
-                std::thread::Builder::new()
-                    .name("edgesim-timeline".into())
-                    .spawn_scoped(s, || {
-                        play_timeline(
-                            &plan,
-                            &lab,
-                            &rt,
-                            t0,
-                            &stop,
-                            metrics.as_deref(),
-                            progress.as_ref(),
-                        )
-                    })
-                    .map(|h| h.join().unwrap_or_default())
-                    .unwrap_or_default()
+        std::thread::Builder::new()
+            .name("edgesim-timeline".into())
+            .spawn(move || {
+                let mut lab = lab;
+                let journal = play_timeline(
+                    &plan,
+                    &mut lab,
+                    &rt,
+                    t0,
+                    &stop,
+                    metrics.as_deref(),
+                    progress.as_ref(),
+                );
+                let _ = back_tx.send((lab, journal));
             })
-        })
     };
+    if let Err(e) = spawned {
+        // The closure (and the lab in it) was dropped: the caller cleans up from the state.
+        return (None, Err(format!("starting the timeline thread: {e}")));
+    }
 
     // Wait for the end of the timeline or a stop.
     let end = t0_tokio + plan.duration;
@@ -454,7 +461,22 @@ async fn play(
         _ = tokio::time::sleep_until(end) => false,
         _ = stop.wait(StopLevel::Graceful) => true,
     };
-    let journal = journal.await.unwrap_or_default();
+    let (lab, journal) = match back_rx.await {
+        Ok(v) => v,
+        Err(_) => {
+            for t in &probe_tasks {
+                t.abort();
+            }
+            for (_, t) in &timed_scrapes {
+                t.abort();
+            }
+            cx.end("timeline", false);
+            return (
+                None,
+                Err("internal error: the timeline thread panicked; the run's objects are removed from its state file".into()),
+            );
+        }
+    };
     cx.report.journal = journal;
     if interrupted {
         for t in &probe_tasks {
@@ -483,7 +505,7 @@ async fn play(
             .zip(&logs)
             .map(|(p, l)| ProbeSummary::new(p, &plan.nodes[p.from].name, l.samples()))
             .collect();
-        return Err("interrupted".into());
+        return (Some(lab), Err("interrupted".into()));
     }
 
     // Assertions: probes over their windows, metrics at their instants or now (`end`).
@@ -494,7 +516,7 @@ async fn play(
     }
     for (ai, a) in plan.assertions.iter().enumerate() {
         if let Subject::Metric { at: Bound::End, .. } = &a.subject {
-            scraped.insert(ai, scrape_for(plan, lab, ai).await);
+            scraped.insert(ai, scrape_for(plan, &factories, ai).await);
         }
     }
     let mut verdicts: Vec<Verdict> = Vec::new();
@@ -528,11 +550,15 @@ async fn play(
         .map(|(p, l)| ProbeSummary::new(p, &plan.nodes[p.from].name, l.samples()))
         .collect();
     cx.end("assert", true);
-    Ok(())
+    (Some(lab), Ok(()))
 }
 
 /// Reads the metric of assertion `ai` from every selected instance, from inside each node.
-async fn scrape_for(plan: &Plan, lab: &Mutex<NetnsLab>, ai: usize) -> Result<Vec<f64>, String> {
+async fn scrape_for(
+    plan: &Plan,
+    factories: &BTreeMap<usize, crate::host::ns::SocketFactory>,
+    ai: usize,
+) -> Result<Vec<f64>, String> {
     let Subject::Metric {
         workload,
         name,
@@ -551,9 +577,11 @@ async fn scrape_for(plan: &Plan, lab: &Mutex<NetnsLab>, ai: usize) -> Result<Vec
         .ok_or("the workload has no metrics endpoint")?;
     let mut values = Vec::new();
     for &n in nodes {
-        let f = lab.lock().await.sockets(n).map_err(|e| e.to_string())?;
+        let f = factories
+            .get(&n)
+            .ok_or_else(|| format!("no way into `{}`", plan.nodes[n].name))?;
         let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, ep.port);
-        let doc = probe::scrape::scrape(&f, addr, &ep.path, ep.format, Duration::from_secs(5))
+        let doc = probe::scrape::scrape(f, addr, &ep.path, ep.format, Duration::from_secs(5))
             .await
             .map_err(|e| {
                 format!(
@@ -594,7 +622,7 @@ fn sleep_until_precise(deadline: Instant, stop: &StopSignal) -> bool {
 
 fn play_timeline(
     plan: &Plan,
-    lab: &Mutex<NetnsLab>,
+    lab: &mut Lab,
     rt: &tokio::runtime::Handle,
     t0: Instant,
     stop: &StopSignal,
@@ -610,7 +638,7 @@ fn play_timeline(
     let mut journal = Vec::with_capacity(plan.actions.len());
     // Actions due at the same instant are prepared together, before the first of them, so
     // the later ones do not pay for preparation after the earlier ones applied.
-    let mut prepared: std::collections::VecDeque<Option<crate::target::netns::shaping::Prepared>> =
+    let mut prepared: std::collections::VecDeque<Option<crate::faults::shaping::Prepared>> =
         std::collections::VecDeque::new();
     for (i, a) in plan.actions.iter().enumerate() {
         let at = t0 + a.at;
@@ -619,15 +647,14 @@ fn play_timeline(
                 break;
             }
             let group = plan.actions[i..].iter().take_while(|b| b.at == a.at);
-            let mut l = rt.block_on(lab.lock());
-            prepared = group.map(|b| l.prepare(&b.kind)).collect();
+            prepared = group.map(|b| lab.prepare(&b.kind)).collect();
         }
         let prepared = prepared.pop_front().flatten();
         if !sleep_until_precise(at, stop) {
             break;
         }
         let started = Instant::now();
-        let res = rt.block_on(async { lab.lock().await.apply(&a.kind, prepared).await });
+        let res = rt.block_on(lab.apply(&a.kind, prepared));
         let done = Instant::now();
         let entry = JournalEntry::applied(
             a,

@@ -347,7 +347,12 @@ pub struct WorkloadSpec {
     /// check preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<Loc<String>>,
-    /// Extra arguments for `app` (for `command`, put them in the command).
+    /// A container image to run (e.g. `registry.example/team/svc:1.4`; its entrypoint, then
+    /// `args`). Only the `docker` and `kind` targets run images: a scenario that names one is
+    /// not portable, and `netns` refuses it before anything is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Loc<String>>,
+    /// Extra arguments for `app` or `image` (for `command`, put them in the command).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// The port the workload serves on (apps: default 8080). Exported as `PORT`; the default

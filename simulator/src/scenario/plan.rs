@@ -53,6 +53,8 @@ pub struct Plan {
     pub cpu_scale: f64,
     /// What carries link impairments.
     pub mechanism: Mechanism,
+    /// `spec.emulateArch`: arm64 nodes run arm64 builds under qemu.
+    pub emulate_arch: bool,
     pub sites: Vec<Site>,
     pub links: Vec<Link>,
     pub nodes: Vec<Node>,
@@ -315,13 +317,11 @@ pub struct MetricsEndpoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct Workload {
     pub name: String,
-    /// The app of `images/` this runs, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-    pub argv: Vec<String>,
-    /// The command for arm64 nodes when the scenario emulates their architecture.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub arm64_argv: Option<Vec<String>>,
+    /// What runs, target-neutral (each target resolves it in its own validation).
+    pub run: Run,
+    /// Where the workload's `command`, `app` or `image` is in the file (for target errors).
+    #[serde(skip)]
+    pub pos: super::loc::Pos,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -337,6 +337,28 @@ pub struct Workload {
     pub ready_timeout: Duration,
     /// Indices of the nodes an instance runs on.
     pub nodes: Vec<usize>,
+}
+
+/// What a workload runs, as the scenario says it: no host paths, no image tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Run {
+    /// One of the apps of `images/`, with extra arguments.
+    App { app: String, args: Vec<String> },
+    /// A program and its arguments.
+    Command { argv: Vec<String> },
+    /// A container image (not portable: `docker` and `kind` only), with extra arguments.
+    Image { image: String, args: Vec<String> },
+}
+
+impl Workload {
+    /// The app of `images/` this runs, if any.
+    pub fn app(&self) -> Option<&str> {
+        match &self.run {
+            Run::App { app, .. } => Some(app),
+            _ => None,
+        }
+    }
 }
 
 /// A one-directional block: packets from any of `from` to any of `to` are dropped.
@@ -490,16 +512,6 @@ pub struct Assertion {
     #[serde(flatten)]
     pub subject: Subject,
     pub expect: Expectation,
-}
-
-impl Workload {
-    /// The command an instance on `node` runs.
-    pub fn argv_for(&self, node: &Node) -> &[String] {
-        match (&self.arm64_argv, node.profile.arch) {
-            (Some(a), crate::profile::Arch::Arm64) => a,
-            _ => &self.argv,
-        }
-    }
 }
 
 impl Plan {

@@ -145,12 +145,13 @@ fn one_way_partitions_block_one_direction() {
 
 #[test]
 fn delay_is_refused_where_the_target_cannot_do_it() {
-    let caps = Capabilities {
-        target: "netns".into(),
-        netem: false,
-        userspace: true,
-        netem_hint: "no netem here".into(),
-    };
+    let mut caps = Capabilities::all("netns");
+    caps.set(
+        crate::caps::Feature::Delay,
+        crate::caps::Support::Emulated,
+        "linkem",
+    );
+    caps.netem_hint = "no netem here".into();
     let e = plan_with(
         &format!("{HEAD}  impairment: kernel\n  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, delay: 30ms}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n"),
         &caps,

@@ -37,8 +37,38 @@ pub struct LaunchSpec {
     pub workdir: PathBuf,
 }
 
-/// Starts a child for a spec. Provided by the target.
-pub type Launch = Arc<dyn Fn(&LaunchSpec) -> std::io::Result<Child> + Send + Sync>;
+/// A started instance, as the supervisor drives it: a child process (`netns`), a container
+/// or a process inside one (`docker`).
+pub trait Process: Send {
+    /// Its process id as this host sees it (0 when not known).
+    fn pid(&self) -> i32;
+    /// Sends `sig` to the instance (its whole process group where it has one).
+    fn signal(&mut self, sig: i32) -> BoxFuture<'_, ()>;
+    /// Waits for it to exit; its status when known.
+    fn wait(&mut self) -> BoxFuture<'_, Option<std::process::ExitStatus>>;
+}
+
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Starts an instance for a spec. Provided by the target.
+pub type Launch =
+    Arc<dyn Fn(&LaunchSpec) -> BoxFuture<'static, std::io::Result<Box<dyn Process>>> + Send + Sync>;
+
+/// A child process that leads its own process group.
+pub struct ChildProcess(pub Child);
+
+impl Process for ChildProcess {
+    fn pid(&self) -> i32 {
+        self.0.id().map_or(0, |p| p as i32)
+    }
+    fn signal(&mut self, sig: i32) -> BoxFuture<'_, ()> {
+        signal_group(self.pid(), sig);
+        Box::pin(async {})
+    }
+    fn wait(&mut self) -> BoxFuture<'_, Option<std::process::ExitStatus>> {
+        Box::pin(async move { self.0.wait().await.ok() })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -254,17 +284,16 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
-/// Waits for the child, TERM-then-KILL after `grace`. Returns its exit status if known.
-async fn terminate(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    signal_group(pid, libc::SIGTERM);
+/// Waits for the instance, TERM-then-KILL after `grace`. Returns its exit status if known.
+async fn terminate(child: &mut dyn Process, grace: Duration) -> Option<std::process::ExitStatus> {
+    child.signal(libc::SIGTERM).await;
     // A frozen or stopped group would never act on TERM.
-    signal_group(pid, libc::SIGCONT);
+    child.signal(libc::SIGCONT).await;
     match tokio::time::timeout(grace, child.wait()).await {
-        Ok(s) => s.ok(),
+        Ok(s) => s,
         Err(_) => {
-            signal_group(pid, libc::SIGKILL);
-            child.wait().await.ok()
+            child.signal(libc::SIGKILL).await;
+            child.wait().await
         }
     }
 }
@@ -292,7 +321,7 @@ async fn run_instance(
         signal: status.and_then(|s| s.signal()),
         detail,
     };
-    let mut child: Option<Child> = None;
+    let mut child: Option<Box<dyn Process>> = None;
     let mut want_running = true;
     let mut suspended = false;
     let mut starts = 0u32;
@@ -312,9 +341,9 @@ async fn run_instance(
                 );
             }
             starts += 1;
-            match launch(&spec.launch) {
+            match launch(&spec.launch).await {
                 Ok(c) => {
-                    let pid = c.id().map(|p| p as i32);
+                    let pid = Some(c.pid()).filter(|p| *p > 0);
                     pid_slot.store(pid.unwrap_or(0), Ordering::SeqCst);
                     log.push(ev(EventKind::Started, pid, None, None));
                     child = Some(c);
@@ -341,7 +370,7 @@ async fn run_instance(
         };
         let wait_child = async {
             match child.as_mut() {
-                Some(c) => c.wait().await.ok(),
+                Some(c) => c.wait().await,
                 None => std::future::pending().await,
             }
         };
@@ -379,8 +408,8 @@ async fn run_instance(
                 match msg {
                     Ctl::Signal(sig) => {
                         let pid = pid_slot.load(Ordering::SeqCst);
-                        if pid > 0 {
-                            signal_group(pid, sig);
+                        if let Some(c) = child.as_mut() {
+                            c.signal(sig).await;
                             log.push(ev(EventKind::Signalled, Some(pid), None, Some(format!("signal {sig}"))));
                         } else {
                             log.push(ev(EventKind::Signalled, None, None, Some(format!("signal {sig}: not running"))));
@@ -389,7 +418,7 @@ async fn run_instance(
                     Ctl::Restart => {
                         if let Some(mut c) = child.take() {
                             let pid = pid_slot.swap(0, Ordering::SeqCst);
-                            let st = terminate(&mut c, Duration::from_secs(2)).await;
+                            let st = terminate(c.as_mut(), Duration::from_secs(2)).await;
                             log.push(ev(EventKind::Exited, Some(pid), st, Some("restart".into())));
                         }
                         restart_at = None;
@@ -400,8 +429,8 @@ async fn run_instance(
                         restart_at = None;
                         if let Some(mut c) = child.take() {
                             let pid = pid_slot.swap(0, Ordering::SeqCst);
-                            signal_group(pid, libc::SIGKILL);
-                            let st = c.wait().await.ok();
+                            c.signal(libc::SIGKILL).await;
+                            let st = c.wait().await;
                             log.push(ev(EventKind::Exited, Some(pid), st, Some("node powered off".into())));
                         }
                         log.push(ev(EventKind::Suspended, None, None, None));
@@ -415,7 +444,7 @@ async fn run_instance(
                     Ctl::Stop(grace) => {
                         if let Some(mut c) = child.take() {
                             let pid = pid_slot.swap(0, Ordering::SeqCst);
-                            let st = terminate(&mut c, grace).await;
+                            let st = terminate(c.as_mut(), grace).await;
                             log.push(ev(EventKind::Stopped, Some(pid), st, None));
                         }
                         return;

@@ -29,31 +29,8 @@ use crate::profile::{ProfileSet, ProfileSpec};
 use crate::units::Dur;
 use crate::workload::apps;
 
-/// What the selected target can do on this machine, as far as validation is concerned.
-#[derive(Debug, Clone)]
-pub struct Capabilities {
-    /// Target name, for messages (`netns`, `docker`, …).
-    pub target: String,
-    /// Whether the kernel offers netem (delay, jitter, burst loss, duplication, corruption,
-    /// reordering in the kernel).
-    pub netem: bool,
-    /// Whether the userspace link emulator can run here.
-    pub userspace: bool,
-    /// Why the kernel mechanism cannot do those impairments (shown as a hint).
-    pub netem_hint: String,
-}
-
-impl Capabilities {
-    /// Everything possible: for checks that do not depend on a machine (tests, `plan`).
-    pub fn all(target: &str) -> Self {
-        Capabilities {
-            target: target.into(),
-            netem: true,
-            userspace: true,
-            netem_hint: String::new(),
-        }
-    }
-}
+pub use crate::caps::Capabilities;
+use crate::caps::{Feature, Support};
 
 /// Options that come from the command line rather than the file.
 #[derive(Debug, Clone, Default)]
@@ -222,6 +199,34 @@ impl<'a> Validator<'a> {
 
     /// Reports an unknown reference `word` (a `what`, e.g. "site") at `pos`, suggesting the
     /// closest of `names`. `ctx` follows the message (e.g. " in probe `p`").
+    /// Refuses what the target cannot do here (its capability table says so).
+    fn needs(&mut self, pos: Pos, f: Feature, what: &str) {
+        if self.caps.support(f) == Support::Unavailable {
+            let how = self
+                .caps
+                .row(f)
+                .map(|r| r.how.clone())
+                .filter(|h| !h.is_empty());
+            let target = self.caps.target.clone();
+            let d = self.err(pos, format!("the `{target}` target cannot run {what} here"));
+            d.hint = Some(
+                how.unwrap_or_else(|| "`edgesim doctor` shows what each target can do".into()),
+            );
+        }
+    }
+
+    /// `image:` names a target-specific detail: such a scenario is not portable.
+    fn needs_image(&mut self, pos: Pos) {
+        if self.caps.support(Feature::ImageWorkload) == Support::Unavailable {
+            let target = self.caps.target.clone();
+            self.err(
+                pos,
+                format!("the `{target}` target cannot run `image:` workloads (a scenario that names an image is not portable)"),
+            )
+            .hint = Some("the `docker` and `kind` targets run images (`--target docker`); for `netns`, use `app:` or `command:`".into());
+        }
+    }
+
     fn unknown<'n>(
         &mut self,
         pos: Pos,
@@ -318,6 +323,7 @@ impl<'a> Validator<'a> {
             pool: pool.0,
             mtu,
             mechanism: self.mechanism,
+            emulate_arch: self.sc.spec.emulate_arch,
             cpu_scale: match &spec.cpu_scale {
                 None => 1.0,
                 Some(x) if x.value > 0.0 && x.value <= 1.0 => x.value,
@@ -362,10 +368,10 @@ impl<'a> Validator<'a> {
             }
             (_, Some(_)) | (M::Userspace, None) => Mechanism::Userspace,
             (M::Kernel, None) => Mechanism::Kernel,
-            (M::Auto, None) if self.caps.netem || !self.caps.userspace => Mechanism::Kernel,
+            (M::Auto, None) if self.caps.netem() || !self.caps.userspace() => Mechanism::Kernel,
             (M::Auto, None) => Mechanism::Userspace,
         };
-        if m == Mechanism::Userspace && !self.caps.userspace {
+        if m == Mechanism::Userspace && !self.caps.userspace() {
             self.err(
                 pos,
                 format!(
@@ -841,26 +847,32 @@ impl<'a> Validator<'a> {
         let sc = self.sc;
         let mut out = Vec::new();
         let mut seen = BTreeSet::new();
+        if sc.spec.emulate_arch
+            && let Some(w) = sc.spec.workloads.first()
+        {
+            self.needs(w.name.pos, Feature::Arm64Emulation, "`emulateArch: true`");
+        }
         for w in &sc.spec.workloads {
             self.name_ok(&w.name, "workload");
             self.name_unique(&mut seen, &w.name, "workload");
             let nodes = self
                 .select(&w.on, &format!("in `on` of workload `{}`", w.name.value))
                 .unwrap_or_default();
-            let app = match (&w.command, &w.app) {
-                (Some(_), None) => None,
-                (None, Some(a)) => match apps::find(a) {
+            let given = [w.command.is_some(), w.app.is_some(), w.image.is_some()];
+            let app = match (&w.app, given.iter().filter(|g| **g).count()) {
+                (Some(a), 1) => match apps::find(a) {
                     Some(app) => Some(app),
                     None => {
                         self.unknown(a.pos, "app", a, "", apps::APPS.iter().map(|a| a.name));
                         None
                     }
                 },
+                (_, 1) => None,
                 _ => {
                     self.err(
                         w.name.pos,
                         format!(
-                            "workload `{}` needs exactly one of `command` or `app`",
+                            "workload `{}` needs exactly one of `command`, `app` or `image`",
                             w.name.value
                         ),
                     )
@@ -875,13 +887,14 @@ impl<'a> Validator<'a> {
                     None
                 }
             };
-            let mut arm64_argv = None;
-            let argv = match (&w.command, &w.app, app) {
-                (Some(c), _, _) => {
+            // What runs, target-neutral: each target resolves it (a host binary, an image)
+            // in its own validation, before anything is created.
+            let (run, pos) = match (&w.command, &w.app, &w.image, app) {
+                (Some(c), _, _, _) => {
                     if !w.args.is_empty() {
                         self.err(
                             c.pos,
-                            "`args` goes with `app`; put a command's arguments in `command`",
+                            "`args` goes with `app` or `image`; put a command's arguments in `command`",
                         );
                     }
                     let argv = match &c.value {
@@ -903,39 +916,33 @@ impl<'a> Validator<'a> {
                             format!("workload `{}` has an empty command", w.name.value),
                         );
                     }
-                    argv
+                    self.needs(c.pos, Feature::CommandWorkload, "`command:` workloads");
+                    (plan::Run::Command { argv }, c.pos)
                 }
-                (None, Some(a), Some(app)) => {
-                    let arm64_nodes = nodes
-                        .iter()
-                        .any(|&n| self.nodes[n].profile.arch == crate::profile::Arch::Arm64);
-                    if sc.spec.emulate_arch && arm64_nodes {
-                        match apps::arm64_command(app.name) {
-                            Ok(mut v) => {
-                                v.extend(w.args.iter().cloned());
-                                arm64_argv = Some(v);
-                            }
-                            Err(e) => {
-                                self.err(a.pos, format!("app `{}`: {e}", app.name));
-                            }
-                        }
-                    }
-                    let native_needed = !sc.spec.emulate_arch
-                        || nodes
-                            .iter()
-                            .any(|&n| self.nodes[n].profile.arch != crate::profile::Arch::Arm64);
-                    match apps::native_binary(app.name) {
-                        Ok(p) => std::iter::once(p.display().to_string())
-                            .chain(w.args.iter().cloned())
-                            .collect(),
-                        Err(e) if native_needed => {
-                            self.err(a.pos, format!("app `{}`: {e}", app.name));
-                            vec![]
-                        }
-                        Err(_) => vec![app.name.to_string()],
-                    }
+                (None, Some(a), _, Some(app)) => {
+                    self.needs(a.pos, Feature::AppWorkload, "`app:` workloads");
+                    (
+                        plan::Run::App {
+                            app: app.name.to_string(),
+                            args: w.args.clone(),
+                        },
+                        a.pos,
+                    )
                 }
-                _ => vec![],
+                (None, None, Some(i), _) => {
+                    if i.value.trim().is_empty() || i.value.chars().any(char::is_whitespace) {
+                        self.err(i.pos, format!("`{}` is not an image reference", i.value));
+                    }
+                    self.needs_image(i.pos);
+                    (
+                        plan::Run::Image {
+                            image: i.value.clone(),
+                            args: w.args.clone(),
+                        },
+                        i.pos,
+                    )
+                }
+                _ => (plan::Run::Command { argv: vec![] }, w.name.pos),
             };
             for k in w.env.keys() {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -992,9 +999,8 @@ impl<'a> Validator<'a> {
             }
             out.push(plan::Workload {
                 name: w.name.value.clone(),
-                app: app.map(|a| a.name.to_string()),
-                argv,
-                arm64_argv,
+                run,
+                pos,
                 port,
                 env,
                 restart: w.restart,
@@ -1017,7 +1023,7 @@ impl<'a> Validator<'a> {
     /// Impairments the target cannot do on this kernel are errors, pointed at where they are
     /// written.
     fn capabilities(&mut self, p: &Plan) {
-        if self.caps.netem || p.mechanism == Mechanism::Userspace {
+        if self.caps.netem() || p.mechanism == Mechanism::Userspace {
             return;
         }
         // Fields that need netem (or the userspace emulator); rate, loss and cuts work

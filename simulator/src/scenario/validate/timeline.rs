@@ -927,7 +927,7 @@ impl Validator<'_> {
                 None
             }
             Ok(rows) => {
-                if !self.caps.netem
+                if !self.caps.netem()
                     && self.mechanism == Mechanism::Kernel
                     && rows.iter().any(|r| r.params.needs_netem())
                 {

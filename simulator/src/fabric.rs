@@ -11,8 +11,10 @@
 //! `shaping`). The host's namespace is never touched: the node ends of the veth pairs are
 //! created directly inside the node namespaces.
 //!
-//! This code is target-neutral on purpose: the docker target reuses it with container
-//! namespaces in place of node namespaces.
+//! This code is target-neutral: it takes namespace file descriptors, not names under
+//! `/run/netns`, so the docker target hands it the namespaces of its containers
+//! (`/proc/<pid>/ns/net`) in place of named node namespaces. [`Names`] only label objects
+//! in messages (and name the hosts files of named namespaces).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -80,27 +82,59 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    /// Opens the namespaces (already created by the caller, who recorded them for cleanup)
-    /// and builds bridges, veth pairs, addresses and routes.
-    ///
-    /// Assumes: the namespaces in `names` exist and are empty. Guarantees: on error, what
-    /// was built lives inside those namespaces, so deleting them undoes everything.
-    ///
-    /// `userspace`: put each site's gateway behind a pair of interfaces (`q<i>`, `g<i>`) for
-    /// the userspace link emulator to relay between, instead of on the bridge.
-    pub async fn build(plan: &Plan, names: Names, userspace: bool) -> Result<Fabric> {
+    /// Opens the named namespaces in `names` (already created by the caller, who recorded
+    /// them for cleanup) and builds the fabric in them ([`Fabric::build`]).
+    pub async fn build_named(plan: &Plan, names: Names, userspace: bool) -> Result<Fabric> {
         let fabric_fd = ns::open(&names.fabric)?;
         let node_fds: Vec<OwnedFd> = names
             .nodes
             .iter()
             .map(|n| ns::open(n))
             .collect::<Result<_>>()?;
+        Fabric::build(plan, names, fabric_fd, node_fds, userspace).await
+    }
+
+    /// Builds bridges, veth pairs, addresses and routes in the namespaces it is handed: the
+    /// routing namespace `fabric_fd` and one per node (`node_fds`, in plan order), labelled
+    /// by `names` in messages. Holds one descriptor per namespace, no more.
+    ///
+    /// Assumes: the namespaces are empty but for loopback. Guarantees: on error, what was
+    /// built lives inside those namespaces (and the node ends of veth pairs inside the
+    /// nodes'), so deleting the fabric namespace and the nodes undoes everything.
+    ///
+    /// `userspace`: put each site's gateway behind a pair of interfaces (`q<i>`, `g<i>`) for
+    /// the userspace link emulator to relay between, instead of on the bridge.
+    pub async fn build(
+        plan: &Plan,
+        names: Names,
+        fabric_fd: OwnedFd,
+        node_fds: Vec<OwnedFd>,
+        userspace: bool,
+    ) -> Result<Fabric> {
+        if node_fds.len() != plan.nodes.len() {
+            return Err(HostError::other(
+                "building the fabric of",
+                names.fabric.clone(),
+                format!(
+                    "{} node namespaces for {} nodes",
+                    node_fds.len(),
+                    plan.nodes.len()
+                ),
+            ));
+        }
 
         // One thread opens every netlink socket, each inside its namespace.
         let mut targets: Vec<(&OwnedFd, &str)> = vec![(&fabric_fd, names.fabric.as_str())];
         targets.extend(node_fds.iter().zip(names.nodes.iter().map(String::as_str)));
         let mut socks = ns::netlink_sockets(&targets)?.into_iter();
-        let fabric_nl = ns::handle_from_socket(socks.next().expect("one socket per namespace"));
+        let Some(first) = socks.next() else {
+            return Err(HostError::other(
+                "opening netlink in",
+                names.fabric.clone(),
+                "no socket came back",
+            ));
+        };
+        let fabric_nl = ns::handle_from_socket(first);
         let node_nl: Vec<Handle> = socks.map(ns::handle_from_socket).collect();
 
         // Fabric: loopback, forwarding, and no bridge-netfilter double processing.
@@ -219,6 +253,34 @@ impl Fabric {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
+}
+
+/// How long to wait for `nodes` fresh veth ports to forward: the kernel brings carriers up
+/// from deferred work, one after another, and frees the namespaces of a previous lab
+/// asynchronously meanwhile, so the wait grows with the lab (5 s, plus 10 ms per node).
+pub fn link_wait(nodes: usize) -> std::time::Duration {
+    std::time::Duration::from_secs(5) + std::time::Duration::from_millis(10) * nodes as u32
+}
+
+/// The socket factory of node `node` (started on first use and kept in `slots`).
+pub fn node_sockets(
+    fabric: &Fabric,
+    slots: &mut [Option<ns::SocketFactory>],
+    node: usize,
+) -> Result<ns::SocketFactory> {
+    if let Some(f) = &slots[node] {
+        return Ok(f.clone());
+    }
+    let fd = fabric.node_fds[node].try_clone().map_err(|e| {
+        HostError::io(
+            "duplicating the namespace handle of",
+            &fabric.names.nodes[node],
+            e,
+        )
+    })?;
+    let f = ns::SocketFactory::start(fd, &fabric.names.nodes[node])?;
+    slots[node] = Some(f.clone());
+    Ok(f)
 }
 
 /// Writes a hosts file per node (`/etc/netns/<ns>/hosts`) naming every node of the run.

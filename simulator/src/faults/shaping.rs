@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::fabric::Fabric;
+use crate::fabric::Fabric;
 use crate::host::nft::{self, Firewall, Pending, Ruleset};
 use crate::host::tc::{self, ClassId, Htb, HtbClass, Netem, Parent, Qdisc, U32Match};
 use crate::host::{HostError, Result};

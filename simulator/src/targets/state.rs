@@ -30,15 +30,32 @@ pub enum Mode {
     Lab,
 }
 
-/// One node of a run, as `exec` needs it.
+/// One node of a run, as `exec` and workloads see it (target-neutral).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeState {
     pub name: String,
-    pub namespace: String,
     pub addr: std::net::Ipv4Addr,
     pub site: String,
-    /// Cgroup of the node, relative to the cgroup roots.
-    pub cgroup: String,
+    pub profile: String,
+    /// The profile's core count (`EDGESIM_CPU_CORES`).
+    pub cpu_cores: u32,
+}
+
+/// What a target created, tagged by target (`"target": "netns"` …): each target owns its part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "target", rename_all = "kebab-case")]
+pub enum TargetState {
+    Netns(super::netns::NetnsState),
+    Docker(super::docker::DockerState),
+}
+
+impl TargetState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TargetState::Netns(_) => "netns",
+            TargetState::Docker(_) => "docker",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,23 +64,103 @@ pub struct RunState {
     pub scenario: String,
     pub file: PathBuf,
     pub mode: Mode,
-    pub target: String,
+    pub seed: u64,
     /// The controlling edgesim process and its start time (clock ticks since boot, from
     /// `/proc/<pid>/stat`), which together survive pid reuse.
     pub pid: u32,
     pub pid_start: u64,
     pub started_unix: u64,
     pub out_dir: PathBuf,
-    /// Namespaces, fabric first.
-    pub namespaces: Vec<String>,
-    /// The run's cgroup subtree, relative to the cgroup roots.
-    pub cgroup: Option<String>,
-    pub hosts_dirs: Vec<PathBuf>,
     pub nodes: Vec<NodeState>,
-    /// Process groups of workloads, last known.
-    pub workload_pids: Vec<i32>,
     /// Whether the lab finished provisioning and deploying.
     pub ready: bool,
+    /// The target's objects.
+    #[serde(flatten)]
+    pub target: TargetState,
+}
+
+impl RunState {
+    /// The neutral part of a run's state, before the target adds its own.
+    pub fn new(
+        plan: &crate::scenario::Plan,
+        run_id: &str,
+        mode: Mode,
+        out_dir: PathBuf,
+        target: TargetState,
+    ) -> RunState {
+        RunState {
+            run_id: run_id.to_string(),
+            scenario: plan.name.clone(),
+            file: std::fs::canonicalize(&plan.file).unwrap_or_else(|_| plan.file.clone()),
+            mode,
+            seed: plan.seed,
+            pid: std::process::id(),
+            pid_start: process_start(std::process::id()).unwrap_or(0),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            out_dir,
+            nodes: plan
+                .nodes
+                .iter()
+                .map(|n| NodeState {
+                    name: n.name.clone(),
+                    addr: n.addr,
+                    site: plan.sites[n.site].name.clone(),
+                    profile: n.profile_name.clone(),
+                    cpu_cores: n.profile.cpu.cores,
+                })
+                .collect(),
+            ready: false,
+            target,
+        }
+    }
+
+    /// The environment every workload instance on node `i` gets, and `edgesim exec` too.
+    pub fn node_env(&self, i: usize) -> Vec<(String, String)> {
+        let n = &self.nodes[i];
+        let mut env = vec![
+            ("EDGESIM_RUN".to_string(), self.run_id.clone()),
+            ("EDGESIM_SCENARIO".into(), self.scenario.clone()),
+            ("EDGESIM_NODE".into(), n.name.clone()),
+            ("EDGESIM_SITE".into(), n.site.clone()),
+            ("EDGESIM_ADDR".into(), n.addr.to_string()),
+            ("EDGESIM_PROFILE".into(), n.profile.clone()),
+            ("EDGESIM_CPU_CORES".into(), n.cpu_cores.to_string()),
+            ("EDGESIM_SEED".into(), self.seed.to_string()),
+        ];
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.addr))
+            .collect();
+        env.push(("EDGESIM_PEERS".into(), peers.join(",")));
+        for m in &self.nodes {
+            env.push((
+                format!("EDGESIM_PEER_{}", env_key(&m.name)),
+                m.addr.to_string(),
+            ));
+        }
+        env
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+}
+
+/// `EDGESIM_PEER_<NAME>` key for a node name (`gw-1` → `GW_1`).
+pub fn env_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl RunState {
@@ -147,6 +244,8 @@ pub fn new_run_id() -> String {
     loop {
         let id = format!("{:06x}", rand::rng().random::<u32>() & 0xff_ffff);
         if !path_of(&id).exists() && crate::host::ns::list(&format!("edgesim-{id}-")).is_empty() {
+            // (Containers of a run are named `edgesim-<run>-<node>` too; a state file exists
+            // for each run that has any, so the two checks above cover them.)
             return id;
         }
     }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::fabric::Fabric;
+use crate::fabric::Fabric;
 use crate::host::{HostError, Result};
 use crate::linkem::{
     self, DecisionLog, Dir, DirectionConfig, Loss, Relay, RelayConfig, RelayStats, Rule,

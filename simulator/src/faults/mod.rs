@@ -1,0 +1,373 @@
+//! Faults: applying and reverting the timeline's actions, with their journal.
+//!
+//! # Design
+//!
+//! [`Faults`] holds the live fault state of a run — current link parameters, active
+//! partitions, nodes that are down, changed resource limits — and a journal of every fault in
+//! force, in the order it was applied. It works on what it is handed, and on nothing else:
+//! - the network side through a [`Fabric`] (namespace file descriptors and interface indexes:
+//!   the routing namespace, its bridges, the node ports), with [`shaping::Shaper`] (tc and
+//!   nftables) and the userspace [`emulator`];
+//! - the node side (processes, cgroups, containers) through a [`NodeOps`] implementation that
+//!   the target provides: a cgroup freeze on `netns`, `docker pause` on `docker`, and on a
+//!   board the device agent's own.
+//!
+//! No target is named here, so the device agent runs this very code on a board.
+//!
+//! **Every fault reverts.** [`Faults::revert_all`] undoes whatever is in the journal in
+//! reverse order (nodes powered on and thawed, limits restored, partitions healed, links back
+//! to their baseline), keeps going past errors and returns them all. It is idempotent: a
+//! second call finds an empty journal.
+
+pub mod emulator;
+pub mod shaping;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fabric::Fabric;
+use crate::host::Result;
+use crate::profile::{HostCpu, NodeLimits, limits};
+use crate::scenario::Plan;
+use crate::scenario::model::DownMode;
+use crate::scenario::plan::{ActionKind, Block, LinkParams};
+
+use self::emulator::{Emulator, EmulatorOptions};
+use self::shaping::{Prepared, Shaper};
+
+/// What a target does to a node's processes and resources. Network faults never come here:
+/// they are applied to the fabric.
+#[allow(async_fn_in_trait)]
+pub trait NodeOps {
+    /// Powers a node off (`on == false`: every workload killed and kept down) or on again.
+    async fn power(&mut self, node: usize, on: bool) -> Result<()>;
+    /// Freezes every process of a node, or thaws them.
+    async fn freeze(&mut self, node: usize, frozen: bool) -> Result<()>;
+    /// Sends `signal` to the instances of `workload` on `nodes`.
+    async fn signal(&mut self, workload: usize, nodes: &[usize], signal: i32) -> Result<()>;
+    /// Stops and starts again the instances of `workload` on `nodes`.
+    async fn restart(&mut self, workload: usize, nodes: &[usize]) -> Result<()>;
+    /// Holds a node to new limits.
+    async fn set_limits(&mut self, node: usize, limits: &NodeLimits) -> Result<()>;
+}
+
+/// One fault in force, as the journal records it (enough to revert it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "fault", rename_all = "kebab-case")]
+pub enum Active {
+    Partition { name: String },
+    Link { link: usize },
+    NodeDown { node: usize, mode: DownMode },
+    Limits { node: usize },
+}
+
+/// The live fault state of a run and its journal.
+pub struct Faults {
+    plan: Arc<Plan>,
+    host: HostCpu,
+    shaper: Shaper,
+    emulator: Option<Emulator>,
+    links: Vec<(LinkParams, LinkParams)>,
+    partitions: BTreeMap<String, Vec<Block>>,
+    down: BTreeMap<usize, DownMode>,
+    limits: Vec<NodeLimits>,
+    journal: Vec<Active>,
+}
+
+impl Faults {
+    /// Installs the baseline: the links' impairments (tc, nftables) and, when the plan uses
+    /// it, the userspace emulator. `host` is the CPU the profiles' quotas are computed from.
+    ///
+    /// Guarantees: on error what was installed lives inside the fabric's namespace.
+    pub async fn install(
+        plan: Arc<Plan>,
+        fabric: &Fabric,
+        host: HostCpu,
+        emu: &EmulatorOptions,
+    ) -> Result<Faults> {
+        let userspace = plan.uses_emulator();
+        let links = plan.baseline_links();
+        let mut shaper = Shaper::new(&plan, fabric, userspace)?;
+        shaper
+            .apply(&plan, fabric, &links, &BTreeMap::new(), None)
+            .await?;
+        let emulator = if userspace {
+            Some(Emulator::start(&plan, fabric, &links, emu)?)
+        } else {
+            None
+        };
+        let node_limits = plan
+            .nodes
+            .iter()
+            .map(|n| limits(&n.profile, &host))
+            .collect();
+        Ok(Faults {
+            plan,
+            host,
+            shaper,
+            emulator,
+            links,
+            partitions: BTreeMap::new(),
+            down: BTreeMap::new(),
+            limits: node_limits,
+            journal: Vec::new(),
+        })
+    }
+
+    /// The limits each node starts with (the profiles' shape on this host).
+    pub fn base_limits(&self, node: usize) -> NodeLimits {
+        limits(&self.plan.nodes[node].profile, &self.host)
+    }
+
+    /// The limits node `node` is held to now.
+    pub fn limits(&self, node: usize) -> &NodeLimits {
+        &self.limits[node]
+    }
+
+    /// The faults in force, oldest first.
+    pub fn active(&self) -> &[Active] {
+        &self.journal
+    }
+
+    /// Whether the userspace link emulator carries link impairments.
+    pub fn userspace(&self) -> bool {
+        self.emulator.is_some()
+    }
+
+    pub fn emulator_stats(&self) -> Vec<crate::linkem::RelayStats> {
+        self.emulator
+            .as_ref()
+            .map(|e| e.stats())
+            .unwrap_or_default()
+    }
+
+    /// A function reading the emulator's statistics from any thread (for live metrics).
+    pub fn emulator_stats_source(
+        &self,
+    ) -> Option<Box<dyn Fn() -> Vec<crate::linkem::RelayStats> + Send + Sync>> {
+        self.emulator
+            .as_ref()
+            .map(|e| Box::new(e.stats_source()) as Box<_>)
+    }
+
+    /// Work to do before an action's scheduled instant so that the instant itself pays only
+    /// for the change (e.g. opening the firewall's netlink socket).
+    pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
+        match action {
+            ActionKind::Impair { .. } if self.emulator.is_some() => None,
+            ActionKind::Partition { .. } | ActionKind::Heal { .. } | ActionKind::Impair { .. } => {
+                self.shaper.prepare().ok()
+            }
+            _ => None,
+        }
+    }
+
+    fn record(&mut self, a: Active) {
+        if !self.journal.contains(&a) {
+            self.journal.push(a);
+        }
+    }
+
+    fn forget(&mut self, a: &Active) {
+        self.journal.retain(|x| x != a);
+    }
+
+    /// Applies one timeline action.
+    pub async fn apply<N: NodeOps>(
+        &mut self,
+        action: &ActionKind,
+        prepared: Option<Prepared>,
+        fabric: &Fabric,
+        nodes: &mut N,
+    ) -> Result<()> {
+        match action {
+            ActionKind::Partition { name, blocks } => {
+                self.partitions.insert(name.clone(), blocks.clone());
+                self.record(Active::Partition { name: name.clone() });
+                self.reshape(fabric, false, prepared).await
+            }
+            ActionKind::Heal { names } => {
+                for n in names {
+                    self.partitions.remove(n);
+                    self.forget(&Active::Partition { name: n.clone() });
+                }
+                self.reshape(fabric, false, prepared).await
+            }
+            ActionKind::Impair { link, up, down } => {
+                self.links[*link] = (*up, *down);
+                let baseline = (self.plan.links[*link].up, self.plan.links[*link].down);
+                if (*up, *down) == baseline {
+                    self.forget(&Active::Link { link: *link });
+                } else {
+                    self.record(Active::Link { link: *link });
+                }
+                self.reshape(fabric, true, prepared).await
+            }
+            ActionKind::NodeDown { nodes: ns, mode } => {
+                for &n in ns {
+                    fabric.set_node_link(n, false).await?;
+                    self.down.insert(n, *mode);
+                    self.record(Active::NodeDown {
+                        node: n,
+                        mode: *mode,
+                    });
+                    match mode {
+                        DownMode::Poweroff => nodes.power(n, false).await?,
+                        DownMode::Freeze => nodes.freeze(n, true).await?,
+                        DownMode::Isolate => {}
+                    }
+                }
+                Ok(())
+            }
+            ActionKind::NodeUp { nodes: ns, .. } => {
+                // Network first (and wait until it carries traffic), then processes: a board
+                // that powers on finds its cable already plugged in.
+                for &n in ns {
+                    fabric.set_node_link(n, true).await?;
+                }
+                fabric.wait_links(ns, Duration::from_secs(2)).await?;
+                for &n in ns {
+                    let mode = self.down.remove(&n).unwrap_or_default();
+                    self.forget(&Active::NodeDown { node: n, mode });
+                    match mode {
+                        DownMode::Poweroff => nodes.power(n, true).await?,
+                        DownMode::Freeze => nodes.freeze(n, false).await?,
+                        DownMode::Isolate => {}
+                    }
+                }
+                Ok(())
+            }
+            ActionKind::Kill {
+                workload,
+                nodes: ns,
+                signal,
+            } => nodes.signal(*workload, ns, *signal).await,
+            ActionKind::Restart {
+                workload,
+                nodes: ns,
+            } => nodes.restart(*workload, ns).await,
+            ActionKind::Cpu { nodes: ns, cores } => {
+                for &n in ns {
+                    let spec = &self.plan.nodes[n].profile;
+                    let base = self.base_limits(n);
+                    let l = match cores {
+                        Some(c) => base.with_cpu_cores(*c, spec, &self.host),
+                        None => base,
+                    };
+                    let l = NodeLimits {
+                        memory_bytes: self.limits[n].memory_bytes,
+                        ..l
+                    };
+                    self.set_limits(n, l, nodes).await?;
+                }
+                Ok(())
+            }
+            ActionKind::Memory { nodes: ns, limit } => {
+                for &n in ns {
+                    let base = self.base_limits(n);
+                    let l = NodeLimits {
+                        memory_bytes: limit.or(base.memory_bytes),
+                        ..self.limits[n].clone()
+                    };
+                    self.set_limits(n, l, nodes).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn set_limits<N: NodeOps>(
+        &mut self,
+        n: usize,
+        l: NodeLimits,
+        nodes: &mut N,
+    ) -> Result<()> {
+        nodes.set_limits(n, &l).await?;
+        if l == self.base_limits(n) {
+            self.forget(&Active::Limits { node: n });
+        } else {
+            self.record(Active::Limits { node: n });
+        }
+        self.limits[n] = l;
+        Ok(())
+    }
+
+    /// Makes firewall, qdiscs and emulator match the current links and partitions. The
+    /// emulator goes first when a link changed: its rules take effect with the next packet.
+    async fn reshape(
+        &mut self,
+        fabric: &Fabric,
+        link_changed: bool,
+        prepared: Option<Prepared>,
+    ) -> Result<()> {
+        if link_changed && let Some(e) = &mut self.emulator {
+            e.update(&self.plan, &self.links)?;
+        }
+        self.shaper
+            .apply(&self.plan, fabric, &self.links, &self.partitions, prepared)
+            .await
+    }
+
+    /// Reverts every fault in force, newest first: nodes come back (thawed, powered on,
+    /// plugged in), limits return to the profile's, partitions heal and links return to their
+    /// baseline. Keeps going past errors and returns them all.
+    ///
+    /// Guarantees: idempotent; afterwards [`Faults::active`] is empty.
+    pub async fn revert_all<N: NodeOps>(&mut self, fabric: &Fabric, nodes: &mut N) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut network = false;
+        let mut links = false;
+        for a in std::mem::take(&mut self.journal).into_iter().rev() {
+            let res = match a {
+                Active::NodeDown { node, mode } => {
+                    self.down.remove(&node);
+                    let r = fabric.set_node_link(node, true).await;
+                    let p = match mode {
+                        DownMode::Poweroff => nodes.power(node, true).await,
+                        DownMode::Freeze => nodes.freeze(node, false).await,
+                        DownMode::Isolate => Ok(()),
+                    };
+                    r.and(p)
+                }
+                Active::Limits { node } => {
+                    let l = self.base_limits(node);
+                    let r = nodes.set_limits(node, &l).await;
+                    self.limits[node] = l;
+                    r
+                }
+                Active::Partition { name } => {
+                    self.partitions.remove(&name);
+                    network = true;
+                    Ok(())
+                }
+                Active::Link { link } => {
+                    self.links[link] = (self.plan.links[link].up, self.plan.links[link].down);
+                    network = true;
+                    links = true;
+                    Ok(())
+                }
+            };
+            if let Err(e) = res {
+                errors.push(e.to_string());
+            }
+        }
+        if network && let Err(e) = self.reshape(fabric, links, None).await {
+            errors.push(e.to_string());
+        }
+        errors
+    }
+
+    /// Stops the userspace emulator (if it runs); its errors.
+    pub fn stop(&mut self) -> Vec<String> {
+        self.emulator.take().map(|e| e.stop().1).unwrap_or_default()
+    }
+}
+
+impl Drop for Faults {
+    fn drop(&mut self) {
+        if let Some(e) = self.emulator.take() {
+            let _ = e.stop();
+        }
+    }
+}

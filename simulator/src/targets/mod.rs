@@ -1,0 +1,785 @@
+//! Targets: where a scenario's nodes become real, behind one enum that the engine drives
+//! without naming any of them (youki-style enum dispatch: no `dyn`, no async-trait).
+//!
+//! - [`netns`] (default): network namespaces and cgroups on this host; workloads are processes.
+//! - [`docker`]: one container per node (Docker Engine API), joined to the same fabric;
+//!   workloads are containers and processes inside the node containers.
+//!
+//! What every target shares lives outside them: the network ([`crate::fabric`]), the faults
+//! and their journal ([`crate::faults`]), workload supervision ([`crate::workload`]), the
+//! state file ([`state`], in which each target owns a tagged part). A run goes:
+//! [`capabilities`] (validation reads them) → [`resolve`] (each target turns the plan's
+//! target-neutral workloads into what it runs, before anything is created) →
+//! [`Lab::provision`] → [`Lab::deploy`] → [`Lab::apply`] per action → [`Lab::teardown`];
+//! [`cleanup`] removes what a dead run left, from its state file alone.
+//!
+//! Also here: what this machine can do ([`probe`], [`doctor`]), as one capability table per
+//! target ([`crate::caps`]) that validation enforces and `doctor` prints.
+
+pub mod docker;
+pub mod netns;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::caps::{Capabilities, Feature, Support};
+use crate::faults::Faults;
+use crate::faults::emulator::EmulatorOptions;
+use crate::faults::shaping::Prepared;
+use crate::host::cgroup::Cgroups;
+use crate::host::ns::SocketFactory;
+use crate::host::{HostError, Result};
+use crate::scenario::Plan;
+use crate::scenario::diag::Diagnostic;
+use crate::scenario::plan::ActionKind;
+use crate::workload::{EventLog, InstanceSpec, LaunchSpec};
+
+use self::state::{Mode, RunState, TargetState};
+
+/// The targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    #[default]
+    Netns,
+    Docker,
+}
+
+impl TargetKind {
+    pub const ALL: [TargetKind; 2] = [TargetKind::Netns, TargetKind::Docker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TargetKind::Netns => "netns",
+            TargetKind::Docker => "docker",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether the running kernel offers sch_netem, without root: loaded, or present as a module
+/// file, or built in according to the kernel's config. (Root can probe for sure with
+/// [`crate::host::tc::kernel_has_qdisc`].)
+pub fn netem_on_disk() -> bool {
+    if std::path::Path::new("/sys/module/sch_netem").exists() {
+        return true;
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let modules = std::path::Path::new("/lib/modules").join(&release);
+    let found = [
+        "kernel/net/sched/sch_netem.ko",
+        "kernel/net/sched/sch_netem.ko.xz",
+        "kernel/net/sched/sch_netem.ko.zst",
+        "kernel/net/sched/sch_netem.ko.gz",
+    ]
+    .iter()
+    .any(|f| modules.join(f).exists());
+    found
+        || std::fs::read_to_string(format!("/boot/config-{release}"))
+            .map(|c| {
+                c.lines()
+                    .any(|l| l == "CONFIG_NET_SCH_NETEM=y" || l == "CONFIG_NET_SCH_NETEM=m")
+            })
+            .unwrap_or(false)
+}
+
+/// Whether the kernel has netem: probed in a scratch namespace when root, else from disk.
+pub async fn kernel_has_netem() -> bool {
+    if nix::unistd::geteuid().is_root()
+        && let Ok(v) = crate::host::tc::kernel_has_qdisc("netem").await
+    {
+        return v;
+    }
+    netem_on_disk()
+}
+
+/// What this machine offers, probed once (kernel features in scratch namespaces when root).
+#[derive(Debug, Clone)]
+pub struct HostProbe {
+    pub root: bool,
+    pub kernel: String,
+    pub netns: std::result::Result<(), String>,
+    pub tbf: bool,
+    pub htb: bool,
+    pub netem: bool,
+    pub nft: std::result::Result<(), String>,
+    pub cgroups: std::result::Result<Cgroups, String>,
+    pub binfmt_arm64: bool,
+    pub docker: std::result::Result<docker::DockerInfo, String>,
+}
+
+/// Probes this machine. Without root, kernel features are judged from disk.
+pub async fn probe() -> HostProbe {
+    let root = nix::unistd::geteuid().is_root();
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            )
+        })
+        .unwrap_or_default();
+    let (mut tbf, mut htb, mut netem) = (false, false, netem_on_disk());
+    let netns = if root {
+        crate::host::tc::ScratchNs::create("doctor")
+            .map(drop)
+            .map_err(|e| e.to_string())
+    } else {
+        Err("needs root to check".into())
+    };
+    if root {
+        for (kind, slot) in [("tbf", &mut tbf), ("htb", &mut htb), ("netem", &mut netem)] {
+            if let Ok(v) = crate::host::tc::kernel_has_qdisc(kind).await {
+                *slot = v;
+            }
+        }
+    }
+    // nf_tables in the kernel, tried for real: a table applied and deleted in a scratch
+    // namespace (edgesim speaks netlink to it; the `nft` program is not needed).
+    let nft = if root {
+        crate::host::tc::ScratchNs::create("doctor")
+            .and_then(|s| {
+                let fw = crate::host::nft::Firewall::new(&s.0, "edgesim-doctor")?;
+                fw.apply(&crate::host::nft::Ruleset::default())?;
+                fw.delete()
+            })
+            .map_err(|e| e.to_string())
+    } else {
+        Err("needs root to check".into())
+    };
+    let cgroups = Cgroups::detect().map_err(|e| e.to_string());
+    let binfmt_arm64 = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64")
+        .is_ok_and(|s| s.lines().next() == Some("enabled"));
+    let docker = docker::probe().await;
+    HostProbe {
+        root,
+        kernel,
+        netns,
+        tbf,
+        htb,
+        netem,
+        nft,
+        cgroups,
+        binfmt_arm64,
+        docker,
+    }
+}
+
+/// The rows every target that builds its network with [`crate::fabric`] shares: links,
+/// partitions and node isolation are done in the fabric namespace on this host.
+fn fabric_rows(c: &mut Capabilities, p: &HostProbe) {
+    let nft = p.nft.is_ok();
+    let emulated =
+        "linkem, the userspace emulator (seeded; `impairment: auto` picks it without netem)";
+    let link = |c: &mut Capabilities, f: Feature, kernel_ok: bool, how: &str| {
+        if kernel_ok {
+            c.set(f, Support::Exact, how);
+        } else {
+            c.set(f, Support::Emulated, emulated);
+        }
+    };
+    if nft {
+        c.set(
+            Feature::Partition,
+            Support::Exact,
+            "nftables drop rules in the fabric namespace (routed and bridged)",
+        );
+    } else {
+        c.set(
+            Feature::Partition,
+            Support::Unavailable,
+            "needs nf_tables in the kernel",
+        );
+    }
+    link(
+        c,
+        Feature::Loss,
+        nft,
+        "nftables `numgen random` drop rules (netem when correlated)",
+    );
+    link(
+        c,
+        Feature::Rate,
+        p.netem && p.htb,
+        "tc htb classes on the destination site's bridge",
+    );
+    link(c, Feature::Delay, p.netem, "tc netem under the htb class");
+    link(c, Feature::BurstLoss, p.netem, "tc netem");
+    link(c, Feature::DuplicateCorruptReorder, p.netem, "tc netem");
+    link(
+        c,
+        Feature::FlapTrace,
+        p.netem,
+        "the same mechanisms, changed on schedule",
+    );
+    c.set(
+        Feature::Deterministic,
+        Support::Emulated,
+        "always linkem: every decision comes from the seed",
+    );
+    if p.root {
+        c.set(
+            Feature::NodeIsolate,
+            Support::Exact,
+            "the node's veth carrier down in the fabric",
+        );
+    } else {
+        c.set(Feature::NodeIsolate, Support::Unavailable, "needs root");
+    }
+    c.netem_hint = format!(
+        "this kernel has no sch_netem (tc netem); `impairment: auto` or `userspace` runs the same \
+         impairments in the userspace link emulator instead (`edgesim doctor` shows what this machine offers)"
+    );
+}
+
+/// What target `kind` can do on this machine, from a probe: the one table that validation
+/// enforces and `doctor` prints.
+pub fn capabilities(kind: TargetKind, p: &HostProbe) -> Capabilities {
+    let mut c = Capabilities::new(kind.name());
+    fabric_rows(&mut c, p);
+    match kind {
+        TargetKind::Netns => netns_rows(&mut c, p),
+        TargetKind::Docker => docker::rows(&mut c, p),
+    }
+    c
+}
+
+fn netns_rows(c: &mut Capabilities, p: &HostProbe) {
+    let cg = p.cgroups.as_ref().ok();
+    let has = |k: &str| cg.is_some_and(|c| c.has(k));
+    let row = |c: &mut Capabilities, f: Feature, ok: bool, how: &str, missing: &str| {
+        if ok {
+            c.set(f, Support::Exact, how);
+        } else {
+            c.set(f, Support::Unavailable, missing);
+        }
+    };
+    row(
+        c,
+        Feature::NodeFreeze,
+        has("freezer") || cg.is_some_and(|c| c.version() == 2),
+        "the node's cgroup frozen (freezer / cgroup.freeze)",
+        "needs the cgroup freezer",
+    );
+    row(
+        c,
+        Feature::NodePoweroff,
+        true,
+        "workloads killed and kept down, veth carrier down",
+        "",
+    );
+    row(
+        c,
+        Feature::KillRestart,
+        true,
+        "signals to the workload's process group",
+        "",
+    );
+    row(
+        c,
+        Feature::Cpu,
+        has("cpu"),
+        "the node cgroup's CFS quota, changed live",
+        "needs the cgroup cpu controller",
+    );
+    row(
+        c,
+        Feature::Memory,
+        has("memory"),
+        "the node cgroup's memory limit, changed live",
+        "needs the cgroup memory controller",
+    );
+    c.set(
+        Feature::BlockIo,
+        Support::Unavailable,
+        "netns does not throttle block IO (the docker target enforces the profiles' storage)",
+    );
+    row(
+        c,
+        Feature::AppWorkload,
+        true,
+        "the app's native build, a process in the node (EDGESIM_APPS, next to edgesim, PATH)",
+        "",
+    );
+    row(
+        c,
+        Feature::CommandWorkload,
+        true,
+        "a host program run inside the node's namespace and cgroup",
+        "",
+    );
+    c.set(
+        Feature::ImageWorkload,
+        Support::Unavailable,
+        "netns runs no images: use `--target docker` (or kind), or `app:`/`command:`",
+    );
+    let qemu = p.binfmt_arm64 || crate::workload::apps::arm64_runner().is_ok();
+    row(
+        c,
+        Feature::Arm64Emulation,
+        qemu,
+        "the app's aarch64 build under qemu-user",
+        "needs qemu-user (apt-get install qemu-user-static binfmt-support)",
+    );
+}
+
+/// Whether target `kind` can run here at all.
+pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
+    let base = p.root && p.netns.is_ok() && p.nft.is_ok();
+    match kind {
+        TargetKind::Netns => base,
+        TargetKind::Docker => base && p.docker.is_ok(),
+    }
+}
+
+/// Probes and returns target `kind`'s capabilities (for validation).
+pub async fn capabilities_here(kind: TargetKind) -> Capabilities {
+    capabilities(kind, &probe().await)
+}
+
+/// What a target runs for a plan's workloads, resolved before anything is created.
+pub enum Resolved {
+    Netns(netns::Programs),
+    Docker(docker::Images),
+}
+
+/// The target's own validation of a plan: every workload resolved to what it runs (a host
+/// binary, an image that exists), every target-specific need checked. Nothing is created.
+/// Errors point at the workload's entry in the file.
+pub async fn resolve(
+    kind: TargetKind,
+    plan: &Plan,
+) -> std::result::Result<Resolved, Vec<Diagnostic>> {
+    match kind {
+        TargetKind::Netns => netns::resolve(plan).map(Resolved::Netns),
+        TargetKind::Docker => docker::resolve(plan).await.map(Resolved::Docker),
+    }
+}
+
+/// A lab that is up, on whichever target.
+pub enum Lab {
+    Netns(Box<netns::NetnsLab>),
+    Docker(Box<docker::DockerLab>),
+}
+
+/// A provisioning failure: the error, and what was created (the caller tears it down).
+pub struct ProvisionFailure {
+    pub error: String,
+    pub partial: Partial,
+}
+
+/// What a failed provisioning left.
+pub enum Partial {
+    Netns(netns::Partial),
+    Docker(docker::Partial),
+}
+
+impl Partial {
+    pub async fn teardown(self) -> Vec<String> {
+        match self {
+            Partial::Netns(p) => p.teardown().await,
+            Partial::Docker(p) => p.teardown().await,
+        }
+    }
+}
+
+/// How a lab is built.
+#[derive(Debug, Clone, Default)]
+pub struct LabOptions {
+    pub mode: Option<Mode>,
+    /// Captures and decision logs of the userspace link emulator.
+    pub emulator: EmulatorOptions,
+}
+
+macro_rules! each {
+    ($self:expr, $l:ident => $e:expr) => {
+        match $self {
+            Lab::Netns($l) => $e,
+            Lab::Docker($l) => $e,
+        }
+    };
+}
+
+impl Lab {
+    /// Builds the lab of `plan` on the target that `resolved` came from.
+    pub async fn provision(
+        plan: Arc<Plan>,
+        resolved: Resolved,
+        run_id: &str,
+        mode: Mode,
+        out_dir: PathBuf,
+        emu: &EmulatorOptions,
+    ) -> std::result::Result<Lab, Box<ProvisionFailure>> {
+        match resolved {
+            Resolved::Netns(programs) => {
+                let st = netns::initial_state(&plan, run_id, mode, out_dir);
+                netns::NetnsLab::provision(plan, programs, st, emu)
+                    .await
+                    .map(|l| Lab::Netns(Box::new(l)))
+                    .map_err(|e| {
+                        let e = *e;
+                        Box::new(ProvisionFailure {
+                            error: e.error.to_string(),
+                            partial: Partial::Netns(e.partial),
+                        })
+                    })
+            }
+            Resolved::Docker(images) => {
+                docker::DockerLab::provision(plan, images, run_id, mode, out_dir, emu)
+                    .await
+                    .map(|l| Lab::Docker(Box::new(l)))
+                    .map_err(|e| {
+                        let e = *e;
+                        Box::new(ProvisionFailure {
+                            error: e.error.to_string(),
+                            partial: Partial::Docker(e.partial),
+                        })
+                    })
+            }
+        }
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Lab::Netns(_) => TargetKind::Netns,
+            Lab::Docker(_) => TargetKind::Docker,
+        }
+    }
+
+    pub fn state(&self) -> &RunState {
+        each!(self, l => &l.state)
+    }
+
+    /// Starts every workload and waits until each has launched and every `readyPort`
+    /// accepts connections.
+    pub async fn deploy(&mut self, out_dir: &Path) -> std::result::Result<(), String> {
+        each!(self, l => {
+            l.deploy(out_dir).await.map_err(|e| e.to_string())?;
+            l.wait_ready().await
+        })
+    }
+
+    /// Marks the lab ready in its state file (for `up`, `exec`).
+    pub fn mark_ready(&mut self) -> Result<()> {
+        each!(self, l => l.mark_ready())
+    }
+
+    /// A socket factory inside node `node`'s network namespace, for probes and scrapes.
+    pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
+        each!(self, l => l.sockets(node))
+    }
+
+    pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
+        each!(self, l => l.prepare(action))
+    }
+
+    /// Applies one timeline action.
+    pub async fn apply(&mut self, action: &ActionKind, prepared: Option<Prepared>) -> Result<()> {
+        each!(self, l => l.apply(action, prepared).await)
+    }
+
+    /// The fault state: what is in force, link statistics of the userspace emulator.
+    pub fn faults(&self) -> &Faults {
+        each!(self, l => l.faults())
+    }
+
+    /// The workloads' event log (starts, exits, restarts, signals).
+    pub fn events(&self) -> EventLog {
+        each!(self, l => l.nodes.supervisor.log.clone())
+    }
+
+    /// Limits node `n` is held to now, read back from the kernel (or the daemon).
+    pub async fn read_limits(&self, n: usize) -> Result<crate::profile::NodeLimits> {
+        match self {
+            Lab::Netns(l) => l.read_limits(n),
+            Lab::Docker(l) => l.read_limits(n).await,
+        }
+    }
+
+    /// Reverts every fault, stops workloads, removes everything. Keeps going past errors.
+    pub async fn teardown(self, grace: Duration) -> Vec<String> {
+        each!(self, l => l.teardown(grace).await)
+    }
+}
+
+/// Removes everything the run described by `state` may have created, on its target.
+///
+/// Guarantees: idempotent; keeps going past errors; "already gone" is success.
+pub async fn cleanup(state: &RunState) -> Vec<String> {
+    match &state.target {
+        TargetState::Netns(_) => netns::cleanup_state(state).await,
+        TargetState::Docker(_) => docker::cleanup_state(state).await,
+    }
+}
+
+/// Runs `argv` inside node `node` of a lab that is up, with its workloads' environment,
+/// stdin/stdout/stderr passed through. Returns the exit code (128 + signal when killed).
+pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32> {
+    match &state.target {
+        TargetState::Netns(_) => {
+            let (_keep, mut cmd) = netns::exec_command(state, node, argv)?;
+            let status = tokio::process::Command::from(std::mem::replace(
+                &mut cmd,
+                std::process::Command::new("true"),
+            ))
+            .status()
+            .await
+            .map_err(|e| HostError::io("running", argv[0].clone(), e))?;
+            use std::os::unix::process::ExitStatusExt;
+            Ok(status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        }
+        TargetState::Docker(_) => docker::exec(state, node, argv).await,
+    }
+}
+
+/// The launch of instance `workload`@`node`: argv, environment (the node's, the workload's
+/// own, its work folder), log files under `out_dir/workloads/<workload>/`. `workdir_in`:
+/// where the work folder appears to the workload when not at its host path (a container's
+/// mount point).
+pub(crate) fn launch_spec(
+    state: &RunState,
+    plan: &Plan,
+    wi: usize,
+    ni: usize,
+    out_dir: &Path,
+    argv: Vec<String>,
+    workdir_in: Option<&str>,
+) -> Result<LaunchSpec> {
+    let w = &plan.workloads[wi];
+    let dir = out_dir.join("workloads").join(&w.name);
+    let node = &plan.nodes[ni].name;
+    let workdir = dir.join(format!("{node}.data"));
+    std::fs::create_dir_all(&workdir)
+        .map_err(|e| HostError::io("creating", workdir.display().to_string(), e))?;
+    let mut env = state.node_env(ni);
+    env.push(("EDGESIM_WORKLOAD".into(), w.name.clone()));
+    env.push((
+        "EDGESIM_WORKDIR".into(),
+        workdir_in.map_or_else(|| workdir.display().to_string(), str::to_string),
+    ));
+    env.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(LaunchSpec {
+        workload: wi,
+        node: ni,
+        argv,
+        env,
+        stdout: dir.join(format!("{node}.stdout.log")),
+        stderr: dir.join(format!("{node}.stderr.log")),
+        workdir,
+    })
+}
+
+pub(crate) fn instance_spec(plan: &Plan, wi: usize, ni: usize, launch: LaunchSpec) -> InstanceSpec {
+    let w = &plan.workloads[wi];
+    InstanceSpec {
+        launch,
+        workload_name: w.name.clone(),
+        node_name: plan.nodes[ni].name.clone(),
+        restart: w.restart,
+        restart_delay: w.restart_delay,
+    }
+}
+
+/// Waits until every workload with a `readyPort` accepts TCP connections on its node.
+pub(crate) async fn wait_ports(
+    plan: &Plan,
+    mut sockets: impl FnMut(usize) -> Result<SocketFactory>,
+) -> std::result::Result<(), String> {
+    for w in &plan.workloads {
+        let Some(port) = w.ready_port else { continue };
+        for &ni in &w.nodes {
+            let f = sockets(ni).map_err(|e| e.to_string())?;
+            let addr = std::net::SocketAddrV4::new(plan.nodes[ni].addr, port);
+            let deadline = tokio::time::Instant::now() + w.ready_timeout;
+            loop {
+                if matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(500),
+                        crate::probe::net::connect(&f, addr)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "workload `{}` on `{}` did not accept connections on port {port} within {} (see its log under workloads/{}/)",
+                        w.name,
+                        plan.nodes[ni].name,
+                        crate::units::Dur(w.ready_timeout),
+                        w.name
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a run's cgroup subtree and, with the last run that used it, the shared `edgesim`
+/// parent.
+pub(crate) fn remove_run_cgroup(cg: &Cgroups, rel: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Err(e) = cg.remove_tree(rel) {
+        errors.push(e.to_string());
+    }
+    if let Some((parent, _)) = rel.rsplit_once('/')
+        && let Err(e) = cg.remove_if_unused(parent)
+    {
+        errors.push(e.to_string());
+    }
+    errors
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub target: String,
+    pub usable: bool,
+    pub actions: Vec<crate::caps::ActionSupport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    pub kernel: String,
+    pub checks: Vec<Check>,
+    pub targets: Vec<TargetReport>,
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// Examines this machine: kernel features (probed in scratch namespaces when root), cgroups,
+/// tools and daemons, and what each target can do with them — the same tables validation
+/// enforces.
+pub async fn doctor() -> DoctorReport {
+    let p = probe().await;
+    let root = p.root;
+    let mut checks = vec![check(
+        "root",
+        root,
+        if root {
+            "running as root"
+        } else {
+            "not root: namespaces, tc, nftables and cgroups need root"
+        },
+    )];
+    checks.push(match &p.netns {
+        Ok(()) => check("netns", true, "network namespaces can be created"),
+        Err(e) => check("netns", false, e.clone()),
+    });
+    let qdisc = |ok: bool, yes: &str, no: &str| {
+        if ok {
+            yes.to_string()
+        } else if !root {
+            "needs root to check".to_string()
+        } else {
+            no.to_string()
+        }
+    };
+    checks.push(check(
+        "qdisc tbf",
+        p.tbf,
+        qdisc(
+            p.tbf,
+            "tc tbf available (rate limits)",
+            "missing: rate limits unavailable",
+        ),
+    ));
+    checks.push(check(
+        "qdisc htb",
+        p.htb,
+        qdisc(
+            p.htb,
+            "tc htb available (per-path rate limits)",
+            "missing: per-path rate limits unavailable",
+        ),
+    ));
+    checks.push(check(
+        "qdisc netem",
+        p.netem,
+        if p.netem {
+            "tc netem available (delay, jitter)"
+        } else {
+            "missing (as on WSL2, minimal VMs and stock Jetson L4T kernels): no kernel delay/jitter"
+        },
+    ));
+    checks.push(check(
+        "nftables",
+        p.nft.is_ok(),
+        match &p.nft {
+            Ok(()) => "nf_tables works (partitions, loss)".to_string(),
+            Err(e) => format!("nf_tables unusable: {e}"),
+        },
+    ));
+    checks.push(match &p.cgroups {
+        Ok(c) => check(
+            "cgroups",
+            c.has("cpu") && c.has("memory"),
+            format!(
+                "cgroup v{}; controllers: {}",
+                c.version(),
+                ["cpu", "memory", "pids", "freezer"]
+                    .iter()
+                    .filter(|k| c.has(k))
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => check("cgroups", false, e.clone()),
+    });
+    checks.push(check(
+        "binfmt arm64",
+        p.binfmt_arm64,
+        if p.binfmt_arm64 {
+            "arm64 binaries run under qemu-user"
+        } else {
+            "qemu-aarch64 binfmt not registered (install qemu-user-static binfmt-support)"
+        },
+    ));
+    checks.push(match &p.docker {
+        Ok(d) => check("docker", true, d.summary()),
+        Err(e) => check("docker", false, e.clone()),
+    });
+    let targets = TargetKind::ALL
+        .iter()
+        .map(|&k| TargetReport {
+            target: k.name().into(),
+            usable: usable(k, &p),
+            actions: capabilities(k, &p).rows,
+        })
+        .collect();
+    DoctorReport {
+        kernel: p.kernel.clone(),
+        checks,
+        targets,
+    }
+}
