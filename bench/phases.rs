@@ -41,6 +41,7 @@ fn load(rel: &str) -> Result<Plan> {
     // The real capabilities of this kernel, as `edgesim run` checks them.
     let caps = edgesim::target::netns_capabilities();
     scenario::load(&root().join(rel), profiles, &caps, &Overrides::default())
+        .map(|v| v.plan)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 

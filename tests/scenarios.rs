@@ -1,6 +1,6 @@
 //! One test per scenario file, run through the real `edgesim` binary.
 //!
-//! - `scenarios/*.yaml`: must validate, and (as root) run to a pass (exit 0).
+//! - `scenarios/*.yaml`: must validate without warnings, and (as root) run to a pass (exit 0).
 //! - `tests/scenarios/pass/*.yaml`: the same; they exercise every timeline action.
 //! - `tests/scenarios/fail/*.yaml`: must validate and run to a failure (exit 1); the header
 //!   comment `# expect-failed: a, b` names exactly the assertions that must fail.
@@ -55,6 +55,11 @@ fn validate(file: &Path) -> Result<(), Failed> {
             String::from_utf8_lossy(&out.stderr)
         )
         .into());
+    }
+    // What we ship is what we tell users to write: no deprecated keys.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("warning:") {
+        return Err(format!("`edgesim validate {}` warned:\n{stderr}", file.display()).into());
     }
     Ok(())
 }
