@@ -46,6 +46,7 @@ fn load(rel: &str) -> Result<Plan> {
             edgesim::targets::TargetKind::Netns,
         ));
     scenario::load(&root().join(rel), profiles, &caps, &Overrides::default())
+        .map(|v| v.plan)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 

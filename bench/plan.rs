@@ -64,7 +64,8 @@ fn plan(c: &mut Criterion) {
         let text = std::fs::read_to_string(f).expect("reading the scenario");
         let sc = validate::parse(f, &text).unwrap_or_else(|d| panic!("{}: {d}", f.display()));
         let p = validate::build(f, &text, &sc, profiles, &caps, &ov)
-            .unwrap_or_else(|d| panic!("{}: {d}", f.display()));
+            .unwrap_or_else(|d| panic!("{}: {d}", f.display()))
+            .plan;
         let name = f
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

@@ -65,9 +65,9 @@ spec:
     - {name: sink, site: s, profile: raspberry-pi-5-4gb}
     - {name: gw, site: s, profile: cloud-small}
   workloads:
-    - {name: sink, on: [sink], app: cloud-sink, readyTimeout: 30s}
+    - {name: sink, nodes: [sink], app: cloud-sink, readyTimeout: 30s}
     - name: collector
-      on: [gw]
+      nodes: [gw]
       app: iot-collector
       args: [--devices, \"2\", --rate, \"5\", --max-readings, \"40\"]
   assertions:

@@ -32,6 +32,15 @@ fn schema_is_json_schema_of_scenarios() {
     ] {
         assert!(spec.get(key).is_some(), "schema lacks spec.{key}: {spec}");
     }
+    // Workloads select nodes with `nodes`; `on` (read as `true` by YAML 1.1) is deprecated.
+    let w = &v["$defs"]["WorkloadSpec"];
+    assert_eq!(w["properties"]["nodes"]["type"], "array", "{w}");
+    assert_eq!(w["properties"]["on"]["deprecated"], true, "{w}");
+    assert_eq!(
+        w["oneOf"],
+        serde_json::json!([{"required": ["nodes"]}, {"required": ["on"]}]),
+        "exactly one of the two: {w}"
+    );
     // Units are documented as patterns so editors can flag `20mbps`.
     assert!(v["$defs"]["Rate"]["pattern"].is_string());
 }
@@ -90,6 +99,61 @@ fn validate_exit_codes() {
         .expect("run");
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+/// A workload's deprecated key `on` still validates, with a warning that names `nodes`; `on`
+/// and `nodes` together are refused.
+#[test]
+fn validate_warns_about_the_deprecated_key_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let validate = |name: &str, workload: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {{name: t}}\nspec:\n  duration: 5s\n  sites: {{lab: {{}}}}\n  nodes:\n    - {{name: a, site: lab, profile: cloud-small}}\n  workloads:\n    - {workload}\n"
+            ),
+        )
+        .expect("write scenario");
+        let out = bin().arg("validate").arg(&f).output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = validate("new.yaml", "{name: w, nodes: [a], command: sleep 1}");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+
+    let (code, stdout_old, stderr) = validate("old.yaml", "{name: w, on: [a], command: sleep 1}");
+    assert_eq!(
+        code,
+        Some(0),
+        "a warning does not fail validation: {stderr}"
+    );
+    assert!(
+        stderr.contains("warning: workload `w`: the key `on` is deprecated; write `nodes`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("old.yaml:10:"),
+        "points at the line: {stderr}"
+    );
+    assert!(!stderr.contains("error"), "{stderr}");
+    assert!(stdout_old.contains("; 1 warning)"), "{stdout_old}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+
+    let (code, _, stderr) = validate(
+        "both.yaml",
+        "{name: w, nodes: [a], on: [a], command: sleep 1}",
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: workload `w` gives both `nodes` and `on`"),
+        "{stderr}"
+    );
 }
 
 #[test]

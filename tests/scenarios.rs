@@ -1,19 +1,26 @@
 //! One test per scenario file, run through the real `edgesim` binary.
 //!
-//! - `scenarios/*.yaml`: must validate, and (as root) run to a pass (exit 0).
+//! - `scenarios/*.yaml`: must validate without warnings, and (as root) run to a pass (exit 0).
 //! - `tests/scenarios/pass/*.yaml`: the same; they exercise every timeline action.
 //! - `tests/scenarios/fail/*.yaml`: must validate and run to a failure (exit 1); the header
 //!   comment `# expect-failed: a, b` names exactly the assertions that must fail.
 //! - `tests/scenarios/reject/*.yaml`: `edgesim validate` must refuse them (exit 2) with exactly
 //!   the diagnostics in the neighbouring `.stderr` file (golden; `EDGESIM_BLESS=1` rewrites
 //!   them).
+//! - every file of `scenarios/`, `pass/` and `fail/`, read by a YAML 1.1 parser (PyYAML, as
+//!   Ansible and other Python tools read it; Go's yaml.v2, under kubectl and kustomize, reads
+//!   keys alike), must validate against `edgesim schema` (Python `jsonschema`, Draft 2020-12):
+//!   a key such as `on` that YAML 1.1 reads as a boolean cannot. Needs `python3` with PyYAML
+//!   and jsonschema; skips without them (fails when EDGESIM_REQUIRE lists `python`).
 //!
 //! Runs need root; without it they skip with a reason (and fail when EDGESIM_REQUIRE lists
 //! `netns`). Scenarios longer than `EDGESIM_MAX_SCENARIO_SECS` (default 90) are only
 //! validated.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -55,6 +62,11 @@ fn validate(file: &Path) -> Result<(), Failed> {
             String::from_utf8_lossy(&out.stderr)
         )
         .into());
+    }
+    // What we ship is what we tell users to write: no deprecated keys.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("warning:") {
+        return Err(format!("`edgesim validate {}` warned:\n{stderr}", file.display()).into());
     }
     Ok(())
 }
@@ -204,6 +216,121 @@ fn reject(file: &Path) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Reads the scenario named by argv[1] as YAML 1.1 tools do (PyYAML: the bare key `on` becomes
+/// `True`) and checks it against the schema on stdin with Draft 2020-12; prints each schema
+/// error and exits 3 when there is any (1 is Python's own exit on an exception).
+const YAML11_CHECK: &str = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(sys.stdin)
+jsonschema.Draft202012Validator.check_schema(schema)
+with open(sys.argv[1], encoding="utf-8") as f:
+    doc = yaml.safe_load(f)
+errors = list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+for e in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+    print("/".join(str(p) for p in e.absolute_path) or "(top)", "->", e.message)
+sys.exit(3 if errors else 0)
+"#;
+
+/// `edgesim schema`, run once.
+fn schema() -> Result<&'static str, Failed> {
+    static SCHEMA: OnceLock<Result<String, String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let out = Command::new(bin())
+                .arg("schema")
+                .output()
+                .map_err(|e| format!("running edgesim schema: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`edgesim schema` exited {:?}: {}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            String::from_utf8(out.stdout).map_err(|e| e.to_string())
+        })
+        .as_deref()
+        .map_err(|e| e.clone().into())
+}
+
+/// The schema errors of `file` read as YAML 1.1; `None` when it validates.
+fn yaml11_schema_errors(file: &Path) -> Result<Option<String>, Failed> {
+    let mut child = Command::new("python3")
+        .args(["-c", YAML11_CHECK])
+        .arg(file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running python3: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin")?
+        .write_all(schema()?.as_bytes())
+        .map_err(|e| format!("writing the schema to python3: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("python3: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => Ok(None),
+        Some(3) => Ok(Some(text)),
+        code => {
+            Err(format!("the schema check itself failed (python3 exited {code:?}):\n{text}").into())
+        }
+    }
+}
+
+fn schema_yaml11(file: &Path) -> Result<(), Failed> {
+    if !edgesim::testing::python_yaml() {
+        return Ok(());
+    }
+    match yaml11_schema_errors(file)? {
+        None => Ok(()),
+        Some(errors) => Err(format!(
+            "{} does not validate against `edgesim schema` when read as YAML 1.1 (PyYAML):\n{errors}",
+            file.display()
+        )
+        .into()),
+    }
+}
+
+/// The check above can fail: read as YAML 1.1, a workload's deprecated key `on` is the boolean
+/// `true`, which the schema refuses; the same scenario with `nodes` passes.
+fn schema_yaml11_refuses_on() -> Result<(), Failed> {
+    if !edgesim::testing::python_yaml() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let write = |key: &str| -> Result<PathBuf, Failed> {
+        let f = dir.path().join(format!("{key}.yaml"));
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {{name: t}}\nspec:\n  duration: 5s\n  sites: {{lab: {{}}}}\n  nodes:\n    - {{name: a, site: lab, profile: cloud-small}}\n  workloads:\n    - {{name: w, {key}: [a], command: sleep 1}}\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(f)
+    };
+    if let Some(errors) = yaml11_schema_errors(&write("nodes")?)? {
+        return Err(format!("a workload with `nodes` should validate:\n{errors}").into());
+    }
+    match yaml11_schema_errors(&write("on")?)? {
+        Some(errors) if errors.contains("True was unexpected") => Ok(()),
+        Some(errors) => Err(format!(
+            "a workload with `on` was refused, but not for its key `true`:\n{errors}"
+        )
+        .into()),
+        None => Err("a workload with `on`, read as YAML 1.1, validated against the schema".into()),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let max_secs: f64 = std::env::var("EDGESIM_MAX_SCENARIO_SECS")
@@ -222,6 +349,17 @@ fn main() {
             validate(&g)
         }));
     }
+    for f in shipped.iter().chain(&pass).chain(&fail) {
+        let g = f.clone();
+        trials.push(Trial::test(
+            format!("schema-yaml1.1 {}", name_of(f)),
+            move || schema_yaml11(&g),
+        ));
+    }
+    trials.push(Trial::test(
+        "schema-yaml1.1 refuses the key `on`",
+        schema_yaml11_refuses_on,
+    ));
     for (files, want) in [(&shipped, 0), (&pass, 0), (&fail, 1)] {
         for f in files {
             let g = f.clone();

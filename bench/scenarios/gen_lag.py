@@ -54,7 +54,7 @@ spec:
     - {name: e, count: 2, site: east, profile: raspberry-pi-5-8gb}
     - {name: w, count: 2, site: west, profile: raspberry-pi-5-4gb}
   workloads:
-    - {name: idle, on: ["e-*", "w-*"], command: sleep 3600, restart: never}
+    - {name: idle, nodes: ["e-*", "w-*"], command: sleep 3600, restart: never}
   timeline:
 """
 

@@ -52,3 +52,26 @@ pub fn program(cap: &str, name: &str) -> bool {
         &format!("`{name}` is not installed"),
     )
 }
+
+/// Gate for tests that read YAML the way YAML 1.1 tools do and check it against the JSON
+/// Schema: `python3` with PyYAML and a jsonschema that has Draft 2020-12.
+pub fn python_yaml() -> bool {
+    let probe = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import yaml, jsonschema; jsonschema.Draft202012Validator",
+        ])
+        .output();
+    let why = match probe {
+        Ok(o) if o.status.success() => return true,
+        Ok(o) => format!(
+            "python3 lacks PyYAML or a jsonschema with Draft 2020-12 (`pip install pyyaml jsonschema`): {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Err(e) => format!("cannot run `python3`: {e}"),
+    };
+    gate("python", false, &why)
+}

@@ -41,7 +41,7 @@ sites:
 nodes:
   - {name: box, site: lab, profile: tiny-board}
 workloads:
-  - {name: spin, on: [box], command: [sh, -c, 'while :; do :; done']}
+  - {name: spin, nodes: [box], command: [sh, -c, 'while :; do :; done']}
 timeline:
   - {at: 3s, for: 3s, cpu: {nodes: [box], cores: 1}}
   - {at: 7s, for: 3s, memory: {nodes: [box], limit: 256Mi}}

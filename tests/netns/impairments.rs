@@ -149,7 +149,7 @@ nodes:
   - {name: s-gw, site: slow, profile: raspberry-pi-5-4gb}
   - {name: f-gw, site: fast, profile: raspberry-pi-5-4gb}
 workloads:
-  - {name: iperf, on: [sink], command: iperf3 -s -p 5201, readyPort: 5201, restart: always}
+  - {name: iperf, nodes: [sink], command: iperf3 -s -p 5201, readyPort: 5201, restart: always}
 "),
     );
     let lab = Lab::up(&sc);

@@ -76,7 +76,7 @@ nodes:
   - {name: iso, site: lab, profile: raspberry-pi-5-4gb}
 workloads:
   - name: beat
-    on: [pw, fz, iso]
+    nodes: [pw, fz, iso]
     command: [sh, -c, 'while :; do date +%s%N >> \"$EDGESIM_WORKDIR/beats\"; sleep 0.1; done']
     restart: never
 timeline:

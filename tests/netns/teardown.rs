@@ -27,7 +27,7 @@ nodes:
   - {{name: sink, site: cloud, profile: cloud-small}}
   - {{name: gw, count: 2, site: factory, profile: raspberry-pi-5-4gb}}
 workloads:
-  - {{name: idle, on: [all], command: sleep 1000, restart: always}}
+  - {{name: idle, nodes: [all], command: sleep 1000, restart: always}}
 timeline:
   - {{at: 1s, partition: {{name: cut, between: [[site/factory], [site/cloud]]}}}}
   - {{at: 1500ms, cpu: {{nodes: [sink], cores: 1}}}}

@@ -34,13 +34,13 @@ sites:
 nodes:
   - {{name: box, site: lab, profile: raspberry-pi-5-4gb}}
 workloads:
-  - {{name: never, on: [box], command: {forever}, restart: never}}
-  - {{name: onfail, on: [box], command: {forever}, restart: on-failure, restartDelay: 300ms}}
-  - {{name: always, on: [box], command: {forever}, restart: always, restartDelay: 300ms}}
-  - {{name: term, on: [box], command: {forever}, restart: never}}
-  - {{name: ok-once, on: [box], command: {ok_after_1s}, restart: on-failure, restartDelay: 300ms}}
-  - {{name: fails, on: [box], command: {fail_after_1s}, restart: on-failure, restartDelay: 300ms}}
-  - {{name: loops, on: [box], command: {ok_after_1s}, restart: always, restartDelay: 300ms}}
+  - {{name: never, nodes: [box], command: {forever}, restart: never}}
+  - {{name: onfail, nodes: [box], command: {forever}, restart: on-failure, restartDelay: 300ms}}
+  - {{name: always, nodes: [box], command: {forever}, restart: always, restartDelay: 300ms}}
+  - {{name: term, nodes: [box], command: {forever}, restart: never}}
+  - {{name: ok-once, nodes: [box], command: {ok_after_1s}, restart: on-failure, restartDelay: 300ms}}
+  - {{name: fails, nodes: [box], command: {fail_after_1s}, restart: on-failure, restartDelay: 300ms}}
+  - {{name: loops, nodes: [box], command: {ok_after_1s}, restart: always, restartDelay: 300ms}}
 timeline:
   - {{at: 2s, kill: {{workload: never}}}}
   - {{at: 2s, kill: {{workload: onfail}}}}
@@ -193,9 +193,9 @@ sites:
 nodes:
   - {name: box, site: lab, profile: raspberry-pi-5-4gb}
 workloads:
-  - {name: polite, on: [box], command: sleep 1000}
+  - {name: polite, nodes: [box], command: sleep 1000}
   # SIG_IGN survives exec: sleep ignores SIGTERM too.
-  - {name: stubborn, on: [box], command: [sh, -c, \"trap '' TERM; exec sleep 1000\"]}
+  - {name: stubborn, nodes: [box], command: [sh, -c, \"trap '' TERM; exec sleep 1000\"]}
 ",
     );
     let fin = Run::start(&sc).finish(Duration::from_secs(60));

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use edgesim::profile::{HostCpu, ProfileSet, limits};
-use edgesim::scenario::{self, Capabilities, LoadError, Overrides, Plan};
+use edgesim::scenario::{self, Capabilities, LoadError, Overrides, Plan, Validated};
 
 use super::{Cli, Command, EXIT_INFRA, EXIT_INVALID, EXIT_PASS, Output, TargetArg};
 
@@ -73,6 +73,10 @@ pub fn resolve_plan(target: TargetArg, plan: &Plan) -> Result<Option<edgesim::ta
     }
 }
 
+fn plural(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Loads and validates one scenario, printing diagnostics to stderr. `Ok(None)` when invalid.
 pub fn load_plan(
     file: &Path,
@@ -80,15 +84,33 @@ pub fn load_plan(
     caps: &Capabilities,
     ov: &Overrides,
 ) -> Result<Option<Plan>> {
+    Ok(load_checked(file, profiles, caps, ov)?.map(|v| v.plan))
+}
+
+/// [`load_plan`], keeping the warnings (already printed) with the plan.
+fn load_checked(
+    file: &Path,
+    profiles: &ProfileSet,
+    caps: &Capabilities,
+    ov: &Overrides,
+) -> Result<Option<Validated>> {
     match scenario::load(file, profiles, caps, ov) {
-        Ok(p) => Ok(Some(p)),
+        Ok(v) => {
+            if !v.warnings.is_empty() {
+                eprintln!("{}", v.warnings);
+            }
+            Ok(Some(v))
+        }
         Err(LoadError::Invalid(d)) => {
-            let n = d.items.len();
+            let warnings = match d.warnings() {
+                0 => String::new(),
+                w => format!(" (and {})", plural(w, "warning")),
+            };
             eprint!("{d}");
             eprintln!(
-                "\n{}: {n} problem{} found; nothing was created.",
+                "\n{}: {} found{warnings}; nothing was created.",
                 file.display(),
-                if n == 1 { "" } else { "s" }
+                plural(d.errors(), "problem"),
             );
             Ok(None)
         }
@@ -104,7 +126,7 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
     let caps = capabilities(target)?;
     let mut code = EXIT_PASS;
     for f in files {
-        match load_plan(
+        match load_checked(
             f,
             &profiles,
             &caps,
@@ -113,16 +135,20 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
                 impairment: None,
             },
         )? {
-            Some(p) if resolve_plan(target, &p)?.is_none() => code = EXIT_INVALID,
-            Some(p) => println!(
-                "{}: ok ({} sites, {} nodes, {} workloads, {} timeline actions, {} probes, {} assertions)",
+            Some(v) if resolve_plan(target, &v.plan)?.is_none() => code = EXIT_INVALID,
+            Some(Validated { plan: p, warnings }) => println!(
+                "{}: ok ({} sites, {} nodes, {} workloads, {} timeline actions, {} probes, {} assertions{})",
                 f.display(),
                 p.sites.len(),
                 p.nodes.len(),
                 p.workloads.len(),
                 p.actions.len(),
                 p.probes.len(),
-                p.assertions.len()
+                p.assertions.len(),
+                match warnings.warnings() {
+                    0 => String::new(),
+                    w => format!("; {}", plural(w, "warning")),
+                }
             ),
             None => code = EXIT_INVALID,
         }

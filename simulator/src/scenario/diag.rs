@@ -1,6 +1,10 @@
 //! Diagnostics for bad input: a message, the file, line and column it refers to, the source
 //! line with a caret, and a hint (often "did you mean …?").
 //!
+//! A diagnostic is an error (the scenario is rejected) or a warning (it is accepted, but
+//! something in it should change, e.g. a deprecated key): warnings are printed with the
+//! errors, or on their own in front of a plan, and never fail validation.
+//!
 //! Rendering imitates rustc, which most users can read at a glance:
 //! ```text
 //! error: unknown node `gw-4` in probe `uplink`
@@ -16,9 +20,28 @@ use std::path::{Path, PathBuf};
 
 use super::loc::Pos;
 
+/// Whether a diagnostic rejects the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Severity {
+    #[default]
+    Error,
+    /// Printed, but the file is still valid.
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
 /// One problem found in an input file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub message: String,
     pub pos: Pos,
     /// How many characters the caret underlines (at least one).
@@ -27,13 +50,25 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error.
     pub fn new(pos: Pos, message: impl Into<String>) -> Self {
         Diagnostic {
+            severity: Severity::Error,
             message: message.into(),
             pos,
             width: 1,
             hint: None,
         }
+    }
+    /// A warning: reported, but the file stays valid.
+    pub fn warning(pos: Pos, message: impl Into<String>) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::new(pos, message)
+        }
+    }
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
     }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -67,6 +102,17 @@ impl Diagnostics {
             items,
         }
     }
+    /// How many of the items are errors.
+    pub fn errors(&self) -> usize {
+        self.items.iter().filter(|d| d.is_error()).count()
+    }
+    /// How many of the items are warnings.
+    pub fn warnings(&self) -> usize {
+        self.items.len() - self.errors()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
 
 impl fmt::Display for Diagnostics {
@@ -76,7 +122,7 @@ impl fmt::Display for Diagnostics {
             if i > 0 {
                 writeln!(f)?;
             }
-            writeln!(f, "error: {}", d.message)?;
+            writeln!(f, "{}: {}", d.severity, d.message)?;
             if d.pos.is_known() {
                 writeln!(
                     f,
@@ -182,6 +228,26 @@ mod tests {
         assert_eq!(
             s,
             "error: bad value\n  --> x.yaml:2:5\n  |\n2 | bb: oops\n  |     ^^^^\n  = hint: try 1\n"
+        );
+    }
+
+    #[test]
+    fn warnings_render_as_warnings_and_are_counted_apart() {
+        let src = "on: [a]\nbb: oops\n";
+        let d = Diagnostics::new(
+            Path::new("x.yaml"),
+            src,
+            vec![
+                Diagnostic::warning(Pos { line: 1, column: 1 }, "old key").width(2),
+                Diagnostic::new(Pos { line: 2, column: 5 }, "bad value"),
+            ],
+        );
+        assert_eq!((d.errors(), d.warnings()), (1, 1));
+        assert!(
+            d.to_string().starts_with(
+                "warning: old key\n  --> x.yaml:1:1\n  |\n1 | on: [a]\n  | ^^\n\nerror: bad value"
+            ),
+            "{d}"
         );
     }
 }

@@ -23,6 +23,60 @@ impl Pos {
     }
 }
 
+/// Where `key:` is written in `text`, given the position of its value (serde records only
+/// where values are): the text before the value, across blank space, line breaks and comments,
+/// must be `key:` (the key bare or quoted). `None` when it is not.
+pub fn key_before(text: &str, value: Pos, key: &str) -> Option<Pos> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut line = usize::try_from(value.line.checked_sub(1)?).ok()?;
+    let col = usize::try_from(value.column.checked_sub(1)?).ok()?;
+    let mut before: Vec<char> = lines.get(line)?.chars().take(col).collect();
+    loop {
+        while before.last().is_some_and(|c| c.is_whitespace()) {
+            before.pop();
+        }
+        if !before.is_empty() {
+            break;
+        }
+        // The value starts a line: the key ends an earlier one, perhaps before a comment (a
+        // `#` inside a quoted string makes this give up, which only costs the caret).
+        line = line.checked_sub(1)?;
+        let l = lines[line];
+        let l = if l.trim_start().starts_with('#') {
+            ""
+        } else {
+            l.find(" #").map_or(l, |i| &l[..i])
+        };
+        before = l.chars().collect();
+    }
+    if before.pop() != Some(':') {
+        return None;
+    }
+    while before.last().is_some_and(|c| *c == ' ' || *c == '\t') {
+        before.pop();
+    }
+    let s: String = before.iter().collect();
+    [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
+        .iter()
+        .find_map(|k| {
+            let head = s.strip_suffix(k.as_str())?;
+            // A whole key, not the end of a longer one (`xon:`).
+            if head
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_alphanumeric() || "-_.\"'".contains(c))
+            {
+                return None;
+            }
+            // At the key's first letter, inside any quote.
+            let quote = usize::from(k.len() > key.len());
+            Some(Pos {
+                line: u32::try_from(line + 1).ok()?,
+                column: u32::try_from(head.chars().count() + 1 + quote).ok()?,
+            })
+        })
+}
+
 /// A value with its source position. Compares, hashes and serialises as the bare value.
 #[derive(Clone, Default)]
 pub struct Loc<T> {
@@ -122,5 +176,26 @@ impl<T: schemars::JsonSchema> schemars::JsonSchema for Loc<T> {
     }
     fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
         T::json_schema(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: u32, column: u32) -> Pos {
+        Pos { line, column }
+    }
+
+    #[test]
+    fn finds_the_key_before_its_value() {
+        let t = "- {name: w, on: [a]}\n- name: v\n  on:   # old\n\n    # still old\n    - a\n- \"on\": [b]\n- xon: [c]\n- on [d]\n";
+        assert_eq!(key_before(t, at(1, 17), "on"), Some(at(1, 13)));
+        assert_eq!(key_before(t, at(6, 5), "on"), Some(at(3, 3)));
+        assert_eq!(key_before(t, at(7, 9), "on"), Some(at(7, 4)));
+        assert_eq!(key_before(t, at(8, 8), "on"), None, "`xon` is another key");
+        assert_eq!(key_before(t, at(9, 6), "on"), None, "no colon");
+        assert_eq!(key_before(t, at(1, 1), "on"), None, "nothing before");
+        assert_eq!(key_before(t, Pos::UNKNOWN, "on"), None);
     }
 }

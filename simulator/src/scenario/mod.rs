@@ -17,7 +17,7 @@ pub mod validate;
 
 pub use diag::{Diagnostic, Diagnostics};
 pub use plan::Plan;
-pub use validate::{Capabilities, LoadError, Overrides, load};
+pub use validate::{Capabilities, LoadError, Overrides, Validated, load};
 
 #[cfg(test)]
 mod tests;

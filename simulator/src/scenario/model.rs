@@ -332,12 +332,26 @@ pub struct MetricsEndpoint {
     pub format: MetricsFormat,
 }
 
+/// A program run on every node that `nodes` selects.
+// `nodes` was first spelled `on`, a key YAML 1.1 parsers (PyYAML, Ansible, Go's yaml.v2 and so
+// kubectl and kustomize) read as the boolean `true`. Both keys are fields rather than a serde
+// alias so that validation can warn about `on` and reject the two together (an alias would
+// hide which key was written). The schema asks for exactly one of them, so that it accepts
+// what `edgesim validate` accepts, and marks `on` deprecated.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["nodes"]}, {"required": ["on"]}]))]
 pub struct WorkloadSpec {
     pub name: Loc<String>,
     /// Node selectors: names, globs (`gw-*`), `site/NAME`, `label/KEY=VALUE`, or `all`.
-    pub on: Vec<Loc<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<String>")]
+    pub nodes: Option<Loc<Vec<Loc<String>>>>,
+    /// Deprecated spelling of `nodes` (YAML 1.1 reads the key `on` as `true`); accepted with
+    /// a warning while the format is `v1alpha1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<String>", extend("deprecated" = true))]
+    pub on: Option<Loc<Vec<Loc<String>>>>,
     /// The program and its arguments, run inside the node's namespace and cgroup. Give this
     /// or `app`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,7 @@ fn plan_with(text: &str, caps: &Capabilities) -> Result<Plan, String> {
         caps,
         &Overrides::default(),
     )
+    .map(|v| v.plan)
     .map_err(|d| d.to_string())
 }
 
@@ -186,6 +187,83 @@ fn misspelt_selectors_and_sites_get_suggestions() {
     assert!(e.contains("`xx-*` in node-down selects no node"), "{e}");
 }
 
+/// Validates `text` with every capability, keeping the warnings of a valid scenario.
+fn validated(text: &str) -> Result<super::Validated, super::Diagnostics> {
+    let f = Path::new("t.yaml");
+    let sc = parse(f, text)?;
+    build(
+        f,
+        text,
+        &sc,
+        ProfileSet::builtin().expect("built-in profiles"),
+        &Capabilities::all("netns"),
+        &Overrides::default(),
+    )
+}
+
+fn with_workloads(workloads: &str) -> String {
+    format!(
+        "{HEAD}  sites: {{s: {{}}}}\n  nodes:\n    - {{name: gw, count: 3, site: s, profile: cloud-small}}\n  workloads:\n{workloads}"
+    )
+}
+
+#[test]
+fn workloads_select_nodes_with_nodes_without_warnings() {
+    let v = validated(&with_workloads(
+        "    - {name: w, nodes: [gw-2, gw-3], command: sleep 1}\n",
+    ))
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert!(v.warnings.is_empty(), "{}", v.warnings);
+    assert_eq!(v.plan.workloads[0].nodes, vec![1, 2]);
+}
+
+#[test]
+fn the_deprecated_key_on_still_selects_nodes_with_a_warning() {
+    let v = validated(&with_workloads(
+        "    - {name: w, on: [gw-2, gw-3], command: sleep 1}\n    - name: v\n      on:\n        - gw-1\n      command: sleep 1\n",
+    ))
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(v.plan.workloads[0].nodes, vec![1, 2]);
+    assert_eq!(v.plan.workloads[1].nodes, vec![0]);
+    let w = &v.warnings.items;
+    assert_eq!(w.len(), 2, "{}", v.warnings);
+    assert!(
+        w.iter()
+            .all(|d| d.severity == super::diag::Severity::Warning)
+    );
+    assert_eq!(
+        w[0].message,
+        "workload `w`: the key `on` is deprecated; write `nodes`"
+    );
+    // Under the key itself, in flow and in block style.
+    assert_eq!((w[0].pos.line, w[0].pos.column, w[0].width), (11, 17, 2));
+    assert_eq!((w[1].pos.line, w[1].pos.column, w[1].width), (13, 7, 2));
+    let text = v.warnings.to_string();
+    assert!(text.starts_with("warning: workload `w`"), "{text}");
+    assert!(text.contains("read the key `on` as `true`"), "{text}");
+}
+
+#[test]
+fn on_and_nodes_together_or_neither_are_refused() {
+    let d = validated(&with_workloads(
+        "    - {name: w, nodes: [gw-1], on: [gw-1], command: sleep 1}\n    - {name: x, command: sleep 1}\n    - {name: y, on: [gw-1], command: sleep 1}\n",
+    ))
+    .expect_err("should be rejected");
+    assert_eq!(d.errors(), 2, "{d}");
+    assert_eq!(
+        d.warnings(),
+        1,
+        "the warning of `y` is shown with the errors: {d}"
+    );
+    let e = d.to_string();
+    assert!(
+        e.contains("error: workload `w` gives both `nodes` and `on`"),
+        "{e}"
+    );
+    assert!(e.contains("error: workload `x` has no `nodes`"), "{e}");
+    assert!(e.contains("warning: workload `y`"), "{e}");
+}
+
 #[test]
 fn cpu_beyond_the_boards_cores_is_refused() {
     let e = errors(&format!(
@@ -309,7 +387,8 @@ fn traces_parse_and_replay() {
         &Capabilities::all("netns"),
         &Overrides::default(),
     )
-    .expect("valid");
+    .expect("valid")
+    .plan;
     let steps: Vec<(Duration, Option<u64>)> = p
         .actions
         .iter()

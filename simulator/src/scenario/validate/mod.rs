@@ -22,7 +22,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean, unknown_hint};
 use super::expect::{Bound, parse_bound, parse_expectation, parse_window};
-use super::loc::{Loc, Pos};
+use super::loc::{Loc, Pos, key_before};
 use super::model::{self, Direction, DownMode, EventSpec, LinkSpec, Scenario};
 use super::plan::{self, Action, ActionKind, Block, LinkParams, Mechanism, Plan, SeedSource};
 use crate::profile::{ProfileSet, ProfileSpec};
@@ -104,13 +104,22 @@ pub fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
     d
 }
 
+/// A valid scenario's plan, with the warnings met while checking it: things to change (a
+/// deprecated key) that do not make the file invalid. `warnings` is empty when there were none;
+/// when it is not, show it to the user (it prints like errors, as `warning: …`).
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub plan: Plan,
+    pub warnings: Diagnostics,
+}
+
 /// Reads, parses and validates a scenario file into a plan.
 pub fn load(
     file: &Path,
     profiles: &ProfileSet,
     caps: &Capabilities,
     ov: &Overrides,
-) -> Result<Plan, LoadError> {
+) -> Result<Validated, LoadError> {
     let text = std::fs::read_to_string(file).map_err(|e| LoadError::Read {
         file: file.to_path_buf(),
         source: e,
@@ -131,7 +140,8 @@ pub enum LoadError {
     Invalid(Diagnostics),
 }
 
-/// Validates a parsed scenario and builds its plan.
+/// Validates a parsed scenario and builds its plan. When the scenario is invalid, the
+/// diagnostics hold every error and also the warnings, in file order.
 pub fn build(
     file: &Path,
     text: &str,
@@ -139,14 +149,16 @@ pub fn build(
     profiles: &ProfileSet,
     caps: &Capabilities,
     ov: &Overrides,
-) -> Result<Plan, Diagnostics> {
+) -> Result<Validated, Diagnostics> {
     let mut v = Validator {
         sc,
+        text,
         mechanism: Mechanism::Kernel,
         file,
         profiles,
         caps,
         errs: Vec::new(),
+        warnings: Vec::new(),
         site_ix: HashMap::new(),
         node_ix: HashMap::new(),
         nodes: Vec::new(),
@@ -154,23 +166,32 @@ pub fn build(
         link_ix: HashMap::new(),
     };
     let plan = v.run(file, ov);
+    let sorted = |mut d: Vec<Diagnostic>| {
+        d.sort_by_key(|d| (d.pos.line, d.pos.column));
+        d.dedup();
+        d
+    };
     if v.errs.is_empty() {
-        Ok(plan)
+        Ok(Validated {
+            plan,
+            warnings: Diagnostics::new(file, text, sorted(v.warnings)),
+        })
     } else {
-        let mut errs = v.errs;
-        errs.sort_by_key(|d| (d.pos.line, d.pos.column));
-        errs.dedup();
-        Err(Diagnostics::new(file, text, errs))
+        let all = v.errs.into_iter().chain(v.warnings).collect();
+        Err(Diagnostics::new(file, text, sorted(all)))
     }
 }
 
 struct Validator<'a> {
     sc: &'a Scenario,
+    /// The scenario's text, to find keys (serde records only where values are).
+    text: &'a str,
     mechanism: Mechanism,
     file: &'a Path,
     profiles: &'a ProfileSet,
     caps: &'a Capabilities,
     errs: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
     site_ix: HashMap<String, usize>,
     node_ix: HashMap<String, usize>,
     nodes: Vec<plan::Node>,
@@ -195,6 +216,11 @@ impl<'a> Validator<'a> {
     fn err(&mut self, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
         self.errs.push(Diagnostic::new(pos, msg));
         self.errs.last_mut().expect("just pushed")
+    }
+
+    fn warn(&mut self, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
+        self.warnings.push(Diagnostic::warning(pos, msg));
+        self.warnings.last_mut().expect("just pushed")
     }
 
     /// Reports an unknown reference `word` (a `what`, e.g. "site") at `pos`, suggesting the
@@ -843,6 +869,48 @@ impl<'a> Validator<'a> {
         false
     }
 
+    /// A workload's node selectors and the key they were written under: `nodes`, or `on`, its
+    /// deprecated spelling (accepted with a warning until the format leaves `v1alpha1`).
+    fn workload_selectors(
+        &mut self,
+        w: &'a model::WorkloadSpec,
+    ) -> Option<(&'a [Loc<String>], &'static str)> {
+        let name = &w.name.value;
+        // Point at the key `on` itself where it can be found, else at its value.
+        let text = self.text;
+        let on_pos = |on: &Loc<_>| key_before(text, on.pos, "on").map_or((on.pos, 1), |p| (p, 2));
+        match (&w.nodes, &w.on) {
+            (Some(n), None) => Some((&n.value, "nodes")),
+            (None, Some(on)) => {
+                let (pos, width) = on_pos(on);
+                let d = self.warn(
+                    pos,
+                    format!("workload `{name}`: the key `on` is deprecated; write `nodes`"),
+                );
+                d.width = width;
+                d.hint = Some("YAML 1.1 parsers (PyYAML, Ansible, Go's yaml.v2, kubectl and kustomize) read the key `on` as `true`; `on` is accepted until the format leaves v1alpha1".into());
+                Some((&on.value, "on"))
+            }
+            (Some(_), Some(on)) => {
+                let (pos, width) = on_pos(on);
+                let d = self.err(
+                    pos,
+                    format!("workload `{name}` gives both `nodes` and `on`"),
+                );
+                d.width = width;
+                d.hint =
+                    Some("`on` is the deprecated spelling of `nodes`: keep `nodes` only".into());
+                None
+            }
+            (None, None) => {
+                let d = self.err(w.name.pos, format!("workload `{name}` has no `nodes`"));
+                d.width = width(name);
+                d.hint = Some("select the nodes it runs on, e.g. `nodes: [gw-1]`, `nodes: [\"gw-*\"]`, `nodes: [site/edge]` or `nodes: [all]`".into());
+                None
+            }
+        }
+    }
+
     fn workloads(&mut self) -> Vec<plan::Workload> {
         let sc = self.sc;
         let mut out = Vec::new();
@@ -856,7 +924,10 @@ impl<'a> Validator<'a> {
             self.name_ok(&w.name, "workload");
             self.name_unique(&mut seen, &w.name, "workload");
             let nodes = self
-                .select(&w.on, &format!("in `on` of workload `{}`", w.name.value))
+                .workload_selectors(w)
+                .and_then(|(sels, key)| {
+                    self.select(sels, &format!("in `{key}` of workload `{}`", w.name.value))
+                })
                 .unwrap_or_default();
             let given = [w.command.is_some(), w.app.is_some(), w.image.is_some()];
             let app = match (&w.app, given.iter().filter(|g| **g).count()) {
