@@ -997,6 +997,54 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_profile_has_all_four_storage_figures() {
+        for (name, e) in ProfileSet::builtin().unwrap().iter() {
+            let s = e
+                .spec
+                .storage
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: no storage"));
+            assert!(
+                s.read_mbps.is_some()
+                    && s.write_mbps.is_some()
+                    && s.read_iops.is_some()
+                    && s.write_iops.is_some(),
+                "{name}: storage lacks a figure: {s:?}"
+            );
+            let t = storage_throttle(&e.spec).unwrap();
+            assert!(
+                t.read_bytes_per_sec.is_some() && t.write_iops.is_some(),
+                "{name}: {t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storage_throttle_turns_the_shipped_figures_into_bytes_and_iops() {
+        let set = ProfileSet::builtin().unwrap();
+        // A2 microSD on a Pi 5: 85 / 30 MB/s, 5000 / 2000 IOPS.
+        assert_eq!(
+            storage_throttle(set.get("raspberry-pi-5-8gb").unwrap()),
+            Some(StorageThrottle {
+                read_bytes_per_sec: Some(85_000_000),
+                write_bytes_per_sec: Some(30_000_000),
+                read_iops: Some(5000),
+                write_iops: Some(2000),
+            })
+        );
+        // AWS gp3 baseline: 125 MiB/s each way, 3000 IOPS.
+        assert_eq!(
+            storage_throttle(set.get("cloud-small").unwrap()),
+            Some(StorageThrottle {
+                read_bytes_per_sec: Some(125 << 20),
+                write_bytes_per_sec: Some(125 << 20),
+                read_iops: Some(3000),
+                write_iops: Some(3000),
+            })
+        );
+    }
+
+    #[test]
     fn storage_throttle_is_none_without_figures_and_leaves_missing_ones_unthrottled() {
         let mut s = pi5();
         s.storage = None;
