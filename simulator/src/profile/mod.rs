@@ -28,6 +28,13 @@
 //!   Swap beyond that is refused where the kernel allows (see [`crate::host::cgroup`]).
 //! - **PIDs**: `pids`, when the profile sets it.
 //!
+//! [`storage_throttle`] turns the `storage` section into block-IO throttles: sequential read and
+//! write bandwidth (`readMBps`, `writeMBps`, 1 MB = 10^6 bytes) and random 4K read and write IOPS
+//! (`readIops`, `writeIops`). They are what the `docker` target (planned, not in this tree yet)
+//! enforces, as `BlkioDeviceReadBps`, `BlkioDeviceWriteBps`, `BlkioDeviceReadIOps` and
+//! `BlkioDeviceWriteIOps`; the `netns` target does not throttle block IO at all, so there a
+//! node's disk is the host's disk.
+//!
 //! Timeline actions that change limits live (`cpu: {cores: 1}` in profile cores, `memory:
 //! {limit: 256Mi}`) start from the node's limits and use [`NodeLimits::with_cpu_cores`] and
 //! [`NodeLimits::with_memory`].
@@ -144,7 +151,8 @@ pub struct ProfileSpec {
     /// Maximum number of processes and threads (`pids.max`); unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
-    /// Boot/data storage (informational for now).
+    /// Boot/data storage: block-IO throttles for the (planned) `docker` target (see
+    /// [`storage_throttle`]); the `netns` target does not throttle block IO.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
     /// Network interface (informational: links are shaped by the scenario's sites and links).
@@ -205,18 +213,65 @@ pub struct MemorySpec {
     pub reserved: Bytes,
 }
 
-/// Boot/data storage (informational for now).
+/// Boot/data storage and its speed.
+///
+/// Every figure is optional; the ones given become block-IO throttles on the (planned)
+/// `docker` target ([`storage_throttle`]), the ones left out leave that direction unthrottled.
+/// The `netns` target throttles none of them. The profile's comments say for each figure whether it is a
+/// spec minimum, a datasheet figure or an estimate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StorageSpec {
     pub kind: StorageKind,
-    /// Typical sequential read throughput, MB/s.
+    /// Sequential read bandwidth, MB/s (1 MB = 10^6 bytes), between 0.001 and 100000.
     #[serde(default, rename = "readMBps", skip_serializing_if = "Option::is_none")]
     pub read_mbps: Option<f64>,
-    /// Typical sequential write throughput, MB/s.
+    /// Sequential write bandwidth, MB/s (1 MB = 10^6 bytes), between 0.001 and 100000.
     #[serde(default, rename = "writeMBps", skip_serializing_if = "Option::is_none")]
     pub write_mbps: Option<f64>,
+    /// Random 4 KiB read operations per second, between 1 and 10000000.
+    #[serde(
+        default,
+        deserialize_with = "read_iops",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub read_iops: Option<u64>,
+    /// Random 4 KiB write operations per second, between 1 and 10000000.
+    #[serde(
+        default,
+        deserialize_with = "write_iops",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub write_iops: Option<u64>,
 }
+
+// A plain `u64` would reject `-5` or `1.5` with a bare "invalid u64"; reading any number first
+// lets the error name the field. The range is checked by `validate` with the other figures.
+fn iops<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<Option<u64>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        // `as` saturates; anything that large is then reported as implausible by `validate`.
+        Some(v) if v.is_finite() && v >= 0.0 && v.fract() == 0.0 => Ok(Some(v as u64)),
+        Some(v) => Err(serde::de::Error::custom(format!(
+            "storage.{field}: {v} must be a whole number > 0 (random 4K operations per second)"
+        ))),
+    }
+}
+
+fn read_iops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    iops(d, "readIops")
+}
+
+fn write_iops<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    iops(d, "writeIops")
+}
+
+/// Bandwidth limits of `storage.readMBps` / `writeMBps`, in MB/s. Below the minimum a throttle
+/// rounds to nothing (and 0 means "no limit" to the kernel); above the maximum no single block
+/// device (a PCIe 5.0 x16 link moves ~64 GB/s) is described.
+pub const STORAGE_MBPS_RANGE: (f64, f64) = (0.001, 100_000.0);
+/// Largest `storage.readIops` / `writeIops`: the fastest single NVMe devices reach a few million.
+pub const MAX_STORAGE_IOPS: u64 = 10_000_000;
 
 /// Kind of storage device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -357,11 +412,32 @@ impl ProfileSpec {
             ));
         }
         if let Some(s) = &self.storage {
+            let (min_mbps, max_mbps) = STORAGE_MBPS_RANGE;
             for (field, v) in [("readMBps", s.read_mbps), ("writeMBps", s.write_mbps)] {
-                if let Some(v) = v
-                    && !finite_positive(v)
-                {
-                    p.push(format!("storage.{field}: {v} must be > 0"));
+                let Some(v) = v else { continue };
+                if !finite_positive(v) {
+                    p.push(format!(
+                        "storage.{field}: {v} must be > 0 (MB/s, 1 MB = 10^6 bytes)"
+                    ));
+                } else if v < min_mbps {
+                    p.push(format!(
+                        "storage.{field}: {v} MB/s is too little to throttle to (at least {min_mbps} MB/s = 1 kB/s)"
+                    ));
+                } else if v > max_mbps {
+                    p.push(format!(
+                        "storage.{field}: {v} MB/s is implausibly fast for one device (at most {max_mbps} MB/s)"
+                    ));
+                }
+            }
+            for (field, v) in [("readIops", s.read_iops), ("writeIops", s.write_iops)] {
+                match v {
+                    Some(0) => p.push(format!(
+                        "storage.{field}: 0 must be > 0 (random 4K operations per second)"
+                    )),
+                    Some(v) if v > MAX_STORAGE_IOPS => p.push(format!(
+                        "storage.{field}: {v} is implausibly many for one device (at most {MAX_STORAGE_IOPS})"
+                    )),
+                    _ => {}
                 }
             }
         }
@@ -786,6 +862,56 @@ impl NodeLimits {
     }
 }
 
+/// The block-IO throttles a node of some profile gets: what the `docker` target (planned)
+/// enforces with `BlkioDeviceReadBps`, `BlkioDeviceWriteBps`, `BlkioDeviceReadIOps` and
+/// `BlkioDeviceWriteIOps`. The `netns` target enforces none of it.
+///
+/// `None` in a field leaves that direction unthrottled (the docker target then sets no entry);
+/// a value is never 0, which cgroup v1's `blkio.throttle.*` reads as "remove the limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageThrottle {
+    /// Read bandwidth, bytes per second.
+    pub read_bytes_per_sec: Option<u64>,
+    /// Write bandwidth, bytes per second.
+    pub write_bytes_per_sec: Option<u64>,
+    /// Read operations per second.
+    pub read_iops: Option<u64>,
+    /// Write operations per second.
+    pub write_iops: Option<u64>,
+}
+
+/// The block-IO throttles for a node of profile `spec`, or `None` when the profile gives no
+/// storage figure (no `storage` section, or one with only `kind`).
+///
+/// `readMBps`/`writeMBps` become bytes per second (× 10^6, rounded, at least 1); `readIops`/
+/// `writeIops` are taken as they are. Pure: it reads nothing but `spec`.
+///
+/// Assumptions of the enforcement (what the `docker` target must know):
+/// - Docker throttles per block device, so the limits hold only for IO to the device the
+///   target names (the one under the container's writable layer and volumes).
+/// - Only IO that reaches the block layer is throttled: page-cache hits are not, and under
+///   cgroup v1 buffered writes escape the limit (writeback is not charged to the container);
+///   cgroup v2 charges writeback, so there the write limits hold for buffered writes too.
+/// - The kernel counts every request as one operation whatever its size, so the IOPS figure
+///   (measured with random 4K requests) caps sequential IO too. With the shipped figures the
+///   bandwidth limit is met first by requests above ~64 KB, which merged sequential IO is.
+/// - A throttle only slows a node down: a host disk slower than the profile stays slower.
+pub fn storage_throttle(spec: &ProfileSpec) -> Option<StorageThrottle> {
+    let s = spec.storage.as_ref()?;
+    let bytes = |mbps: Option<f64>| {
+        mbps.filter(|v| finite_positive(*v))
+            .map(|v| ((v * 1e6).round() as u64).max(1))
+    };
+    let t = StorageThrottle {
+        read_bytes_per_sec: bytes(s.read_mbps),
+        write_bytes_per_sec: bytes(s.write_mbps),
+        read_iops: s.read_iops.filter(|&v| v > 0),
+        write_iops: s.write_iops.filter(|&v| v > 0),
+    };
+    (t != StorageThrottle::default()).then_some(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -868,6 +994,197 @@ mod tests {
         let gpu = agx.gpu.as_ref().unwrap();
         assert_eq!((gpu.cuda_cores, gpu.tensor_cores), (Some(2048), Some(64)));
         assert_eq!(set.get("cloud-small").unwrap().arch, Arch::Amd64);
+    }
+
+    #[test]
+    fn every_shipped_profile_has_all_four_storage_figures() {
+        for (name, e) in ProfileSet::builtin().unwrap().iter() {
+            let s = e
+                .spec
+                .storage
+                .as_ref()
+                .unwrap_or_else(|| panic!("{name}: no storage"));
+            assert!(
+                s.read_mbps.is_some()
+                    && s.write_mbps.is_some()
+                    && s.read_iops.is_some()
+                    && s.write_iops.is_some(),
+                "{name}: storage lacks a figure: {s:?}"
+            );
+            let t = storage_throttle(&e.spec).unwrap();
+            assert!(
+                t.read_bytes_per_sec.is_some() && t.write_iops.is_some(),
+                "{name}: {t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn storage_throttle_turns_the_shipped_figures_into_bytes_and_iops() {
+        let set = ProfileSet::builtin().unwrap();
+        // A2 microSD on a Pi 5: 85 / 30 MB/s, 5000 / 2000 IOPS.
+        assert_eq!(
+            storage_throttle(set.get("raspberry-pi-5-8gb").unwrap()),
+            Some(StorageThrottle {
+                read_bytes_per_sec: Some(85_000_000),
+                write_bytes_per_sec: Some(30_000_000),
+                read_iops: Some(5000),
+                write_iops: Some(2000),
+            })
+        );
+        // AWS gp3 baseline: 125 MiB/s each way, 3000 IOPS.
+        assert_eq!(
+            storage_throttle(set.get("cloud-small").unwrap()),
+            Some(StorageThrottle {
+                read_bytes_per_sec: Some(125 << 20),
+                write_bytes_per_sec: Some(125 << 20),
+                read_iops: Some(3000),
+                write_iops: Some(3000),
+            })
+        );
+    }
+
+    #[test]
+    fn storage_throttle_is_none_without_figures_and_leaves_missing_ones_unthrottled() {
+        let mut s = pi5();
+        s.storage = None;
+        assert_eq!(storage_throttle(&s), None, "no storage section");
+        s.storage = Some(StorageSpec {
+            kind: StorageKind::Nvme,
+            read_mbps: None,
+            write_mbps: None,
+            read_iops: None,
+            write_iops: None,
+        });
+        assert_eq!(storage_throttle(&s), None, "kind only");
+        assert_eq!(s.validate(), Ok(()), "kind alone is still a valid section");
+
+        s.storage = Some(StorageSpec {
+            kind: StorageKind::Emmc,
+            read_mbps: None,
+            write_mbps: Some(0.0015), // 1.5 kB/s
+            read_iops: Some(250),
+            write_iops: None,
+        });
+        assert_eq!(
+            storage_throttle(&s),
+            Some(StorageThrottle {
+                read_bytes_per_sec: None,
+                write_bytes_per_sec: Some(1500),
+                read_iops: Some(250),
+                write_iops: None,
+            })
+        );
+        // Fractions of a byte round, and the smallest valid figure still throttles (0 would
+        // mean "no limit" to the kernel).
+        s.storage.as_mut().unwrap().write_mbps = Some(12.3456789);
+        assert_eq!(
+            storage_throttle(&s).unwrap().write_bytes_per_sec,
+            Some(12_345_679)
+        );
+        s.storage.as_mut().unwrap().write_mbps = Some(STORAGE_MBPS_RANGE.0);
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(
+            storage_throttle(&s).unwrap().write_bytes_per_sec,
+            Some(1000)
+        );
+    }
+
+    #[test]
+    fn storage_validation_rejects_nonsense_naming_the_field() {
+        let mut s = pi5();
+        s.storage = Some(StorageSpec {
+            kind: StorageKind::Microsd,
+            read_mbps: Some(0.0),
+            write_mbps: Some(-30.0),
+            read_iops: Some(0),
+            write_iops: Some(MAX_STORAGE_IOPS + 1),
+        });
+        let all = s.validate().unwrap_err().join("\n");
+        for needle in [
+            "storage.readMBps: 0 must be > 0",
+            "storage.writeMBps: -30 must be > 0",
+            "storage.readIops: 0 must be > 0",
+            "storage.writeIops: 10000001 is implausibly many",
+        ] {
+            assert!(all.contains(needle), "{needle} not reported in:\n{all}");
+        }
+
+        let st = s.storage.as_mut().unwrap();
+        st.read_mbps = Some(f64::NAN);
+        st.write_mbps = Some(1e9);
+        st.read_iops = Some(1);
+        st.write_iops = Some(MAX_STORAGE_IOPS);
+        let all = s.validate().unwrap_err().join("\n");
+        assert!(all.contains("storage.readMBps: NaN must be > 0"), "{all}");
+        assert!(
+            all.contains("storage.writeMBps: 1000000000 MB/s is implausibly fast"),
+            "{all}"
+        );
+        assert!(!all.contains("Iops"), "1 and the maximum are valid: {all}");
+
+        let st = s.storage.as_mut().unwrap();
+        st.read_mbps = Some(0.0001);
+        st.write_mbps = Some(f64::INFINITY);
+        let all = s.validate().unwrap_err().join("\n");
+        assert!(
+            all.contains("storage.readMBps: 0.0001 MB/s is too little"),
+            "{all}"
+        );
+        assert!(all.contains("storage.writeMBps: inf must be > 0"), "{all}");
+    }
+
+    #[test]
+    fn storage_in_a_profile_file_is_checked_with_file_and_field() {
+        let doc = |storage: &str| {
+            format!(
+                "apiVersion: edgesim.dev/v1alpha1\nkind: HardwareProfile\nmetadata: {{name: x}}\nspec:\n  arch: arm64\n  cpu: {{model: A76, cores: 4, clockGHz: 2.4, relativeSpeed: 1.0}}\n  memory: {{total: 1Gi}}\n  storage: {storage}\n"
+            )
+        };
+        let p = parse_profile(
+            &doc("{kind: emmc, readMBps: 300, writeMBps: 100, readIops: 5000, writeIops: 2000}"),
+            "x.yaml",
+        )
+        .unwrap();
+        assert_eq!(p.spec.storage.as_ref().unwrap().write_iops, Some(2000));
+
+        let ProfileError::Invalid { problems, .. } =
+            parse_profile(&doc("{kind: emmc, readMBps: 0, writeIops: 0}"), "x.yaml").unwrap_err()
+        else {
+            panic!("expected validation errors")
+        };
+        let all = problems.join("\n");
+        assert!(all.contains("spec.storage.readMBps"), "{all}");
+        assert!(all.contains("spec.storage.writeIops"), "{all}");
+
+        // A negative or fractional count is a parse error at its location, naming the field.
+        for (storage, needle) in [
+            (
+                "{kind: emmc, readIops: -5}",
+                "storage.readIops: -5 must be a whole number",
+            ),
+            (
+                "{kind: emmc, writeIops: 1.5}",
+                "storage.writeIops: 1.5 must be a whole number",
+            ),
+        ] {
+            let e = parse_profile(&doc(storage), "x.yaml").unwrap_err();
+            assert!(
+                matches!(&e, ProfileError::Parse { line: 8, .. }),
+                "expected a parse error on line 8, got {e}"
+            );
+            assert!(e.to_string().contains(needle), "{needle} not in {e}");
+        }
+        // A count too large for u64 saturates and is then reported as implausible.
+        let e = parse_profile(&doc("{kind: emmc, readIops: 1e30}"), "x.yaml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("storage.readIops: 18446744073709551615 is implausibly many"),
+            "{e}"
+        );
+        // Misspelt keys are rejected.
+        let e = parse_profile(&doc("{kind: emmc, readIOPS: 5}"), "x.yaml").unwrap_err();
+        assert!(e.to_string().contains("readIOPS"), "{e}");
     }
 
     #[test]
@@ -1002,7 +1319,15 @@ mod tests {
         let back: ProfileSpec = serde_saphyr::from_str(&yaml).unwrap();
         assert_eq!(back, s);
         let schema = serde_json::to_string(&schemars::schema_for!(HardwareProfile)).unwrap();
-        for field in ["clockGHz", "relativeSpeed", "powerModes", "apiVersion"] {
+        for field in [
+            "clockGHz",
+            "relativeSpeed",
+            "powerModes",
+            "apiVersion",
+            "readMBps",
+            "readIops",
+            "writeIops",
+        ] {
             assert!(schema.contains(field), "schema lacks {field}");
         }
     }
