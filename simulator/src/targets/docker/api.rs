@@ -502,16 +502,16 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// The throttles of a profile's storage on `d`; `None` when the profile has no storage.
+    /// The throttles of a profile's storage ([`crate::profile::storage_throttle`]) on `d`;
+    /// `None` when the profile gives no storage figure.
     pub fn of(p: &ProfileSpec, d: &StorageDevices) -> Option<Throttle> {
-        let s = p.storage.as_ref()?;
-        let bps = |mbps: Option<f64>| mbps.map(|m| (m * 1e6) as u64).filter(|b| *b > 0);
+        let t = crate::profile::storage_throttle(p)?;
         Some(Throttle {
             device: d.disk.clone(),
-            read_bps: bps(s.read_mbps),
-            write_bps: bps(s.write_mbps),
-            read_iops: None,
-            write_iops: None,
+            read_bps: t.read_bytes_per_sec,
+            write_bps: t.write_bytes_per_sec,
+            read_iops: t.read_iops,
+            write_iops: t.write_iops,
         })
     }
 }
