@@ -47,6 +47,8 @@ pub struct Scenario {
     dir: tempfile::TempDir,
     pub name: String,
     pub path: PathBuf,
+    /// The target runs and labs of this scenario use (`--target`).
+    pub target: &'static str,
 }
 
 impl Scenario {
@@ -68,7 +70,18 @@ impl Scenario {
         }
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, body).expect("writing the scenario file");
-        Scenario { dir, name, path }
+        Scenario {
+            dir,
+            name,
+            path,
+            target: "netns",
+        }
+    }
+
+    /// The same scenario, run on another target.
+    pub fn on(mut self, target: &'static str) -> Scenario {
+        self.target = target;
+        self
     }
 
     pub fn out_dir(&self) -> PathBuf {
@@ -142,8 +155,25 @@ pub fn netns_node<'a>(st: &'a RunState, name: &str) -> &'a edgesim::targets::net
     &netns_of(st).nodes[i]
 }
 
-/// Opens sockets inside a node's namespace.
+/// Opens sockets inside a node's namespace (a named one on `netns`, the node container's on
+/// `docker`).
 pub fn sockets(st: &RunState, name: &str) -> SocketFactory {
+    if let edgesim::targets::state::TargetState::Docker(d) = &st.target {
+        let i = st.node_index(name).expect("node of the run");
+        let c = &d.containers[i];
+        let pid = String::from_utf8_lossy(
+            &Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Pid}}", c])
+                .output()
+                .expect("docker inspect")
+                .stdout,
+        )
+        .trim()
+        .to_string();
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .unwrap_or_else(|e| panic!("opening the namespace of {c} (pid {pid}): {e}"));
+        return SocketFactory::start(f.into(), c).unwrap_or_else(|e| panic!("entering {c}: {e}"));
+    }
     let n = netns_node(st, name);
     let fd = ns::open(&n.namespace).unwrap_or_else(|e| panic!("opening {}: {e}", n.namespace));
     SocketFactory::start(fd, &n.namespace)
@@ -311,12 +341,16 @@ pub fn exec(scenario: &str, node: &str, args: &[&str]) -> Output {
 /// Pings `target` `count` times from inside `from` (200 ms apart, 1 s timeout) and returns
 /// how many replies came back.
 pub fn ping(scenario: &str, from: &str, target: &str, count: u32) -> u32 {
+    // iputils on the host (netns); busybox in the node image (docker), which has no `-n`.
+    let docker = state::live_by_name(scenario)
+        .iter()
+        .any(|s| s.target.name() == "docker");
     let out = exec(
         scenario,
         from,
         &[
             "ping",
-            "-n",
+            if docker { "-q" } else { "-n" },
             "-c",
             &count.to_string(),
             "-i",
@@ -388,6 +422,7 @@ impl Run {
         let mut child = edgesim()
             .arg("run")
             .arg(&sc.path)
+            .args(["--target", sc.target])
             .args(["--output", "json", "--report"])
             .arg(sc.report_path())
             .arg("--out")
@@ -583,6 +618,7 @@ impl Lab {
         let out = edgesim()
             .arg("up")
             .arg(&sc.path)
+            .args(["--target", sc.target])
             .arg("--out")
             .arg(sc.out_dir())
             .stdin(Stdio::null())
@@ -696,6 +732,19 @@ pub fn leftovers(run_id: &str) -> Vec<String> {
     let st = state::path_of(run_id);
     if st.exists() {
         left.push(format!("state file {}", st.display()));
+    }
+    if let Ok(out) = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=edgesim.run={run_id}"),
+        ])
+        .output()
+    {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            left.push(format!("docker container {id}"));
+        }
     }
     left.extend(run_processes(run_id));
     left

@@ -23,8 +23,13 @@ fn loss_with(mechanism: &str) {
     if !privileged() {
         return;
     }
+    loss_on("netns", mechanism);
+}
+
+/// Loss per direction and along a path, measured with datagrams, on `target`.
+pub fn loss_on(target: &'static str, mechanism: &str) {
     let sc = Scenario::new(
-        &format!("loss-{mechanism}"),
+        &format!("loss-{mechanism}-{target}"),
         &(format!("impairment: {mechanism}\n")
             + "\
 seed: 3
@@ -40,7 +45,8 @@ nodes:
   - {name: n, count: 2, site: near, profile: raspberry-pi-5-4gb}
   - {name: f-1, site: far, profile: raspberry-pi-5-4gb}
 "),
-    );
+    )
+    .on(target);
     let lab = Lab::up(&sc);
     let (sink, n1, n2, f1) = (
         lab.peer("sink"),

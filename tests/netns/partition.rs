@@ -23,8 +23,13 @@ nodes:
 
 /// Runs `timeline` on the two-site lab and returns what got through between `a` and `b`
 /// (and between the bystanders `c` and `d`) before, during and after the partition.
-fn observe(tag: &str, timeline: &str, pairs: [(&str, &str); 2]) -> [(Reach, Reach); 3] {
-    let sc = Scenario::new(tag, &format!("{SITES}timeline:\n{timeline}"));
+fn observe(
+    target: &'static str,
+    tag: &str,
+    timeline: &str,
+    pairs: [(&str, &str); 2],
+) -> [(Reach, Reach); 3] {
+    let sc = Scenario::new(tag, &format!("{SITES}timeline:\n{timeline}")).on(target);
     let mut run = Run::start(&sc);
     let t0 = run.timeline_started();
     let st = run.state();
@@ -64,8 +69,14 @@ fn partition_between_sites_blocks_both_ways_until_heal() {
     if !privileged() || !edgesim::testing::program("ping", "ping") {
         return;
     }
+    between_sites("netns");
+}
+
+/// Factory and cloud partitioned, then healed, on `target`.
+pub fn between_sites(target: &'static str) {
     let [before, during, after] = observe(
-        "partition-sites",
+        target,
+        &format!("partition-sites-{target}"),
         "  - {at: 4s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n  - {at: 8s, heal: {name: cut}}\n",
         [("gw-1", "sink"), ("gw-2", "gw-3")],
     );
@@ -97,6 +108,7 @@ fn partition_within_a_site_blocks_bridged_traffic() {
         return;
     }
     let [before, during, after] = observe(
+        "netns",
         "partition-lan",
         "  - {at: 4s, partition: {name: lan, between: [[gw-1], [gw-2]]}}\n  - {at: 8s, heal: {}}\n",
         [("gw-1", "gw-2"), ("gw-1", "gw-3")],
@@ -127,8 +139,14 @@ fn one_way_partition_blocks_only_the_first_group_towards_the_second() {
     if !privileged() || !edgesim::testing::program("ping", "ping") {
         return;
     }
+    one_way("netns");
+}
+
+/// A one-way partition from the factory to the cloud, then healed, on `target`.
+pub fn one_way(target: &'static str) {
     let [before, during, after] = observe(
-        "partition-oneway",
+        target,
+        &format!("partition-oneway-{target}"),
         "  - {at: 4s, partition: {name: up-cut, oneWay: true, between: [[site/factory], [site/cloud]]}}\n  - {at: 8s, heal: {name: up-cut}}\n",
         [("gw-1", "sink"), ("gw-2", "gw-3")],
     );

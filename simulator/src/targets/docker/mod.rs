@@ -626,7 +626,12 @@ impl DockerLab {
                             cgroup_parent: self
                                 .state_cgroup()
                                 .map(|c| format!("/{c}/{}", node.name)),
-                            workdir_mount: (spec.launch.workdir.clone(), WORKDIR_IN.into()),
+                            // Docker binds absolute host paths only.
+                            workdir_mount: (
+                                std::fs::canonicalize(&spec.launch.workdir)
+                                    .unwrap_or_else(|_| spec.launch.workdir.clone()),
+                                WORKDIR_IN.into(),
+                            ),
                         };
                         let c = Arc::new(c);
                         Arc::new(move |s: &LaunchSpec| {
