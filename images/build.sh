@@ -3,13 +3,19 @@
 # checks the arm64 binaries under qemu-user, and, when a Docker daemon answers, builds one
 # `FROM scratch` image per workload and architecture, tagged edgesim/<name>:<version>-<arch>
 # (plus edgesim/<name>:<version> for this machine's architecture). No registry is involved.
+# `node` is the image of a scenario node's own container: the edgesim-node init as PID 1 and
+# Debian's static busybox (fetched with apt-get download, per architecture) for its commands.
 #
 # Usage: images/build.sh [--arch amd64,arm64] [--only name,name] [--no-qemu] [--no-docker]
 #
 # Output: target/images/<arch>/<name> (also the Docker build context, with an empty data/),
-#         and the Docker images. Cargo builds in target/images/cargo (IMAGES_TARGET_DIR overrides).
+#         target/images/<arch>/node-rootfs/ (the node image's files) and node.commands (the
+#         commands it offers, one a line), and the Docker images. Cargo builds in
+#         target/images/cargo (IMAGES_TARGET_DIR overrides); busybox is kept in target/images/busybox.
 # Needs:  rustup (adds the musl targets if missing), a host cc for x86_64 musl; rust-lld (in the
-#         toolchain) links aarch64 (see .cargo/config.toml). Optional: qemu-user-static with
+#         toolchain) links aarch64 (see .cargo/config.toml); for node, apt-get and dpkg-deb (as
+#         root, it adds the foreign architecture to dpkg if missing; BUSYBOX_AMD64 or
+#         BUSYBOX_ARM64 names a static busybox to use instead). Optional: qemu-user-static with
 #         binfmt_misc (apt-get install -y qemu-user-static binfmt-support), a Docker daemon.
 #
 # EDGESIM_REQUIRE (comma-separated) turns a skipped optional step into a failure:
@@ -19,7 +25,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL=(iot-collector cloud-sink edge-web edge-cache inference offline-first)
+ALL=(iot-collector cloud-sink edge-web edge-cache inference offline-first node)
 ARCHES=amd64,arm64
 ONLY=""
 QEMU=1
@@ -30,7 +36,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift 2 ;;
         --no-qemu) QEMU=0; shift ;;
         --no-docker) DOCKER=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -39,6 +45,7 @@ if [ -n "$ONLY" ]; then IFS=, read -r -a PROGRAMS <<< "$ONLY"; fi
 IFS=, read -r -a ARCH_LIST <<< "$ARCHES"
 
 say() { printf '==> %s\n' "$*" >&2; }
+die() { echo "$*" >&2; exit 1; }
 required() { [[ ",${EDGESIM_REQUIRE:-}," == *",$1,"* ]]; }
 skip() { # capability, reason
     if required "$1"; then echo "EDGESIM_REQUIRE lists $1 but: $2" >&2; exit 1; fi
@@ -49,6 +56,49 @@ VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' C
 [ -n "$VERSION" ] || { echo "no [workspace.package] version in Cargo.toml" >&2; exit 1; }
 
 triple() { case "$1" in amd64) echo x86_64-unknown-linux-musl ;; arm64) echo aarch64-unknown-linux-musl ;; *) echo "unknown arch $1" >&2; exit 2 ;; esac; }
+# The cargo package and binary behind an image name.
+crate() { if [ "$1" = node ]; then echo edgesim-node; else echo "$1"; fi; }
+# What `file` says of an architecture's binaries.
+elf_arch() { if [ "$1" = arm64 ]; then echo aarch64; else echo x86-64; fi; }
+native=$(case "$(uname -m)" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac)
+static_or_die() { # binary: no program interpreter, no dynamic section
+    if readelf -l "$1" | grep -q 'INTERP' || readelf -d "$1" 2>/dev/null | grep -q NEEDED; then
+        die "$1 is not statically linked"
+    fi
+}
+# Retries a command that may fail for transient (network) reasons.
+retry() {
+    local n=1
+    until "$@"; do
+        [ $n -lt 4 ] || { echo "failed after $n attempts: $*" >&2; return 1; }
+        echo "attempt $n failed: $*; retrying in $((n * 5))s" >&2
+        sleep $((n * 5)); n=$((n + 1))
+    done
+}
+
+# RUNNER: how to run a binary of architecture $1 here: () natively or through binfmt_misc,
+# (qemu-aarch64-static) or (qemu-aarch64) otherwise. Returns 1 when it cannot be run.
+RUNNER=()
+find_runner() {
+    RUNNER=()
+    [ "$1" = "$native" ] && return 0
+    [ "$1" = arm64 ] || return 1
+    if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    fi
+    if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && command -v update-binfmts >/dev/null; then
+        : # binfmt: run the binary directly
+    elif command -v update-binfmts >/dev/null && update-binfmts --enable qemu-aarch64 2>/dev/null \
+        && [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+        :
+    elif command -v qemu-aarch64-static >/dev/null; then
+        RUNNER=(qemu-aarch64-static)
+    elif command -v qemu-aarch64 >/dev/null; then
+        RUNNER=(qemu-aarch64)
+    else
+        return 1
+    fi
+}
 
 OUT=target/images
 # A target directory of its own: release musl builds neither wait for nor evict the dev builds.
@@ -63,20 +113,87 @@ for arch in "${ARCH_LIST[@]}"; do
     fi
     say "building ${PROGRAMS[*]} for $t"
     pkgs=()
-    for p in "${PROGRAMS[@]}"; do pkgs+=(-p "$p"); done
+    for p in "${PROGRAMS[@]}"; do pkgs+=(-p "$(crate "$p")"); done
     CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" "${pkgs[@]}" 2>&1 \
         || CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --target "$t" "${pkgs[@]}"
     mkdir -p "$OUT/$arch/data"
     for p in "${PROGRAMS[@]}"; do
-        bin="$CARGO_TARGET_DIR/$t/release/$p"
-        # Static: no program interpreter, no dynamic section.
-        if readelf -l "$bin" | grep -q 'INTERP' || readelf -d "$bin" 2>/dev/null | grep -q NEEDED; then
-            echo "$bin is not statically linked" >&2; exit 1
-        fi
-        cp "$bin" "$OUT/$arch/$p"
-        printf '  %-14s %-6s %8s KiB  %s\n' "$p" "$arch" "$(( $(stat -c %s "$bin") / 1024 ))" \
+        bin="$CARGO_TARGET_DIR/$t/release/$(crate "$p")"
+        static_or_die "$bin"
+        cp "$bin" "$OUT/$arch/$(crate "$p")"
+        printf '  %-14s %-6s %8s KiB  %s\n' "$(crate "$p")" "$arch" "$(( $(stat -c %s "$bin") / 1024 ))" \
             "$(file -b "$bin" 2>/dev/null | grep -o "static-pie linked\|statically linked" || true)"
     done
+done
+
+# --- 1b. the node image's files ------------------------------------------------------------
+# target/images/<arch>/node-rootfs/: bin/busybox with one symlink per applet, sbin/edgesim-node,
+# etc/edgesim-node/commands (what a `command:` workload may run: every name in bin/), a
+# world-writable tmp/. The command list is also written to target/images/<arch>/node.commands.
+NODE_COMMANDS=(sh sleep cat echo ping nc wget ls ps kill true false env date dd head tail grep
+    sed awk mkdir rm touch seq printf timeout)
+
+# Debian's busybox-static for an architecture, unpacked once into target/images/busybox/<arch>/.
+busybox_deb_fetch() { # dir arch
+    rm -f "$1"/*.deb
+    (cd "$1" && apt-get download -q -o APT::Sandbox::User=root "busybox-static:$2") \
+        || { apt-get update -q >&2 || true; return 1; }
+}
+busybox_for() { # arch; prints the path of a static busybox for it
+    local arch=$1 dir="$OUT/busybox/$1" var deb
+    var="BUSYBOX_$(tr a-z A-Z <<<"$arch")"
+    if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+    if [ ! -x "$dir/bin/busybox" ]; then
+        command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
+            || die "node: needs apt-get and dpkg-deb to fetch busybox-static:$arch (or set $var)"
+        if [ "$arch" != "$(dpkg --print-architecture)" ] \
+            && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+            [ "$(id -u)" = 0 ] || die "node: run 'dpkg --add-architecture $arch && apt-get update' as root (or set $var)"
+            say "adding the $arch architecture to dpkg, for busybox-static:$arch"
+            dpkg --add-architecture "$arch"
+            retry apt-get update -q >&2
+        fi
+        mkdir -p "$dir"
+        say "fetching busybox-static:$arch"
+        retry busybox_deb_fetch "$dir" "$arch" >&2
+        deb=$(ls "$dir"/busybox-static_*_"$arch".deb)
+        dpkg-deb -x "$deb" "$dir"
+        dpkg-deb -f "$deb" Version > "$dir/version"
+    fi
+    echo "$dir/bin/busybox"
+}
+
+for arch in "${ARCH_LIST[@]}"; do
+    [[ " ${PROGRAMS[*]} " == *" node "* ]] || break
+    bb=$(busybox_for "$arch")
+    static_or_die "$bb"
+    file -b "$bb" | grep -q "$(elf_arch "$arch")" || die "$bb is not an $arch binary"
+    # The applets are what this very binary lists; a foreign one is run through qemu-user. Without
+    # qemu, the host's busybox of the same Debian version stands in (same source, same config).
+    lister=$bb
+    if ! find_runner "$arch"; then
+        lister=$(busybox_for "$native")
+        [ "$(cat "$OUT/busybox/$arch/version")" = "$(cat "$OUT/busybox/$native/version")" ] \
+            || die "node: cannot run the $arch busybox to list its applets (no qemu-user) and the $native one is another version"
+        say "no qemu-user: listing the $arch busybox's applets with the $native build of the same version"
+    fi
+    applets=$("${RUNNER[@]}" "$lister" --list)
+    root="$OUT/$arch/node-rootfs"
+    rm -rf "$root"
+    mkdir -p "$root/bin" "$root/sbin" "$root/etc/edgesim-node" "$root/tmp"
+    chmod 1777 "$root/tmp"
+    cp "$OUT/$arch/edgesim-node" "$root/sbin/edgesim-node"
+    cp "$bb" "$root/bin/busybox"
+    for a in $applets; do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+    (cd "$root/bin" && ls -1A | LC_ALL=C sort) > "$root/etc/edgesim-node/commands"
+    cp "$root/etc/edgesim-node/commands" "$OUT/$arch/node.commands"
+    for c in "${NODE_COMMANDS[@]}"; do
+        grep -qxF "$c" "$OUT/$arch/node.commands" || die "node: the $arch busybox has no $c applet"
+    done
+    grep -qx ip "$OUT/$arch/node.commands" && has_ip=" (ip included)" || has_ip=" (no ip applet)"
+    printf '  %-14s %-6s %8s KiB  busybox %s, %s commands%s\n' node-rootfs "$arch" \
+        "$(du -sk "$root" | cut -f1)" "$(cat "$OUT/busybox/$arch/version" 2>/dev/null || echo "from \$BUSYBOX_*")" \
+        "$(wc -l < "$OUT/$arch/node.commands")" "$has_ip"
 done
 
 # --- 2. run them: natively for amd64, under qemu-user for arm64 ------------------------------
@@ -107,34 +224,30 @@ healthz() { # runner... binary name
 }
 
 for arch in "${ARCH_LIST[@]}"; do
-    runner=()
-    if [ "$arch" = arm64 ] && [ "$(uname -m)" != aarch64 ]; then
-        [ $QEMU -eq 1 ] || { say "arm64 check disabled (--no-qemu)"; continue; }
-        if [ -d /proc/sys/fs/binfmt_misc ] && [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
-            mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
-        fi
-        if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] && command -v update-binfmts >/dev/null; then
-            : # binfmt: run the binary directly
-        elif command -v update-binfmts >/dev/null && update-binfmts --enable qemu-aarch64 2>/dev/null \
-            && [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
-            :
-        elif command -v qemu-aarch64-static >/dev/null; then
-            runner=(qemu-aarch64-static)
-        elif command -v qemu-aarch64 >/dev/null; then
-            runner=(qemu-aarch64)
-        else
+    if [ "$arch" != "$native" ]; then
+        [ $QEMU -eq 1 ] || { say "$arch check disabled (--no-qemu)"; continue; }
+        if ! find_runner "$arch"; then
             skip qemu "no qemu-user for aarch64 (apt-get install -y qemu-user-static binfmt-support)"
             continue
         fi
-        say "checking the arm64 binaries under qemu-user ${runner[*]:-(binfmt_misc)}"
+        say "checking the $arch binaries under qemu-user ${RUNNER[*]:-(binfmt_misc)}"
     else
+        RUNNER=()
         say "checking the $arch binaries"
     fi
+    runner=("${RUNNER[@]}")
     for p in "${PROGRAMS[@]}"; do
-        bin="$OUT/$arch/$p"
+        bin="$OUT/$arch/$(crate "$p")"
         v=$("${runner[@]}" "$bin" --version)
-        file -b "$bin" | grep -q "$( [ "$arch" = arm64 ] && echo aarch64 || echo x86-64 )" \
-            || { echo "$bin is not an $arch binary" >&2; exit 1; }
+        file -b "$bin" | grep -q "$(elf_arch "$arch")" || die "$bin is not an $arch binary"
+        if [ "$p" = node ]; then
+            # The init only makes sense as PID 1 (the image smoke test below runs it so); here
+            # its busybox must run and the shell must work.
+            got=$("${runner[@]}" "$OUT/$arch/node-rootfs/bin/busybox" sh -c 'echo ok')
+            [ "$got" = ok ] || die "the $arch node busybox's sh printed '$got', not ok"
+            echo "  $arch $v; busybox sh ok"
+            continue
+        fi
         healthz "${runner[@]}" "$bin" "$p"
         echo "  $arch $v: /healthz ok"
     done
@@ -146,7 +259,6 @@ if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
     skip docker "no Docker daemon answers (apt-get install -y docker.io; dockerd &)"
     exit 0
 fi
-native=$(case "$(uname -m)" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac)
 # Runs a native image without any network, waits for it to listen, stops it (SIGTERM) and
 # checks that it exited cleanly. The container is labelled and removed either way.
 smoke() { # image name arch
@@ -165,6 +277,20 @@ smoke() { # image name arch
     fi
     echo "  $1: ran, listened, stopped cleanly"
 }
+# The node image: its shell answers through docker exec, and its init exits 0 on SIGTERM.
+smoke_node() { # image name arch
+    local c="edgesim-images-smoke-$2-$$" out code log
+    docker run -d --platform "linux/$3" --network none --label edgesim.test=images --name "$c" "$1" >/dev/null
+    out=$(docker exec "$c" sh -c 'echo ok' 2>&1) || true
+    docker stop -t 5 "$c" >/dev/null
+    code=$(docker inspect -f '{{.State.ExitCode}}' "$c")
+    log=$(docker logs "$c" 2>&1)
+    docker rm "$c" >/dev/null
+    if [ "$out" != ok ] || [ "$code" != 0 ]; then
+        echo "$1: docker exec sh printed '$out', exit after docker stop $code; log:" >&2; echo "$log" >&2; exit 1
+    fi
+    echo "  $1: sh ran through docker exec, stopped cleanly"
+}
 for p in "${PROGRAMS[@]}"; do
     for arch in "${ARCH_LIST[@]}"; do
         tag="edgesim/$p:$VERSION-$arch"
@@ -173,13 +299,14 @@ for p in "${PROGRAMS[@]}"; do
         docker build --quiet --no-cache --platform "linux/$arch" \
             --label "org.opencontainers.image.version=$VERSION" \
             --label "org.opencontainers.image.title=$p" \
+            --label "edgesim.image=$p" \
             -t "$tag" -f "images/$p/Dockerfile" "$OUT/$arch" >/dev/null
         got=$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$tag")
         [ "$got" = "linux/$arch" ] || { echo "$tag is $got, expected linux/$arch" >&2; exit 1; }
         [ "$arch" = "$native" ] && docker tag "$tag" "edgesim/$p:$VERSION"
         # Foreign images run through binfmt_misc's qemu (registered with the fix-binary flag).
         if [ "$arch" = "$native" ] || [ -e "/proc/sys/fs/binfmt_misc/qemu-$(triple "$arch" | cut -d- -f1)" ]; then
-            smoke "$tag" "$p-$arch" "$arch"
+            if [ "$p" = node ]; then smoke_node "$tag" "$p-$arch" "$arch"; else smoke "$tag" "$p-$arch" "$arch"; fi
         fi
     done
 done

@@ -7,8 +7,15 @@
 //! it. The collector is killed with SIGKILL half-way and started again: its durable queue is
 //! inside the container, so the sink must still end up with every reading exactly once. The
 //! test reads the sink's `/status` from inside that namespace, stops both containers with
-//! SIGTERM and expects a clean exit, and removes them. Capability: `docker` (a daemon that
-//! answers); arm64 also needs `qemu`.
+//! SIGTERM and expects a clean exit, and removes them.
+//!
+//! Then, per architecture, the node image (`edgesim/node`, a scenario node's own container):
+//! a shell runs in it through `docker exec`, the command list inside equals the one build.sh
+//! wrote next to the binaries and names exactly what `/bin` holds, an orphan left behind by an
+//! exec'd shell is reparented to the image's init and reaped once it exits (no zombie), and
+//! `docker stop -t 2` (SIGTERM, SIGKILL after 2 s) ends it with status 0 although one of its
+//! processes ignores SIGTERM. Capability: `docker` (a daemon that answers); arm64 also needs
+//! `qemu`.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -234,8 +241,140 @@ fn pipeline(arch: &str, version: &str) {
     );
 }
 
+/// Commands that scenarios' `command:` workloads lean on; the node image must offer them.
+const NODE_COMMANDS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "ping", "nc", "wget", "ls", "ps", "kill", "true", "false", "env",
+    "date", "dd", "head", "tail", "grep", "sed", "awk", "mkdir", "rm", "touch", "seq", "printf",
+    "timeout", "ip",
+];
+
+/// `ps -o pid,ppid,stat,args` inside the container, as (pid, ppid, stat, args) rows. (Not
+/// `comm`: under qemu-user a process that exec'd keeps its old name.)
+fn processes(container: &str) -> Vec<(String, String, String, String)> {
+    docker_ok(&["exec", container, "ps", "-o", "pid,ppid,stat,args"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[0].into(), f[1].into(), f[2].into(), f[3..].join(" ")))
+        })
+        .collect()
+}
+
+fn node(arch: &str, version: &str) {
+    let image = format!("edgesim/node:{version}-{arch}");
+    let got = docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{.Os}}/{{.Architecture}} {{index .Config.Labels \"edgesim.image\"}}",
+        &image,
+    ]);
+    assert_eq!(got, format!("linux/{arch} node"), "{image}");
+    let c = format!("edgesim-images-node-{arch}-{}", std::process::id());
+    run_container(arch, "none", &c, &image, &[]);
+    let sh = |script: &str| docker_ok(&["exec", &c, "sh", "-c", script]);
+
+    assert_eq!(sh("echo ok; sleep 0.1"), "ok", "{arch}: docker exec sh");
+    assert_eq!(
+        sh("seq 1 5 | grep -v 3 | awk '{ s += $1 } END { printf \"%d\\n\", s }'"),
+        "12",
+        "{arch}: a pipeline of busybox applets"
+    );
+
+    // The list edgesim validates `command:` workloads against: the same inside the image and
+    // next to the build output, and exactly the names in /bin.
+    let lines = |s: &str| -> Vec<String> { s.lines().map(str::to_string).collect() };
+    let inside = lines(&docker_ok(&[
+        "exec",
+        &c,
+        "cat",
+        "/etc/edgesim-node/commands",
+    ]));
+    let path = root().join(format!("target/images/{arch}/node.commands"));
+    let built = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert_eq!(
+        inside,
+        lines(&built),
+        "{arch}: {} differs from the image's",
+        path.display()
+    );
+    let mut in_bin = lines(&sh("ls -1A /bin"));
+    in_bin.sort();
+    let mut listed = inside.clone();
+    listed.sort();
+    assert_eq!(
+        listed, in_bin,
+        "{arch}: the command list is not what /bin holds"
+    );
+    for cmd in NODE_COMMANDS {
+        assert!(
+            inside.iter().any(|l| l == cmd),
+            "{arch}: no {cmd} in the node image"
+        );
+    }
+
+    // Reaping: the exec'd shell exits at once, so its background subshell is reparented to the
+    // namespace's init; once it exits (on /tmp/go) only the init can reap it.
+    let orphan =
+        sh("(while [ ! -e /tmp/go ]; do sleep 0.05; done) </dev/null >/dev/null 2>&1 & echo $!");
+    let row = processes(&c).into_iter().find(|p| p.0 == orphan);
+    assert!(
+        row.as_ref().is_some_and(|p| p.1 == "1"),
+        "{arch}: the orphan {orphan} is not a child of PID 1: {row:?}"
+    );
+    sh("touch /tmp/go");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps = processes(&c);
+        if !ps.iter().any(|p| p.0 == orphan) {
+            let zombies: Vec<_> = ps.iter().filter(|p| p.2.starts_with('Z')).collect();
+            assert!(zombies.is_empty(), "{arch}: zombies left: {zombies:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{arch}: the orphan {orphan} was never reaped: {ps:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // SIGTERM: the init stops every process of the namespace, one of which ignores SIGTERM,
+    // and exits 0 before docker's 2 s run out (then docker would SIGKILL it: 137).
+    docker_ok(&["exec", "-d", &c, "sleep", "300"]);
+    docker_ok(&["exec", "-d", &c, "sh", "-c", "trap '' TERM; exec sleep 300"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes(&c)
+        .iter()
+        .filter(|p| p.3.ends_with("sleep 300"))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{arch}: the sleeps did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t0 = Instant::now();
+    docker_ok(&["stop", "-t", "2", &c]);
+    let took = t0.elapsed();
+    let log = String::from_utf8_lossy(&docker(&["logs", &c]).stderr).into_owned();
+    assert_eq!(
+        exit_code(&c),
+        "0",
+        "{arch}: the node did not stop by itself on SIGTERM; log:\n{log}"
+    );
+    docker_ok(&["rm", &c]);
+    eprintln!(
+        "{arch}: node image: {} commands, orphan reaped, stopped in {took:.2?}",
+        inside.len()
+    );
+}
+
 #[test]
-fn images_build_for_both_architectures_and_run_a_crash_safe_pipeline() {
+fn images_build_for_both_architectures_and_run_a_pipeline_and_a_node() {
     if !edgesim::testing::gate(
         "docker",
         daemon_answers(),
@@ -261,6 +400,7 @@ fn images_build_for_both_architectures_and_run_a_crash_safe_pipeline() {
     let version = env!("CARGO_PKG_VERSION");
     for arch in arches.split(',') {
         pipeline(arch, version);
+        node(arch, version);
     }
     let left = docker_ok(&["ps", "-aq", "--filter", &format!("label={LABEL}")]);
     assert!(left.is_empty(), "containers left: {left}");
