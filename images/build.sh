@@ -296,10 +296,14 @@ for p in "${PROGRAMS[@]}"; do
         tag="edgesim/$p:$VERSION-$arch"
         say "docker build $tag"
         # --no-cache: the legacy builder would reuse the other platform's layers and then refuse them.
+        # The node image names its commands in a label too: `edgesim validate --target docker`
+        # checks `command:` workloads against it without starting a container.
+        extra=()
+        [ "$p" = node ] && extra=(--label "edgesim.commands=$(paste -sd, "$OUT/$arch/node.commands")")
         docker build --quiet --no-cache --platform "linux/$arch" \
             --label "org.opencontainers.image.version=$VERSION" \
             --label "org.opencontainers.image.title=$p" \
-            --label "edgesim.image=$p" \
+            --label "edgesim.image=$p" "${extra[@]}" \
             -t "$tag" -f "images/$p/Dockerfile" "$OUT/$arch" >/dev/null
         got=$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$tag")
         [ "$got" = "linux/$arch" ] || { echo "$tag is $got, expected linux/$arch" >&2; exit 1; }
