@@ -1,6 +1,10 @@
 //! One test per scenario file, run through the real `edgesim` binary.
 //!
 //! - `scenarios/*.yaml`: must validate without warnings, and (as root) run to a pass (exit 0).
+//! - portable scenarios (`metadata.labels: {edgesim.dev/portable: "true"}`) run on `netns` and
+//!   on `docker` (capability `docker`; the images they need are built with `images/build.sh`
+//!   when the Engine lacks them), and every assertion must get the same verdict on both:
+//!   the conformance matrix, one trial per scenario.
 //! - `tests/scenarios/pass/*.yaml`: the same; they exercise every timeline action.
 //! - `tests/scenarios/fail/*.yaml`: must validate and run to a failure (exit 1); the header
 //!   comment `# expect-failed: a, b` names exactly the assertions that must fail.
@@ -106,9 +110,136 @@ fn expected_failures(file: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn run(file: &Path, want: i32) -> Result<(), Failed> {
-    if !edgesim::testing::netns() {
+/// Whether a scenario is marked portable (`metadata.labels: {edgesim.dev/portable: "true"}`):
+/// it runs on every target with the same verdict per assertion.
+fn portable(file: &Path) -> bool {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    edgesim::scenario::validate::parse(file, &text).is_ok_and(|sc| {
+        sc.metadata
+            .labels
+            .get(PORTABLE)
+            .is_some_and(|v| v == "true")
+    })
+}
+
+const PORTABLE: &str = "edgesim.dev/portable";
+
+/// The apps a scenario file runs (`app: NAME`), for building their images.
+fn apps_of(file: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let mut apps: Vec<String> = text
+        .split("app:")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.trim_start()
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .next()
+                .map(str::to_string)
+        })
+        .filter(|a| !a.is_empty())
+        .collect();
+    apps.sort();
+    apps.dedup();
+    apps
+}
+
+/// Builds this machine's images of `apps` and the node image with `images/build.sh`, where the
+/// Docker Engine lacks them.
+fn ensure_images(apps: &[String]) -> Result<(), Failed> {
+    let arch = if std::env::consts::ARCH == "aarch64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    let missing: Vec<String> = apps
+        .iter()
+        .map(String::as_str)
+        .chain(["node"])
+        .filter(|a| {
+            !Command::new("docker")
+                .args(["image", "inspect", &format!("edgesim/{a}:{version}-{arch}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(str::to_string)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
+    }
+    eprintln!("building images: {}", missing.join(", "));
+    let out = Command::new(root().join("images/build.sh"))
+        .args(["--arch", arch, "--no-qemu", "--only", &missing.join(",")])
+        .output()
+        .map_err(|e| format!("running images/build.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "images/build.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A portable scenario on both targets: each run must meet `want`, and every assertion must
+/// have the same verdict on `docker` as on `netns`. Prints the row of the conformance matrix.
+fn conformance(file: &Path, want: i32) -> Result<(), Failed> {
+    let Some(on_netns) = run_on(file, want, "netns")? else {
+        return Ok(());
+    };
+    if !edgesim::testing::gate("docker", docker_answers(), "no Docker Engine answers") {
+        return Ok(());
+    }
+    ensure_images(&apps_of(file))?;
+    let Some(on_docker) = run_on(file, want, "docker")? else {
+        return Ok(());
+    };
+    let mut rows = Vec::new();
+    let mut differ = Vec::new();
+    for (name, n) in &on_netns {
+        let d = on_docker.iter().find(|(m, _)| m == name).map(|(_, v)| *v);
+        let mark = |v: Option<bool>| match v {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "missing",
+        };
+        rows.push(format!(
+            "  {name:<32} netns {:<7} docker {}",
+            mark(Some(*n)),
+            mark(d)
+        ));
+        if d != Some(*n) {
+            differ.push(name.clone());
+        }
+    }
+    eprintln!("conformance {}:\n{}", name_of(file), rows.join("\n"));
+    if !differ.is_empty() {
+        return Err(format!(
+            "verdicts differ between netns and docker for {differ:?}:\n{}",
+            rows.join("\n")
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn run(file: &Path, want: i32) -> Result<(), Failed> {
+    run_on(file, want, "netns").map(drop)
+}
+
+/// Runs a scenario on `target`; its verdicts (assertion name, passed), or `None` when the
+/// machine cannot run it (skipped with a reason).
+fn run_on(file: &Path, want: i32, target: &str) -> Result<Option<Vec<(String, bool)>>, Failed> {
+    if !edgesim::testing::netns() {
+        return Ok(None);
     }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let report = dir.path().join("report.json");
@@ -116,6 +247,7 @@ fn run(file: &Path, want: i32) -> Result<(), Failed> {
     let out = Command::new(bin())
         .arg("run")
         .arg(file)
+        .args(["--target", target])
         .arg("--report")
         .arg(&report)
         .arg("--junit")
@@ -132,7 +264,7 @@ fn run(file: &Path, want: i32) -> Result<(), Failed> {
     );
     if code != want {
         return Err(format!(
-            "`edgesim run {}` exited {code}, expected {want}\n{text}",
+            "`edgesim run --target {target} {}` exited {code}, expected {want}\n{text}",
             file.display()
         )
         .into());
@@ -171,7 +303,15 @@ fn run(file: &Path, want: i32) -> Result<(), Failed> {
             .into());
         }
     }
-    Ok(())
+    let verdicts = r["assertions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| Some((v["name"].as_str()?.to_string(), v["passed"].as_bool()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(verdicts))
 }
 
 fn normalise(stderr: &str, file: &Path) -> String {
@@ -363,7 +503,14 @@ fn main() {
     for (files, want) in [(&shipped, 0), (&pass, 0), (&fail, 1)] {
         for f in files {
             let g = f.clone();
-            let t = Trial::test(format!("run {}", name_of(f)), move || run(&g, want));
+            // Portable scenarios run once per target, as one row of the conformance matrix.
+            let t = if portable(f) {
+                Trial::test(format!("conformance {}", name_of(f)), move || {
+                    conformance(&g, want)
+                })
+            } else {
+                Trial::test(format!("run {}", name_of(f)), move || run(&g, want))
+            };
             trials.push(if duration_secs(f) > max_secs {
                 t.with_ignored_flag(true)
             } else {

@@ -953,7 +953,18 @@ pub struct NodeCgroup {
 
 impl NodeCgroup {
     pub fn of(st: &RunState, name: &str) -> NodeCgroup {
-        let rel = PathBuf::from(&netns_node(st, name).cgroup);
+        let rel = match &st.target {
+            edgesim::targets::state::TargetState::Netns(_) => {
+                PathBuf::from(&netns_node(st, name).cgroup)
+            }
+            // The parent cgroup every container of the node shares.
+            _ => PathBuf::from(format!("edgesim/{}/{name}", st.run_id)),
+        };
+        Self::at(rel, name)
+    }
+
+    /// The cgroup at `rel` (relative to the hierarchy roots).
+    pub fn at(rel: PathBuf, name: &str) -> NodeCgroup {
         let v1 = Path::new("/sys/fs/cgroup/cpu").join(&rel);
         let v2 = Path::new("/sys/fs/cgroup").join(&rel);
         if v1.is_dir() {

@@ -291,10 +291,18 @@ pub async fn resolve(plan: &Plan) -> std::result::Result<Images, Vec<Diagnostic>
                                     node_images[n]
                                 ),
                             )
-                            .hint(format!(
-                                "the node image has: {}; for other programs use `image:` or `app:`",
-                                cmds.join(", ")
-                            )),
+                            .hint(if cmds.is_empty() {
+                                format!(
+                                    "the node image names no commands (its `edgesim.commands` label): rebuild it with `images/build.sh --arch {} --only node`",
+                                    arch_name(node_arch(plan, n))
+                                )
+                            } else {
+                                format!(
+                                    "the node image has busybox's {} commands (sh, sleep, nc, ping, wget, …: `docker image inspect -f '{{{{index .Config.Labels \"edgesim.commands\"}}}}' {}`); for other programs use `image:` or `app:`",
+                                    cmds.len(),
+                                    node_images[n]
+                                )
+                            }),
                         );
                         break;
                     }
@@ -377,14 +385,26 @@ impl NodeOps for DockerNodes {
         Ok(())
     }
     async fn set_limits(&mut self, node: usize, l: &NodeLimits) -> Result<()> {
-        // The parent first when limits grow would be wrong for shrinking and vice versa;
-        // a cgroup's limit may exceed its parent's, so the order does not matter for
-        // correctness, only which one binds: both hold the same values.
-        if let Some(p) = &self.parents[node] {
+        // cgroup v1 refuses a parent CPU quota below a child's: when limits shrink the
+        // containers go first, when they grow the parent does.
+        let shrinks = match &self.parents[node] {
+            Some(p) => p.read_limits().is_ok_and(|cur| {
+                let q = |x: &NodeLimits| {
+                    x.cpu_quota_us
+                        .map_or(u64::MAX, |q| q * 1_000_000 / x.cpu_period_us.max(1))
+                };
+                q(l) < q(&cur)
+            }),
+            None => false,
+        };
+        if !shrinks && let Some(p) = &self.parents[node] {
             p.apply(l)?;
         }
         for c in self.containers[node].clone() {
             self.docker.update_limits(&c, l).await?;
+        }
+        if shrinks && let Some(p) = &self.parents[node] {
+            p.apply(l)?;
         }
         Ok(())
     }
