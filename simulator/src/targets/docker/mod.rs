@@ -131,11 +131,23 @@ pub fn rows(c: &mut Capabilities, p: &HostProbe) {
     };
     row(c, Feature::Cpu, limit_how);
     row(c, Feature::Memory, limit_how);
-    row(
-        c,
-        Feature::BlockIo,
-        "block-IO bandwidth and IOPS throttles on Docker's data-root device",
-    );
+    match p.docker.as_ref().map(|d| d.storage_device.clone()) {
+        Ok(Some(dev)) => {
+            c.set(
+                Feature::BlockIo,
+                Support::Exact,
+                format!("block-IO bandwidth and IOPS throttles on {dev} (Docker's data root)"),
+            );
+        }
+        Ok(None) => {
+            c.set(
+                Feature::BlockIo,
+                Support::Unavailable,
+                "Docker's data root is on no block device (overlay, tmpfs): nothing to throttle",
+            );
+        }
+        Err(_) => row(c, Feature::BlockIo, ""),
+    }
     row(
         c,
         Feature::AppWorkload,
