@@ -1,6 +1,8 @@
 //! Runs the real `cloud-sink` binary on 127.0.0.1 and checks its accounting over HTTP:
 //! duplicates, gaps and their closing, persistence across a restart, graceful shutdown.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use edge_common::client::HttpClient;

@@ -2,6 +2,8 @@
 //! origin, and checks that stale answers stay within `--max-stale` and are counted, that older
 //! data is refused, and that the cache recovers when the origin returns.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;

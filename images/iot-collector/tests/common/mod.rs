@@ -1,4 +1,6 @@
 //! Helpers shared by the collector's integration tests.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! What the integration tests share: a TCP relay that can be cut (a simulated partition) and
 //! requests to a replica.
 
+#![allow(clippy::unwrap_used)]
+// test code: a failed unwrap is a failed test
+
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
