@@ -21,6 +21,7 @@ pub mod probe;
 pub mod profile;
 pub mod report;
 pub mod scenario;
+pub mod seed;
 pub mod targets;
 pub mod testing;
 pub mod units;

@@ -56,7 +56,26 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::{HostError, Result};
-use crate::profile::NodeLimits;
+
+/// The limits a node is held to, as plain values: what a cgroup (or Docker, or kubelet)
+/// enforces. `crate::profile` computes them from a board's profile and this host's CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLimits {
+    /// CFS quota per period, in µs; `None` means unlimited (the node may use every host CPU).
+    pub cpu_quota_us: Option<u64>,
+    /// CFS period, in µs.
+    pub cpu_period_us: u64,
+    /// Host CPUs the node may keep busy: `quota / period`, or the host's online CPUs when
+    /// unlimited.
+    pub effective_cores: f64,
+    /// Memory limit in bytes (no swap beyond it); `None` means unlimited.
+    pub memory_bytes: Option<u64>,
+    /// Maximum number of tasks; `None` means unlimited.
+    pub pids_max: Option<u64>,
+}
+
+use serde::Deserialize;
 
 /// Controllers edgesim uses.
 const WANTED: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
@@ -670,7 +689,7 @@ impl NodeCgroup {
         };
         let effective_cores = match quota {
             Some(q) if period > 0 => q as f64 / period as f64,
-            _ => f64::from(crate::profile::calibrate::online_cpus()),
+            _ => std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
         };
         Ok(NodeLimits {
             cpu_quota_us: quota,

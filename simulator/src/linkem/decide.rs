@@ -12,7 +12,7 @@
 //!   feature is configured, as in netem, so a rule's stream advances the same way for the same
 //!   configuration and packet sequence.
 //! - Every rule has its own random stream: ChaCha8 seeded from (run seed,
-//!   `linkem/<relay>/<direction>/<rule name>`) through [`crate::scenario::validate::rng_for`],
+//!   `linkem/<relay>/<direction>/<rule name>`) through [`crate::seed::rng_for`],
 //!   so adding or changing one rule never shifts the decisions of another, and a rule that is
 //!   replaced by a rule of the same name continues its stream (its correlation and
 //!   Gilbert-Elliott state restart when its parameters change).
@@ -371,10 +371,7 @@ impl Decider {
             self.states[i].configure(p);
             return i;
         }
-        let rng = crate::scenario::validate::rng_for(
-            self.seed,
-            &format!("{}/{name}", self.stream_prefix),
-        );
+        let rng = crate::seed::rng_for(self.seed, &format!("{}/{name}", self.stream_prefix));
         let counters = self.counters.rule(name);
         self.states.push(RuleState::new(name, p, rng, counters));
         let i = self.states.len() - 1;

@@ -777,22 +777,9 @@ impl ProfileSet {
     }
 }
 
-/// The limits a node is held to on this host: what a cgroup (or Docker, or kubelet) enforces.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeLimits {
-    /// CFS quota per period, in µs; `None` means unlimited (the node may use every host CPU).
-    pub cpu_quota_us: Option<u64>,
-    /// CFS period, in µs.
-    pub cpu_period_us: u64,
-    /// Host CPUs the node may keep busy: `quota / period`, or the host's online CPUs when
-    /// unlimited.
-    pub effective_cores: f64,
-    /// Memory limit in bytes (no swap beyond it); `None` means unlimited.
-    pub memory_bytes: Option<u64>,
-    /// Maximum number of tasks; `None` means unlimited.
-    pub pids_max: Option<u64>,
-}
+/// The limits a node is held to on this host (defined with the cgroup code that enforces
+/// them, as plain values; computed here from profiles).
+pub use crate::host::cgroup::NodeLimits;
 
 /// The limits a node of profile `spec` gets on `host`.
 ///

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use rand::{RngExt, SeedableRng};
+use rand::RngExt;
 
 use super::diag::{Diagnostic, Diagnostics, did_you_mean, unknown_hint};
 use super::expect::{Bound, parse_bound, parse_expectation, parse_window};
@@ -40,21 +40,7 @@ pub struct Overrides {
     pub impairment: Option<model::ImpairmentMode>,
 }
 
-/// Derives an independent, stable random stream for one consumer from the run's seed and a
-/// stable name, so adding a consumer never shifts the draws of another.
-pub fn rng_for(seed: u64, name: &str) -> rand_chacha::ChaCha8Rng {
-    // FNV-1a: stable across Rust releases, unlike `DefaultHasher`.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8..16].copy_from_slice(&h.to_le_bytes());
-    key[16..24].copy_from_slice(b"edgesim\0");
-    rand_chacha::ChaCha8Rng::from_seed(key)
-}
+pub use crate::seed::rng_for;
 
 /// Parses scenario text. Errors carry positions in `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Scenario, Diagnostics> {
