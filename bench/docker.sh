@@ -84,10 +84,13 @@ while read -r kind path rate; do
     [ -n "$kind" ] && BLKIO+=("--device-$kind" "$path:$rate")
 done < <(docker inspect -f '{{range .HostConfig.BlkioDeviceReadBps}}read-bps {{.Path}} {{.Rate}}{{"\n"}}{{end}}{{range .HostConfig.BlkioDeviceWriteBps}}write-bps {{.Path}} {{.Rate}}{{"\n"}}{{end}}{{range .HostConfig.BlkioDeviceReadIOps}}read-iops {{.Path}} {{.Rate}}{{"\n"}}{{end}}{{range .HostConfig.BlkioDeviceWriteIOps}}write-iops {{.Path}} {{.Rate}}{{"\n"}}{{end}}' "$FIRST")
 "$BIN" down "$NAME" > "$WORK/down.log" 2>&1 || die "edgesim down failed"
-CPUS=$(awk -v n="$NANO" 'BEGIN { printf "%.3f", n / 1e9 }')
+# No CPU limit when the profile's cores exceed this host's (the quota arithmetic of netns):
+# NanoCpus 0.
+CPU_ARG=()
+[ "${NANO:-0}" -gt 0 ] 2>/dev/null && CPU_ARG=(--cpus "$(awk -v n="$NANO" 'BEGIN { printf "%.3f", n / 1e9 }')")
 PIDS_ARG=()
 [ "${PIDS:-0}" -gt 0 ] 2>/dev/null && PIDS_ARG=(--pids-limit "$PIDS")
-echo "nodes: $NODES × $IMAGE, --cpus $CPUS --memory $MEM --memory-swap $SWAP ${PIDS_ARG[*]} ${BLKIO[*]}" >&2
+echo "nodes: $NODES × $IMAGE, ${CPU_ARG[*]} --memory $MEM --memory-swap $SWAP ${PIDS_ARG[*]} ${BLKIO[*]}" >&2
 
 now() { date +%s%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
@@ -108,7 +111,7 @@ run_loop() {
     t0=$(now)
     for i in $(seq 1 "$NODES"); do
         docker run -d --name "$TAG-$i" --label "$TAG" --network none --hostname "pi-$i" \
-            --cpus "$CPUS" --memory "$MEM" --memory-swap "$SWAP" "${PIDS_ARG[@]}" \
+            "${CPU_ARG[@]}" --memory "$MEM" --memory-swap "$SWAP" "${PIDS_ARG[@]}" \
             "${BLKIO[@]}" "$IMAGE" >/dev/null
     done
     t1=$(now)
@@ -127,7 +130,7 @@ if [ "$COMPOSE" = 1 ]; then
     image: $IMAGE
     network_mode: none
     hostname: pi-$i
-    cpus: $CPUS
+$( [ "${NANO:-0}" -gt 0 ] && echo "    cpus: $(awk -v n="$NANO" 'BEGIN { printf "%.3f", n / 1e9 }')")
     mem_limit: $MEM
     memswap_limit: $SWAP
     labels: [$TAG]
