@@ -4,7 +4,9 @@
 //! - [`scenario`]: the YAML model, validation with positioned diagnostics, the resolved plan;
 //! - [`profile`]: hardware profiles and their translation to limits; host CPU calibration;
 //! - [`engine`]: a run from provisioning to report, with the timeline's journal and state files;
-//! - [`targets`]: where nodes become real (the `netns` target), and what this machine can do;
+//! - [`targets`]: where nodes become real (`netns`, `docker`) behind one enum, the state
+//!   file, and what this machine can do; [`caps`]: the capability table validation enforces;
+//! - [`fabric`]: the run's network; [`faults`]: applying and reverting timeline actions;
 //! - [`host`]: the only code that changes kernel state (namespaces, links, tc, nf_tables, cgroups);
 //! - [`linkem`]: the userspace link emulator;
 //! - [`workload`]: workload supervision and the edge apps of `images/`;

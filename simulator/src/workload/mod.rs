@@ -3,8 +3,8 @@
 //! (kill, restart, node power-off and power-on, final stop).
 //!
 //! The supervisor is target-neutral: a [`Launch`] function provided by the target turns a
-//! [`LaunchSpec`] into a running child (inside a namespace and cgroup for `netns`, a container
-//! later). Every start, exit and restart is recorded with its time in an [`EventLog`], which
+//! [`LaunchSpec`] into a running [`Process`] (a child inside a namespace and cgroup for `netns`;
+//! a container, or a process inside the node container, for `docker`). Every start, exit and restart is recorded with its time in an [`EventLog`], which
 //! the report includes.
 //!
 //! Each child leads its own process group; signals go to the whole group, so a workload that
