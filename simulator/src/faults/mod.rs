@@ -371,3 +371,143 @@ impl Drop for Faults {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The journal's promise, on a real fabric in scratch namespaces (root): every fault in
+    //! force is reverted, newest first, through the target's node operations, and a second
+    //! revert finds nothing to do. The node side is a recorder, as a device agent's would be
+    //! a board.
+
+    use super::*;
+    use crate::host::tc::ScratchNs;
+    use crate::scenario::validate::{Capabilities, Overrides, build, parse};
+
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl NodeOps for Recorder {
+        async fn power(&mut self, node: usize, on: bool) -> Result<()> {
+            self.0.push(format!("power {node} {on}"));
+            Ok(())
+        }
+        async fn freeze(&mut self, node: usize, frozen: bool) -> Result<()> {
+            self.0.push(format!("freeze {node} {frozen}"));
+            Ok(())
+        }
+        async fn signal(&mut self, workload: usize, nodes: &[usize], signal: i32) -> Result<()> {
+            self.0.push(format!("signal {workload} {nodes:?} {signal}"));
+            Ok(())
+        }
+        async fn restart(&mut self, workload: usize, nodes: &[usize]) -> Result<()> {
+            self.0.push(format!("restart {workload} {nodes:?}"));
+            Ok(())
+        }
+        async fn set_limits(&mut self, node: usize, l: &NodeLimits) -> Result<()> {
+            self.0.push(format!("limits {node} {:?}", l.cpu_quota_us));
+            Ok(())
+        }
+    }
+
+    const SCENARIO: &str = "apiVersion: edgesim.dev/v1alpha1
+kind: Scenario
+metadata: {name: faults}
+spec:
+  seed: 1
+  duration: 30s
+  sites:
+    cloud: {}
+    edge: {uplink: {site: cloud, loss: 1%}}
+  nodes:
+    - {name: a, site: cloud, profile: cloud-small}
+    - {name: b, site: edge, profile: raspberry-pi-5-4gb}
+  timeline:
+    - {at: 1s, partition: {name: cut, between: [[a], [b]]}}
+    - {at: 2s, node-down: {nodes: [b], mode: freeze}}
+    - {at: 3s, cpu: {nodes: [a], cores: 1}}
+    - {at: 4s, impair: {link: edge-uplink, loss: 20%}}
+    - {at: 5s, node-down: {nodes: [a], mode: poweroff}}
+";
+
+    #[test]
+    fn every_fault_in_force_is_reverted_newest_first_once() {
+        if !crate::testing::netns() {
+            return;
+        }
+        let f = std::path::Path::new("faults.yaml");
+        let sc = parse(f, SCENARIO).expect("parses");
+        let plan = build(
+            f,
+            SCENARIO,
+            &sc,
+            crate::profile::ProfileSet::builtin().expect("profiles"),
+            &Capabilities::all("netns"),
+            &Overrides::default(),
+        )
+        .expect("valid")
+        .plan;
+        let plan = Arc::new(plan);
+        let scratch: Vec<ScratchNs> = (0..3)
+            .map(|_| ScratchNs::create("faults").expect("scratch namespace"))
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let names = crate::fabric::Names {
+                fabric: scratch[0].0.clone(),
+                nodes: vec![scratch[1].0.clone(), scratch[2].0.clone()],
+            };
+            let fabric = crate::fabric::Fabric::build_named(&plan, names, false)
+                .await
+                .expect("fabric");
+            let host = HostCpu::detect();
+            let mut faults = Faults::install(plan.clone(), &fabric, host, &Default::default())
+                .await
+                .expect("baseline");
+            let mut rec = Recorder::default();
+            for a in &plan.actions {
+                faults
+                    .apply(&a.kind, None, &fabric, &mut rec)
+                    .await
+                    .expect("applied");
+            }
+            assert_eq!(
+                faults.active(),
+                &[
+                    Active::Partition { name: "cut".into() },
+                    Active::NodeDown { node: 1, mode: DownMode::Freeze },
+                    Active::Limits { node: 0 },
+                    Active::Link { link: 0 },
+                    Active::NodeDown { node: 0, mode: DownMode::Poweroff },
+                ]
+            );
+            rec.0.clear();
+            let errors = faults.revert_all(&fabric, &mut rec).await;
+            assert!(errors.is_empty(), "{errors:?}");
+            let base = faults.base_limits(0).cpu_quota_us;
+            assert_eq!(
+                rec.0,
+                vec![
+                    "power 0 true".to_string(),
+                    format!("limits 0 {base:?}"),
+                    "freeze 1 false".to_string(),
+                ],
+                "node faults undone newest first"
+            );
+            assert!(faults.active().is_empty());
+            // Links back to their baseline, no partition: the firewall the shaper installed
+            // is the baseline's again.
+            assert_eq!(faults.links, plan.baseline_links());
+            assert!(faults.partitions.is_empty());
+            let now = shaping::Shaper::ruleset(&plan, &faults.links, &faults.partitions, false);
+            let base = shaping::Shaper::ruleset(&plan, &plan.baseline_links(), &BTreeMap::new(), false);
+            assert_eq!(format!("{now:?}"), format!("{base:?}"));
+            rec.0.clear();
+            assert!(faults.revert_all(&fabric, &mut rec).await.is_empty());
+            assert!(rec.0.is_empty(), "a second revert does nothing: {:?}", rec.0);
+            faults.stop();
+        });
+    }
+}
