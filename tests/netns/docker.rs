@@ -540,3 +540,87 @@ workloads:
         "{err}"
     );
 }
+
+/// `emulateArch: true` on docker: an arm64 board runs the arm64 node image and the app's arm64
+/// image under qemu binfmt, and the app serves (the lab waits for its readyPort).
+#[test]
+fn docker_emulate_arch_runs_arm64_images() {
+    let _g = serial();
+    if std::env::consts::ARCH == "aarch64"
+        || !edgesim::testing::gate(
+            "qemu",
+            Path::new("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists(),
+            "qemu-aarch64 binfmt is not registered",
+        )
+        || !docker_ready(&[])
+    {
+        return;
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    let missing: Vec<&str> = ["node", "cloud-sink"]
+        .into_iter()
+        .filter(|a| {
+            !Command::new("docker")
+                .args(["image", "inspect", &format!("edgesim/{a}:{version}-arm64")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = Command::new(root.join("images/build.sh"))
+            .args(["--arch", "arm64", "--only", &missing.join(",")])
+            .output()
+            .expect("running images/build.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sc = Scenario::new(
+        "docker-arm64",
+        "\
+duration: 30s
+emulateArch: true
+sites:
+  edge: {}
+nodes:
+  - {name: pi, site: edge, profile: raspberry-pi-5-4gb}
+workloads:
+  - {name: sink, nodes: [pi], app: cloud-sink, readyTimeout: 30s}
+",
+    )
+    .on("docker");
+    let lab = Lab::up(&sc);
+    let node = container_of(&lab.state, "pi");
+    let arch = |c: &str| {
+        let image = inspect(c)["Image"].as_str().expect("image id").to_string();
+        let out = Command::new("docker")
+            .args(["image", "inspect", "-f", "{{.Architecture}}", &image])
+            .output()
+            .expect("docker image inspect");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        arch(&node),
+        "arm64",
+        "the node container runs the arm64 node image"
+    );
+    assert_eq!(
+        arch(&format!("{node}-sink")),
+        "arm64",
+        "the app container runs the arm64 image"
+    );
+    let out = exec(
+        &sc.name,
+        "pi",
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/healthz"],
+    );
+    assert!(
+        out.status.success(),
+        "the arm64 sink answers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.down();
+}

@@ -477,10 +477,16 @@ spec:
                 faults.active(),
                 &[
                     Active::Partition { name: "cut".into() },
-                    Active::NodeDown { node: 1, mode: DownMode::Freeze },
+                    Active::NodeDown {
+                        node: 1,
+                        mode: DownMode::Freeze
+                    },
                     Active::Limits { node: 0 },
                     Active::Link { link: 0 },
-                    Active::NodeDown { node: 0, mode: DownMode::Poweroff },
+                    Active::NodeDown {
+                        node: 0,
+                        mode: DownMode::Poweroff
+                    },
                 ]
             );
             rec.0.clear();
@@ -502,11 +508,16 @@ spec:
             assert_eq!(faults.links, plan.baseline_links());
             assert!(faults.partitions.is_empty());
             let now = shaping::Shaper::ruleset(&plan, &faults.links, &faults.partitions, false);
-            let base = shaping::Shaper::ruleset(&plan, &plan.baseline_links(), &BTreeMap::new(), false);
+            let base =
+                shaping::Shaper::ruleset(&plan, &plan.baseline_links(), &BTreeMap::new(), false);
             assert_eq!(format!("{now:?}"), format!("{base:?}"));
             rec.0.clear();
             assert!(faults.revert_all(&fabric, &mut rec).await.is_empty());
-            assert!(rec.0.is_empty(), "a second revert does nothing: {:?}", rec.0);
+            assert!(
+                rec.0.is_empty(),
+                "a second revert does nothing: {:?}",
+                rec.0
+            );
             faults.stop();
         });
     }

@@ -119,8 +119,14 @@ pub struct HostProbe {
     pub docker: std::result::Result<docker::DockerInfo, String>,
 }
 
-/// Probes this machine. Without root, kernel features are judged from disk.
+/// Probes this machine for every target. Without root, kernel features are judged from disk.
 pub async fn probe() -> HostProbe {
+    probe_for(None).await
+}
+
+/// Probes what target `kind` needs (every target's needs with `None`): the Docker Engine is
+/// asked only when the docker target is concerned.
+pub async fn probe_for(kind: Option<TargetKind>) -> HostProbe {
     let root = nix::unistd::geteuid().is_root();
     let kernel = nix::sys::utsname::uname()
         .map(|u| {
@@ -162,7 +168,10 @@ pub async fn probe() -> HostProbe {
     let cgroups = Cgroups::detect().map_err(|e| e.to_string());
     let binfmt_arm64 = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64")
         .is_ok_and(|s| s.lines().next() == Some("enabled"));
-    let docker = docker::probe().await;
+    let docker = match kind {
+        None | Some(TargetKind::Docker) => docker::probe().await,
+        Some(TargetKind::Netns) => Err("not probed (netns run)".into()),
+    };
     HostProbe {
         root,
         kernel,
@@ -345,7 +354,7 @@ pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
 
 /// Probes and returns target `kind`'s capabilities (for validation).
 pub async fn capabilities_here(kind: TargetKind) -> Capabilities {
-    capabilities(kind, &probe().await)
+    capabilities(kind, &probe_for(Some(kind)).await)
 }
 
 /// What a target runs for a plan's workloads, resolved before anything is created.
