@@ -1,11 +1,11 @@
 //! Where the time goes, step by step, with the library's own host layer (needs root).
 //!
-//! `bringup` replays `NetnsLab::provision` and its teardown for scenarios/scale-200.yaml one
+//! `bringup` replays the netns target's provisioning and its teardown for scenarios/scale-200.yaml one
 //! step at a time (the same public functions, in the same order) and times each step, next
 //! to the kernel floor of the same objects (bare namespaces + bridge + veth pairs, made with
 //! `ip -batch` as bench/scale.sh does), so a slow step shows against what the kernel needs.
 //!
-//! `actions` provisions bench/scenarios/lag.yaml with `NetnsLab::provision`, then applies
+//! `actions` provisions bench/scenarios/lag.yaml with `Lab::provision` (netns), then applies
 //! every timeline action of the plan back to back (no schedule), timing `prepare` (work the
 //! engine does 30 ms ahead) and `apply` (what the schedule pays) per verb. It also measures
 //! two physical baselines on the same machine at the same time: how late a thread wakes at
@@ -29,8 +29,9 @@ use edgesim::host::ns;
 use edgesim::profile::{HostCpu, ProfileSet, limits};
 use edgesim::scenario::{self, Overrides, Plan};
 use edgesim::targets::netns::exec::NodeExec;
-use edgesim::targets::netns::{self as netns, NetnsLab};
+use edgesim::targets::netns::{self as netns};
 use edgesim::targets::state::{self, Mode};
+use edgesim::targets::{Lab, Resolved};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -341,12 +342,13 @@ fn actions(rounds: usize) -> Result<()> {
     let _guard = rt.enter();
     let run_id = state::new_run_id();
     let out = tempfile::tempdir()?;
-    let st = netns::initial_state(&plan, &run_id, Mode::Run, out.path().to_path_buf());
     let programs = netns::resolve(&plan).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let mut lab = match rt.block_on(NetnsLab::provision(
+    let mut lab = match rt.block_on(Lab::provision(
         plan.clone(),
-        programs,
-        st,
+        Resolved::Netns(programs),
+        &run_id,
+        Mode::Run,
+        out.path().to_path_buf(),
         &Default::default(),
     )) {
         Ok(l) => l,
@@ -356,7 +358,8 @@ fn actions(rounds: usize) -> Result<()> {
         }
     };
     let res = (|| -> Result<_> {
-        rt.block_on(lab.deploy(out.path()))?;
+        rt.block_on(lab.deploy(out.path()))
+            .map_err(|e| anyhow::anyhow!(e))?;
         let mut prep: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         let mut apply: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         nft_children_settled();
@@ -377,7 +380,7 @@ fn actions(rounds: usize) -> Result<()> {
         nft_children_settled();
 
         // nft CPU per process: prepared and dropped (start-up + exit) against committed.
-        let fw = edgesim::host::nft::Firewall::new(&lab.fabric.names.fabric, "edgesim")?;
+        let fw = edgesim::host::nft::Firewall::new(&lab.fabric().names.fabric, "edgesim")?;
         let rs = Shaper::ruleset(
             &plan,
             &plan.baseline_links(),

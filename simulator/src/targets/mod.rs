@@ -470,12 +470,20 @@ impl Lab {
         each!(self, l => &l.state)
     }
 
-    /// Starts every workload and waits until each has launched and every `readyPort`
-    /// accepts connections.
+    /// The run's network: namespace handles and interface indexes.
+    pub fn fabric(&self) -> &crate::fabric::Fabric {
+        each!(self, l => &l.fabric)
+    }
+
+    /// Starts every workload and waits until each has launched (so the pids in the state
+    /// file and the processes a caller of `edgesim up` finds are all there) and every
+    /// `readyPort` accepts connections.
     pub async fn deploy(&mut self, out_dir: &Path) -> std::result::Result<(), String> {
         each!(self, l => {
             l.deploy(out_dir).await.map_err(|e| e.to_string())?;
-            l.wait_ready().await
+            l.nodes.supervisor.launched().await;
+            let (fabric, sockets) = (&l.fabric, &mut l.sockets);
+            wait_ports(&l.plan, |n| crate::fabric::node_sockets(fabric, sockets, n)).await
         })
     }
 
@@ -486,21 +494,23 @@ impl Lab {
 
     /// A socket factory inside node `node`'s network namespace, for probes and scrapes.
     pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
-        each!(self, l => l.sockets(node))
+        each!(self, l => crate::fabric::node_sockets(&l.fabric, &mut l.sockets, node))
     }
 
+    /// Work to do before an action's scheduled instant (see [`Faults::prepare`]).
     pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
-        each!(self, l => l.prepare(action))
+        each!(self, l => l.faults.prepare(action))
     }
 
-    /// Applies one timeline action.
+    /// Applies one timeline action: the fault module, on the lab's fabric and its target's
+    /// node operations.
     pub async fn apply(&mut self, action: &ActionKind, prepared: Option<Prepared>) -> Result<()> {
-        each!(self, l => l.apply(action, prepared).await)
+        each!(self, l => l.faults.apply(action, prepared, &l.fabric, &mut l.nodes).await)
     }
 
     /// The fault state: what is in force, link statistics of the userspace emulator.
     pub fn faults(&self) -> &Faults {
-        each!(self, l => l.faults())
+        each!(self, l => &l.faults)
     }
 
     /// The workloads' event log (starts, exits, restarts, signals).

@@ -45,7 +45,6 @@ use super::state::{Mode, RunState, TargetState};
 use crate::caps::{Capabilities, Feature, Support};
 use crate::fabric::{Fabric, Names};
 use crate::faults::emulator::EmulatorOptions;
-use crate::faults::shaping::Prepared;
 use crate::faults::{Faults, NodeOps};
 use crate::host::cgroup::{Cgroups, NodeCgroup};
 use crate::host::ns::{self, SocketFactory};
@@ -53,7 +52,7 @@ use crate::host::{HostError, Result};
 use crate::profile::{Arch, HostCpu, NodeLimits, limits};
 use crate::scenario::Plan;
 use crate::scenario::diag::Diagnostic;
-use crate::scenario::plan::{ActionKind, Run};
+use crate::scenario::plan::Run;
 use crate::workload::{Launch, LaunchSpec, Process, Supervisor};
 
 use self::api::Docker;
@@ -454,10 +453,10 @@ pub struct DockerLab {
     pub plan: Arc<Plan>,
     pub state: RunState,
     pub fabric: Fabric,
-    faults: Faults,
+    pub(crate) faults: Faults,
     images: Images,
     pub nodes: DockerNodes,
-    sockets: Vec<Option<SocketFactory>>,
+    pub(crate) sockets: Vec<Option<SocketFactory>>,
     journal: Vec<Created>,
 }
 
@@ -609,10 +608,6 @@ impl DockerLab {
         })
     }
 
-    pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
-        crate::fabric::node_sockets(&self.fabric, &mut self.sockets, node)
-    }
-
     /// Starts every workload instance: containers for `app:`/`image:`, processes inside the
     /// node container for `command:`.
     pub async fn deploy(&mut self, out_dir: &Path) -> Result<()> {
@@ -694,26 +689,6 @@ impl DockerLab {
 
     fn state_cgroup(&self) -> Option<String> {
         docker_state(&self.state).and_then(|d| d.cgroup.clone())
-    }
-
-    pub async fn wait_ready(&mut self) -> std::result::Result<(), String> {
-        self.nodes.supervisor.launched().await;
-        let plan = self.plan.clone();
-        super::wait_ports(&plan, |n| self.sockets(n)).await
-    }
-
-    pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
-        self.faults.prepare(action)
-    }
-
-    pub async fn apply(&mut self, action: &ActionKind, prepared: Option<Prepared>) -> Result<()> {
-        self.faults
-            .apply(action, prepared, &self.fabric, &mut self.nodes)
-            .await
-    }
-
-    pub fn faults(&self) -> &Faults {
-        &self.faults
     }
 
     /// The limits node `n`'s container holds now, read back from the Engine.

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::state::{Mode, RunState, TargetState};
 use crate::fabric::{self, Fabric, Names};
 use crate::faults::emulator::EmulatorOptions;
-use crate::faults::shaping::Prepared;
 use crate::faults::{Faults, NodeOps};
 use crate::host::cgroup::{Cgroups, NodeCgroup};
 use crate::host::ns::{self, SocketFactory};
@@ -27,7 +26,7 @@ use crate::host::{HostError, Result};
 use crate::profile::{HostCpu, NodeLimits, limits};
 use crate::scenario::Plan;
 use crate::scenario::diag::Diagnostic;
-use crate::scenario::plan::{ActionKind, Run};
+use crate::scenario::plan::Run;
 use crate::workload::{ChildProcess, Launch, LaunchSpec, Process, Supervisor, apps};
 
 use self::exec::NodeExec;
@@ -181,12 +180,12 @@ pub struct NetnsLab {
     pub plan: Arc<Plan>,
     pub state: RunState,
     pub fabric: Fabric,
-    faults: Faults,
+    pub(crate) faults: Faults,
     cgroups: Cgroups,
     pub nodes: NetnsNodes,
     programs: Programs,
     execs: Vec<Arc<NodeExec>>,
-    sockets: Vec<Option<SocketFactory>>,
+    pub(crate) sockets: Vec<Option<SocketFactory>>,
     journal: Vec<Created>,
 }
 
@@ -386,11 +385,6 @@ impl NetnsLab {
         })
     }
 
-    /// A socket factory inside node `i` (started on first use).
-    pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
-        crate::fabric::node_sockets(&self.fabric, &mut self.sockets, node)
-    }
-
     /// Starts every workload instance, each in its node's namespace and cgroup, with its
     /// output captured under `out_dir/workloads/<workload>/`.
     pub async fn deploy(&mut self, out_dir: &std::path::Path) -> Result<()> {
@@ -417,31 +411,6 @@ impl NetnsLab {
             }
         }
         Ok(())
-    }
-
-    /// Waits until every workload with a `readyPort` accepts TCP connections on its node.
-    /// Every workload process has been launched first, so the pids in the state file and
-    /// the processes a caller of `edgesim up` finds are all there.
-    pub async fn wait_ready(&mut self) -> std::result::Result<(), String> {
-        self.nodes.supervisor.launched().await;
-        let plan = self.plan.clone();
-        super::wait_ports(&plan, |n| self.sockets(n)).await
-    }
-
-    /// Work to do before an action's scheduled instant (see [`Faults::prepare`]).
-    pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
-        self.faults.prepare(action)
-    }
-
-    /// Applies one timeline action.
-    pub async fn apply(&mut self, action: &ActionKind, prepared: Option<Prepared>) -> Result<()> {
-        self.faults
-            .apply(action, prepared, &self.fabric, &mut self.nodes)
-            .await
-    }
-
-    pub fn faults(&self) -> &Faults {
-        &self.faults
     }
 
     /// Limits node `n`'s cgroup holds now (read back from the kernel).
