@@ -272,4 +272,56 @@ mod tests {
         assert!(process_start(me).is_some());
         assert_eq!(process_start(me), process_start(me));
     }
+
+    #[test]
+    fn a_state_file_reads_back_for_every_target() {
+        let node = NodeState {
+            name: "gw-1".into(),
+            addr: "10.90.0.2".parse().unwrap(),
+            site: "edge".into(),
+            profile: "raspberry-pi-5-4gb".into(),
+            cpu_cores: 4,
+        };
+        let targets = [
+            TargetState::Netns(super::super::netns::NetnsState {
+                namespaces: vec!["edgesim-a1b2c3-fabric".into(), "edgesim-a1b2c3-gw-1".into()],
+                cgroup: Some("edgesim/a1b2c3".into()),
+                hosts_dirs: vec!["/etc/netns/edgesim-a1b2c3-gw-1".into()],
+                nodes: vec![super::super::netns::NetnsNode {
+                    namespace: "edgesim-a1b2c3-gw-1".into(),
+                    cgroup: "edgesim/a1b2c3/gw-1".into(),
+                }],
+                workload_pids: vec![42],
+            }),
+            TargetState::Docker(super::super::docker::DockerState {
+                fabric_namespace: "edgesim-a1b2c3-fabric".into(),
+                containers: vec!["edgesim-a1b2c3-gw-1".into()],
+                cgroup: None,
+            }),
+        ];
+        for target in targets {
+            let st = RunState {
+                run_id: "a1b2c3".into(),
+                scenario: "t".into(),
+                file: "t.yaml".into(),
+                mode: Mode::Lab,
+                seed: 1,
+                pid: 1,
+                pid_start: 2,
+                started_unix: 3,
+                out_dir: "out".into(),
+                nodes: vec![node.clone()],
+                ready: true,
+                target,
+            };
+            let text = serde_json::to_string(&st).unwrap();
+            let back: RunState = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} state does not read back: {e}\n{text}", st.target.name()));
+            assert_eq!(back.nodes.len(), 1);
+            assert_eq!(back.target.name(), st.target.name());
+            if let TargetState::Netns(n) = &back.target {
+                assert_eq!(n.nodes[0].cgroup, "edgesim/a1b2c3/gw-1");
+            }
+        }
+    }
 }

@@ -40,7 +40,9 @@ pub struct NetnsState {
     /// The run's cgroup subtree, relative to the cgroup roots.
     pub cgroup: Option<String>,
     pub hosts_dirs: Vec<PathBuf>,
-    /// Per node (in the order of [`RunState::nodes`]): namespace and cgroup.
+    /// Per node (in the order of [`RunState::nodes`]): namespace and cgroup. Not called
+    /// `nodes` in the file: this struct is flattened into [`RunState`], which has its own.
+    #[serde(rename = "netns_nodes")]
     pub nodes: Vec<NetnsNode>,
     /// Process groups of workloads, last known (for people; `cleanup` ends workloads through
     /// their cgroups, never by these ids, which may since belong to someone else).
