@@ -238,10 +238,9 @@ fn fabric_rows(c: &mut Capabilities, p: &HostProbe) {
     } else {
         c.set(Feature::NodeIsolate, Support::Unavailable, "needs root");
     }
-    c.netem_hint = format!(
-        "this kernel has no sch_netem (tc netem); `impairment: auto` or `userspace` runs the same \
+    c.netem_hint = "this kernel has no sch_netem (tc netem); `impairment: auto` or `userspace` runs the same \
          impairments in the userspace link emulator instead (`edgesim doctor` shows what this machine offers)"
-    );
+        .to_string();
 }
 
 /// What target `kind` can do on this machine, from a probe: the one table that validation

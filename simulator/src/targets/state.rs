@@ -315,8 +315,9 @@ mod tests {
                 target,
             };
             let text = serde_json::to_string(&st).unwrap();
-            let back: RunState = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{} state does not read back: {e}\n{text}", st.target.name()));
+            let back: RunState = serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("{} state does not read back: {e}\n{text}", st.target.name())
+            });
             assert_eq!(back.nodes.len(), 1);
             assert_eq!(back.target.name(), st.target.name());
             if let TargetState::Netns(n) = &back.target {
