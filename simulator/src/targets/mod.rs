@@ -421,6 +421,10 @@ impl Lab {
         out_dir: PathBuf,
         emu: &EmulatorOptions,
     ) -> std::result::Result<Lab, Box<ProvisionFailure>> {
+        // Room for the descriptors of a large lab (idempotent; the binary did it at startup).
+        if let Err(e) = crate::host::rlimit::raise_nofile() {
+            tracing::warn!("could not raise the open-file limit: {e}");
+        }
         match resolved {
             Resolved::Netns(programs) => {
                 let st = netns::initial_state(&plan, run_id, mode, out_dir);

@@ -272,6 +272,10 @@ impl NetnsLab {
                 "not a netns run"
             ));
         };
+        // 0. Room for the descriptors of a large lab (a no-op when the binary did it).
+        if let Err(e) = crate::host::rlimit::raise_nofile() {
+            tracing::warn!("could not raise the open-file limit: {e}");
+        }
         // 1. The state file names everything below before it exists.
         if let Err(e) = state.save() {
             fail!(HostError::io(
