@@ -15,6 +15,12 @@
 //! `/run/netns`, so the docker target hands it the namespaces of its containers
 //! (`/proc/<pid>/ns/net`) in place of named node namespaces. [`Names`] only label objects
 //! in messages (and name the hosts files of named namespaces).
+//!
+//! Descriptors: a named node namespace is opened only while it is built, [`CHUNK`] nodes at
+//! a time, and whenever something enters it later ([`NodeNs::open`]); a container's is held
+//! (one per node, [`NodeNs::Held`]). Netlink sockets inside nodes live only while their chunk
+//! is configured. The fabric keeps two descriptors of its own: the routing namespace and its
+//! netlink socket.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -30,6 +36,10 @@ pub const NODE_IF: &str = "eth0";
 
 /// How many netlink requests are kept in flight at once during bring-up.
 const PARALLEL: usize = 64;
+
+/// How many nodes are built at a time (see [`Fabric::build`]): enough to keep [`PARALLEL`]
+/// requests in flight, few enough that bring-up holds few descriptors at once.
+pub const CHUNK: usize = 256;
 
 /// Namespace names of a run.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -68,11 +78,51 @@ pub fn hosts_dir(ns: &str) -> PathBuf {
     PathBuf::from("/etc/netns").join(ns)
 }
 
+/// Where a node's network namespace is found when something has to enter it.
+#[derive(Debug)]
+pub enum NodeNs {
+    /// A named namespace (`/run/netns/NAME`), opened each time it is needed: a lab holds no
+    /// descriptor per node once it is up.
+    Named(PathBuf),
+    /// A namespace known only by a descriptor (a container's `/proc/<pid>/ns/net`), held for
+    /// the lab's life because the path may name another namespace later.
+    Held(OwnedFd),
+}
+
+impl NodeNs {
+    /// A descriptor of the namespace, for the caller to close when done; `what` names it in
+    /// errors.
+    pub fn open(&self, what: &str) -> Result<OwnedFd> {
+        match self {
+            NodeNs::Named(p) => {
+                std::fs::File::open(p)
+                    .map(OwnedFd::from)
+                    .map_err(|source| HostError::NsOpen {
+                        name: what.to_string(),
+                        source,
+                    })
+            }
+            NodeNs::Held(fd) => fd
+                .try_clone()
+                .map_err(|e| HostError::io("duplicating the namespace handle of", what, e)),
+        }
+    }
+
+    /// Descriptors the lab holds for this node while it is up.
+    pub fn held(&self) -> usize {
+        match self {
+            NodeNs::Named(_) => 0,
+            NodeNs::Held(_) => 1,
+        }
+    }
+}
+
 pub struct Fabric {
     pub names: Names,
     pub fabric_fd: OwnedFd,
     pub fabric_nl: Handle,
-    pub node_fds: Vec<OwnedFd>,
+    /// Per node, in plan order: its namespace.
+    pub nodes: Vec<NodeNs>,
     /// Per site: index of its bridge in the fabric namespace.
     pub bridges: Vec<u32>,
     /// Per node: index of the fabric end of its veth pair.
@@ -82,21 +132,27 @@ pub struct Fabric {
 }
 
 impl Fabric {
-    /// Opens the named namespaces in `names` (already created by the caller, who recorded
-    /// them for cleanup) and builds the fabric in them ([`Fabric::build`]).
+    /// Builds the fabric in the named namespaces in `names` (already created by the caller,
+    /// who recorded them for cleanup), opening each node's namespace only while its part is
+    /// built ([`Fabric::build`]).
     pub async fn build_named(plan: &Plan, names: Names, userspace: bool) -> Result<Fabric> {
         let fabric_fd = ns::open(&names.fabric)?;
-        let node_fds: Vec<OwnedFd> = names
+        let nodes = names
             .nodes
             .iter()
-            .map(|n| ns::open(n))
-            .collect::<Result<_>>()?;
-        Fabric::build(plan, names, fabric_fd, node_fds, userspace).await
+            .map(|n| NodeNs::Named(ns::path(n)))
+            .collect();
+        Fabric::build(plan, names, fabric_fd, nodes, userspace).await
     }
 
     /// Builds bridges, veth pairs, addresses and routes in the namespaces it is handed: the
-    /// routing namespace `fabric_fd` and one per node (`node_fds`, in plan order), labelled
-    /// by `names` in messages. Holds one descriptor per namespace, no more.
+    /// routing namespace `fabric_fd` and one per node (`nodes`, in plan order), labelled by
+    /// `names` in messages.
+    ///
+    /// Nodes are built [`CHUNK`] at a time: their namespaces opened, their veth pairs
+    /// created, a netlink socket opened inside each to configure its end, and all of it
+    /// closed before the next chunk. So bring-up holds at most `2 × CHUNK` descriptors for
+    /// nodes whatever the lab's size, and the lab [`NodeNs::held`] per node after it.
     ///
     /// Assumes: the namespaces are empty but for loopback. Guarantees: on error, what was
     /// built lives inside those namespaces (and the node ends of veth pairs inside the
@@ -108,34 +164,31 @@ impl Fabric {
         plan: &Plan,
         names: Names,
         fabric_fd: OwnedFd,
-        node_fds: Vec<OwnedFd>,
+        nodes: Vec<NodeNs>,
         userspace: bool,
     ) -> Result<Fabric> {
-        if node_fds.len() != plan.nodes.len() {
+        if nodes.len() != plan.nodes.len() || names.nodes.len() != plan.nodes.len() {
             return Err(HostError::other(
                 "building the fabric of",
                 names.fabric.clone(),
                 format!(
-                    "{} node namespaces for {} nodes",
-                    node_fds.len(),
+                    "{} node namespaces ({} names) for {} nodes",
+                    nodes.len(),
+                    names.nodes.len(),
                     plan.nodes.len()
                 ),
             ));
         }
 
-        // One thread opens every netlink socket, each inside its namespace.
-        let mut targets: Vec<(&OwnedFd, &str)> = vec![(&fabric_fd, names.fabric.as_str())];
-        targets.extend(node_fds.iter().zip(names.nodes.iter().map(String::as_str)));
-        let mut socks = ns::netlink_sockets(&targets)?.into_iter();
-        let Some(first) = socks.next() else {
+        let mut socks = ns::netlink_sockets(&[(&fabric_fd, names.fabric.as_str())])?;
+        let Some(sock) = socks.pop() else {
             return Err(HostError::other(
                 "opening netlink in",
                 names.fabric.clone(),
                 "no socket came back",
             ));
         };
-        let fabric_nl = ns::handle_from_socket(first);
-        let node_nl: Vec<Handle> = socks.map(ns::handle_from_socket).collect();
+        let fabric_nl = ns::handle_from_socket(sock);
 
         // Fabric: loopback, forwarding, and no bridge-netfilter double processing.
         link::loopback_up(&fabric_nl, &names.fabric).await?;
@@ -175,44 +228,72 @@ impl Fabric {
             bridges.push(idx);
         }
 
-        // A veth pair per node: fabric end `n<i>` on the site bridge, node end `eth0`.
-        let ports: Vec<u32> = stream::iter(plan.nodes.iter().enumerate())
-            .map(|(i, n)| {
-                let h = fabric_nl.clone();
-                let master = bridges[n.site];
-                let fd = node_fds[i].as_raw_fd();
-                async move {
-                    link::add_veth_into(&h, &format!("n{i}"), master, NODE_IF, fd, plan.mtu).await
-                }
-            })
-            .buffered(PARALLEL)
-            .try_collect()
-            .await?;
+        let mut ports: Vec<u32> = Vec::with_capacity(plan.nodes.len());
+        let mut node_ifs: Vec<u32> = Vec::with_capacity(plan.nodes.len());
+        for start in (0..plan.nodes.len()).step_by(CHUNK) {
+            let range = start..(start + CHUNK).min(plan.nodes.len());
+            let fds: Vec<OwnedFd> = range
+                .clone()
+                .map(|i| nodes[i].open(&names.nodes[i]))
+                .collect::<Result<_>>()?;
+            // One thread enters each node of the chunk and opens a netlink socket there, to
+            // configure the node's end of the veth pair with.
+            let targets: Vec<(&OwnedFd, &str)> = fds
+                .iter()
+                .zip(names.nodes[range.clone()].iter().map(String::as_str))
+                .collect();
+            let node_nl: Vec<Handle> = ns::netlink_sockets(&targets)?
+                .into_iter()
+                .map(ns::handle_from_socket)
+                .collect();
+            drop(targets);
 
-        // Inside each node: loopback, address, default route through the site gateway.
-        let node_ifs: Vec<u32> = stream::iter(plan.nodes.iter().enumerate())
-            .map(|(i, n)| {
-                let h = node_nl[i].clone();
-                let what = names.nodes[i].clone();
-                let site = &plan.sites[n.site];
-                async move {
-                    link::loopback_up(&h, &what).await?;
-                    let idx = link::index_of(&h, NODE_IF).await?;
-                    link::set_up(&h, idx, true, &what).await?;
-                    link::add_addr(&h, idx, n.addr, site.subnet.prefix_len(), &what).await?;
-                    link::add_default_route(&h, site.gateway, &what).await?;
-                    Ok::<u32, HostError>(idx)
-                }
-            })
-            .buffered(PARALLEL)
-            .try_collect()
-            .await?;
+            // A veth pair per node: fabric end `n<i>` on the site bridge, node end `eth0`.
+            let made: Vec<u32> = stream::iter(range.clone().zip(&fds))
+                .map(|(i, fd)| {
+                    let h = fabric_nl.clone();
+                    let master = bridges[plan.nodes[i].site];
+                    let fd = fd.as_raw_fd();
+                    async move {
+                        link::add_veth_into(&h, &format!("n{i}"), master, NODE_IF, fd, plan.mtu)
+                            .await
+                    }
+                })
+                .buffered(PARALLEL)
+                .try_collect()
+                .await?;
+            ports.extend(made);
+
+            drop(fds);
+
+            // Inside each node: loopback, address, default route through the site gateway.
+            // A node's netlink socket closes when its last handle goes, at the end of its
+            // future.
+            let configured: Vec<u32> = stream::iter(range.zip(node_nl))
+                .map(|(i, h)| {
+                    let n = &plan.nodes[i];
+                    let what = names.nodes[i].clone();
+                    let site = &plan.sites[n.site];
+                    async move {
+                        link::loopback_up(&h, &what).await?;
+                        let idx = link::index_of(&h, NODE_IF).await?;
+                        link::set_up(&h, idx, true, &what).await?;
+                        link::add_addr(&h, idx, n.addr, site.subnet.prefix_len(), &what).await?;
+                        link::add_default_route(&h, site.gateway, &what).await?;
+                        Ok::<u32, HostError>(idx)
+                    }
+                })
+                .buffered(PARALLEL)
+                .try_collect()
+                .await?;
+            node_ifs.extend(configured);
+        }
 
         Ok(Fabric {
             names,
             fabric_fd,
             fabric_nl,
-            node_fds,
+            nodes,
             bridges,
             ports,
             node_ifs,
@@ -271,13 +352,7 @@ pub fn node_sockets(
     if let Some(f) = &slots[node] {
         return Ok(f.clone());
     }
-    let fd = fabric.node_fds[node].try_clone().map_err(|e| {
-        HostError::io(
-            "duplicating the namespace handle of",
-            &fabric.names.nodes[node],
-            e,
-        )
-    })?;
+    let fd = fabric.nodes[node].open(&fabric.names.nodes[node])?;
     let f = ns::SocketFactory::start(fd, &fabric.names.nodes[node])?;
     slots[node] = Some(f.clone());
     Ok(f)

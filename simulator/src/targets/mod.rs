@@ -532,14 +532,11 @@ pub async fn cleanup(state: &RunState) -> Vec<String> {
 pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32> {
     match &state.target {
         TargetState::Netns(_) => {
-            let (_keep, mut cmd) = netns::exec_command(state, node, argv)?;
-            let status = tokio::process::Command::from(std::mem::replace(
-                &mut cmd,
-                std::process::Command::new("true"),
-            ))
-            .status()
-            .await
-            .map_err(|e| HostError::io("running", argv[0].clone(), e))?;
+            let cmd = netns::exec_command(state, node, argv)?;
+            let status = tokio::process::Command::from(cmd)
+                .status()
+                .await
+                .map_err(|e| HostError::io("running", argv[0].clone(), e))?;
             use std::os::unix::process::ExitStatusExt;
             Ok(status
                 .code()

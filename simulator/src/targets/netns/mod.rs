@@ -6,6 +6,22 @@
 //! provisioning journal, which [`NetnsLab::teardown`] reverts in reverse order, keeping going
 //! past errors and treating "already gone" as success. [`cleanup_state`] does the same from
 //! a state file alone, for runs that died without tearing down.
+//!
+//! **Descriptors.** A lab of thousands of nodes must not hold descriptors per node: with one
+//! process's limit at, say, 20000, seven per node (what it once held on cgroup v1) run out at
+//! 2860 nodes. What the lab process holds, per node:
+//!
+//! | | up | during bring-up |
+//! |---|---:|---:|
+//! | node namespace (`Fabric`, [`crate::fabric::NodeNs::Named`]) | 0: reopened by path when a socket factory or a process starts | 1, for [`crate::fabric::CHUNK`] nodes at a time |
+//! | netlink socket inside the node | 0 | 1, likewise, closed with its chunk |
+//! | [`NodeExec`] (namespace, one `cgroup.procs` per hierarchy: 5 on v1, 1 on v2) | 0: opened by each start, closed once the process is spawned | 0 |
+//! | socket factory ([`SocketFactory`], started on first use) | 0: its thread entered the namespace and closed the handle | 0 |
+//! | workload process | 1 (tokio's pidfd), per process | — |
+//!
+//! So a lab holds a few dozen descriptors of its own plus one per workload process, and
+//! bring-up adds at most `2 × CHUNK`; the binary raises its soft limit to the hard one
+//! ([`crate::host::rlimit`]).
 
 pub mod exec;
 
@@ -345,31 +361,26 @@ impl NetnsLab {
             Err(e) => fail!(e),
         };
 
-        // 7. What processes need to start inside nodes.
-        let mut execs = Vec::with_capacity(plan.nodes.len());
-        for (i, cg) in node_cgroups.iter().enumerate() {
-            let fd = match fabric.node_fds[i].try_clone() {
-                Ok(f) => f,
-                Err(e) => fail!(HostError::io(
-                    "duplicating the namespace handle of",
+        // 7. What processes need to start inside nodes (paths: each start opens them).
+        let execs = node_cgroups
+            .iter()
+            .enumerate()
+            .map(|(i, cg)| {
+                let hosts = fabric::hosts_dir(&names.nodes[i]).join("hosts");
+                NodeExec::new(
                     &names.nodes[i],
-                    e
-                )),
-            };
-            let procs = match cg.procs_files() {
-                Ok(p) => p,
-                Err(e) => fail!(e),
-            };
-            let hosts = fabric::hosts_dir(&names.nodes[i]).join("hosts");
-            match NodeExec::new(&names.nodes[i], fd, Some(&hosts), procs) {
-                Ok(x) => execs.push(Arc::new(x)),
-                Err(e) => fail!(HostError::io(
-                    "preparing process start in",
-                    &names.nodes[i],
-                    e
-                )),
-            }
-        }
+                    ns::path(&names.nodes[i]),
+                    Some(&hosts),
+                    cg.procs_paths(),
+                )
+                .map(Arc::new)
+                .map_err(|e| HostError::io("preparing process start in", &names.nodes[i], e))
+            })
+            .collect::<Result<Vec<_>>>();
+        let execs = match execs {
+            Ok(x) => x,
+            Err(e) => fail!(e),
+        };
 
         let n = plan.nodes.len();
         Ok(NetnsLab {
@@ -618,13 +629,13 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
 }
 
 /// A command that runs `argv` inside node `node` of a netns lab that is up, with the
-/// environment its workloads get. The [`NodeExec`] holds the descriptors the command enters
-/// the node with: keep it until the command has started.
+/// environment its workloads get. The command holds the descriptors it enters the node with
+/// until it is dropped.
 pub fn exec_command(
     state: &RunState,
     node: usize,
     argv: &[String],
-) -> Result<(NodeExec, std::process::Command)> {
+) -> Result<std::process::Command> {
     let Some(nst) = netns_state(state) else {
         return Err(HostError::other(
             "exec in",
@@ -633,13 +644,21 @@ pub fn exec_command(
         ));
     };
     let n = &nst.nodes[node];
-    let fd = ns::open(&n.namespace)?;
+    if !ns::exists(&n.namespace) {
+        return Err(HostError::NsOpen {
+            name: n.namespace.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    // Outside the node's cgroup when it is gone (the lab is going down), as before.
     let procs = Cgroups::detect()
         .and_then(|c| c.open(&n.cgroup))
-        .and_then(|c| c.procs_files())
+        .ok()
+        .map(|c| c.procs_paths())
+        .filter(|ps| ps.iter().all(|p| p.exists()))
         .unwrap_or_default();
     let hosts = fabric::hosts_dir(&n.namespace).join("hosts");
-    let x = NodeExec::new(&n.namespace, fd, Some(&hosts), procs)
+    let x = NodeExec::new(&n.namespace, ns::path(&n.namespace), Some(&hosts), procs)
         .map_err(|e| HostError::io("preparing process start in", &n.namespace, e))?;
     let Some((program, args)) = argv.split_first() else {
         return Err(HostError::other(
@@ -652,5 +671,5 @@ pub fn exec_command(
         .command(program, args)
         .map_err(|e| HostError::io("preparing", program.clone(), e))?;
     cmd.envs(state.node_env(node));
-    Ok((x, cmd))
+    Ok(cmd)
 }
