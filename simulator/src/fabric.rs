@@ -24,6 +24,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rtnetlink::Handle;
@@ -315,32 +316,118 @@ impl Fabric {
 
     /// Waits until the fabric ends of `nodes`' veths are operationally up, i.e. their bridge
     /// ports forward. Setting a link up returns before that: the kernel applies the carrier
-    /// change from deferred work, some time later, and packets sent meanwhile are lost. One
-    /// interface dump per poll, however many nodes.
-    pub async fn wait_links(&self, nodes: &[usize], timeout: std::time::Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    /// change from deferred work (linkwatch, under the RTNL lock, which the freeing of a
+    /// previous lab's namespaces also takes), some time later, and packets sent meanwhile are
+    /// lost. One interface dump per poll, however many nodes.
+    ///
+    /// How long that takes grows with the lab and with what else the kernel is doing, so there
+    /// is no deadline: the wait goes on while the kernel makes progress — more of the ports
+    /// up, or fewer network namespaces alive on the host (it is freeing old ones) — and fails
+    /// once neither has moved for `stall` ([`LINK_STALL`]).
+    pub async fn wait_links(&self, nodes: &[usize], stall: Duration) -> Result<()> {
+        let mut progress = Progress::new(stall);
+        let mut pause = Duration::from_millis(1);
         loop {
             let up = link::oper_up_indexes(&self.fabric_nl).await?;
-            let Some(&node) = nodes.iter().find(|&&n| !up.contains(&self.ports[n])) else {
+            let mut missing = nodes.iter().filter(|&&n| !up.contains(&self.ports[n]));
+            let Some(&node) = missing.next() else {
                 return Ok(());
             };
-            if tokio::time::Instant::now() >= deadline {
+            let done = nodes.len() - 1 - missing.count();
+            let now = tokio::time::Instant::now();
+            if let Err(waited) = progress.observe(now, done, live_namespaces()) {
                 return Err(HostError::other(
                     "waiting for the link of",
                     self.names.nodes[node].clone(),
-                    format!("not carrying traffic after {timeout:?}"),
+                    format!(
+                        "not carrying traffic after {:.1} s: {done} of {} ports up, and no \
+                         progress in the kernel (no port came up, no namespace was freed) \
+                         for {:.1} s",
+                        waited.as_secs_f64(),
+                        nodes.len(),
+                        stall.as_secs_f64()
+                    ),
                 ));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            tokio::time::sleep(pause).await;
+            // Dumping thousands of interfaces costs CPU that the kernel needs for the work
+            // being waited for: poll less often the longer the wait lasts.
+            pause = (pause * 2).min(Duration::from_millis(20));
         }
     }
 }
 
-/// How long to wait for `nodes` fresh veth ports to forward: the kernel brings carriers up
-/// from deferred work, one after another, and frees the namespaces of a previous lab
-/// asynchronously meanwhile, so the wait grows with the lab (5 s, plus 10 ms per node).
-pub fn link_wait(nodes: usize) -> std::time::Duration {
-    std::time::Duration::from_secs(5) + std::time::Duration::from_millis(10) * nodes as u32
+/// How long the kernel may make no progress before a wait for links gives up (see
+/// [`Fabric::wait_links`]).
+pub const LINK_STALL: Duration = Duration::from_secs(5);
+
+/// Progress of work the kernel does, from periodic observations: how many of the awaited
+/// items are done, and how many network namespaces are alive (fewer means it is freeing
+/// them, which competes with the work awaited). Gives up only after a stretch of time with
+/// no progress of either kind.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    stall: Duration,
+    start: Option<tokio::time::Instant>,
+    last_progress: Option<tokio::time::Instant>,
+    best_done: usize,
+    fewest_namespaces: Option<usize>,
+}
+
+impl Progress {
+    pub fn new(stall: Duration) -> Self {
+        Progress {
+            stall,
+            start: None,
+            last_progress: None,
+            best_done: 0,
+            fewest_namespaces: None,
+        }
+    }
+
+    /// Records an observation made at `now`: `done` items finished, `namespaces` alive (when
+    /// known). `Err(waited)`, the time since the first observation, once nothing has
+    /// progressed for the stall time.
+    pub fn observe(
+        &mut self,
+        now: tokio::time::Instant,
+        done: usize,
+        namespaces: Option<usize>,
+    ) -> std::result::Result<(), Duration> {
+        let start = *self.start.get_or_insert(now);
+        let mut moved = self.last_progress.is_none() || done > self.best_done;
+        self.best_done = self.best_done.max(done);
+        if let Some(n) = namespaces {
+            moved |= self.fewest_namespaces.is_some_and(|f| n < f);
+            self.fewest_namespaces = Some(self.fewest_namespaces.map_or(n, |f| f.min(n)));
+        }
+        if moved {
+            self.last_progress = Some(now);
+        }
+        match self.last_progress {
+            Some(t) if now.duration_since(t) >= self.stall => Err(now.duration_since(start)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Network namespaces alive on this host, those the kernel is still freeing included: the
+/// active objects of the `net_namespace` slab cache (`/proc/slabinfo`, readable by root).
+/// `None` when unknown.
+pub fn live_namespaces() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    slab_active(&text, "net_namespace")
+}
+
+/// The active objects of slab cache `cache` in `/proc/slabinfo` text.
+pub fn slab_active(slabinfo: &str, cache: &str) -> Option<usize> {
+    slabinfo.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        if f.next()? != cache {
+            return None;
+        }
+        f.next()?.parse().ok()
+    })
 }
 
 /// The socket factory of node `node` (started on first use and kept in `slots`).
@@ -377,4 +464,58 @@ pub fn write_hosts(plan: &Plan, names: &Names) -> Result<Vec<PathBuf>> {
         dirs.push(dir);
     }
     Ok(dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_wait_lasts_while_the_kernel_makes_progress() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = Progress::new(Duration::from_secs(5));
+        // Ports come up slowly, one every 4 s, for a minute: never a stall of 5 s.
+        for i in 0..15 {
+            assert_eq!(p.observe(at(i * 4000), i as usize, None), Ok(()));
+        }
+        // Then nothing for 5 s: the wait fails, and says how long it lasted in all.
+        assert_eq!(p.observe(at(60_000), 14, None), Ok(()));
+        assert_eq!(
+            p.observe(at(61_000), 14, None),
+            Err(Duration::from_millis(61_000))
+        );
+
+        // The kernel freeing a previous lab's namespaces is progress too, even with no port up.
+        let mut p = Progress::new(Duration::from_secs(5));
+        assert_eq!(p.observe(at(0), 0, Some(8001)), Ok(()));
+        for i in 1..=4usize {
+            assert_eq!(
+                p.observe(at(i as u64 * 4000), 0, Some(8001 - i * 1000)),
+                Ok(())
+            );
+        }
+        // Namespaces created meanwhile (by someone else) are not progress.
+        assert_eq!(p.observe(at(20_000), 0, Some(9000)), Ok(()));
+        assert_eq!(
+            p.observe(at(21_000), 0, Some(9000)),
+            Err(Duration::from_secs(21))
+        );
+
+        // A port that goes down again does not count twice when it comes back.
+        let mut p = Progress::new(Duration::from_secs(1));
+        assert_eq!(p.observe(at(0), 3, None), Ok(()));
+        assert_eq!(p.observe(at(500), 2, None), Ok(()));
+        assert_eq!(p.observe(at(1000), 3, None), Err(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn live_namespaces_come_from_the_slab_line() {
+        let text = "slabinfo - version: 2.1\n\
+             # name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> <batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>\n\
+             net_namespace_x       1      7   4288    7    8 : tunables    0    0    0 : slabdata     10     10      0\n\
+             net_namespace         28     70   4288    7    8 : tunables    0    0    0 : slabdata     10     10      0\n";
+        assert_eq!(slab_active(text, "net_namespace"), Some(28));
+        assert_eq!(slab_active(text, "inet_peer"), None);
+    }
 }

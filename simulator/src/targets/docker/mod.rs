@@ -549,7 +549,7 @@ impl DockerLab {
             fabric
                 .wait_links(
                     &(0..plan.nodes.len()).collect::<Vec<_>>(),
-                    crate::fabric::link_wait(plan.nodes.len()),
+                    crate::fabric::LINK_STALL,
                 )
                 .await
         );

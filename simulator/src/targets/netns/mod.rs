@@ -319,7 +319,7 @@ impl NetnsLab {
         if let Err(e) = fabric
             .wait_links(
                 &(0..plan.nodes.len()).collect::<Vec<_>>(),
-                fabric::link_wait(plan.nodes.len()),
+                fabric::LINK_STALL,
             )
             .await
         {
