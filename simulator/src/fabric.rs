@@ -194,6 +194,10 @@ impl Fabric {
         // Fabric: loopback, forwarding, and no bridge-netfilter double processing.
         link::loopback_up(&fabric_nl, &names.fabric).await?;
         link::sysctl_in(&fabric_fd, &names.fabric, "net.ipv4.ip_forward", "1")?;
+        let fabric_name = names.fabric.clone();
+        ns::run_in_fd(&fabric_fd, &names.fabric, move || {
+            no_link_local(&fabric_name)
+        })??;
 
         // A bridge per site. With kernel shaping it holds the site's gateway address; with the
         // userspace emulator the gateway sits behind the emulator instead:
@@ -237,13 +241,13 @@ impl Fabric {
                 .clone()
                 .map(|i| nodes[i].open(&names.nodes[i]))
                 .collect::<Result<_>>()?;
-            // One thread enters each node of the chunk and opens a netlink socket there, to
-            // configure the node's end of the veth pair with.
+            // One thread enters each node of the chunk: no link-local address for the `eth0`
+            // about to be created there, and a netlink socket to configure it with.
             let targets: Vec<(&OwnedFd, &str)> = fds
                 .iter()
                 .zip(names.nodes[range.clone()].iter().map(String::as_str))
                 .collect();
-            let node_nl: Vec<Handle> = ns::netlink_sockets(&targets)?
+            let node_nl: Vec<Handle> = ns::netlink_sockets_with(&targets, no_link_local)?
                 .into_iter()
                 .map(ns::handle_from_socket)
                 .collect();
@@ -354,6 +358,24 @@ impl Fabric {
             // being waited for: poll less often the longer the wait lasts.
             pause = (pause * 2).min(Duration::from_millis(20));
         }
+    }
+}
+
+/// Makes interfaces created from now on in the calling thread's namespace get no IPv6
+/// link-local address (`net.ipv6.conf.default.addr_gen_mode = 1`, "none"). Nodes are
+/// addressed over IPv4 only, and an interface with a link-local address multicasts duplicate
+/// address detection, MLD reports and router solicitations as it comes up, which a bridge
+/// floods to every port: with a thousand nodes on a site's bridge that is a million and
+/// more packets to deliver in the first seconds, all competing with bring-up. IPv6 itself
+/// stays on (`::1`, sockets bound to `::`). Nothing to do where the kernel has no IPv6.
+fn no_link_local(what: &str) -> Result<()> {
+    match std::fs::write("/proc/sys/net/ipv6/conf/default/addr_gen_mode", "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(HostError::io(
+            "writing sysctl",
+            format!("net.ipv6.conf.default.addr_gen_mode in {what}"),
+            e,
+        )),
+        _ => Ok(()),
     }
 }
 
