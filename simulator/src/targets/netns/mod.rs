@@ -20,9 +20,10 @@
 //! | workload process | 1 (tokio's pidfd), per process | — |
 //!
 //! So a lab holds a few dozen descriptors of its own plus one per workload process, and
-//! bring-up adds at most `2 × CHUNK`; the binary raises its soft limit to the hard one
-//! ([`crate::host::rlimit`]).
+//! bring-up adds at most `2 × CHUNK`. [`capacity`] turns these figures into the up-front
+//! check, and the binary raises its soft limit to the hard one ([`crate::host::rlimit`]).
 
+pub mod capacity;
 pub mod exec;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ use crate::host::{HostError, Result};
 use crate::profile::{HostCpu, NodeLimits, limits};
 use crate::scenario::Plan;
 use crate::scenario::diag::Diagnostic;
+use crate::scenario::loc::Pos;
 use crate::scenario::plan::{ActionKind, Run};
 use crate::workload::{ChildProcess, Launch, LaunchSpec, Process, Supervisor, apps};
 
@@ -98,7 +100,8 @@ impl Programs {
 
 /// Resolves every workload to a program on this host, before anything is created: an app to
 /// its native build (or, on arm64 nodes with `emulateArch`, its aarch64 build under qemu), a
-/// command to itself. `image:` never reaches here (validation refuses it for `netns`).
+/// command to itself. `image:` never reaches here (validation refuses it for `netns`). Also
+/// refuses a lab this host cannot hold ([`capacity`]).
 pub fn resolve(plan: &Plan) -> std::result::Result<Programs, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut argv = Vec::with_capacity(plan.workloads.len());
@@ -147,6 +150,9 @@ pub fn resolve(plan: &Plan) -> std::result::Result<Programs, Vec<Diagnostic>> {
             )),
         }
         argv.push(per_node);
+    }
+    for r in capacity::check(&capacity::Demand::of(plan), &capacity::HostLimits::read()) {
+        errors.push(Diagnostic::new(Pos::UNKNOWN, r.message).hint(r.hint));
     }
     if errors.is_empty() {
         Ok(Programs { argv })
