@@ -83,6 +83,17 @@ enum Created {
     Cgroup(String),
 }
 
+impl Created {
+    fn kind(&self) -> &'static str {
+        match self {
+            Created::StateFile => "state file",
+            Created::Namespaces(_) => "namespaces",
+            Created::HostsDirs(_) => "hosts directories",
+            Created::Cgroup(_) => "cgroups",
+        }
+    }
+}
+
 /// The programs of a plan's workloads on this host: per workload, per node, the argv.
 #[derive(Debug, Clone, Default)]
 pub struct Programs {
@@ -298,6 +309,11 @@ impl NetnsLab {
         if let Err(e) = crate::host::rlimit::raise_nofile() {
             tracing::warn!("could not raise the open-file limit: {e}");
         }
+        let mut step = std::time::Instant::now();
+        let mut done = |what: &str| {
+            tracing::debug!(step = what, took = ?step.elapsed(), "provisioned");
+            step = std::time::Instant::now();
+        };
         // 1. The state file names everything below before it exists.
         if let Err(e) = state.save() {
             fail!(HostError::io(
@@ -315,6 +331,7 @@ impl NetnsLab {
         }
         journal.push(Created::Namespaces(names.all()));
 
+        done("namespaces");
         // 3. The fabric: bridges, veth pairs, addresses, routes.
         let userspace = plan.uses_emulator();
         let fabric = match Fabric::build_named(&plan, names.clone(), userspace).await {
@@ -333,12 +350,14 @@ impl NetnsLab {
         }
         tracing::debug!(waited = ?t_links.elapsed(), "every node link carries traffic");
 
+        done("fabric and link wait");
         // 4. Hosts files, so node names resolve inside nodes.
         journal.push(Created::HostsDirs(nst.hosts_dirs.clone()));
         if let Err(e) = fabric::write_hosts(&plan, &names) {
             fail!(e);
         }
 
+        done("hosts files");
         // 5. Cgroups with the profiles' limits.
         let cgroups = match Cgroups::detect() {
             Ok(c) => c,
@@ -360,6 +379,7 @@ impl NetnsLab {
             node_cgroups.push(cg);
         }
 
+        done("cgroups");
         // 6. Baseline WAN shaping and firewall in the fabric namespace, and the userspace
         //    link emulator when it carries the impairments.
         let faults = match Faults::install(plan.clone(), &fabric, host, emu).await {
@@ -367,6 +387,7 @@ impl NetnsLab {
             Err(e) => fail!(e),
         };
 
+        done("shaping and firewall");
         // 7. What processes need to start inside nodes (paths: each start opens them).
         let execs = node_cgroups
             .iter()
@@ -548,6 +569,7 @@ fn spawn_in(exec: &NodeExec, s: &LaunchSpec) -> std::io::Result<tokio::process::
 async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>) -> Vec<String> {
     let mut errors = Vec::new();
     for c in journal.iter().rev() {
+        let t = std::time::Instant::now();
         match c {
             Created::Cgroup(rel) => {
                 if let Some(cg) = cgroups {
@@ -572,6 +594,7 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
                 }
             }
         }
+        tracing::debug!(step = c.kind(), took = ?t.elapsed(), "reverted");
     }
     errors
 }
