@@ -161,9 +161,9 @@ async fn bringup_once(plan: &Plan, steps: &mut Steps) -> Result<()> {
             let hosts = fabric::hosts_dir(&names.nodes[i]).join("hosts");
             execs.push(NodeExec::new(
                 &names.nodes[i],
-                fab.node_fds[i].try_clone()?,
+                ns::path(&names.nodes[i]),
                 Some(&hosts),
-                cg.procs_files()?,
+                cg.procs_paths(),
             )?);
         }
         steps.add("up: exec handles", t.elapsed());

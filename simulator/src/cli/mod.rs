@@ -201,5 +201,9 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    // A lab of thousands of nodes outgrows the customary soft limit of 1024 descriptors.
+    if let Err(e) = edgesim::host::rlimit::raise_nofile() {
+        tracing::warn!("could not raise the open-file limit: {e}");
+    }
     ExitCode::from(commands::dispatch(cli))
 }

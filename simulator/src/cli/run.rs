@@ -350,12 +350,19 @@ fn up(
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: between fork and exec the child only calls setsid and fcntl on a descriptor
-    // number it inherited; both are async-signal-safe and touch no memory of the parent.
+    // The lab process starts with the open-file limit this one started with, so that it
+    // hands that limit on to its workloads (it raises its own again).
+    let nofile = edgesim::host::rlimit::child_limit();
+    // SAFETY: between fork and exec the child only calls setsid, setrlimit (with a struct
+    // prepared above and moved into the closure) and fcntl on a descriptor number it
+    // inherited; all are async-signal-safe and touch no memory of the parent.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
             libc::setsid();
+            if let Some(l) = &nofile {
+                libc::setrlimit(libc::RLIMIT_NOFILE, l);
+            }
             // Keep the readiness pipe open across exec.
             let flags = libc::fcntl(wr_raw, libc::F_GETFD);
             libc::fcntl(wr_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);

@@ -24,7 +24,6 @@ pub mod shaping;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::fabric::Fabric;
 use crate::host::Result;
@@ -226,7 +225,7 @@ impl Faults {
                 for &n in ns {
                     fabric.set_node_link(n, true).await?;
                 }
-                fabric.wait_links(ns, Duration::from_secs(2)).await?;
+                fabric.wait_links(ns, crate::fabric::LINK_STALL).await?;
                 for &n in ns {
                     let mode = self.down.remove(&n).unwrap_or_default();
                     self.forget(&Active::NodeDown { node: n, mode });

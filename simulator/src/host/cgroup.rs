@@ -700,14 +700,21 @@ impl NodeCgroup {
         })
     }
 
+    /// The `cgroup.procs` file of every hierarchy (what [`NodeCgroup::procs_files`] opens).
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
     /// Opens `cgroup.procs` of every hierarchy for writing. A child forked to run a workload
     /// writes `0` into each (with `write(2)`, which is async-signal-safe) before it execs, so
     /// it runs inside the cgroup from its first instruction. The files are close-on-exec.
     pub fn procs_files(&self) -> Result<Vec<File>> {
-        self.dirs()
+        self.procs_paths()
             .into_iter()
-            .map(|d| {
-                let p = d.join("cgroup.procs");
+            .map(|p| {
                 OpenOptions::new()
                     .write(true)
                     .open(&p)

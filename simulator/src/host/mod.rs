@@ -10,11 +10,13 @@
 //! - [`tc`]: qdiscs, classes and filters (tbf, htb, netem, u32) over netlink, hand-encoded.
 //! - [`nft`]: the run's firewall (partitions, loss) as nf_tables batches over netlink.
 //! - [`cgroup`]: cgroup v1 and v2 limits, freezing and killing.
+//! - [`rlimit`]: the open-file limit, raised for edgesim and restored for its workloads.
 
 pub mod cgroup;
 pub mod link;
 pub mod nft;
 pub mod ns;
+pub mod rlimit;
 pub mod tc;
 
 use std::io;

@@ -218,6 +218,15 @@ where
 pub fn netlink_sockets<Fd: AsFd + Sync>(
     namespaces: &[(Fd, &str)],
 ) -> Result<Vec<netlink_sys::Socket>> {
+    netlink_sockets_with(namespaces, |_| Ok(()))
+}
+
+/// [`netlink_sockets`], running `prepare` inside each namespace first (with the namespace's
+/// name), e.g. to write its sysctls: `/proc/sys/net` opened there is that namespace's.
+pub fn netlink_sockets_with<Fd: AsFd + Sync>(
+    namespaces: &[(Fd, &str)],
+    prepare: impl Fn(&str) -> Result<()> + Sync,
+) -> Result<Vec<netlink_sys::Socket>> {
     on_thread("opening netlink sockets", || {
         let mut out = Vec::with_capacity(namespaces.len());
         for (fd, name) in namespaces {
@@ -225,6 +234,7 @@ pub fn netlink_sockets<Fd: AsFd + Sync>(
                 name: name.to_string(),
                 source: e.into(),
             })?;
+            prepare(name)?;
             let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
                 .map_err(|e| HostError::io("opening a netlink socket in", *name, e))?;
             out.push(sock);

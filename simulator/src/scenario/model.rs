@@ -282,8 +282,11 @@ pub struct GilbertElliott {
 pub struct NodeSpec {
     /// Node name; with `count`, the nodes are `<name>-1` … `<name>-<count>`.
     pub name: Loc<String>,
+    /// How many nodes this entry makes, 1 to 4000 (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<Loc<u32>>,
+    /// The site the nodes join. A site holds at most 1023 nodes (1022 when the userspace
+    /// link emulator runs): it is one Linux bridge, which takes 1023 ports.
     pub site: Loc<String>,
     /// A profile from hardware-profiles/ (see `edgesim profiles`) or from `spec.profiles`.
     pub profile: Loc<String>,

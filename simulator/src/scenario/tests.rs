@@ -50,6 +50,42 @@ fn expands_counts_and_allocates_addresses_per_site() {
 }
 
 #[test]
+fn a_site_holds_as_many_nodes_as_its_bridge_has_ports() {
+    let site = |mode: &str, counts: &[u32]| {
+        let mut t = format!(
+            "{HEAD}  impairment: {mode}\n  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, loss: 1%}}}}\n  nodes:\n"
+        );
+        for (i, c) in counts.iter().enumerate() {
+            t.push_str(&format!(
+                "    - {{name: n{i}, count: {c}, site: edge, profile: raspberry-pi-5-4gb}}\n"
+            ));
+        }
+        t
+    };
+    // Kernel shaping: 1023 bridge ports, all for nodes, whatever the entries.
+    assert_eq!(plan(&site("kernel", &[1000, 23])).nodes.len(), 1023);
+    let e = errors(&site("kernel", &[1000, 24]));
+    assert!(
+        e.contains("site `edge` has 1024 nodes; a site holds at most 1023"),
+        "{e}"
+    );
+    // The error points at the count of the entry that goes over.
+    assert!(e.contains("t.yaml:13:"), "{e}");
+    // With the userspace emulator one port goes to it.
+    assert_eq!(plan(&site("userspace", &[1022])).nodes.len(), 1022);
+    let e = errors(&site("userspace", &[1023]));
+    assert!(
+        e.contains("at most 1022") && e.contains("userspace link emulator"),
+        "{e}"
+    );
+    // Other sites do not count.
+    let two = plan(&format!(
+        "{HEAD}  sites:\n    a: {{}}\n    b: {{}}\n  nodes:\n    - {{name: x, count: 1023, site: a, profile: raspberry-pi-5-4gb}}\n    - {{name: y, count: 1023, site: b, profile: raspberry-pi-5-4gb}}\n"
+    ));
+    assert_eq!(two.nodes.len(), 2046);
+}
+
+#[test]
 fn inline_profiles_and_per_direction_overrides() {
     let p = plan(&format!(
         "{HEAD}  profiles:\n    tiny: {{arch: arm64, cpu: {{model: A53, cores: 1, clockGHz: 1.2, relativeSpeed: 0.3}}, memory: {{total: 512Mi}}}}\n  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, rate: 10mbit, loss: 1%, up: {{rate: 2mbit}}}}}}\n  nodes:\n    - {{name: a, site: edge, profile: tiny}}\n"

@@ -430,6 +430,10 @@ impl Lab {
         out_dir: PathBuf,
         emu: &EmulatorOptions,
     ) -> std::result::Result<Lab, Box<ProvisionFailure>> {
+        // Room for the descriptors of a large lab (idempotent; the binary did it at startup).
+        if let Err(e) = crate::host::rlimit::raise_nofile() {
+            tracing::warn!("could not raise the open-file limit: {e}");
+        }
         match resolved {
             Resolved::Netns(programs) => {
                 let st = netns::initial_state(&plan, run_id, mode, out_dir);
@@ -547,14 +551,11 @@ pub async fn cleanup(state: &RunState) -> Vec<String> {
 pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32> {
     match &state.target {
         TargetState::Netns(_) => {
-            let (_keep, mut cmd) = netns::exec_command(state, node, argv)?;
-            let status = tokio::process::Command::from(std::mem::replace(
-                &mut cmd,
-                std::process::Command::new("true"),
-            ))
-            .status()
-            .await
-            .map_err(|e| HostError::io("running", argv[0].clone(), e))?;
+            let cmd = netns::exec_command(state, node, argv)?;
+            let status = tokio::process::Command::from(cmd)
+                .status()
+                .await
+                .map_err(|e| HostError::io("running", argv[0].clone(), e))?;
             use std::os::unix::process::ExitStatusExt;
             Ok(status
                 .code()

@@ -32,6 +32,9 @@ use crate::workload::apps;
 pub use crate::caps::Capabilities;
 use crate::caps::{Feature, Support};
 
+/// Ports a Linux bridge takes (`BR_MAX_PORTS` − 1: port numbers are 10 bits, 0 is reserved).
+pub const BRIDGE_PORTS: usize = 1023;
+
 /// Options that come from the command line rather than the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -356,7 +359,46 @@ impl<'a> Validator<'a> {
         p.actions = self.timeline(&p);
         p.probes = self.probes(&p);
         p.assertions = self.assertions(&p);
+        self.site_sizes(&p);
         p
+    }
+
+    /// Every site is one Linux bridge in the fabric, and a bridge takes at most
+    /// [`BRIDGE_PORTS`] ports (the kernel answers "Exchange full" past that): one per node, and
+    /// one more for the userspace link emulator when it runs. Points at the node entry that
+    /// goes over.
+    fn site_sizes(&mut self, p: &Plan) {
+        let extra = usize::from(p.uses_emulator());
+        let most = BRIDGE_PORTS - extra;
+        let sc = self.sc;
+        let mut seen = vec![0usize; p.sites.len()];
+        for n in &sc.spec.nodes {
+            let Some(&si) = self.site_ix.get(&n.site.value) else {
+                continue;
+            };
+            let before = seen[si];
+            seen[si] += n.count.as_ref().map_or(1, |c| c.value as usize);
+            if before <= most && seen[si] > most {
+                let pos = n.count.as_ref().map_or(n.name.pos, |c| c.pos);
+                let total = p.nodes.iter().filter(|x| x.site == si).count();
+                self.err(
+                    pos,
+                    format!(
+                        "site `{}` has {total} nodes; a site holds at most {most} \
+                         (its Linux bridge takes {BRIDGE_PORTS} ports{})",
+                        n.site.value,
+                        if extra > 0 {
+                            ", one of them for the userspace link emulator"
+                        } else {
+                            ""
+                        }
+                    ),
+                )
+                .hint = Some(format!(
+                    "spread the nodes over more sites, at most {most} in each"
+                ));
+            }
+        }
     }
 
     /// Which mechanism carries the link impairments: the userspace emulator when asked for

@@ -33,7 +33,6 @@
 mod api;
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use super::HostProbe;
 use super::state::{Mode, RunState, TargetState};
 use crate::caps::{Capabilities, Feature, Support};
-use crate::fabric::{Fabric, Names};
+use crate::fabric::{Fabric, Names, NodeNs};
 use crate::faults::emulator::EmulatorOptions;
 use crate::faults::{Faults, NodeOps};
 use crate::host::cgroup::{Cgroups, NodeCgroup};
@@ -561,11 +560,11 @@ impl DockerLab {
         let pids = tri!(docker.start_nodes(&specs).await);
 
         // 5. The fabric, in the containers' namespaces.
-        let mut node_fds: Vec<OwnedFd> = Vec::with_capacity(pids.len());
+        let mut node_fds: Vec<NodeNs> = Vec::with_capacity(pids.len());
         for (i, pid) in pids.iter().enumerate() {
             let path = format!("/proc/{pid}/ns/net");
             match std::fs::File::open(&path) {
-                Ok(f) => node_fds.push(f.into()),
+                Ok(f) => node_fds.push(NodeNs::Held(f.into())),
                 Err(e) => fail!(HostError::io(
                     "opening the network namespace of",
                     format!("{} ({path})", names.nodes[i]),
@@ -581,7 +580,7 @@ impl DockerLab {
             fabric
                 .wait_links(
                     &(0..plan.nodes.len()).collect::<Vec<_>>(),
-                    crate::fabric::link_wait(plan.nodes.len()),
+                    crate::fabric::LINK_STALL,
                 )
                 .await
         );

@@ -4,23 +4,25 @@
 //!
 //! The setup runs in the forked child before `exec`, so it may only make async-signal-safe
 //! calls: raw syscalls on file descriptors and C strings prepared beforehand — no allocation,
-//! no locks. Everything it needs is opened by [`NodeExec`] in the parent.
+//! no locks. Everything it needs is opened in the parent by [`NodeExec::command`], when a
+//! command is made, and closed with that command: a [`NodeExec`] itself holds paths, no
+//! descriptors, so a lab of thousands of nodes keeps none open for starting processes.
 
 use std::ffi::CString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// What a process needs to start inside a node.
+/// Where a process started inside a node finds what it enters.
 pub struct NodeExec {
     pub ns_name: String,
-    netns: OwnedFd,
+    netns: PathBuf,
     hosts: Option<CString>,
-    cgroup_procs: Vec<File>,
+    cgroup_procs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for NodeExec {
@@ -36,13 +38,14 @@ fn cstr(s: &[u8]) -> io::Result<CString> {
 }
 
 impl NodeExec {
-    /// `hosts`: file to bind over `/etc/hosts` (skipped when it does not exist);
-    /// `cgroup_procs`: opened `cgroup.procs` files the child joins.
+    /// `netns`: the namespace file (`/run/netns/NAME`); `hosts`: file to bind over
+    /// `/etc/hosts` (skipped when it does not exist); `cgroup_procs`: the `cgroup.procs` files
+    /// the child joins.
     pub fn new(
         ns_name: &str,
-        netns: OwnedFd,
+        netns: PathBuf,
         hosts: Option<&Path>,
-        cgroup_procs: Vec<File>,
+        cgroup_procs: Vec<PathBuf>,
     ) -> io::Result<Self> {
         let hosts = match hosts {
             Some(p) if p.exists() => Some(cstr(p.as_os_str().as_bytes())?),
@@ -58,23 +61,44 @@ impl NodeExec {
 
     /// A command that runs `program args…` inside the node. The child becomes the leader of
     /// a new session (so signals for the whole workload go to its process group, and a
-    /// terminal's Ctrl-C reaches edgesim, not the workloads).
+    /// terminal's Ctrl-C reaches edgesim, not the workloads), and gets the open-file limit
+    /// edgesim started with ([`crate::host::rlimit::child_limit`]).
+    ///
+    /// The command owns the descriptors it enters the node with (the namespace, one
+    /// `cgroup.procs` per hierarchy, all close-on-exec): they close when it is dropped.
     pub fn command(&self, program: &str, args: &[String]) -> io::Result<Command> {
+        let with =
+            |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+        let netns_file = File::open(&self.netns).map_err(|e| with(&self.netns, e))?;
+        let procs_files: Vec<File> = self
+            .cgroup_procs
+            .iter()
+            .map(|p| {
+                OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| with(p, e))
+            })
+            .collect::<io::Result<_>>()?;
         let mut cmd = Command::new(program);
         cmd.args(args);
-        let netns = self.netns.as_raw_fd();
+        let netns = netns_file.as_raw_fd();
+        let procs: Vec<i32> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
+        let keep = (netns_file, procs_files);
+        let nofile = crate::host::rlimit::child_limit();
         let hosts = self.hosts.clone();
-        let procs: Vec<i32> = self.cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
         let etc_hosts = cstr(b"/etc/hosts")?;
         let root = cstr(b"/")?;
         let sys = cstr(b"/sys")?;
         let sysfs = cstr(b"sysfs")?;
         // SAFETY: the closure runs in the child between fork and exec; it only performs raw
-        // syscalls (write, setns, unshare, mount, umount2, setsid) on descriptors and C
-        // strings that were prepared above and are owned by `self`/the closure, which outlive
-        // the spawn call. It allocates nothing and takes no locks.
+        // syscalls (write, setns, unshare, mount, umount2, setsid, setrlimit) on descriptors
+        // and C strings that were prepared above and are owned by the closure (`keep` holds
+        // the files), which lives as long as the command. It allocates nothing and takes no
+        // locks.
         unsafe {
             cmd.pre_exec(move || {
+                let _ = &keep;
                 for fd in &procs {
                     if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
                         return Err(io::Error::last_os_error());
@@ -120,6 +144,11 @@ impl NodeExec {
                     );
                 }
                 if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(l) = &nofile
+                    && libc::setrlimit(libc::RLIMIT_NOFILE, l) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())

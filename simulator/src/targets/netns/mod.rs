@@ -6,7 +6,24 @@
 //! provisioning journal, which [`NetnsLab::teardown`] reverts in reverse order, keeping going
 //! past errors and treating "already gone" as success. [`cleanup_state`] does the same from
 //! a state file alone, for runs that died without tearing down.
+//!
+//! **Descriptors.** A lab of thousands of nodes must not hold descriptors per node: with one
+//! process's limit at, say, 20000, seven per node (what it once held on cgroup v1) run out at
+//! 2860 nodes. What the lab process holds, per node:
+//!
+//! | | up | during bring-up |
+//! |---|---:|---:|
+//! | node namespace (`Fabric`, [`crate::fabric::NodeNs::Named`]) | 0: reopened by path when a socket factory or a process starts | 1, for [`crate::fabric::CHUNK`] nodes at a time |
+//! | netlink socket inside the node | 0 | 1, likewise, closed with its chunk |
+//! | [`NodeExec`] (namespace, one `cgroup.procs` per hierarchy: 5 on v1, 1 on v2) | 0: opened by each start, closed once the process is spawned | 0 |
+//! | socket factory ([`SocketFactory`], started on first use) | 0: its thread entered the namespace and closed the handle | 0 |
+//! | workload process | 1 (tokio's pidfd), per process | — |
+//!
+//! So a lab holds a few dozen descriptors of its own plus one per workload process, and
+//! bring-up adds at most `2 × CHUNK`. [`capacity`] turns these figures into the up-front
+//! check, and the binary raises its soft limit to the hard one ([`crate::host::rlimit`]).
 
+pub mod capacity;
 pub mod exec;
 
 use std::collections::BTreeMap;
@@ -26,6 +43,7 @@ use crate::host::{HostError, Result};
 use crate::profile::{HostCpu, NodeLimits, limits};
 use crate::scenario::Plan;
 use crate::scenario::diag::Diagnostic;
+use crate::scenario::loc::Pos;
 use crate::scenario::plan::Run;
 use crate::workload::{ChildProcess, Launch, LaunchSpec, Process, Supervisor, apps};
 
@@ -64,6 +82,17 @@ enum Created {
     Cgroup(String),
 }
 
+impl Created {
+    fn kind(&self) -> &'static str {
+        match self {
+            Created::StateFile => "state file",
+            Created::Namespaces(_) => "namespaces",
+            Created::HostsDirs(_) => "hosts directories",
+            Created::Cgroup(_) => "cgroups",
+        }
+    }
+}
+
 /// The programs of a plan's workloads on this host: per workload, per node, the argv.
 #[derive(Debug, Clone, Default)]
 pub struct Programs {
@@ -81,7 +110,8 @@ impl Programs {
 
 /// Resolves every workload to a program on this host, before anything is created: an app to
 /// its native build (or, on arm64 nodes with `emulateArch`, its aarch64 build under qemu), a
-/// command to itself. `image:` never reaches here (validation refuses it for `netns`).
+/// command to itself. `image:` never reaches here (validation refuses it for `netns`). Also
+/// refuses a lab this host cannot hold ([`capacity`]).
 pub fn resolve(plan: &Plan) -> std::result::Result<Programs, Vec<Diagnostic>> {
     let mut errors = Vec::new();
     let mut argv = Vec::with_capacity(plan.workloads.len());
@@ -130,6 +160,9 @@ pub fn resolve(plan: &Plan) -> std::result::Result<Programs, Vec<Diagnostic>> {
             )),
         }
         argv.push(per_node);
+    }
+    for r in capacity::check(&capacity::Demand::of(plan), &capacity::HostLimits::read()) {
+        errors.push(Diagnostic::new(Pos::UNKNOWN, r.message).hint(r.hint));
     }
     if errors.is_empty() {
         Ok(Programs { argv })
@@ -271,6 +304,15 @@ impl NetnsLab {
                 "not a netns run"
             ));
         };
+        // 0. Room for the descriptors of a large lab (a no-op when the binary did it).
+        if let Err(e) = crate::host::rlimit::raise_nofile() {
+            tracing::warn!("could not raise the open-file limit: {e}");
+        }
+        let mut step = std::time::Instant::now();
+        let mut done = |what: &str| {
+            tracing::debug!(step = what, took = ?step.elapsed(), "provisioned");
+            step = std::time::Instant::now();
+        };
         // 1. The state file names everything below before it exists.
         if let Err(e) = state.save() {
             fail!(HostError::io(
@@ -288,6 +330,7 @@ impl NetnsLab {
         }
         journal.push(Created::Namespaces(names.all()));
 
+        done("namespaces");
         // 3. The fabric: bridges, veth pairs, addresses, routes.
         let userspace = plan.uses_emulator();
         let fabric = match Fabric::build_named(&plan, names.clone(), userspace).await {
@@ -298,7 +341,7 @@ impl NetnsLab {
         if let Err(e) = fabric
             .wait_links(
                 &(0..plan.nodes.len()).collect::<Vec<_>>(),
-                fabric::link_wait(plan.nodes.len()),
+                fabric::LINK_STALL,
             )
             .await
         {
@@ -306,12 +349,14 @@ impl NetnsLab {
         }
         tracing::debug!(waited = ?t_links.elapsed(), "every node link carries traffic");
 
+        done("fabric and link wait");
         // 4. Hosts files, so node names resolve inside nodes.
         journal.push(Created::HostsDirs(nst.hosts_dirs.clone()));
         if let Err(e) = fabric::write_hosts(&plan, &names) {
             fail!(e);
         }
 
+        done("hosts files");
         // 5. Cgroups with the profiles' limits.
         let cgroups = match Cgroups::detect() {
             Ok(c) => c,
@@ -333,6 +378,7 @@ impl NetnsLab {
             node_cgroups.push(cg);
         }
 
+        done("cgroups");
         // 6. Baseline WAN shaping and firewall in the fabric namespace, and the userspace
         //    link emulator when it carries the impairments.
         let faults = match Faults::install(plan.clone(), &fabric, host, emu).await {
@@ -340,31 +386,27 @@ impl NetnsLab {
             Err(e) => fail!(e),
         };
 
-        // 7. What processes need to start inside nodes.
-        let mut execs = Vec::with_capacity(plan.nodes.len());
-        for (i, cg) in node_cgroups.iter().enumerate() {
-            let fd = match fabric.node_fds[i].try_clone() {
-                Ok(f) => f,
-                Err(e) => fail!(HostError::io(
-                    "duplicating the namespace handle of",
+        done("shaping and firewall");
+        // 7. What processes need to start inside nodes (paths: each start opens them).
+        let execs = node_cgroups
+            .iter()
+            .enumerate()
+            .map(|(i, cg)| {
+                let hosts = fabric::hosts_dir(&names.nodes[i]).join("hosts");
+                NodeExec::new(
                     &names.nodes[i],
-                    e
-                )),
-            };
-            let procs = match cg.procs_files() {
-                Ok(p) => p,
-                Err(e) => fail!(e),
-            };
-            let hosts = fabric::hosts_dir(&names.nodes[i]).join("hosts");
-            match NodeExec::new(&names.nodes[i], fd, Some(&hosts), procs) {
-                Ok(x) => execs.push(Arc::new(x)),
-                Err(e) => fail!(HostError::io(
-                    "preparing process start in",
-                    &names.nodes[i],
-                    e
-                )),
-            }
-        }
+                    ns::path(&names.nodes[i]),
+                    Some(&hosts),
+                    cg.procs_paths(),
+                )
+                .map(Arc::new)
+                .map_err(|e| HostError::io("preparing process start in", &names.nodes[i], e))
+            })
+            .collect::<Result<Vec<_>>>();
+        let execs = match execs {
+            Ok(x) => x,
+            Err(e) => fail!(e),
+        };
 
         let n = plan.nodes.len();
         Ok(NetnsLab {
@@ -496,6 +538,7 @@ fn spawn_in(exec: &NodeExec, s: &LaunchSpec) -> std::io::Result<tokio::process::
 async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>) -> Vec<String> {
     let mut errors = Vec::new();
     for c in journal.iter().rev() {
+        let t = std::time::Instant::now();
         match c {
             Created::Cgroup(rel) => {
                 if let Some(cg) = cgroups {
@@ -520,6 +563,7 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
                 }
             }
         }
+        tracing::debug!(step = c.kind(), took = ?t.elapsed(), "reverted");
     }
     errors
 }
@@ -583,13 +627,13 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
 }
 
 /// A command that runs `argv` inside node `node` of a netns lab that is up, with the
-/// environment its workloads get. The [`NodeExec`] holds the descriptors the command enters
-/// the node with: keep it until the command has started.
+/// environment its workloads get. The command holds the descriptors it enters the node with
+/// until it is dropped.
 pub fn exec_command(
     state: &RunState,
     node: usize,
     argv: &[String],
-) -> Result<(NodeExec, std::process::Command)> {
+) -> Result<std::process::Command> {
     let Some(nst) = netns_state(state) else {
         return Err(HostError::other(
             "exec in",
@@ -598,13 +642,21 @@ pub fn exec_command(
         ));
     };
     let n = &nst.nodes[node];
-    let fd = ns::open(&n.namespace)?;
+    if !ns::exists(&n.namespace) {
+        return Err(HostError::NsOpen {
+            name: n.namespace.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    }
+    // Outside the node's cgroup when it is gone (the lab is going down), as before.
     let procs = Cgroups::detect()
         .and_then(|c| c.open(&n.cgroup))
-        .and_then(|c| c.procs_files())
+        .ok()
+        .map(|c| c.procs_paths())
+        .filter(|ps| ps.iter().all(|p| p.exists()))
         .unwrap_or_default();
     let hosts = fabric::hosts_dir(&n.namespace).join("hosts");
-    let x = NodeExec::new(&n.namespace, fd, Some(&hosts), procs)
+    let x = NodeExec::new(&n.namespace, ns::path(&n.namespace), Some(&hosts), procs)
         .map_err(|e| HostError::io("preparing process start in", &n.namespace, e))?;
     let Some((program, args)) = argv.split_first() else {
         return Err(HostError::other(
@@ -617,5 +669,5 @@ pub fn exec_command(
         .command(program, args)
         .map_err(|e| HostError::io("preparing", program.clone(), e))?;
     cmd.envs(state.node_env(node));
-    Ok((x, cmd))
+    Ok(cmd)
 }
