@@ -143,62 +143,22 @@ fn apps_of(file: &Path) -> Vec<String> {
     apps
 }
 
-/// Builds this machine's images of `apps` and the node image with `images/build.sh`, where the
-/// Docker Engine lacks them.
-fn ensure_images(apps: &[String]) -> Result<(), Failed> {
-    let arch = if std::env::consts::ARCH == "aarch64" {
-        "arm64"
-    } else {
-        "amd64"
-    };
-    let version = env!("CARGO_PKG_VERSION");
-    let missing: Vec<String> = apps
-        .iter()
-        .map(String::as_str)
-        .chain(["node"])
-        .filter(|a| {
-            !Command::new("docker")
-                .args(["image", "inspect", &format!("edgesim/{a}:{version}-{arch}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(str::to_string)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("building images: {}", missing.join(", "));
-    let out = Command::new(root().join("images/build.sh"))
-        .args(["--arch", arch, "--no-qemu", "--only", &missing.join(",")])
-        .output()
-        .map_err(|e| format!("running images/build.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "images/build.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn docker_answers() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// A portable scenario on both targets: each run must meet `want`, and every assertion must
 /// have the same verdict on `docker` as on `netns`. Prints the row of the conformance matrix.
 fn conformance(file: &Path, want: i32) -> Result<(), Failed> {
     let Some(on_netns) = run_on(file, want, "netns")? else {
         return Ok(());
     };
-    if !edgesim::testing::gate("docker", docker_answers(), "no Docker Engine answers") {
+    if !edgesim::testing::gate(
+        "docker",
+        edgesim::testing::docker_answers(),
+        "no Docker Engine answers",
+    ) {
         return Ok(());
     }
-    ensure_images(&apps_of(file))?;
+    let apps = apps_of(file);
+    let names: Vec<&str> = apps.iter().map(String::as_str).chain(["node"]).collect();
+    edgesim::testing::ensure_images(&root(), edgesim::testing::host_arch(), &names)?;
     let Some(on_docker) = run_on(file, want, "docker")? else {
         return Ok(());
     };

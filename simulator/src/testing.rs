@@ -75,3 +75,63 @@ pub fn python_yaml() -> bool {
     };
     gate("python", false, &why)
 }
+
+/// Whether a Docker daemon answers (`docker info`).
+pub fn docker_answers() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Builds, with `images/build.sh` of the checkout at `root`, the `edgesim/<name>` images for
+/// `arch` (`amd64`, `arm64`) that the Docker Engine lacks. A node image without its
+/// `edgesim.commands` label (an older build) counts as missing.
+pub fn ensure_images(root: &std::path::Path, arch: &str, names: &[&str]) -> Result<(), String> {
+    let version = env!("CARGO_PKG_VERSION");
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|a| {
+            let tag = format!("edgesim/{a}:{version}-{arch}");
+            let labels = std::process::Command::new("docker")
+                .args(["image", "inspect", "-f", "{{json .Config.Labels}}", &tag])
+                .output();
+            !labels.is_ok_and(|o| {
+                o.status.success()
+                    && (*a != "node"
+                        || String::from_utf8_lossy(&o.stdout).contains("edgesim.commands"))
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("building images for {arch}: {}", missing.join(", "));
+    let mut cmd = std::process::Command::new(root.join("images/build.sh"));
+    cmd.args(["--arch", arch, "--only", &missing.join(",")]);
+    if arch == host_arch() {
+        cmd.arg("--no-qemu");
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running images/build.sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "images/build.sh --arch {arch} --only {} failed:\n{}",
+            missing.join(","),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// This machine's architecture as image tags name it.
+pub fn host_arch() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" {
+        "arm64"
+    } else {
+        "amd64"
+    }
+}

@@ -1089,3 +1089,22 @@ impl NodeCgroup {
         (u1 - u0).as_secs_f64() / (t1 - t0).as_secs_f64()
     }
 }
+
+/// SIGKILLs the lab daemon of `st` and waits until it is gone.
+pub fn kill_lab_daemon(st: &RunState) {
+    assert!(
+        st.controller_alive(),
+        "the lab daemon (pid {}) should be running",
+        st.pid
+    );
+    // SAFETY: kill(2) on the lab daemon's pid, which the state file names and
+    // `controller_alive` just matched against its start time.
+    unsafe {
+        libc::kill(st.pid as i32, libc::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while st.controller_alive() {
+        assert!(Instant::now() < deadline, "the lab daemon survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -16,58 +16,28 @@ use serde_json::Value;
 
 use crate::common::*;
 
-fn docker_answers() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// The gates of every docker test: those of the netns tests, and a Docker Engine with the
-/// node image (built here when missing) and `images`' apps `apps`.
+/// node image and `images`' apps `apps` for this machine (built here when missing).
 fn docker_ready(apps: &[&str]) -> bool {
     if !privileged()
-        || !edgesim::testing::gate("docker", docker_answers(), "no Docker Engine answers")
+        || !edgesim::testing::gate(
+            "docker",
+            edgesim::testing::docker_answers(),
+            "no Docker Engine answers",
+        )
     {
         return false;
     }
-    let arch = if std::env::consts::ARCH == "aarch64" {
-        "arm64"
-    } else {
-        "amd64"
-    };
-    let version = env!("CARGO_PKG_VERSION");
-    let missing: Vec<&str> = apps
-        .iter()
-        .copied()
-        .chain(["node"])
-        .filter(|a| {
-            let tag = format!("edgesim/{a}:{version}-{arch}");
-            let labels = Command::new("docker")
-                .args(["image", "inspect", "-f", "{{json .Config.Labels}}", &tag])
-                .output();
-            // An old node image without its command list counts as missing.
-            !labels.is_ok_and(|o| {
-                o.status.success()
-                    && (*a != "node"
-                        || String::from_utf8_lossy(&o.stdout).contains("edgesim.commands"))
-            })
-        })
-        .collect();
-    if !missing.is_empty() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = Command::new(root.join("images/build.sh"))
-            .args(["--arch", arch, "--no-qemu", "--only", &missing.join(",")])
-            .output()
-            .expect("running images/build.sh");
-        assert!(
-            out.status.success(),
-            "images/build.sh --only {} failed:\n{}",
-            missing.join(","),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let names: Vec<&str> = apps.iter().copied().chain(["node"]).collect();
+    if let Err(e) = edgesim::testing::ensure_images(&root(), edgesim::testing::host_arch(), &names)
+    {
+        panic!("{e}");
     }
     true
+}
+
+fn root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn inspect(container: &str) -> Value {
@@ -442,15 +412,7 @@ workloads:
     let st = Lab::up(&sc).into_state();
     let ctrs = containers_of_run(&st.run_id);
     assert_eq!(ctrs.len(), 4, "3 node containers and the sink's: {ctrs:?}");
-    // SAFETY: kill(2) on the lab daemon's pid, which the state file names.
-    unsafe {
-        libc::kill(st.pid as i32, libc::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while st.controller_alive() {
-        assert!(Instant::now() < deadline, "the lab daemon survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_lab_daemon(&st);
     assert!(
         !containers_of_run(&st.run_id).is_empty(),
         "the killed lab should have left its containers"
@@ -556,27 +518,8 @@ fn docker_emulate_arch_runs_arm64_images() {
     {
         return;
     }
-    let version = env!("CARGO_PKG_VERSION");
-    let missing: Vec<&str> = ["node", "cloud-sink"]
-        .into_iter()
-        .filter(|a| {
-            !Command::new("docker")
-                .args(["image", "inspect", &format!("edgesim/{a}:{version}-arm64")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if !missing.is_empty() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = Command::new(root.join("images/build.sh"))
-            .args(["--arch", "arm64", "--only", &missing.join(",")])
-            .output()
-            .expect("running images/build.sh");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    if let Err(e) = edgesim::testing::ensure_images(&root(), "arm64", &["node", "cloud-sink"]) {
+        panic!("{e}");
     }
     let sc = Scenario::new(
         "docker-arm64",

@@ -185,16 +185,7 @@ fn a_lab_whose_daemon_is_killed_is_removed_by_cleanup() {
             "workload pid {p} from the state file is not running"
         );
     }
-    // SAFETY: kill(2) on the lab daemon's pid, which the state file names and
-    // `controller_alive` just matched against its start time.
-    unsafe {
-        libc::kill(st.pid as i32, libc::SIGKILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while st.controller_alive() {
-        assert!(Instant::now() < deadline, "the lab daemon survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_lab_daemon(&st);
     let left = leftovers(&st.run_id);
     assert!(
         left.iter().any(|l| l.starts_with("namespace"))

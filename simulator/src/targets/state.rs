@@ -178,6 +178,20 @@ impl RunState {
         fs::rename(&tmp, self.path())
     }
 
+    /// [`RunState::save`], as a host error naming the file.
+    pub fn save_or_err(&self) -> crate::host::Result<()> {
+        self.save().map_err(|e| {
+            crate::host::HostError::io("writing state file", self.path().display().to_string(), e)
+        })
+    }
+
+    /// [`RunState::remove`], as a message naming the file when it fails.
+    pub fn remove_or_msg(&self) -> Option<String> {
+        self.remove()
+            .err()
+            .map(|e| format!("removing state file {}: {e}", self.path().display()))
+    }
+
     /// Removes the file; already gone is fine.
     pub fn remove(&self) -> io::Result<()> {
         match fs::remove_file(self.path()) {

@@ -695,23 +695,35 @@ impl Process for ExecProcess {
     }
 }
 
-/// Removes cgroup `rel` (depth-first, empty directories only) in every cgroup hierarchy
-/// mounted here, including those edgesim does not manage but a container runtime wrote to.
-pub fn remove_cgroup_everywhere(rel: &str) -> Vec<String> {
+/// `rel` below every cgroup hierarchy mounted here, including those edgesim does not manage
+/// but a container runtime wrote to, where it exists.
+fn in_every_hierarchy(rel: &str) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
-    let mut errors = Vec::new();
-    for m in crate::host::cgroup::parse_mountinfo(&text)
+    crate::host::cgroup::parse_mountinfo(&text)
         .into_iter()
         .filter(|m| m.fs_type.starts_with("cgroup"))
-    {
-        let dir = m.mount_point.join(rel);
-        if dir.is_dir() {
-            rmdir_tree(&dir, &mut errors);
-        }
+        .map(|m| m.mount_point.join(rel))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
+/// Removes cgroup `rel` (depth-first, empty directories only) in every hierarchy.
+pub fn remove_cgroup_everywhere(rel: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for dir in in_every_hierarchy(rel) {
+        rmdir_tree(&dir, &mut errors);
     }
     errors
+}
+
+/// Removes cgroup `rel` itself where it is empty, in every hierarchy (a shared parent that
+/// another run still uses stays).
+pub fn remove_empty_cgroup_everywhere(rel: &str) {
+    for dir in in_every_hierarchy(rel) {
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 fn rmdir_tree(dir: &std::path::Path, errors: &mut Vec<String>) {
@@ -724,7 +736,7 @@ fn rmdir_tree(dir: &std::path::Path, errors: &mut Vec<String>) {
     }
     match std::fs::remove_dir(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            errors.push(format!("removing cgroup {}: {e} (busy)", dir.display()));
+            errors.push(format!("removing cgroup {}: {e}", dir.display()));
         }
         _ => {}
     }

@@ -503,12 +503,8 @@ impl DockerLab {
         let docker = tri!(Docker::connect().await);
 
         // 1. The state file names everything below before it exists.
-        if let Err(e) = state.save() {
-            fail!(HostError::io(
-                "writing state file",
-                state.path().display().to_string(),
-                e
-            ));
+        if let Err(e) = state.save_or_err() {
+            fail!(e);
         }
         journal.push(Created::StateFile);
 
@@ -700,13 +696,7 @@ impl DockerLab {
 
     pub fn mark_ready(&mut self) -> Result<()> {
         self.state.ready = true;
-        self.state.save().map_err(|e| {
-            HostError::io(
-                "writing state file",
-                self.state.path().display().to_string(),
-                e,
-            )
-        })
+        self.state.save_or_err()
     }
 
     /// Reverts every fault, stops workloads, removes containers, namespace and cgroups.
@@ -748,11 +738,9 @@ async fn revert(journal: &[Created], state: &RunState) -> Vec<String> {
                 if let Ok(cg) = Cgroups::detect() {
                     errors.extend(super::remove_run_cgroup(&cg, rel));
                 }
-                errors.extend(
-                    api::remove_cgroup_everywhere("edgesim")
-                        .into_iter()
-                        .filter(|e| !e.contains("busy")),
-                );
+                // The shared parent goes with the last run, in every hierarchy; never
+                // recursively: other runs' cgroups live below it.
+                api::remove_empty_cgroup_everywhere("edgesim");
             }
             Created::FabricNamespace(n) => {
                 if let Err(e) = ns::delete(n) {
@@ -760,12 +748,7 @@ async fn revert(journal: &[Created], state: &RunState) -> Vec<String> {
                 }
             }
             Created::StateFile => {
-                if let Err(e) = state.remove() {
-                    errors.push(format!(
-                        "removing state file {}: {e}",
-                        state.path().display()
-                    ));
-                }
+                errors.extend(state.remove_or_msg());
             }
         }
     }

@@ -314,12 +314,8 @@ impl NetnsLab {
             step = std::time::Instant::now();
         };
         // 1. The state file names everything below before it exists.
-        if let Err(e) = state.save() {
-            fail!(HostError::io(
-                "writing state file",
-                state.path().display().to_string(),
-                e
-            ));
+        if let Err(e) = state.save_or_err() {
+            fail!(e);
         }
         journal.push(Created::StateFile);
 
@@ -466,13 +462,7 @@ impl NetnsLab {
         if let TargetState::Netns(n) = &mut self.state.target {
             n.workload_pids = self.nodes.supervisor.pids();
         }
-        self.state.save().map_err(|e| {
-            HostError::io(
-                "writing state file",
-                self.state.path().display().to_string(),
-                e,
-            )
-        })
+        self.state.save_or_err()
     }
 
     /// Reverts every fault, stops workloads and removes everything the lab created, in
@@ -555,12 +545,7 @@ async fn revert(journal: &[Created], state: &RunState, cgroups: Option<&Cgroups>
                 }
             }
             Created::StateFile => {
-                if let Err(e) = state.remove() {
-                    errors.push(format!(
-                        "removing state file {}: {e}",
-                        state.path().display()
-                    ));
-                }
+                errors.extend(state.remove_or_msg());
             }
         }
         tracing::debug!(step = c.kind(), took = ?t.elapsed(), "reverted");
