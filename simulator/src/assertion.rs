@@ -143,11 +143,14 @@ fn fmt_window((from, to): (Duration, Duration)) -> String {
 }
 
 /// Judges a probe assertion over the samples whose start lies in `window` (`[from, to)`).
+/// `reference` holds the samples of the probe a relative expectation names
+/// (`p50 < lan.p50 + 41ms`), judged over the same window; it is ignored otherwise.
 pub fn judge_probe(
     name: &str,
     samples: &[Sample],
     window: (Duration, Duration),
     expect: &Expectation,
+    reference: Option<&[Sample]>,
 ) -> Verdict {
     let st = ProbeStats::collect(samples, window);
     let win = fmt_window(window);
@@ -158,12 +161,41 @@ pub fn judge_probe(
     if let Some((err, n)) = st.errors.first() {
         detail.push_str(&format!("; most common failure: {err} ({n}×)"));
     }
+    let mut expected = expect.to_string();
+    // The bound: fixed, or computed from the referenced probe over the same window.
+    let bound = match (expect.fixed(), expect.reference()) {
+        (Some(t), _) => Ok(t),
+        (None, Some(r)) => match reference {
+            None => Err(format!("probe `{}` has no samples to compare with", r.probe)),
+            Some(ref_samples) => {
+                let rs = ProbeStats::collect(ref_samples, window);
+                match rs.stat(r.stat) {
+                    Ok(v) => {
+                        let b = r.bound(v);
+                        expected = format!("{expected} = {}", format_observed(expect.stat, b));
+                        detail.push_str(&format!(
+                            "; {}.{} = {} over {} samples",
+                            r.probe,
+                            r.stat.name(),
+                            format_observed(r.stat, v),
+                            rs.count
+                        ));
+                        Ok(b)
+                    }
+                    Err(why) => Err(format!("the reference `{}`: {why}", r.probe)),
+                }
+            }
+        },
+        (None, None) => Err("the expectation has no bound".to_string()),
+    };
     let (passed, observed, observed_text) = match st.stat(expect.stat) {
-        Ok(v) => (
-            expect.op.holds(v, expect.threshold.as_f64()),
-            Some(v),
-            format_observed(expect.stat, v),
-        ),
+        Ok(v) => match bound {
+            Ok(b) => (expect.op.holds(v, b), Some(v), format_observed(expect.stat, v)),
+            Err(why) => {
+                detail = format!("{why}; {detail}");
+                (false, Some(v), format_observed(expect.stat, v))
+            }
+        },
         Err(why) => {
             detail = if st.count == 0 {
                 format!("{why} {win}: the probe made no attempt there")
@@ -178,7 +210,7 @@ pub fn judge_probe(
         passed,
         observed,
         observed_text,
-        expected: expect.to_string(),
+        expected,
         window: Some(win),
         samples: st.count,
         detail,
@@ -228,7 +260,11 @@ pub fn judge_metric(
     };
     v.observed = Some(x);
     v.observed_text = format_observed(expect.stat, x);
-    v.passed = !x.is_nan() && expect.op.holds(x, expect.threshold.as_f64());
+    let Some(bound) = expect.fixed() else {
+        v.detail = "a metric assertion compares with a fixed number".into();
+        return v;
+    };
+    v.passed = !x.is_nan() && expect.op.holds(x, bound);
     v.detail = if x.is_nan() {
         "the metric is NaN".to_string()
     } else if values.len() == 1 {
@@ -308,6 +344,7 @@ mod tests {
             &s,
             (Duration::from_secs(4), Duration::from_secs(7)),
             &exp("success_rate >= 66%"),
+            None,
         );
         // 4.0 s .. 6.9 s: 30 samples, 10 failed.
         assert_eq!(v.samples, 30);
@@ -326,16 +363,16 @@ mod tests {
             v.detail
         );
 
-        let v = judge_probe("w", &s, all(), &exp("loss_rate == 10%"));
+        let v = judge_probe("w", &s, all(), &exp("loss_rate == 10%"), None);
         assert!(v.passed, "{v:?}");
-        let v = judge_probe("w", &s, all(), &exp("failures == 10"));
+        let v = judge_probe("w", &s, all(), &exp("failures == 10"), None);
         assert!(v.passed && v.observed_text == "10", "{v:?}");
-        let v = judge_probe("w", &s, all(), &exp("count > 100"));
+        let v = judge_probe("w", &s, all(), &exp("count > 100"), None);
         assert!(!v.passed && v.observed == Some(100.0), "{v:?}");
-        let v = judge_probe("w", &s, all(), &exp("successes == 90"));
+        let v = judge_probe("w", &s, all(), &exp("successes == 90"), None);
         assert!(v.passed);
         // The window is half-open: a sample exactly at `to` is not in it.
-        let v = judge_probe("w", &s, (ms(0), ms(100)), &exp("count == 1"));
+        let v = judge_probe("w", &s, (ms(0), ms(100)), &exp("count == 1"), None);
         assert!(v.passed, "{v:?}");
     }
 
@@ -343,21 +380,51 @@ mod tests {
     fn latency_over_successful_samples_only() {
         let s = hundred();
         // Successful RTTs: 1..=50 and 61..=100 ms (90 values). p50 → rank 45 → 45 ms.
-        let v = judge_probe("l", &s, all(), &exp("p50 < 46ms"));
+        let v = judge_probe("l", &s, all(), &exp("p50 < 46ms"), None);
         assert!(v.passed, "{v:?}");
         assert!((v.observed.unwrap() - 0.045).abs() < 1e-12);
         assert_eq!(v.observed_text, "45.000ms");
         // p99 → rank ceil(89.1) = 90 → 100 ms.
-        let v = judge_probe("l", &s, all(), &exp("p99 <= 99ms"));
+        let v = judge_probe("l", &s, all(), &exp("p99 <= 99ms"), None);
         assert!(!v.passed);
         assert!((v.observed.unwrap() - 0.100).abs() < 1e-12);
-        let v = judge_probe("l", &s, all(), &exp("min == 1ms"));
+        let v = judge_probe("l", &s, all(), &exp("min == 1ms"), None);
         assert!(v.passed, "{v:?}");
-        let v = judge_probe("l", &s, all(), &exp("max == 100ms"));
+        let v = judge_probe("l", &s, all(), &exp("max == 100ms"), None);
         assert!(v.passed, "{v:?}");
         let mean = ((1..=50).sum::<u64>() + (61..=100).sum::<u64>()) as f64 / 90.0 / 1000.0;
-        let v = judge_probe("l", &s, all(), &exp("mean < 1s"));
+        let v = judge_probe("l", &s, all(), &exp("mean < 1s"), None);
         assert!((v.observed.unwrap() - mean).abs() < 1e-12 && v.passed);
+    }
+
+    #[test]
+    fn relative_expectations_take_their_bound_from_the_reference_over_the_same_window() {
+        let s = hundred();
+        // The reference: 2 ms RTT, except 10 ms from 5 s on (outside the first window).
+        let lan: Vec<Sample> = (0..100u64)
+            .map(|i| ok(i * 100, if i >= 50 { 10 } else { 2 }))
+            .collect();
+        // 0..5 s: p50 of 1..=50 ms is 25 ms; lan.p50 = 2 ms, so the bound is 2 + 24 = 26 ms.
+        let w = (Duration::ZERO, Duration::from_secs(5));
+        let v = judge_probe("r", &s, w, &exp("p50 < lan.p50 + 24ms"), Some(&lan));
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.expected, "p50 < lan.p50 + 24ms = 26.000ms");
+        assert!(v.detail.contains("lan.p50 = 2.000ms over 50 samples"), "{}", v.detail);
+        let v = judge_probe("r", &s, w, &exp("p50 < lan.p50 + 22ms"), Some(&lan));
+        assert!(!v.passed, "{v:?}");
+        // Over everything, lan.p50 is 2 ms still (rank 50 of 100) but its max is 10 ms.
+        let v = judge_probe("r", &s, all(), &exp("max <= 10 * lan.max"), Some(&lan));
+        assert!(v.passed, "{v:?}");
+        let v = judge_probe("r", &s, all(), &exp("success_rate >= 0.95 * lan.success_rate"), Some(&lan));
+        assert!(!v.passed, "90% is below 95% of 100%: {v:?}");
+        // A reference without samples in the window never passes.
+        let late = (Duration::from_secs(5), Duration::from_secs(6));
+        let empty: Vec<Sample> = Vec::new();
+        let v = judge_probe("r", &s, late, &exp("count >= lan.count"), Some(&empty));
+        assert!(!v.passed);
+        assert!(v.detail.contains("the reference `lan`: no probe samples"), "{}", v.detail);
+        let v = judge_probe("r", &s, late, &exp("count >= lan.count"), None);
+        assert!(!v.passed && v.detail.contains("no samples to compare with"), "{v:?}");
     }
 
     #[test]
@@ -371,7 +438,7 @@ mod tests {
             "failures == 0",
             "p99 < 1s",
         ] {
-            let v = judge_probe("e", &s, w, &exp(e));
+            let v = judge_probe("e", &s, w, &exp(e), None);
             assert!(!v.passed, "{e}");
             assert_eq!(v.observed, None);
             assert_eq!(v.observed_text, "-");
@@ -389,14 +456,14 @@ mod tests {
         let s: Vec<Sample> = (0..5)
             .map(|i| fail(i * 200, "connection refused"))
             .collect();
-        let v = judge_probe("x", &s, all(), &exp("p99 < 150ms"));
+        let v = judge_probe("x", &s, all(), &exp("p99 < 150ms"), None);
         assert!(!v.passed);
         assert_eq!(v.samples, 5);
         assert!(v.detail.contains("no successful attempt"), "{}", v.detail);
         assert!(v.detail.contains("5 of 5 failed"), "{}", v.detail);
         assert!(v.detail.contains("connection refused (5×)"), "{}", v.detail);
         // The rate statistics are still defined.
-        let v = judge_probe("x", &s, all(), &exp("success_rate == 0%"));
+        let v = judge_probe("x", &s, all(), &exp("success_rate == 0%"), None);
         assert!(v.passed, "{v:?}");
         // Rendering is `format_observed`'s business; the verdict must use it.
         assert_eq!(v.observed_text, format_observed(Stat::SuccessRate, 0.0));

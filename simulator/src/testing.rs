@@ -37,6 +37,22 @@ pub fn netns() -> bool {
     )
 }
 
+/// Gate for tests that need the kernel's netem qdisc (`EDGESIM_REQUIRE=netem` makes its
+/// absence fail). Safe to call from async code: the probe runs on a thread of its own with its
+/// own runtime, never blocking (or nesting in) the caller's.
+pub fn netem() -> bool {
+    let present = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(crate::targets::kernel_has_netem()))
+            .unwrap_or(false)
+    })
+    .join()
+    .unwrap_or(false);
+    gate("netem", present, "the kernel has no sch_netem")
+}
+
 /// Whether a program is on PATH.
 pub fn have_program(name: &str) -> bool {
     std::env::var_os("PATH")
@@ -133,5 +149,18 @@ pub fn host_arch() -> &'static str {
         "arm64"
     } else {
         "amd64"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The gate answers from inside a runtime (a `#[tokio::test]`, a harness's async code)
+    /// exactly what the probe says, instead of panicking on a nested `block_on`.
+    #[tokio::test]
+    async fn netem_gate_works_from_async_code() {
+        let probed = crate::targets::kernel_has_netem().await;
+        if probed || !super::required("netem") {
+            assert_eq!(super::netem(), probed);
+        }
     }
 }

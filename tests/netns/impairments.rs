@@ -194,3 +194,97 @@ workloads:
     eprintln!("{}", lines.join("\n"));
     lab.down();
 }
+
+/// A flapping link by its effect, with both mechanisms: every ping sent while the journal
+/// says the link is down is lost, every ping sent while it is up comes back. The schedule
+/// comes from the seed; the phases are read from the report's journal (when each change had
+/// taken effect), so the test needs no timing assumption beyond a small guard band around
+/// each transition.
+#[test]
+fn flap_loses_packets_exactly_while_down() {
+    flap_with("kernel");
+}
+
+#[test]
+fn flap_in_the_userspace_emulator() {
+    flap_with("userspace");
+}
+
+fn flap_with(mechanism: &str) {
+    let _g = serial();
+    if !privileged() {
+        return;
+    }
+    let sc = Scenario::new(
+        &format!("flap-{mechanism}"),
+        &(format!("impairment: {mechanism}\n")
+            + "\
+seed: 21
+duration: 7s
+sites:
+  cloud: {}
+  edge:
+    uplink: {site: cloud}
+nodes:
+  - {name: sink, site: cloud, profile: cloud-small}
+  - {name: gw, site: edge, profile: raspberry-pi-5-4gb}
+timeline:
+  - {at: 1s, for: 5s, flap: {link: edge-uplink, up: uniform(300ms..700ms), down: uniform(300ms..700ms)}}
+probes:
+  - {name: p, from: gw, ping: sink, every: 20ms, timeout: 150ms}
+"),
+    );
+    let fin = Run::start(&sc).finish(std::time::Duration::from_secs(60));
+    assert_eq!(
+        fin.status.code(),
+        Some(0),
+        "the run failed: {}\n{}",
+        fin.report,
+        fin.stderr
+    );
+    // The transitions, as (offset in s, link up afterwards).
+    let journal = fin.report["journal"].as_array().expect("journal");
+    let mut phases: Vec<(f64, bool)> = vec![(0.0, true)];
+    for j in journal {
+        let applied = j["applied"].as_f64().expect("every change took effect");
+        let summary = j["summary"].as_str().unwrap_or_default();
+        assert_eq!(j["ok"], true, "{j}");
+        // `flap` entries say which way the link went; the end of the `for:` restores it.
+        let up = !summary.ends_with(" down");
+        phases.push((applied, up));
+    }
+    let downs = phases.iter().filter(|p| !p.1).count();
+    assert!(downs >= 3, "the seeded schedule has several down phases: {phases:?}");
+    let samples = fin.report["probes"][0]["samples"]
+        .as_array()
+        .expect("samples");
+    // A ping whose send lies within GUARD of a transition may go either way.
+    const GUARD: f64 = 0.030;
+    let (mut lost_down, mut n_down, mut ok_up, mut n_up) = (0, 0, 0, 0);
+    for s in samples {
+        let t = s["t"].as_f64().expect("t");
+        let i = phases.partition_point(|p| p.0 <= t);
+        let (start, up) = phases[i - 1];
+        let next = phases.get(i).map(|p| p.0).unwrap_or(f64::INFINITY);
+        if t - start < GUARD || next - t < GUARD + 0.150 {
+            continue;
+        }
+        let ok = s["ok"].as_bool().unwrap_or(false);
+        if up {
+            n_up += 1;
+            ok_up += usize::from(ok);
+        } else {
+            n_down += 1;
+            lost_down += usize::from(!ok);
+        }
+    }
+    assert!(n_down > 40 && n_up > 80, "too few judged samples: {n_down} down, {n_up} up");
+    assert_eq!(
+        lost_down, n_down,
+        "pings sent while the link was down must all be lost ({mechanism}); phases {phases:?}"
+    );
+    assert_eq!(
+        ok_up, n_up,
+        "pings sent while the link was up must all arrive ({mechanism}); phases {phases:?}"
+    );
+}

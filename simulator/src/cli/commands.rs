@@ -309,7 +309,7 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
         writeln!(out, "\nassertions:")?;
         for a in &p.assertions {
             let subj = match &a.subject {
-                edgesim::scenario::plan::Subject::Probe { probe, window } => {
+                edgesim::scenario::plan::Subject::Probe { probe, window, .. } => {
                     format!("probe {} during {window}", p.probes[*probe].name)
                 }
                 edgesim::scenario::plan::Subject::Metric {

@@ -522,9 +522,20 @@ async fn play(
     let mut verdicts: Vec<Verdict> = Vec::new();
     for (ai, a) in plan.assertions.iter().enumerate() {
         let v = match &a.subject {
-            Subject::Probe { probe, window } => {
+            Subject::Probe {
+                probe,
+                window,
+                reference,
+            } => {
                 let w = window.resolve(plan.duration);
-                let mut v = assertion::judge_probe(&a.name, &logs[*probe].samples(), w, &a.expect);
+                let reference = reference.map(|r| logs[r].samples());
+                let mut v = assertion::judge_probe(
+                    &a.name,
+                    &logs[*probe].samples(),
+                    w,
+                    &a.expect,
+                    reference.as_deref(),
+                );
                 v.window = Some(window.to_string());
                 v
             }

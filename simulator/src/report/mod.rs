@@ -405,12 +405,14 @@ pub(crate) mod tests {
             &samples,
             (ms(600), ms(800)),
             &parse_expectation("success_rate == 0%", false).unwrap(),
+            None,
         );
         let fail = crate::assertion::judge_probe(
             "back",
             &samples,
             (Duration::ZERO, Duration::from_secs(2)),
             &parse_expectation("success_rate >= 99%", false).unwrap(),
+            None,
         );
         let journal = vec![
             JournalEntry {

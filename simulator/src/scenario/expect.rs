@@ -1,15 +1,25 @@
 //! The small language of `expect:` in assertions, and probe windows (`during: 16s..34s`).
 //!
 //! ```text
-//! expect  := [stat] op value
-//! stat    := success_rate | loss_rate | p50 | p90 | p95 | p99 | p999 | min | max | mean
-//!          | count | successes | failures | value
-//! op      := == | != | < | <= | > | >=
-//! value   := number [ % | us | ms | s | m ]
+//! expect    := [stat] op rhs
+//! stat      := success_rate | loss_rate | p50 | p90 | p95 | p99 | p999 | min | max | mean
+//!            | count | successes | failures | value
+//! op        := == | != | < | <= | > | >=
+//! rhs       := value | [number *] reference [(+ | -) value]
+//! reference := probe-name . stat
+//! value     := number [ % | us | ms | s | m ]
 //! ```
 //! Probe assertions must name a statistic; metric assertions compare the metric's value
 //! (`value` may be written or left out). Rates take a percentage, latencies a duration, counts
 //! and metric values a bare number — a mismatch is an input error, caught before the run.
+//!
+//! **Relative expectations.** A probe assertion may compare with *another probe's statistic
+//! over the same window*: `p50 < lan.p50 + 41ms` says "at most 41 ms slower than the path
+//! `lan` measured at the same time", `success_rate >= 0.9 * lan.success_rate` "at least 90 % of
+//! what `lan` achieved". A bound measured in the same run carries the host's own overhead (a
+//! loaded CI machine, an emulated CPU, a slow kernel), so the verdict judges what the scenario
+//! changed, not how fast the host is. The referenced statistic must be in the same unit as the
+//! judged one, and the offset too.
 
 use std::fmt;
 use std::time::Duration;
@@ -212,18 +222,87 @@ impl fmt::Display for Threshold {
 pub struct Expectation {
     pub stat: Stat,
     pub op: Op,
-    pub threshold: Threshold,
+    pub rhs: Rhs,
+}
+
+/// The right-hand side of an expectation: a fixed threshold, or one derived from another
+/// probe's statistic over the same window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rhs {
+    Fixed(Threshold),
+    Relative(Reference),
+}
+
+/// `[scale *] probe.stat [± offset]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reference {
+    pub scale: f64,
+    pub probe: String,
+    pub stat: Stat,
+    /// The offset and whether it is subtracted.
+    pub offset: Option<(bool, Threshold)>,
+}
+
+impl Reference {
+    /// The bound for a referenced statistic of `value` (base units).
+    pub fn bound(&self, value: f64) -> f64 {
+        let off = match self.offset {
+            None => 0.0,
+            Some((neg, t)) => {
+                if neg {
+                    -t.as_f64()
+                } else {
+                    t.as_f64()
+                }
+            }
+        };
+        self.scale * value + off
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.scale != 1.0 {
+            write!(f, "{} * ", self.scale)?;
+        }
+        write!(f, "{}.{}", self.probe, self.stat.name())?;
+        if let Some((neg, t)) = &self.offset {
+            write!(f, " {} {t}", if *neg { '-' } else { '+' })?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Rhs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rhs::Fixed(t) => t.fmt(f),
+            Rhs::Relative(r) => r.fmt(f),
+        }
+    }
+}
+
+impl Expectation {
+    /// The probe whose statistic the bound comes from, if any.
+    pub fn reference(&self) -> Option<&Reference> {
+        match &self.rhs {
+            Rhs::Relative(r) => Some(r),
+            Rhs::Fixed(_) => None,
+        }
+    }
+
+    /// The fixed threshold in base units; `None` for a relative expectation.
+    pub fn fixed(&self) -> Option<f64> {
+        match &self.rhs {
+            Rhs::Fixed(t) => Some(t.as_f64()),
+            Rhs::Relative(_) => None,
+        }
+    }
 }
 
 impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} {}",
-            self.stat.name(),
-            self.op.symbol(),
-            self.threshold
-        )
+        write!(f, "{} {} {}", self.stat.name(), self.op.symbol(), self.rhs)
     }
 }
 
@@ -342,28 +421,133 @@ pub fn parse_expectation(s: &str, metric: bool) -> Result<Expectation, (String, 
         }
         st
     };
-    let threshold = parse_threshold(rhs).map_err(|e| (e, None))?;
-    let want = stat.unit();
-    if threshold.kind() != want {
-        let example = match want {
+    let unit_error = |what: &str| {
+        let example = match stat.unit() {
             UnitKind::Percent => "a percentage such as `99%`",
             UnitKind::Duration => "a duration such as `150ms`",
             UnitKind::Number => "a plain number",
         };
-        return Err((
+        (
             format!(
                 "`{}` is compared with {example}, not `{}`",
                 stat.name(),
-                rhs.trim()
+                what.trim()
             ),
             None,
-        ));
+        )
+    };
+    if let Some(reference) = parse_reference(rhs).map_err(|e| (e, None))? {
+        if metric {
+            return Err((
+                format!(
+                    "a metric assertion compares with a number, not with probe `{}`",
+                    reference.probe
+                ),
+                None,
+            ));
+        }
+        if reference.stat.unit() != stat.unit() {
+            return Err((
+                format!(
+                    "`{}` cannot be compared with `{}.{}`: they are in different units",
+                    stat.name(),
+                    reference.probe,
+                    reference.stat.name()
+                ),
+                None,
+            ));
+        }
+        if let Some((_, t)) = reference.offset
+            && t.kind() != stat.unit()
+        {
+            return Err(unit_error(&t.to_string()));
+        }
+        return Ok(Expectation {
+            stat,
+            op,
+            rhs: Rhs::Relative(reference),
+        });
+    }
+    let threshold = parse_threshold(rhs).map_err(|e| (e, None))?;
+    if threshold.kind() != stat.unit() {
+        return Err(unit_error(rhs));
     }
     Ok(Expectation {
         stat,
         op,
-        threshold,
+        rhs: Rhs::Fixed(threshold),
     })
+}
+
+/// Parses `[number *] probe.stat [(+|-) value]`; `Ok(None)` when `s` holds no reference
+/// (a plain threshold).
+fn parse_reference(s: &str) -> Result<Option<Reference>, String> {
+    let s = s.trim();
+    // A reference starts with a probe name (a DNS label: a letter first) followed by `.`.
+    let (scale, rest) = match s.split_once(['*', '×']) {
+        Some((k, r)) => {
+            let k = k.trim();
+            let scale = k
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .ok_or_else(|| {
+                    format!("`{k}` is not a factor: write e.g. `0.9 * lan.success_rate`")
+                })?;
+            (scale, r.trim())
+        }
+        None => (1.0, s),
+    };
+    let name_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .unwrap_or(rest.len());
+    let name = &rest[..name_end];
+    let starts_like_name = name.starts_with(|c: char| c.is_ascii_alphabetic());
+    if !starts_like_name || !rest[name_end..].starts_with('.') {
+        if scale != 1.0 || s.contains(['*', '×']) {
+            return Err(format!(
+                "`{s}` multiplies something that is not a probe statistic: write e.g. `0.9 * lan.success_rate`"
+            ));
+        }
+        return Ok(None);
+    }
+    let after = &rest[name_end + 1..];
+    let stat_end = after
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(after.len());
+    let stat_word = &after[..stat_end];
+    let stat = match Stat::parse(stat_word) {
+        Some(Stat::Value) | None => {
+            let hint = super::diag::unknown_hint(stat_word, "statistics", &Stat::PROBE_NAMES)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            return Err(format!(
+                "`{name}.{stat_word}` does not name a probe statistic{hint}"
+            ));
+        }
+        Some(st) => st,
+    };
+    let tail = after[stat_end..].trim();
+    let offset = if tail.is_empty() {
+        None
+    } else {
+        let (neg, v) = if let Some(v) = tail.strip_prefix('+') {
+            (false, v)
+        } else if let Some(v) = tail.strip_prefix('-') {
+            (true, v)
+        } else {
+            return Err(format!(
+                "`{tail}` after `{name}.{stat_word}` is not an offset: write e.g. `{name}.{stat_word} + 5ms`"
+            ));
+        };
+        Some((neg, parse_threshold(v)?))
+    };
+    Ok(Some(Reference {
+        scale,
+        probe: name.to_string(),
+        stat,
+        offset,
+    }))
 }
 
 /// One end of a probe window.
@@ -450,10 +634,10 @@ mod tests {
         let e = parse_expectation("success_rate >= 99%", false).unwrap();
         assert_eq!(e.stat, Stat::SuccessRate);
         assert_eq!(e.op, Op::Ge);
-        assert!((e.threshold.as_f64() - 0.99).abs() < 1e-12);
+        assert!((e.fixed().unwrap() - 0.99).abs() < 1e-12);
         let e = parse_expectation("p99<150ms", false).unwrap();
         assert_eq!((e.stat, e.op), (Stat::P99, Op::Lt));
-        assert!((e.threshold.as_f64() - 0.150).abs() < 1e-12);
+        assert!((e.fixed().unwrap() - 0.150).abs() < 1e-12);
         assert_eq!(e.to_string(), "p99 < 150ms");
         assert!(parse_expectation("success_rate == 0%", false).is_ok());
         assert!(parse_expectation("count > 10", false).is_ok());
@@ -473,6 +657,45 @@ mod tests {
         assert!(h.unwrap().contains("did you mean `success_rate`"));
         assert!(parse_expectation("== 0", false).is_err());
         assert!(parse_expectation("p99 150ms", false).is_err());
+    }
+
+    #[test]
+    fn parses_relative_expectations() {
+        let e = parse_expectation("p50 < lan.p50 + 41ms", false).unwrap();
+        let r = e.reference().unwrap();
+        assert_eq!((r.probe.as_str(), r.stat, r.scale), ("lan", Stat::P50, 1.0));
+        assert!((r.bound(0.001) - 0.042).abs() < 1e-12);
+        assert_eq!(e.to_string(), "p50 < lan.p50 + 41ms");
+        let e = parse_expectation("success_rate >= 0.9 * lan-2.success_rate", false).unwrap();
+        let r = e.reference().unwrap();
+        assert_eq!((r.probe.as_str(), r.scale), ("lan-2", 0.9));
+        assert!((r.bound(1.0) - 0.9).abs() < 1e-12);
+        assert_eq!(e.to_string(), "success_rate >= 0.9 * lan-2.success_rate");
+        let e = parse_expectation("p99<base.p99-1ms", false).unwrap();
+        assert!((e.reference().unwrap().bound(0.010) - 0.009).abs() < 1e-12);
+        assert_eq!(e.to_string(), "p99 < base.p99 - 1ms");
+        let e = parse_expectation("count >= 2 * other.count", false).unwrap();
+        assert_eq!(e.reference().unwrap().bound(10.0), 20.0);
+        // A plain decimal threshold is not a reference.
+        assert!(parse_expectation("p50 < 41.5ms", false).unwrap().fixed().is_some());
+    }
+
+    #[test]
+    fn rejects_bad_relative_expectations() {
+        let err = |s: &str| parse_expectation(s, false).unwrap_err().0;
+        assert!(err("p50 < lan.success_rate").contains("different units"));
+        assert!(err("p50 < lan.p50 + 5%").contains("duration"));
+        assert!(err("p50 < lan.p5 + 1ms").contains("does not name a probe statistic"));
+        assert!(err("p50 < lan.value").contains("does not name a probe statistic"));
+        assert!(err("p50 < lan.p50 5ms").contains("not an offset"));
+        assert!(err("p50 < x * lan.p50").contains("not a factor"));
+        assert!(err("p50 < 2 * 5ms").contains("not a probe statistic"));
+        assert!(
+            parse_expectation("== lan.p50", true)
+                .unwrap_err()
+                .0
+                .contains("metric assertion")
+        );
     }
 
     #[test]

@@ -491,6 +491,10 @@ pub enum Subject {
     Probe {
         probe: usize,
         window: Window,
+        /// The probe a relative expectation takes its bound from (`lan` in
+        /// `p50 < lan.p50 + 41ms`), judged over the same window.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reference: Option<usize>,
     },
     Metric {
         workload: usize,

@@ -203,7 +203,11 @@ impl Validator<'_> {
                             }
                         }
                     };
-                    plan::Subject::Probe { probe: pi, window }
+                    plan::Subject::Probe {
+                        probe: pi,
+                        window,
+                        reference: None,
+                    }
                 }
                 (None, Some(m)) => {
                     if let Some(d) = &a.during {
@@ -339,12 +343,38 @@ impl Validator<'_> {
                 }
             };
             let metric = matches!(subject, plan::Subject::Metric { .. });
+            let mut subject = subject;
             match parse_expectation(&a.expect, metric) {
-                Ok(expect) => out.push(plan::Assertion {
-                    name: a.name.value.clone(),
-                    subject,
-                    expect,
-                }),
+                Ok(expect) => {
+                    if let (Some(r), plan::Subject::Probe { reference, .. }) =
+                        (expect.reference(), &mut subject)
+                    {
+                        match p.probes.iter().position(|x| x.name == r.probe) {
+                            Some(ri) => *reference = Some(ri),
+                            None => {
+                                let names: Vec<&str> =
+                                    p.probes.iter().map(|x| x.name.as_str()).collect();
+                                let d = self.err(
+                                    a.expect.pos,
+                                    format!(
+                                        "assertion `{}` compares with unknown probe `{}`",
+                                        a.name.value, r.probe
+                                    ),
+                                );
+                                d.width = width(&a.expect);
+                                d.hint = super::super::diag::unknown_hint(
+                                    &r.probe, "probes", &names,
+                                );
+                                continue;
+                            }
+                        }
+                    }
+                    out.push(plan::Assertion {
+                        name: a.name.value.clone(),
+                        subject,
+                        expect,
+                    })
+                }
                 Err((m, h)) => {
                     let d = self.err(a.expect.pos, format!("assertion `{}`: {m}", a.name.value));
                     d.width = width(&a.expect);
