@@ -242,6 +242,68 @@ fn metrics_endpoint_while_running() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `edgesim run … | head -1`: once the reader is gone every write fails with EPIPE. The run
+/// must go on to its verdict, its reports and its teardown instead of dying on the first
+/// progress line and leaving its namespaces behind.
+#[test]
+fn closed_output_pipes_do_not_abort_a_run() {
+    if !edgesim::testing::netns() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("pipes.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: cli-pipes}\nspec:\n  seed: 1\n  duration: 3s\n  sites: {s: {}}\n  nodes:\n    - {name: a, site: s, profile: cloud-small}\n    - {name: b, site: s, profile: cloud-small}\n  timeline:\n    - {at: 1s, for: 1s, partition: {between: [[a], [b]]}}\n  probes:\n    - {name: ab, from: a, ping: b, every: 100ms}\n  assertions:\n    - {name: cut, probe: ab, during: 1200ms..1900ms, expect: \"success_rate == 0%\"}\n",
+    )
+    .expect("write scenario");
+    let out = dir.path().join("out");
+    let mut child = bin()
+        .arg("run")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read the first line, as `head -1` does, then close both pipes.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    stderr.read_line(&mut first).expect("first line");
+    assert!(first.starts_with("running cli-pipes"), "{first}");
+    drop(stderr);
+    drop(child.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "run did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the run should end with its verdict"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json written"),
+    )
+    .expect("report is JSON");
+    assert_eq!(report["outcome"], "passed", "{report:#}");
+    let run_id = report["run_id"].as_str().expect("run_id").to_string();
+    let netns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    let left = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !left.contains(&run_id),
+        "namespaces of run {run_id} left behind:\n{left}"
+    );
+}
+
 #[test]
 fn doctor_reports_the_netns_target() {
     if !edgesim::testing::netns() {
@@ -408,7 +470,12 @@ fn delay_by_effect(mechanism: &str) {
         v
     };
     let (rtts, base) = (rtts(0), rtts(1));
-    assert!(rtts.len() > 150 && base.len() > 150, "too few replies: {} and {}", rtts.len(), base.len());
+    assert!(
+        rtts.len() > 150 && base.len() > 150,
+        "too few replies: {} and {}",
+        rtts.len(),
+        base.len()
+    );
     // Robust statistics: a loaded host delays the odd ping by milliseconds; the median and the
     // interquartile range describe the distribution without being moved by a few outliers.
     let q = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p).round() as usize];

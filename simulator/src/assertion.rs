@@ -166,7 +166,10 @@ pub fn judge_probe(
     let bound = match (expect.fixed(), expect.reference()) {
         (Some(t), _) => Ok(t),
         (None, Some(r)) => match reference {
-            None => Err(format!("probe `{}` has no samples to compare with", r.probe)),
+            None => Err(format!(
+                "probe `{}` has no samples to compare with",
+                r.probe
+            )),
             Some(ref_samples) => {
                 let rs = ProbeStats::collect(ref_samples, window);
                 match rs.stat(r.stat) {
@@ -190,7 +193,11 @@ pub fn judge_probe(
     };
     let (passed, observed, observed_text) = match st.stat(expect.stat) {
         Ok(v) => match bound {
-            Ok(b) => (expect.op.holds(v, b), Some(v), format_observed(expect.stat, v)),
+            Ok(b) => (
+                expect.op.holds(v, b),
+                Some(v),
+                format_observed(expect.stat, v),
+            ),
             Err(why) => {
                 detail = format!("{why}; {detail}");
                 (false, Some(v), format_observed(expect.stat, v))
@@ -409,22 +416,39 @@ mod tests {
         let v = judge_probe("r", &s, w, &exp("p50 < lan.p50 + 24ms"), Some(&lan));
         assert!(v.passed, "{v:?}");
         assert_eq!(v.expected, "p50 < lan.p50 + 24ms = 26.000ms");
-        assert!(v.detail.contains("lan.p50 = 2.000ms over 50 samples"), "{}", v.detail);
+        assert!(
+            v.detail.contains("lan.p50 = 2.000ms over 50 samples"),
+            "{}",
+            v.detail
+        );
         let v = judge_probe("r", &s, w, &exp("p50 < lan.p50 + 22ms"), Some(&lan));
         assert!(!v.passed, "{v:?}");
         // Over everything, lan.p50 is 2 ms still (rank 50 of 100) but its max is 10 ms.
         let v = judge_probe("r", &s, all(), &exp("max <= 10 * lan.max"), Some(&lan));
         assert!(v.passed, "{v:?}");
-        let v = judge_probe("r", &s, all(), &exp("success_rate >= 0.95 * lan.success_rate"), Some(&lan));
+        let v = judge_probe(
+            "r",
+            &s,
+            all(),
+            &exp("success_rate >= 0.95 * lan.success_rate"),
+            Some(&lan),
+        );
         assert!(!v.passed, "90% is below 95% of 100%: {v:?}");
         // A reference without samples in the window never passes.
         let late = (Duration::from_secs(5), Duration::from_secs(6));
         let empty: Vec<Sample> = Vec::new();
         let v = judge_probe("r", &s, late, &exp("count >= lan.count"), Some(&empty));
         assert!(!v.passed);
-        assert!(v.detail.contains("the reference `lan`: no probe samples"), "{}", v.detail);
+        assert!(
+            v.detail.contains("the reference `lan`: no probe samples"),
+            "{}",
+            v.detail
+        );
         let v = judge_probe("r", &s, late, &exp("count >= lan.count"), None);
-        assert!(!v.passed && v.detail.contains("no samples to compare with"), "{v:?}");
+        assert!(
+            !v.passed && v.detail.contains("no samples to compare with"),
+            "{v:?}"
+        );
     }
 
     #[test]

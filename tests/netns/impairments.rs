@@ -254,7 +254,10 @@ probes:
         phases.push((applied, up));
     }
     let downs = phases.iter().filter(|p| !p.1).count();
-    assert!(downs >= 3, "the seeded schedule has several down phases: {phases:?}");
+    assert!(
+        downs >= 3,
+        "the seeded schedule has several down phases: {phases:?}"
+    );
     let samples = fin.report["probes"][0]["samples"]
         .as_array()
         .expect("samples");
@@ -278,7 +281,10 @@ probes:
             lost_down += usize::from(!ok);
         }
     }
-    assert!(n_down > 40 && n_up > 80, "too few judged samples: {n_down} down, {n_up} up");
+    assert!(
+        n_down > 40 && n_up > 80,
+        "too few judged samples: {n_down} down, {n_up} up"
+    );
     assert_eq!(
         lost_down, n_down,
         "pings sent while the link was down must all be lost ({mechanism}); phases {phases:?}"

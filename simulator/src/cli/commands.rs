@@ -26,7 +26,7 @@ pub fn dispatch(cli: Cli) -> u8 {
     match res {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             EXIT_INFRA
         }
     }
@@ -58,11 +58,11 @@ pub fn resolve_plan(target: TargetArg, plan: &Plan) -> Result<Option<edgesim::ta
         Err(items) => {
             let n = items.len();
             let text = std::fs::read_to_string(&plan.file).unwrap_or_default();
-            eprint!(
+            err!(
                 "{}",
                 scenario::diag::Diagnostics::new(&plan.file, &text, items)
             );
-            eprintln!(
+            errln!(
                 "\n{}: {n} problem{} for the `{}` target; nothing was created.",
                 plan.file.display(),
                 if n == 1 { "" } else { "s" },
@@ -97,7 +97,7 @@ fn load_checked(
     match scenario::load(file, profiles, caps, ov) {
         Ok(v) => {
             if !v.warnings.is_empty() {
-                eprintln!("{}", v.warnings);
+                errln!("{}", v.warnings);
             }
             Ok(Some(v))
         }
@@ -106,8 +106,8 @@ fn load_checked(
                 0 => String::new(),
                 w => format!(" (and {})", plural(w, "warning")),
             };
-            eprint!("{d}");
-            eprintln!(
+            err!("{d}");
+            errln!(
                 "\n{}: {} found{warnings}; nothing was created.",
                 file.display(),
                 plural(d.errors(), "problem"),
@@ -115,7 +115,7 @@ fn load_checked(
             Ok(None)
         }
         Err(e @ LoadError::Read { .. }) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Ok(None)
         }
     }
@@ -136,7 +136,7 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
             },
         )? {
             Some(v) if resolve_plan(target, &v.plan)?.is_none() => code = EXIT_INVALID,
-            Some(Validated { plan: p, warnings }) => println!(
+            Some(Validated { plan: p, warnings }) => outln!(
                 "{}: ok ({} sites, {} nodes, {} workloads, {} timeline actions, {} probes, {} assertions{})",
                 f.display(),
                 p.sites.len(),
@@ -378,13 +378,18 @@ fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(EXIT_PASS);
     }
     let color = std::io::stdout().is_terminal();
-    println!(
+    outln!(
         "{:<24} {:<6} {:>5} {:>7} {:>9} {:>10}  DESCRIPTION",
-        "PROFILE", "ARCH", "CORES", "SPEED", "MEMORY", "HOST CPUS"
+        "PROFILE",
+        "ARCH",
+        "CORES",
+        "SPEED",
+        "MEMORY",
+        "HOST CPUS"
     );
     for (name, e) in set.iter() {
         let l = limits(&e.spec, &host);
@@ -398,22 +403,22 @@ fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
             l.effective_cores,
             e.description
         );
-        println!("{row}");
+        outln!("{row}");
     }
     let note = format!(
         "\nSPEED is per-core speed relative to the reference core; HOST CPUS is the CPU quota a node gets on this host\n(host per-core speed {:.2}, {}, {} online CPUs).",
         host.speed_per_core, host.source, host.online_cpus
     );
     if color {
-        println!("\x1b[2m{note}\x1b[0m");
+        outln!("\x1b[2m{note}\x1b[0m");
     } else {
-        println!("{note}");
+        outln!("{note}");
     }
     Ok(EXIT_PASS)
 }
 
 fn schema() -> Result<u8> {
     let s = schemars::schema_for!(edgesim::scenario::model::Scenario);
-    println!("{}", serde_json::to_string_pretty(&s)?);
+    outln!("{}", serde_json::to_string_pretty(&s)?);
     Ok(EXIT_PASS)
 }

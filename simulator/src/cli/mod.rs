@@ -9,6 +9,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+// Output of the CLI never panics: `println!` panics when stdout or stderr is a closed pipe
+// (`edgesim run … | head`), which would abort a run before its teardown. A line that
+// cannot be written is dropped; the run, its reports and its teardown go on.
+macro_rules! outln {
+    ($($t:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stdout(), $($t)*); }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{ use std::io::Write as _; let mut o = std::io::stdout(); let _ = write!(o, $($t)*); let _ = o.flush(); }};
+}
+macro_rules! err {
+    ($($t:tt)*) => {{ use std::io::Write as _; let _ = write!(std::io::stderr(), $($t)*); }};
+}
+macro_rules! errln {
+    ($($t:tt)*) => {{ use std::io::Write as _; let _ = writeln!(std::io::stderr(), $($t)*); }};
+}
+
 mod commands;
 mod run;
 

@@ -109,7 +109,7 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
     if output == Output::Json {
         let f: ProgressFn = Arc::new(|p: Progress| {
             if let Ok(s) = serde_json::to_string(&p) {
-                println!("{s}");
+                outln!("{s}");
             }
         });
         return (f, None);
@@ -153,7 +153,7 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
         };
         match &b2 {
             Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            None => errln!("{line}"),
         }
     });
     (f, bar)
@@ -185,7 +185,7 @@ fn write_reports(
             report::write_json(report, &path)
         };
         if let Err(e) = res {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
         }
     }
 }
@@ -227,14 +227,14 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
             };
             match bs.lock().ok().and_then(|g| g.clone()) {
                 Some(b) => b.println(msg),
-                None => eprintln!("{msg}"),
+                None => errln!("{msg}"),
             }
         });
         let (metrics, _server) = match args.metrics_addr {
             Some(addr) => {
                 let (m, reg) = edgesim::metrics::RunMetrics::new();
                 let server = edgesim::metrics::serve(addr, Arc::new(reg)).await.context("serving metrics")?;
-                eprintln!("metrics at http://{}/metrics", server.local_addr());
+                errln!("metrics at http://{}/metrics", server.local_addr());
                 (Some(Arc::new(m)), Some(server))
             }
             None => (None, None),
@@ -250,7 +250,7 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
             let (progress, bar) = progress_sink(args.output);
             *bar_slot.lock().unwrap_or_else(|e| e.into_inner()) = bar.clone();
             if args.output == Output::Text {
-                eprintln!(
+                errln!(
                     "running {} (run {run_id}, seed {}, {} nodes, {} s)",
                     plan.name,
                     plan.seed,
@@ -286,9 +286,9 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
             );
             let code = if stop.level() >= StopLevel::Graceful { EXIT_INTERRUPTED } else { report.exit_code as u8 };
             if args.output == Output::Json {
-                println!("{}", serde_json::json!({"event": "result", "scenario": name, "outcome": report.outcome, "exitCode": code, "report": out_dir.join("report.json")}));
+                outln!("{}", serde_json::json!({"event": "result", "scenario": name, "outcome": report.outcome, "exitCode": code, "report": out_dir.join("report.json")}));
             } else {
-                print!("{}", report::summary(&report, std::io::stdout().is_terminal()));
+                out!("{}", report::summary(&report, std::io::stdout().is_terminal()));
             }
             worst = worst.max(code);
         }
@@ -314,9 +314,11 @@ fn up(
     }
     require_root("edgesim up")?;
     if let Some(live) = state::live_by_name(&plan.name).first() {
-        eprintln!(
+        errln!(
             "error: a lab of scenario `{}` is already up (run {}); `edgesim down {}` first",
-            plan.name, live.run_id, plan.name
+            plan.name,
+            live.run_id,
+            plan.name
         );
         return Ok(EXIT_INVALID);
     }
@@ -377,32 +379,33 @@ fn up(
         .context("waiting for the lab")?;
     if let Some(rest) = msg.strip_prefix("ok ") {
         let st: RunState = serde_json::from_str(rest.trim()).context("reading the lab's state")?;
-        println!(
+        outln!(
             "lab `{}` is up (run {}, {} nodes)",
             st.scenario,
             st.run_id,
             st.nodes.len()
         );
         for n in st.nodes.iter().take(12) {
-            println!("  {:<16} {:<15} site {}", n.name, n.addr, n.site);
+            outln!("  {:<16} {:<15} site {}", n.name, n.addr, n.site);
         }
         if st.nodes.len() > 12 {
-            println!("  … and {} more", st.nodes.len() - 12);
+            outln!("  … and {} more", st.nodes.len() - 12);
         }
-        println!("logs: {}", st.out_dir.display());
-        println!(
+        outln!("logs: {}", st.out_dir.display());
+        outln!(
             "try:  edgesim exec {} {} -- ip addr",
-            st.scenario, st.nodes[0].name
+            st.scenario,
+            st.nodes[0].name
         );
-        println!("stop: edgesim down {}", st.scenario);
+        outln!("stop: edgesim down {}", st.scenario);
         Ok(EXIT_PASS)
     } else {
         let _ = child.wait();
-        eprintln!(
+        errln!(
             "error: the lab did not come up: {}",
             msg.trim().strip_prefix("err ").unwrap_or(msg.trim())
         );
-        eprintln!("(log: {})", log_path.display());
+        errln!("(log: {})", log_path.display());
         Ok(EXIT_INFRA)
     }
 }
@@ -460,7 +463,7 @@ fn lab_daemon(
             metrics: None,
             progress: Some(Arc::new(|p: Progress| {
                 if let Ok(s) = serde_json::to_string(&p) {
-                    println!("{s}");
+                    outln!("{s}");
                 }
             })),
             stop,
@@ -508,7 +511,7 @@ fn down(name_or_file: &str) -> Result<u8> {
         .filter(|s| s.scenario == name && s.mode == Mode::Lab)
         .collect();
     if all.is_empty() {
-        eprintln!("error: no lab of scenario `{name}` is up");
+        errln!("error: no lab of scenario `{name}` is up");
         return Ok(EXIT_INVALID);
     }
     let rt = runtime()?;
@@ -528,13 +531,13 @@ fn down(name_or_file: &str) -> Result<u8> {
             // The lab process is gone (or stuck): remove what it left from its state file.
             let errors = rt.block_on(edgesim::targets::cleanup(&st));
             for e in &errors {
-                eprintln!("warning: {e}");
+                errln!("warning: {e}");
             }
             if !errors.is_empty() {
                 code = EXIT_INFRA;
             }
         }
-        println!("lab `{}` (run {}) is down", st.scenario, st.run_id);
+        outln!("lab `{}` (run {}) is down", st.scenario, st.run_id);
     }
     Ok(code)
 }
@@ -544,13 +547,13 @@ fn exec(name_or_file: &str, node: &str, command: &[String]) -> Result<u8> {
     let name = scenario_name(name_or_file);
     let live = state::live_by_name(&name);
     let Some(st) = live.last() else {
-        eprintln!("error: no lab of scenario `{name}` is up (start one with `edgesim up FILE`)");
+        errln!("error: no lab of scenario `{name}` is up (start one with `edgesim up FILE`)");
         return Ok(EXIT_INVALID);
     };
     let Some(n) = st.nodes.iter().find(|n| n.name == node) else {
         let names: Vec<&str> = st.nodes.iter().map(|n| n.name.as_str()).collect();
         let hint = edgesim::scenario::diag::unknown_hint(node, "nodes", &names).unwrap_or_default();
-        eprintln!("error: lab `{name}` has no node `{node}`\n  hint: {hint}");
+        errln!("error: lab `{name}` has no node `{node}`\n  hint: {hint}");
         return Ok(EXIT_INVALID);
     };
     let Some(ni) = st.node_index(&n.name) else {
@@ -567,12 +570,12 @@ fn doctor(output: Output) -> Result<u8> {
     let rt = runtime()?;
     let r = rt.block_on(edgesim::targets::doctor());
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(EXIT_PASS);
     }
-    println!("kernel: {}\n", r.kernel);
+    outln!("kernel: {}\n", r.kernel);
     for c in &r.checks {
-        println!(
+        outln!(
             "  {} {:<14} {}",
             if c.ok { "✓" } else { "✗" },
             c.name,
@@ -580,7 +583,7 @@ fn doctor(output: Output) -> Result<u8> {
         );
     }
     for t in &r.targets {
-        println!(
+        outln!(
             "\ntarget {}: {}",
             t.target,
             if t.usable {
@@ -591,7 +594,7 @@ fn doctor(output: Output) -> Result<u8> {
         );
         for a in &t.actions {
             let s = a.support.as_str();
-            println!("  {:<30} {:<12} {}", a.action, s, a.how);
+            outln!("  {:<30} {:<12} {}", a.action, s, a.how);
         }
     }
     Ok(if r.targets.iter().any(|t| t.usable) {
@@ -632,7 +635,7 @@ fn cleanup(all: bool) -> Result<u8> {
             }
         }
         let errs = rt.block_on(edgesim::targets::cleanup(&st));
-        println!(
+        outln!(
             "removed run {} ({}){}",
             st.run_id,
             st.scenario,
@@ -644,7 +647,7 @@ fn cleanup(all: bool) -> Result<u8> {
     // Orphans that no state file describes (e.g. a crash before the state file was written).
     let (n, errs) = rt.block_on(edgesim::targets::docker::cleanup_orphans(&live_runs()));
     if n > 0 {
-        println!("removed {n} container(s) of runs that are gone");
+        outln!("removed {n} container(s) of runs that are gone");
     }
     removed += n;
     errors.extend(errs);
@@ -663,7 +666,7 @@ fn cleanup(all: bool) -> Result<u8> {
         if dead {
             match edgesim::host::ns::delete(&ns) {
                 Ok(()) => {
-                    println!("removed namespace {ns}");
+                    outln!("removed namespace {ns}");
                     removed += 1;
                 }
                 Err(e) => errors.push(e.to_string()),
@@ -675,7 +678,7 @@ fn cleanup(all: bool) -> Result<u8> {
             if !live_runs().contains(&id) {
                 match cg.remove_tree(&format!("edgesim/{id}")) {
                     Ok(()) => {
-                        println!("removed cgroup edgesim/{id}");
+                        outln!("removed cgroup edgesim/{id}");
                         removed += 1;
                     }
                     Err(e) => errors.push(e.to_string()),
@@ -698,13 +701,13 @@ fn cleanup(all: bool) -> Result<u8> {
         }
     }
     for e in &errors {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
     }
     if removed == 0 && errors.is_empty() {
-        println!("nothing to clean up");
+        outln!("nothing to clean up");
     }
     if !live_ids.is_empty() {
-        println!(
+        outln!(
             "{} live run(s) left alone; `edgesim cleanup --all` stops them too",
             live_ids.len()
         );
@@ -726,19 +729,22 @@ fn calibrate(save: bool, builtin: bool) -> Result<u8> {
         },
         ..Default::default()
     };
-    eprintln!("measuring single-core CPU speed (this takes up to a minute)…");
+    errln!("measuring single-core CPU speed (this takes up to a minute)…");
     let c = cal::calibrate(&opts)?;
-    println!("{}", serde_json::to_string_pretty(&c)?);
-    println!(
+    outln!("{}", serde_json::to_string_pretty(&c)?);
+    outln!(
         "\nthis host's core ≈ {:.2} × a Raspberry Pi 5 core ({:?}, score {:.0} vs reference {:.0})",
-        c.speed_per_core, c.method, c.score, c.reference_score
+        c.speed_per_core,
+        c.method,
+        c.score,
+        c.reference_score
     );
     if save {
         let p = cal::calibration_path();
         cal::save(&c, &p)?;
-        println!("saved to {}", p.display());
+        outln!("saved to {}", p.display());
     } else {
-        println!("(not saved; pass --save to use it for later runs)");
+        outln!("(not saved; pass --save to use it for later runs)");
     }
     Ok(EXIT_PASS)
 }

@@ -677,7 +677,12 @@ mod tests {
         let e = parse_expectation("count >= 2 * other.count", false).unwrap();
         assert_eq!(e.reference().unwrap().bound(10.0), 20.0);
         // A plain decimal threshold is not a reference.
-        assert!(parse_expectation("p50 < 41.5ms", false).unwrap().fixed().is_some());
+        assert!(
+            parse_expectation("p50 < 41.5ms", false)
+                .unwrap()
+                .fixed()
+                .is_some()
+        );
     }
 
     #[test]

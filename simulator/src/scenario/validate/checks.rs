@@ -362,9 +362,8 @@ impl Validator<'_> {
                                     ),
                                 );
                                 d.width = width(&a.expect);
-                                d.hint = super::super::diag::unknown_hint(
-                                    &r.probe, "probes", &names,
-                                );
+                                d.hint =
+                                    super::super::diag::unknown_hint(&r.probe, "probes", &names);
                                 continue;
                             }
                         }
