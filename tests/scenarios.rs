@@ -17,6 +17,9 @@
 //!   a key such as `on` that YAML 1.1 reads as a boolean cannot. Needs `python3` with PyYAML
 //!   and jsonschema; skips without them (fails when EDGESIM_REQUIRE lists `python`).
 //!
+//! Scenarios with `spec.cpuScale` (verdicts that rest on CPU capacity) run alone; the others
+//! run side by side.
+//!
 //! Runs need root; without it they skip with a reason (and fail when EDGESIM_REQUIRE lists
 //! `netns`). Scenarios longer than `EDGESIM_MAX_SCENARIO_SECS` (default 90) are only
 //! validated.
@@ -124,6 +127,23 @@ fn portable(file: &Path) -> bool {
 
 const PORTABLE: &str = "edgesim.dev/portable";
 
+/// Scenario runs share the machine, except CPU-shaped ones (below), which run alone.
+static RUNS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A held turn on the machine; dropping it lets the next run in.
+enum Turn<'a> {
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'a, ()>),
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'a, ()>),
+}
+
+/// Whether a scenario's verdicts rest on CPU capacity (`spec.cpuScale` set): a CFS quota is
+/// a ceiling, not a guarantee, so such a run must not share a small machine's CPUs with
+/// other runs (a 2-CPU CI machine runs two trials at once).
+fn cpu_shaped(file: &Path) -> bool {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    edgesim::scenario::validate::parse(file, &text).is_ok_and(|sc| sc.spec.cpu_scale.is_some())
+}
+
 /// The apps a scenario file runs (`app: NAME`), for building their images.
 fn apps_of(file: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -201,6 +221,13 @@ fn run_on(file: &Path, want: i32, target: &str) -> Result<Option<Vec<(String, bo
     if !edgesim::testing::netns() {
         return Ok(None);
     }
+    // A CPU-shaped scenario's verdict rests on its nodes getting their quota: it runs alone,
+    // the others share the machine.
+    let _turn = if cpu_shaped(file) {
+        Turn::Alone(RUNS.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Turn::Shared(RUNS.read().unwrap_or_else(|e| e.into_inner()))
+    };
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let report = dir.path().join("report.json");
     let junit = dir.path().join("junit.xml");

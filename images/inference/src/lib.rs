@@ -6,9 +6,12 @@
 //! - The model is loaded once from a safetensors file (`--model-path`; else
 //!   `$EDGESIM_WORKDIR/model.safetensors`, generated there deterministically on first start).
 //! - Each request carries one or more images (or a seed to synthesise them); the forward pass
-//!   runs on tokio's blocking pool, at most `--workers` at once (default 1: one model
-//!   instance, whose matrix kernels use the CPUs the process may use; set `RAYON_NUM_THREADS`
-//!   to limit that). Waiting requests queue.
+//!   runs on tokio's blocking pool, at most `--workers` at once; waiting requests queue. The
+//!   default, `auto`, is one worker per core of the board (`EDGESIM_CPU_CORES`, which every
+//!   edgesim target sets from the node's profile; else the CPUs this process may use). With
+//!   more than one worker each pass runs on one thread (the binary sets `RAYON_NUM_THREADS=1`
+//!   unless it is set), the way a service keeps every core of a board busy without
+//!   oversubscribing it; a single worker's matrix kernels use every CPU the process may use.
 //! - The deadline (`--deadline`, or the request's `deadline_ms`) runs from the request's
 //!   arrival. A request whose deadline passed while it queued is shed without computing
 //!   (answered 503, counted as a miss at stage `queue`); one whose forward pass ends after the
@@ -100,9 +103,10 @@ pub struct Args {
     #[arg(long, env = "INFERENCE_DEADLINE", default_value = "200ms")]
     pub deadline: Dur,
 
-    /// Forward passes running at once; further requests queue.
-    #[arg(long, env = "INFERENCE_WORKERS", default_value_t = 1)]
-    pub workers: usize,
+    /// Forward passes running at once (`auto`: one per board core, see the crate docs);
+    /// further requests queue.
+    #[arg(long, env = "INFERENCE_WORKERS", default_value = "auto")]
+    pub workers: Workers,
 
     /// Most images per request.
     #[arg(long, env = "INFERENCE_MAX_BATCH", default_value_t = 64)]
@@ -111,6 +115,53 @@ pub struct Args {
     /// Where the model runs: cpu, or cuda (needs a build with the `cuda` feature).
     #[arg(long, env = "INFERENCE_DEVICE", value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+}
+
+/// How many forward passes run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per core of the board ([`Workers::resolve`]).
+    Auto,
+    /// Exactly this many (at least 1).
+    Fixed(usize),
+}
+
+impl std::str::FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Self::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "workers must be `auto` or a whole number of at least 1, not {s:?}"
+            )),
+            Ok(n) => Ok(Self::Fixed(n)),
+        }
+    }
+}
+
+impl Workers {
+    /// The number of workers: `Fixed(n)` is `n`; `Auto` is the board's core count from
+    /// `cores` (the value of `EDGESIM_CPU_CORES`) where that is a whole number of at least 1,
+    /// else `fallback` (the CPUs this process may use).
+    #[must_use]
+    pub fn resolve(self, cores: Option<&str>, fallback: usize) -> usize {
+        match self {
+            Self::Fixed(n) => n.max(1),
+            Self::Auto => cores
+                .and_then(|c| c.trim().parse::<usize>().ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or(fallback.max(1)),
+        }
+    }
+
+    /// [`Workers::resolve`] from this process's environment.
+    #[must_use]
+    pub fn count(self) -> usize {
+        let fallback = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        self.resolve(std::env::var("EDGESIM_CPU_CORES").ok().as_deref(), fallback)
+    }
 }
 
 /// Subcommands besides serving.
@@ -172,6 +223,7 @@ struct Metrics {
     compute: Histogram,
     queue_wait: Histogram,
     inflight: Gauge,
+    workers: Gauge,
     deadline: FloatGauge,
     parameters: Gauge,
     model_bytes: Gauge,
@@ -190,6 +242,7 @@ impl Metrics {
             compute: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             queue_wait: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             inflight: Gauge::default(),
+            workers: Gauge::default(),
             deadline: FloatGauge::default(),
             parameters: Gauge::default(),
             model_bytes: Gauge::default(),
@@ -233,6 +286,11 @@ impl Metrics {
             m.inflight.clone(),
         );
         r.register(
+            "inference_workers",
+            "Forward passes that may run at once (--workers)",
+            m.workers.clone(),
+        );
+        r.register(
             "inference_deadline_seconds",
             "The configured --deadline",
             m.deadline.clone(),
@@ -265,6 +323,7 @@ struct Service {
     model: Arc<Model>,
     model_path: PathBuf,
     slots: Semaphore,
+    workers: usize,
     metrics: Metrics,
 }
 
@@ -405,7 +464,7 @@ impl Service {
             "env": self.env,
             "model": self.model_info(),
             "deadline": self.args.deadline.to_string(),
-            "workers": self.args.workers,
+            "workers": self.workers,
             "requests": m.requests.get(),
             "images": m.images.get(),
             "deadline_met": m.met.get(),
@@ -525,9 +584,13 @@ pub async fn start(args: Args, shutdown: Shutdown) -> anyhow::Result<Running> {
     metrics.parameters.set(to_i64(cfg.parameters() as u64));
     metrics.model_bytes.set(to_i64(cfg.parameters() as u64 * 4));
     metrics.flops.set(to_i64(cfg.flops_per_image()));
+    let workers = args.workers.count();
+    tracing::info!(workers, threads_per_pass = ?std::env::var("RAYON_NUM_THREADS").ok(), "serving");
+    metrics.workers.set(to_i64(workers as u64));
     let svc = Arc::new(Service {
         env,
-        slots: Semaphore::new(args.workers.max(1)),
+        slots: Semaphore::new(workers),
+        workers,
         model: Arc::new(model),
         model_path: path,
         metrics,
@@ -554,4 +617,33 @@ pub async fn start(args: Args, shutdown: Shutdown) -> anyhow::Result<Running> {
         args.common.shutdown_grace.0,
     ));
     Ok(Running { addr, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Workers;
+
+    #[test]
+    fn workers_are_auto_or_a_positive_count() {
+        assert_eq!("auto".parse::<Workers>(), Ok(Workers::Auto));
+        assert_eq!("3".parse::<Workers>(), Ok(Workers::Fixed(3)));
+        for bad in ["0", "-1", "many", ""] {
+            let e = bad.parse::<Workers>().unwrap_err();
+            assert!(e.contains("auto"), "{e}");
+        }
+    }
+
+    #[test]
+    fn auto_is_one_worker_per_board_core() {
+        assert_eq!(Workers::Auto.resolve(Some("4"), 2), 4, "a Pi 5 profile");
+        assert_eq!(Workers::Auto.resolve(Some(" 8\n"), 2), 8);
+        assert_eq!(
+            Workers::Auto.resolve(None, 2),
+            2,
+            "outside edgesim: the CPUs"
+        );
+        assert_eq!(Workers::Auto.resolve(Some("zero"), 3), 3);
+        assert_eq!(Workers::Auto.resolve(Some("0"), 0), 1);
+        assert_eq!(Workers::Fixed(5).resolve(Some("4"), 2), 5, "a number wins");
+    }
 }

@@ -233,6 +233,31 @@ pub struct Artifact {
     pub path: PathBuf,
 }
 
+/// The host CPU speed the run's CPU quotas were computed from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostCpuReport {
+    /// Single-core speed of the host relative to a Raspberry Pi 5 core.
+    pub speed_per_core: f64,
+    /// The scenario's `cpuScale` (every quota multiplied by it).
+    pub cpu_scale: f64,
+    /// CPUs edgesim may use.
+    pub online_cpus: u32,
+    /// Where the speed came from: measured (method, when, file), set by
+    /// `EDGESIM_HOST_SPEED`, or assumed.
+    pub source: String,
+}
+
+impl HostCpuReport {
+    pub fn new(host: &crate::profile::HostCpu, cpu_scale: f64) -> Self {
+        HostCpuReport {
+            speed_per_core: host.speed_per_core,
+            cpu_scale,
+            online_cpus: host.online_cpus,
+            source: host.source.to_string(),
+        }
+    }
+}
+
 /// The complete record of one run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -263,6 +288,9 @@ pub struct Report {
     pub links: Vec<LinkReport>,
     /// What carried the link impairments (`kernel (tc, nftables)`, `userspace (linkem)`).
     pub mechanism: String,
+    /// The host CPU speed behind the CPU quotas (set when the run starts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_cpu: Option<HostCpuReport>,
     /// The userspace link emulator's counters at the end of the run, per site relay.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub linkem: Vec<crate::linkem::RelayStats>,
@@ -296,6 +324,7 @@ impl Report {
             workloads: Vec::new(),
             links: Vec::new(),
             mechanism: String::new(),
+            host_cpu: None,
             linkem: Vec::new(),
             teardown: TeardownSummary::default(),
             notes: Vec::new(),
@@ -485,6 +514,7 @@ pub(crate) mod tests {
             }],
             links: Vec::new(),
             mechanism: "kernel (tc, nftables)".into(),
+            host_cpu: None,
             linkem: Vec::new(),
             teardown: TeardownSummary {
                 seconds: 0.05,

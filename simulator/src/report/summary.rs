@@ -64,6 +64,21 @@ pub fn summary(report: &Report, color: bool) -> String {
     if let Some(e) = &report.error {
         let _ = writeln!(s, "  {} {e}", st.red("error:"));
     }
+    if let Some(h) = &report.host_cpu {
+        let scale = if (h.cpu_scale - 1.0).abs() > f64::EPSILON {
+            format!(", cpuScale {}", h.cpu_scale)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{}",
+            st.dim(&format!(
+                "  host CPU: {:.2} × a Raspberry Pi 5 core, {} CPUs{scale}; {}",
+                h.speed_per_core, h.online_cpus, h.source
+            ))
+        );
+    }
 
     if !report.assertions.is_empty() {
         let w = report
@@ -208,6 +223,25 @@ mod tests {
 "
         );
         assert_eq!(got, want, "\n--- got ---\n{got}");
+    }
+
+    #[test]
+    fn the_host_speed_behind_the_quotas_is_stated() {
+        let mut r = sample_report();
+        let host = crate::profile::HostCpu {
+            speed_per_core: 1.234,
+            online_cpus: 2,
+            source: crate::profile::SpeedSource::Env,
+        };
+        r.host_cpu = Some(crate::report::HostCpuReport::new(&host, 0.05));
+        let got = summary(&r, false);
+        let line = got.lines().nth(1).unwrap();
+        assert_eq!(
+            line,
+            "  host CPU: 1.23 × a Raspberry Pi 5 core, 2 CPUs, cpuScale 0.05; set by EDGESIM_HOST_SPEED"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["host_cpu"]["speed_per_core"], 1.234);
     }
 
     #[test]
