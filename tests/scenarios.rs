@@ -17,8 +17,8 @@
 //!   a key such as `on` that YAML 1.1 reads as a boolean cannot. Needs `python3` with PyYAML
 //!   and jsonschema; skips without them (fails when EDGESIM_REQUIRE lists `python`).
 //!
-//! Scenarios with `spec.cpuScale` (verdicts that rest on CPU capacity) run alone; the others
-//! run side by side.
+//! Scenarios with `spec.cpuScale` (verdicts that rest on CPU capacity) or the label
+//! `edgesim.dev/runs-alone: "true"` (timing precision) run alone; the others run side by side.
 //!
 //! Runs need root; without it they skip with a reason (and fail when EDGESIM_REQUIRE lists
 //! `netns`). Scenarios longer than `EDGESIM_MAX_SCENARIO_SECS` (default 90) are only
@@ -139,9 +139,19 @@ enum Turn<'a> {
 /// Whether a scenario's verdicts rest on CPU capacity (`spec.cpuScale` set): a CFS quota is
 /// a ceiling, not a guarantee, so such a run must not share a small machine's CPUs with
 /// other runs (a 2-CPU CI machine runs two trials at once).
+/// The label `edgesim.dev/runs-alone: "true"` asks for the same (verdicts that rest on timing
+/// precision).
 fn cpu_shaped(file: &Path) -> bool {
     let text = std::fs::read_to_string(file).unwrap_or_default();
-    edgesim::scenario::validate::parse(file, &text).is_ok_and(|sc| sc.spec.cpu_scale.is_some())
+    edgesim::scenario::validate::parse(file, &text).is_ok_and(|sc| {
+        sc.spec.cpu_scale.is_some()
+            || sc
+                .metadata
+                .labels
+                .get("edgesim.dev/runs-alone")
+                .map(String::as_str)
+                == Some("true")
+    })
 }
 
 /// The apps a scenario file runs (`app: NAME`), for building their images.
