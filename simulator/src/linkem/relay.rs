@@ -10,15 +10,23 @@
 //!   after a forward is then picked up without a scheduler wake-up, which is most of the
 //!   latency a relay adds on a VM. It never polls longer than that window. A tx thread
 //!   that starts spinning towards a release kicks a sleeping io thread (eventfd), which then
-//!   polls through `tx_spin + rx_spin`, so that the answer to a delayed packet does not wait
-//!   for a wake-up either.
+//!   polls until two `rx_spin` past that release, so that the answer to a delayed packet does
+//!   not wait for a wake-up either.
 //! - **tx a-to-b / tx b-to-a**: each owns its direction's release-ordered queue, fed by
 //!   the io thread through a lock-free channel (so a descheduled io thread can never hold a
-//!   lock the tx thread needs). It sleeps (futex park, 1 ns timer slack) until ~`tx_spin`
-//!   (100 µs) before the next release time, then spins to the exact time and sends. A packet
-//!   due before the thread's published wake time wakes it. Spinning happens only in that
-//!   window before a known release. The tx threads run SCHED_FIFO by default
-//!   ([`Timing::realtime`]): on a busy machine an ordinary thread can wake milliseconds late.
+//!   lock the tx thread needs). It sleeps (futex park, 1 ns timer slack) until a *wake margin*
+//!   before the next release time, then spins to the exact time and sends. A packet due
+//!   before the thread's published wake time wakes it. Spinning happens only in that window
+//!   before a known release. The tx threads run SCHED_FIFO by default ([`Timing::realtime`]):
+//!   on a busy machine an ordinary thread can wake milliseconds late.
+//! - **Wake margin.** A sleeping thread wakes after its timer by the host's wake-up latency:
+//!   tens of µs on bare metal, but on a VM whose idle vCPU the hypervisor has descheduled,
+//!   hundreds of µs at p90 and milliseconds at p99 (a SCHED_FIFO thread sleeping 19.9 ms on
+//!   our 2-vCPU KVM guest: p50 93 µs, p90 341 µs, p99 3 ms). A fixed margin either spins on
+//!   every host for the worst one or sends late on VMs. So each tx thread measures its own
+//!   overshoots (the last 64) and wakes `tx_spin` plus their 90th percentile early, capped by
+//!   `tx_spin_max` (1 ms): on a quiet bare-metal host that stays near `tx_spin`, on a VM it
+//!   grows to what the VM needs, and the CPU it spins is bounded by one margin per release.
 //!
 //! Ordering: per direction, `pending` counts packets queued or being sent by the tx thread;
 //! the io thread sends inline only when it is zero. Since the io thread is the only producer,
@@ -146,6 +154,11 @@ struct Shared {
     log: Option<Arc<LogSink>>,
     rx_spin: i64,
     tx_spin: i64,
+    tx_spin_max: i64,
+    /// Until when (CLOCK_MONOTONIC ns) a kicked io thread keeps polling: two `rx_spin` past
+    /// the release time of the packet about to leave, so that its answer is picked up without
+    /// a wake-up even when the kick itself was answered late.
+    kick_until: AtomicI64,
     realtime: Option<u8>,
     realtime_io: bool,
 }
@@ -155,8 +168,11 @@ struct Shared {
 pub struct Timing {
     /// How long the io thread keeps polling after its last packet before it blocks.
     pub rx_spin: Duration,
-    /// How long before a release time a tx thread stops sleeping and spins.
+    /// How long before a release time a tx thread stops sleeping and spins, at least: the
+    /// thread adds the 90th percentile of its recent wake-up overshoots (see the module docs).
     pub tx_spin: Duration,
+    /// The most a tx thread wakes ahead of a release, however late the host wakes it.
+    pub tx_spin_max: Duration,
     /// SCHED_FIFO priority of the two tx threads (`None`: ordinary scheduling). On a busy
     /// machine an ordinary thread can wake milliseconds late; a real-time one preempts at
     /// once. Their busy time is bounded by the traffic they send plus `tx_spin` per release,
@@ -174,6 +190,7 @@ impl Default for Timing {
         Timing {
             rx_spin: Duration::from_micros(50),
             tx_spin: Duration::from_micros(100),
+            tx_spin_max: Duration::from_millis(1),
             realtime: Some(10),
             realtime_io: true,
         }
@@ -298,6 +315,8 @@ impl Relay {
             log: log.clone(),
             rx_spin: nanos(cfg.timing.rx_spin),
             tx_spin: nanos(cfg.timing.tx_spin),
+            tx_spin_max: nanos(cfg.timing.tx_spin_max.max(cfg.timing.tx_spin)),
+            kick_until: AtomicI64::new(0),
             realtime: cfg.timing.realtime,
             realtime_io: cfg.timing.realtime_io,
         });
@@ -528,7 +547,8 @@ fn io_loop(
                 // Kicked by a tx thread about to release a packet (or by stop): poll for the
                 // answer, which comes back within the tx thread's spin window plus a round trip.
                 shared.wake.drain();
-                spin_until = sys::mono_ns() + shared.rx_spin + shared.tx_spin;
+                spin_until = (sys::mono_ns() + shared.rx_spin)
+                    .max(shared.kick_until.load(Ordering::Relaxed));
             }
             Ok(_) => {}
             Err(_) => std::thread::sleep(Duration::from_millis(1)),
@@ -722,6 +742,39 @@ impl Pkt<'_> {
     }
 }
 
+/// The last [`Overshoots::KEPT`] wake-up overshoots of one tx thread (ns after its timer), and
+/// the wake margin they call for.
+#[derive(Debug, Default)]
+struct Overshoots {
+    ring: Vec<i64>,
+    next: usize,
+}
+
+impl Overshoots {
+    const KEPT: usize = 64;
+
+    fn record(&mut self, ns: i64) {
+        if self.ring.len() < Self::KEPT {
+            self.ring.push(ns);
+        } else {
+            self.ring[self.next] = ns;
+        }
+        self.next = (self.next + 1) % Self::KEPT;
+    }
+
+    /// `base` plus the 90th percentile of the kept overshoots, at most `max` (and never below
+    /// `base`): with fewer than 8 measured, `base` alone.
+    fn margin(&self, base: i64, max: i64) -> i64 {
+        if self.ring.len() < 8 {
+            return base;
+        }
+        let mut v = self.ring.clone();
+        let k = (v.len() * 9 / 10).min(v.len() - 1);
+        let (_, p90, _) = v.select_nth_unstable(k);
+        (base + (*p90).max(0)).clamp(base, max.max(base))
+    }
+}
+
 fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
     sys::set_timer_slack(1);
     if let Some(p) = shared.realtime
@@ -734,6 +787,7 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
     // channel, so a descheduled io thread can never hold up a release (no lock to invert).
     let mut heap: BinaryHeap<Queued> = BinaryHeap::new();
     let mut batch: Vec<Queued> = Vec::new();
+    let mut wakes = Overshoots::default();
     let drain = |heap: &mut BinaryHeap<Queued>| {
         while let Ok(q) = rx.try_recv() {
             heap.push(q);
@@ -761,10 +815,23 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
             continue;
         };
         let due = if h.head { now } else { h.release };
-        if due - now > shared.tx_spin {
-            let wake = due - shared.tx_spin;
+        let margin = wakes.margin(shared.tx_spin, shared.tx_spin_max);
+        if due - now > margin {
+            let wake = due - margin;
             if sleep_until(&mut heap, wake) {
                 std::thread::park_timeout(Duration::from_nanos((wake - now) as u64));
+                // Woken by its timer (not by a new packet): how late the host woke it.
+                let over = sys::mono_ns() - wake;
+                if over >= 0 {
+                    wakes.record(over);
+                    let c = &ds.counters;
+                    c.max_wake_overshoot_ns
+                        .fetch_max(over as u64, Ordering::Relaxed);
+                    c.wake_margin_ns.store(
+                        wakes.margin(shared.tx_spin, shared.tx_spin_max) as u64,
+                        Ordering::Relaxed,
+                    );
+                }
             }
             continue;
         }
@@ -773,6 +840,9 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
             // io thread is woken now, so that it is already polling when the answer to this
             // packet comes back: its wake-up no longer adds to the emulated delay.
             if shared.io_sleeping.load(Ordering::Relaxed) {
+                shared
+                    .kick_until
+                    .fetch_max(due + 2 * shared.rx_spin, Ordering::Relaxed);
                 shared.wake.signal();
             }
             ds.next_wake.store(now, Ordering::SeqCst);
@@ -807,5 +877,42 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
     for q in heap.drain() {
         q.rule.dequeued();
         ds.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod overshoot_tests {
+    use super::Overshoots;
+
+    #[test]
+    fn margin_is_the_base_until_enough_wakes_are_measured() {
+        let mut o = Overshoots::default();
+        for _ in 0..7 {
+            o.record(5_000_000);
+        }
+        assert_eq!(o.margin(100_000, 1_000_000), 100_000);
+    }
+
+    #[test]
+    fn margin_follows_the_90th_percentile_within_its_bounds() {
+        let mut o = Overshoots::default();
+        // One wake in five 3 ms late, the others 20 µs: the p90 of the last 64 is 3 ms,
+        // capped at 1 ms.
+        for i in 0..100 {
+            o.record(if i % 5 == 0 { 3_000_000 } else { 20_000 });
+        }
+        assert_eq!(o.margin(100_000, 1_000_000), 1_000_000);
+        // A quiet host: every wake about 30 µs late.
+        for _ in 0..64 {
+            o.record(30_000);
+        }
+        assert_eq!(o.margin(100_000, 1_000_000), 130_000);
+        // Mostly punctual with a late tail under 10 %: the tail does not set the margin.
+        for i in 0..64 {
+            o.record(if i % 16 == 0 { 2_000_000 } else { 10_000 });
+        }
+        assert_eq!(o.margin(100_000, 1_000_000), 110_000);
+        // A maximum below the base means the base.
+        assert_eq!(o.margin(100_000, 50_000), 100_000);
     }
 }

@@ -93,6 +93,8 @@ pub(crate) struct DirCounters {
     pub max_lateness_ns: AtomicU64,
     pub inline_packets: AtomicU64,
     pub inline_latency_ns: AtomicU64,
+    pub wake_margin_ns: AtomicU64,
+    pub max_wake_overshoot_ns: AtomicU64,
 }
 
 /// A queued packet sent more than this after its release time counts as late.
@@ -141,6 +143,8 @@ impl DirCounters {
             max_lateness_ns: self.max_lateness_ns.load(Relaxed),
             inline_packets: self.inline_packets.load(Relaxed),
             inline_latency_ns: self.inline_latency_ns.load(Relaxed),
+            wake_margin_ns: self.wake_margin_ns.load(Relaxed),
+            max_wake_overshoot_ns: self.max_wake_overshoot_ns.load(Relaxed),
         }
     }
 }
@@ -203,6 +207,12 @@ pub struct DirectionStats {
     /// their kernel receive timestamp to the return of their send: linkem's own latency.
     pub inline_packets: u64,
     pub inline_latency_ns: u64,
+    /// How long before a release time the tx thread now wakes (its last margin: the base
+    /// `tx_spin` plus the 90th percentile of its recent wake-up overshoots, capped by
+    /// `tx_spin_max`), and the worst overshoot seen: how late this host wakes a sleeping
+    /// thread.
+    pub wake_margin_ns: u64,
+    pub max_wake_overshoot_ns: u64,
 }
 
 impl DirectionStats {

@@ -25,7 +25,7 @@
 //!   plus a fill pattern up to the classic 56 bytes, and the reply's payload must echo it.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -104,6 +104,13 @@ impl Pinger {
             // Only an optimisation: matching still filters everything.
             tracing::debug!(error = %io::Error::last_os_error(), "ICMP_FILTER not set");
         }
+        if let Err(e) = nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::ReceiveTimestampns,
+            &true,
+        ) {
+            tracing::debug!(error = %e, "SO_TIMESTAMPNS not set: replies are stamped when read");
+        }
         // SAFETY: the `AsyncFd` takes ownership of the `socket2::Socket`, which owns its
         // descriptor and closes it only when dropped, i.e. with the `AsyncFd`; `as_raw_fd` of a
         // `Socket` always returns that one descriptor.
@@ -144,7 +151,7 @@ impl Pinger {
         let pkt = echo_request(self.ident, seq, &stamp);
         let dest = socket2::SockAddr::from(SocketAddrV4::new(self.target, 0));
         let sent = match tokio::time::timeout(timeout, self.send(&pkt, &dest)).await {
-            Ok(Ok(())) => sent,
+            Ok(Ok(at)) => at,
             Ok(Err(e)) => return Err(format!("sending echo request: {e}")),
             Err(_) => return Err(format!("timed out after {timeout:?} sending")),
         };
@@ -160,11 +167,13 @@ impl Pinger {
         }
     }
 
-    async fn send(&self, pkt: &[u8], dest: &socket2::SockAddr) -> io::Result<()> {
+    /// Sends the request; returns the time just before the kernel took it.
+    async fn send(&self, pkt: &[u8], dest: &socket2::SockAddr) -> io::Result<Instant> {
         loop {
             let mut guard = self.sock.writable().await?;
+            let at = Instant::now();
             match guard.try_io(|s| s.get_ref().send_to(pkt, dest)) {
-                Ok(r) => return r.map(|_| ()),
+                Ok(r) => return r.map(|_| at),
                 Err(_would_block) => continue,
             }
         }
@@ -278,6 +287,46 @@ fn split_ipv4(buf: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, &[u8])> {
     Some((src, dst, &buf[ihl..]))
 }
 
+/// Reads one datagram with the kernel's receive timestamp (`SO_TIMESTAMPNS`), returned as an
+/// [`Instant`]: the time the reply reached the socket, not the time this task was scheduled,
+/// so a busy runtime or host does not add to measured round trips. Without a timestamp (the
+/// option refused), the time of the read stands in.
+fn recv_stamped(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<(usize, Instant)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
+    let now = Instant::now();
+    let kernel = msg.cmsgs().ok().and_then(|mut c| {
+        c.find_map(|m| match m {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
+            _ => None,
+        })
+    });
+    let at = match (
+        kernel,
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME),
+    ) {
+        (Some(ts), Ok(real)) => {
+            let ago = Duration::from(real).checked_sub(Duration::from(ts));
+            // A timestamp from the future or from long ago means the wall clock stepped
+            // between the two readings: the read time is then the better estimate.
+            match ago.filter(|d| *d < Duration::from_secs(1)) {
+                Some(d) => now.checked_sub(d).unwrap_or(now),
+                None => now,
+            }
+        }
+        _ => now,
+    };
+    Ok((msg.bytes, at))
+}
+
 async fn receive(
     sock: Arc<AsyncFd<socket2::Socket>>,
     target: Ipv4Addr,
@@ -293,18 +342,14 @@ async fn receive(
                 return;
             }
         };
-        let n = match guard.try_io(|s| {
-            let mut sock: &socket2::Socket = s.get_ref();
-            sock.read(&mut buf)
-        }) {
-            Ok(Ok(n)) => n,
+        let (n, at) = match guard.try_io(|s| recv_stamped(s.get_ref(), &mut buf)) {
+            Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, %target, "ICMP receive error");
                 continue;
             }
             Err(_would_block) => continue,
         };
-        let at = Instant::now();
         match parse_datagram(&buf[..n], target, ident) {
             Parsed::Reply { seq, payload } => {
                 let mut p = lock(&pending);
