@@ -177,6 +177,21 @@ impl fmt::Display for Dur {
     }
 }
 
+/// An offset into a run, for people: seconds with millisecond precision (`10.194s`), so a
+/// column of times lines up and a seeded flap's offsets do not print to the nanosecond. Plans
+/// and reports in JSON keep exact values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offset(pub Duration);
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Rounded to the nearest millisecond.
+        let ms = (self.0.as_nanos() + 500_000) / 1_000_000;
+        let text = format!("{}.{:03}s", ms / 1000, ms % 1000);
+        f.pad(&text)
+    }
+}
+
 string_serde!(
     Dur,
     "a duration such as `150ms`, `2s`, `1m` (units: us, ms, s, m, h)",
@@ -390,6 +405,19 @@ string_serde!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_print_to_the_millisecond_and_pad() {
+        let at = |ns: u64| Offset(Duration::from_nanos(ns)).to_string();
+        assert_eq!(at(10_193_514_967), "10.194s");
+        assert_eq!(at(15_000_000_000), "15.000s");
+        assert_eq!(at(999_600_000), "1.000s");
+        assert_eq!(at(0), "0.000s");
+        assert_eq!(
+            format!("{:>9}", Offset(Duration::from_millis(1500))),
+            "   1.500s"
+        );
+    }
 
     #[test]
     fn durations_parse_and_print() {

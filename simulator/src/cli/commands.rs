@@ -278,12 +278,7 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
     if !p.actions.is_empty() {
         writeln!(out, "\ntimeline:")?;
         for a in &p.actions {
-            writeln!(
-                out,
-                "  {:>8}  {}",
-                edgesim::units::Dur(a.at).to_string(),
-                a.summary
-            )?;
+            writeln!(out, "  {:>9}  {}", edgesim::units::Offset(a.at), a.summary)?;
         }
     }
     if !p.probes.is_empty() {

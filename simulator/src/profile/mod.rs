@@ -522,16 +522,30 @@ impl HardwareProfile {
 
 /// Parses and validates one profile document; `file` names it in errors.
 pub fn parse_profile(text: &str, file: &str) -> Result<HardwareProfile, ProfileError> {
+    if crate::scenario::validate::is_blank_yaml(text) {
+        return Err(ProfileError::Parse {
+            file: file.to_string(),
+            line: 1,
+            column: 1,
+            message: "the file is empty: a profile file holds one HardwareProfile document".into(),
+        });
+    }
     let profile: HardwareProfile = serde_saphyr::from_str(text).map_err(|e| {
         let (line, column) = e
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
+        let message = match crate::scenario::validate::innermost(&e) {
+            serde_saphyr::Error::MultipleDocuments { .. } => {
+                "a second YAML document starts here: one profile per file".to_string()
+            }
+            _ => e.to_string().replace("<input>", file),
+        };
         ProfileError::Parse {
             file: file.to_string(),
             line,
             column,
-            message: e.to_string().replace("<input>", file),
+            message,
         }
     })?;
     profile
@@ -918,6 +932,20 @@ mod tests {
             .get("raspberry-pi-5-8gb")
             .unwrap()
             .clone()
+    }
+
+    #[test]
+    fn empty_profile_files_and_second_documents_say_so() {
+        for text in ["", "# to do\n", "---\n"] {
+            let e = parse_profile(text, "p.yaml").unwrap_err().to_string();
+            assert!(e.contains("the file is empty"), "{text:?}: {e}");
+        }
+        let (_, one) = BUILTIN_FILES[0];
+        let e = parse_profile(&format!("{one}\n---\n{one}"), "p.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one profile per file"), "{e}");
+        assert!(!e.contains("from_str_multiple"), "{e}");
     }
 
     #[test]

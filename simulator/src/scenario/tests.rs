@@ -447,3 +447,28 @@ fn traces_parse_and_replay() {
         ]
     );
 }
+
+#[test]
+fn empty_files_and_second_documents_say_so_in_the_users_words() {
+    for text in ["", "\n\n", "# nothing yet\n", "---\n", "---\n...\n"] {
+        let e = errors(text);
+        assert!(
+            e.contains("the file is empty: a scenario file holds one Scenario document"),
+            "{text:?}: {e}"
+        );
+    }
+    let one = format!(
+        "{HEAD}  sites: {{a: {{}}}}\n  nodes:\n    - {{name: n, site: a, profile: cloud-small}}\n"
+    );
+    let e = errors(&format!("{one}---\n{one}"));
+    assert!(
+        e.contains("a second YAML document starts here: one scenario per file"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("from_str_multiple"),
+        "library wording leaked: {e}"
+    );
+    // The first document is 9 lines, the separator line 10: the second starts on line 11.
+    assert!(e.contains("t.yaml:11:"), "{e}");
+}

@@ -47,13 +47,54 @@ pub use crate::seed::rng_for;
 
 /// Parses scenario text. Errors carry positions in `file`.
 pub fn parse(file: &Path, text: &str) -> Result<Scenario, Diagnostics> {
+    if is_blank_yaml(text) {
+        let d = Diagnostic::new(
+            Pos { line: 1, column: 1 },
+            "the file is empty: a scenario file holds one Scenario document",
+        )
+        .hint(
+            "start from a file in scenarios/ or the scenario reference in the README \
+             (apiVersion: edgesim.dev/v1alpha1, kind: Scenario, metadata, spec)",
+        );
+        return Err(Diagnostics::new(file, text, vec![d]));
+    }
     let opts = serde_saphyr::options! { with_snippet: false };
     serde_saphyr::from_str_with_options::<Scenario>(text, opts)
         .map_err(|e| Diagnostics::new(file, text, vec![yaml_diagnostic(&e)]))
 }
 
+/// True when YAML text holds no document content: only blank lines, comments and document
+/// markers (`---`, `...`).
+pub fn is_blank_yaml(text: &str) -> bool {
+    text.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    })
+}
+
+/// The error inside serde-saphyr's snippet and alias wrappers.
+pub fn innermost(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
+    while let serde_saphyr::Error::WithSnippet { error, .. }
+    | serde_saphyr::Error::AliasError { error, .. } = e
+    {
+        e = error;
+    }
+    e
+}
+
 /// Turns a deserialiser error into a diagnostic with a did-you-mean where one applies.
 pub fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
+    if let serde_saphyr::Error::MultipleDocuments { location, .. } = innermost(e) {
+        // The library's own wording names its API ("use from_str_multiple"), not the user's fix.
+        return Diagnostic::new(
+            Pos {
+                line: u32::try_from(location.line()).unwrap_or(0),
+                column: u32::try_from(location.column()).unwrap_or(0),
+            },
+            "a second YAML document starts here: one scenario per file",
+        )
+        .hint("move each scenario after a `---` into a file of its own");
+    }
     let full = e.to_string();
     let msg = match full.rfind(" at line ") {
         Some(i) => full[..i].to_string(),
