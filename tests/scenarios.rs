@@ -138,7 +138,7 @@ enum Turn<'a> {
 
 /// Whether a scenario's verdicts rest on CPU capacity (`spec.cpuScale` set): a CFS quota is
 /// a ceiling, not a guarantee, so such a run must not share a small machine's CPUs with
-/// other runs (a 2-CPU CI machine runs two trials at once).
+/// other trials (a 2-CPU CI machine runs two trials at once): every other trial waits.
 /// The label `edgesim.dev/runs-alone: "true"` asks for the same (verdicts that rest on timing
 /// precision).
 fn cpu_shaped(file: &Path) -> bool {
@@ -188,7 +188,12 @@ fn conformance(file: &Path, want: i32) -> Result<(), Failed> {
     }
     let apps = apps_of(file);
     let names: Vec<&str> = apps.iter().map(String::as_str).chain(["node"]).collect();
-    edgesim::testing::ensure_images(&root(), edgesim::testing::host_arch(), &names)?;
+    {
+        // Building images compiles for minutes on every CPU: never beside a run, least of all
+        // beside a CPU-shaped one that was promised the machine.
+        let _alone = RUNS.write().unwrap_or_else(|e| e.into_inner());
+        edgesim::testing::ensure_images(&root(), edgesim::testing::host_arch(), &names)?;
+    }
     let Some(on_docker) = run_on(file, want, "docker")? else {
         return Ok(());
     };
@@ -468,6 +473,14 @@ fn schema_yaml11_refuses_on() -> Result<(), Failed> {
     }
 }
 
+/// Runs a light trial (validation, schema, golden diagnostics) as a sharer of the machine: it
+/// waits while a CPU-shaped run has the machine to itself (python and `edgesim` processes on
+/// the other test thread would take a CPU from the quota the run's verdict rests on).
+fn light(f: impl FnOnce() -> Result<(), Failed>) -> Result<(), Failed> {
+    let _turn = RUNS.read().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 fn main() {
     let args = Arguments::from_args();
     let max_secs: f64 = std::env::var("EDGESIM_MAX_SCENARIO_SECS")
@@ -483,20 +496,19 @@ fn main() {
     for f in shipped.iter().chain(&pass).chain(&fail) {
         let g = f.clone();
         trials.push(Trial::test(format!("validate {}", name_of(f)), move || {
-            validate(&g)
+            light(|| validate(&g))
         }));
     }
     for f in shipped.iter().chain(&pass).chain(&fail) {
         let g = f.clone();
         trials.push(Trial::test(
             format!("schema-yaml1.1 {}", name_of(f)),
-            move || schema_yaml11(&g),
+            move || light(|| schema_yaml11(&g)),
         ));
     }
-    trials.push(Trial::test(
-        "schema-yaml1.1 refuses the key `on`",
-        schema_yaml11_refuses_on,
-    ));
+    trials.push(Trial::test("schema-yaml1.1 refuses the key `on`", || {
+        light(schema_yaml11_refuses_on)
+    }));
     for (files, want) in [(&shipped, 0), (&pass, 0), (&fail, 1)] {
         for f in files {
             let g = f.clone();
@@ -518,7 +530,7 @@ fn main() {
     for f in &rejected {
         let g = f.clone();
         trials.push(Trial::test(format!("reject {}", name_of(f)), move || {
-            reject(&g)
+            light(|| reject(&g))
         }));
     }
     libtest_mimic::run(&args, trials).exit();

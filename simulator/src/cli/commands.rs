@@ -230,22 +230,29 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
     } else {
         p.nodes.len()
     };
-    for n in &p.nodes[..shown] {
-        let l = limits(&n.profile, &host);
+    let allowed = edgesim::host::cgroup::allowed_cpus();
+    for (i, n) in p.nodes[..shown].iter().enumerate() {
+        let l = limits(&n.profile, &host).pinned(i, &allowed);
         writeln!(
             out,
-            "  {:<16} {:<10} {:<15} {:<22} cpu {:.2} host cores, memory {}",
+            "  {:<16} {:<10} {:<15} {:<22} cpu {:.2} host cores{}, memory {}",
             n.name,
             p.sites[n.site].name,
             n.addr,
             n.profile_name,
             l.effective_cores,
+            l.cpus
+                .as_deref()
+                .map_or(String::new(), |c| format!(" on CPUs {c}")),
             l.memory_bytes
                 .map_or("unlimited".into(), |b| edgesim::units::Bytes(b).to_string())
         )?;
     }
     if shown < p.nodes.len() {
         writeln!(out, "  … and {} more", p.nodes.len() - shown)?;
+    }
+    for w in p.cpu_warnings(allowed.len()) {
+        writeln!(out, "  note: {w}")?;
     }
     if !p.workloads.is_empty() {
         writeln!(out, "\nworkloads:")?;
@@ -401,7 +408,13 @@ fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
         outln!("{row}");
     }
     let note = format!(
-        "\nSPEED is per-core speed relative to the reference core; HOST CPUS is the CPU quota a node gets on this host\n(host per-core speed {:.2}, {}, {} online CPUs).",
+        "\nSPEED is per-core speed relative to the reference core; HOST CPUS is the CPU quota a node gets on this host\n\
+         (host per-core speed {:.2}, {}, {} online CPUs).\n\
+         A node runs on at most CORES host CPUs (pinned with cpuset where the host has more), within that quota.\n\
+         The quota is aggregate throughput, not speed: one thread on a node whose quota is below one host CPU\n\
+         runs at host speed until the quota is spent, and so gets the node's whole quota; compare boards with\n\
+         work that loads every core. Not modelled: single-thread latency on a faster host, memory bandwidth,\n\
+         caches, the GPU.",
         host.speed_per_core, host.source, host.online_cpus
     );
     if color {

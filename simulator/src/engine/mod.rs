@@ -197,6 +197,9 @@ pub async fn run(plan: Arc<Plan>, resolved: Resolved, mut opts: RunOptions) -> R
             crate::profile::HostCpu::uncalibrated(crate::profile::calibrate::online_cpus())
         });
     cx.report.host_cpu = Some(crate::report::HostCpuReport::new(&host, plan.cpu_scale));
+    cx.report
+        .notes
+        .extend(plan.cpu_warnings(crate::host::cgroup::allowed_cpus().len()));
     if let Err(e) = std::fs::create_dir_all(&opts.out_dir) {
         cx.report.error = Some(format!(
             "creating the output folder {}: {e}",

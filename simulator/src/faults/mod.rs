@@ -65,6 +65,8 @@ pub enum Active {
 pub struct Faults {
     plan: Arc<Plan>,
     host: HostCpu,
+    /// Host CPUs this process may use: what nodes are pinned to.
+    allowed: Vec<u32>,
     shaper: Shaper,
     emulator: Option<Emulator>,
     links: Vec<(LinkParams, LinkParams)>,
@@ -96,14 +98,17 @@ impl Faults {
         } else {
             None
         };
+        let allowed = crate::host::cgroup::allowed_cpus();
         let node_limits = plan
             .nodes
             .iter()
-            .map(|n| limits(&n.profile, &host))
+            .enumerate()
+            .map(|(i, n)| limits(&n.profile, &host).pinned(i, &allowed))
             .collect();
         Ok(Faults {
             plan,
             host,
+            allowed,
             shaper,
             emulator,
             links,
@@ -116,7 +121,7 @@ impl Faults {
 
     /// The limits each node starts with (the profiles' shape on this host).
     pub fn base_limits(&self, node: usize) -> NodeLimits {
-        limits(&self.plan.nodes[node].profile, &self.host)
+        limits(&self.plan.nodes[node].profile, &self.host).pinned(node, &self.allowed)
     }
 
     /// The limits node `node` is held to now.
@@ -251,7 +256,9 @@ impl Faults {
                     let spec = &self.plan.nodes[n].profile;
                     let base = self.base_limits(n);
                     let l = match cores {
-                        Some(c) => base.with_cpu_cores(*c, spec, &self.host),
+                        Some(c) => base
+                            .with_cpu_cores(*c, spec, &self.host)
+                            .pinned(n, &self.allowed),
                         None => base,
                     };
                     let l = NodeLimits {

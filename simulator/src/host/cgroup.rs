@@ -73,15 +73,75 @@ pub struct NodeLimits {
     pub memory_bytes: Option<u64>,
     /// Maximum number of tasks; `None` means unlimited.
     pub pids_max: Option<u64>,
+    /// The most host CPUs the node may run on: the board's core count, when this host lets
+    /// edgesim use more CPUs than that (`None`: no bound beyond the host's). A model value;
+    /// [`cpus`](Self::cpus) is its realisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<u32>,
+    /// The host CPUs the node is pinned to (`cpuset.cpus`, Docker's `CpusetCpus`), in the
+    /// kernel's list format (`0-3`, `4,6`); `None`: any CPU edgesim may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+}
+
+/// The host CPUs this process may run on (its affinity mask), in ascending order.
+pub fn allowed_cpus() -> Vec<u32> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .filter_map(|c| u32::try_from(c).ok())
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get() as u32)).collect(),
+    }
+}
+
+/// `cpus` in the kernel's list format: runs of consecutive CPUs as ranges (`0-3,6`).
+pub fn cpu_list(cpus: &[u32]) -> String {
+    let mut v = cpus.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            v[i].to_string()
+        } else {
+            format!("{}-{}", v[i], v[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Parses the kernel's CPU list format (`0-3,6`, possibly empty).
+pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut v = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                if b < a || b - a > 65_536 {
+                    return None;
+                }
+                v.extend(a..=b);
+            }
+            None => v.push(part.trim().parse().ok()?),
+        }
+    }
+    Some(v)
 }
 
 use serde::Deserialize;
 
 /// Controllers edgesim uses.
-const WANTED: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
+const WANTED: [&str; 6] = ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"];
 /// Controllers edgesim enables in v2 `cgroup.subtree_control` (cpuacct and freezer are core
 /// features there).
-const WANTED_V2: [&str; 3] = ["cpu", "memory", "pids"];
+const WANTED_V2: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
 /// How long freezing and killing may take before it is reported as an error.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(5);
@@ -339,6 +399,33 @@ impl Cgroups {
         match &self.layout {
             Layout::V1(hs) => {
                 for h in hs {
+                    if h.has("cpuset") {
+                        // A new v1 cpuset starts with no CPUs and no memory nodes, and takes
+                        // no tasks until both are set: each level inherits its parent's.
+                        let mut dir = h.root.clone();
+                        for comp in relp.components() {
+                            let parent = dir.clone();
+                            dir.push(comp);
+                            match fs::create_dir(&dir) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                                Err(e) => {
+                                    return Err(HostError::io(
+                                        "creating cgroup",
+                                        dir.display().to_string(),
+                                        e,
+                                    ));
+                                }
+                            }
+                            for f in ["cpuset.cpus", "cpuset.mems"] {
+                                if read_opt(&dir.join(f))?.is_some_and(|v| v.trim().is_empty()) {
+                                    let from = read(&parent.join(f))?;
+                                    write(&dir.join(f), from.trim())?;
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     let dir = h.root.join(relp);
                     fs::create_dir_all(&dir).map_err(|e| {
                         HostError::io("creating cgroup", dir.display().to_string(), e)
@@ -576,6 +663,10 @@ impl NodeCgroup {
                     &dir.join("cpu.max"),
                     &format!("{quota} {}", l.cpu_period_us),
                 )?;
+                if h.has("cpuset") {
+                    // Empty: the parent's CPUs.
+                    write(&dir.join("cpuset.cpus"), l.cpus.as_deref().unwrap_or(""))?;
+                }
                 let mem = l.memory_bytes.map_or("max".to_string(), |m| m.to_string());
                 write(&dir.join("memory.max"), &mem)?;
                 let swap = dir.join("memory.swap.max");
@@ -589,6 +680,13 @@ impl NodeCgroup {
                 write(&cpu.join("cpu.cfs_period_us"), &l.cpu_period_us.to_string())?;
                 let quota = l.cpu_quota_us.map_or("-1".to_string(), |q| q.to_string());
                 write(&cpu.join("cpu.cfs_quota_us"), &quota)?;
+                if let Some(dir) = self.dir_for("cpuset") {
+                    let cpus = match &l.cpus {
+                        Some(c) => c.clone(),
+                        None => self.parent_cpus(&dir)?,
+                    };
+                    write(&dir.join("cpuset.cpus"), &cpus)?;
+                }
                 self.apply_memory_v1(l.memory_bytes)?;
                 self.apply_pids(self.dir_for("pids"), l.pids_max)
             }
@@ -612,6 +710,29 @@ impl NodeCgroup {
 
     /// v1 memory: `memory.limit_in_bytes` must never exceed `memory.memsw.limit_in_bytes`, so
     /// when raising, the memsw limit goes first, and when lowering, last.
+    /// The CPUs of the cpuset above `dir` (v1 has no "inherit": unpinned means the parent's).
+    fn parent_cpus(&self, dir: &Path) -> Result<String> {
+        let parent = dir.parent().unwrap_or(dir);
+        Ok(read(&parent.join("cpuset.cpus"))?.trim().to_string())
+    }
+
+    /// The CPUs this cgroup is pinned to, `None` when it may use all of its parent's (or the
+    /// host has no cpuset controller).
+    fn read_cpus(&self) -> Result<Option<String>> {
+        let Some(dir) = self.dir_for("cpuset") else {
+            return Ok(None);
+        };
+        let file = dir.join("cpuset.cpus");
+        let Some(own) = read_opt(&file)? else {
+            return Ok(None);
+        };
+        let own = own.trim().to_string();
+        if own.is_empty() || parse_cpu_list(&own) == parse_cpu_list(&self.parent_cpus(&dir)?) {
+            return Ok(None);
+        }
+        Ok(Some(own))
+    }
+
     fn apply_memory_v1(&self, bytes: Option<u64>) -> Result<()> {
         let dir = self.need("memory", "limiting the memory of cgroup")?;
         let value = bytes.map_or("-1".to_string(), |b| b.to_string());
@@ -691,12 +812,18 @@ impl NodeCgroup {
             Some(q) if period > 0 => q as f64 / period as f64,
             _ => std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
         };
+        let cpus = self.read_cpus()?;
         Ok(NodeLimits {
             cpu_quota_us: quota,
             cpu_period_us: period,
             effective_cores,
             memory_bytes: memory,
             pids_max: pids,
+            max_cpus: cpus
+                .as_deref()
+                .and_then(parse_cpu_list)
+                .and_then(|v| u32::try_from(v.len()).ok()),
+            cpus,
         })
     }
 
@@ -977,7 +1104,26 @@ mod tests {
             effective_cores: 2.5,
             memory_bytes: Some(7_516_192_768),
             pids_max: Some(512),
+            max_cpus: None,
+            cpus: None,
         }
+    }
+
+    #[test]
+    fn cpu_lists_print_and_parse_as_the_kernel_writes_them() {
+        assert_eq!(cpu_list(&[0, 1, 2, 3]), "0-3");
+        assert_eq!(cpu_list(&[6, 0, 1, 3, 4, 5]), "0-1,3-6");
+        assert_eq!(cpu_list(&[2]), "2");
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(parse_cpu_list("0-1,3-6\n"), Some(vec![0, 1, 3, 4, 5, 6]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        let mine = allowed_cpus();
+        assert!(
+            !mine.is_empty() && mine.windows(2).all(|w| w[0] < w[1]),
+            "{mine:?}"
+        );
     }
 
     #[test]
@@ -1002,10 +1148,8 @@ mod tests {
             let roots: Vec<_> = cg.hierarchies().iter().map(|h| h.root.clone()).collect();
             assert!(roots.contains(&PathBuf::from("/sys/fs/cgroup/cpu")));
             assert!(roots.contains(&PathBuf::from("/sys/fs/cgroup/pids")));
-            assert!(
-                !roots.contains(&PathBuf::from("/sys/fs/cgroup/cpuset")),
-                "unused"
-            );
+            assert!(roots.contains(&PathBuf::from("/sys/fs/cgroup/cpuset")));
+            assert!(cg.has("cpuset"));
             assert!(!roots.contains(&PathBuf::from("/sys/fs/cgroup/systemd")));
             assert!(cg.has("freezer") && cg.has("cpuacct"));
         }
@@ -1062,7 +1206,7 @@ mod tests {
         ] {
             assert_eq!(
                 fs::read_to_string(d.join("cgroup.subtree_control")).unwrap(),
-                "+cpu +memory +pids",
+                "+cpuset +cpu +memory +pids",
                 "in {d:?}"
             );
         }
@@ -1077,12 +1221,16 @@ mod tests {
 
         // Idempotent, and nothing is re-enabled: the kernel shows enabled controllers without
         // the `+`, and a second write would be wasted.
-        fs::write(root.join("cgroup.subtree_control"), "cpu memory pids").unwrap();
+        fs::write(
+            root.join("cgroup.subtree_control"),
+            "cpuset cpu memory pids",
+        )
+        .unwrap();
         cg.create("edgesim/run1/gw-1").unwrap();
         cg.create("edgesim/run1/gw-2").unwrap();
         assert_eq!(
             fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
-            "cpu memory pids"
+            "cpuset cpu memory pids"
         );
     }
 
@@ -1109,6 +1257,8 @@ mod tests {
             cpu_quota_us: None,
             memory_bytes: None,
             pids_max: None,
+            max_cpus: None,
+            cpus: None,
             ..limits()
         };
         node.apply(&open).unwrap();
@@ -1258,6 +1408,8 @@ mod tests {
             cpu_quota_us: None,
             memory_bytes: None,
             pids_max: None,
+            max_cpus: None,
+            cpus: None,
             ..limits()
         };
         node.apply(&open).unwrap();
@@ -1413,6 +1565,8 @@ mod tests {
             effective_cores: 0.2,
             memory_bytes: Some(64 << 20),
             pids_max: Some(32),
+            max_cpus: None,
+            cpus: None,
         };
         node.apply(&l).unwrap();
         assert_eq!(node.read_limits().unwrap(), l);
@@ -1447,6 +1601,47 @@ mod tests {
         );
         node.remove().unwrap();
         assert!(!node.exists());
+        node.remove().unwrap();
+    }
+
+    /// Pinned to one CPU, a process in the cgroup may run there only (the kernel's own view,
+    /// `Cpus_allowed_list`); unpinned again, it may run on every CPU of the parent. Needs a
+    /// host with at least two CPUs and a cpuset controller (v1 here).
+    #[test]
+    fn real_cgroup_pins_processes_to_cpus() {
+        let Some((guard, node)) = TestCgroup::new("pinned") else {
+            return;
+        };
+        if !guard.cg.has("cpuset") || allowed_cpus().len() < 2 {
+            assert!(
+                !crate::testing::required("cgroup"),
+                "EDGESIM_REQUIRE lists cgroup, but this host has no cpuset controller or one CPU"
+            );
+            return;
+        }
+        let last = *allowed_cpus().last().unwrap();
+        let pinned = NodeLimits {
+            max_cpus: Some(1),
+            cpus: Some(last.to_string()),
+            ..NodeLimits::unlimited(2)
+        };
+        node.apply(&pinned).unwrap();
+        assert_eq!(node.read_limits().unwrap().cpus, pinned.cpus);
+        let mut child = spawn_in(&node, "sleep 30");
+        let allowed = |pid: u32| {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| parse_cpu_list(v).unwrap())
+                .unwrap()
+        };
+        assert_eq!(allowed(child.id()), vec![last]);
+        node.apply(&NodeLimits::unlimited(2)).unwrap();
+        assert_eq!(node.read_limits().unwrap().cpus, None);
+        assert_eq!(allowed(child.id()), allowed_cpus());
+        let _ = child.kill();
+        let _ = child.wait();
         node.remove().unwrap();
     }
 
@@ -1559,6 +1754,8 @@ mod tests {
             effective_cores: 1.0,
             memory_bytes: Some(32 << 20),
             pids_max: Some(16),
+            max_cpus: None,
+            cpus: None,
         };
         node.apply(&l).unwrap();
         // The shell keeps ~100 MB in a variable: far beyond 32 MiB, so the cgroup's OOM killer

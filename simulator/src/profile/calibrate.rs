@@ -9,6 +9,7 @@
 //! ```text
 //! host cores = profile cores × profile relativeSpeed / host speedPerCore
 //! CFS quota  = host cores × 100 ms per 100 ms period, capped at the host's online CPUs
+//! CPUs       = at most profile cores of them (cpuset), where the host has more
 //! ```
 //!
 //! where both speeds are *single-core* speeds relative to one **reference core: a Raspberry
@@ -78,9 +79,19 @@
 //!   differently from 7-Zip. The GPU of a Jetson is not emulated at all.
 //! - **A host slower than the board cannot be made faster.** The quota is capped at the host's
 //!   online CPUs; a 12-core AGX Orin node on a 4-core laptop gets the laptop.
-//! - **Parallelism is a quota, not a core count.** A Pi-shaped node on a 16-core host can run
-//!   16 threads at once for short bursts within its quota; `nproc` inside the node still shows
-//!   the host's CPUs (a cpuset would pin it, at the cost of sharing cores between nodes).
+//! - **Cores: pinned where the host has enough.** A node runs on at most its board's core
+//!   count of host CPUs: `cpuset.cpus` (Docker's `CpusetCpus`) pins a Pi-shaped node on a
+//!   16-CPU host to 4 of them, the nodes of a run spread over the host's CPUs in turn
+//!   (`NodeLimits::pinned`), and `nproc` inside the node shows 4. Pinned sets of different
+//!   nodes may overlap once the board cores of a run exceed the host's CPUs; the quotas still
+//!   hold each node to its throughput. On a host with no more CPUs than the board has cores
+//!   there is nothing to pin: at most that many of the node's threads run at once, and the run's
+//!   notes say so.
+//! - **A quota below one host CPU is shared by time, not by speed.** A single thread on a node
+//!   whose quota is 0.5 host CPUs runs at host speed for half of each period and gets the
+//!   node's whole quota: a 4-core board at a quarter of a host core each gives one thread the
+//!   work of four board cores. Scenarios that compare boards must load every core (the
+//!   `inference` workload runs one worker per board core by default).
 //! - **Thermal throttling, power modes and DVFS** of the board are not modelled (the sbc-bench
 //!   figures are for boards running at their maximum clock, not throttled).
 //! - **Versions differ.** The board figures were measured with p7zip 16.02; current Debian ships

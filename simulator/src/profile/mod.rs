@@ -799,7 +799,15 @@ pub use crate::host::cgroup::NodeLimits;
 ///
 /// CPU: `cores × spec.relativeSpeed / host.speed_per_core` host cores, as a quota over
 /// [`CPU_PERIOD_US`], unlimited once that reaches the host's online CPUs (a host slower than
-/// the board cannot be made faster). Memory: `total − reserved`. PIDs: `spec.pids`.
+/// the board cannot be made faster), on at most `cores` host CPUs (`max_cpus`, when the host
+/// has more; [`NodeLimits::pinned`] picks which). Memory: `total − reserved`. PIDs:
+/// `spec.pids`.
+///
+/// What this models: a board's aggregate CPU throughput, and how many threads can run at
+/// once. What it does not: a quota is time, not speed, so one thread on a node whose quota is
+/// below one host CPU runs at host speed in bursts and gets the node's whole quota (a 4-core
+/// board at a quarter of a fast host core each gives one thread the work of four board cores);
+/// per-thread latency, memory bandwidth, caches and the GPU are the host's.
 pub fn limits(spec: &ProfileSpec, host: &HostCpu) -> NodeLimits {
     NodeLimits {
         cpu_quota_us: None,
@@ -807,6 +815,8 @@ pub fn limits(spec: &ProfileSpec, host: &HostCpu) -> NodeLimits {
         effective_cores: f64::from(host.online_cpus.max(1)),
         memory_bytes: Some(spec.workload_memory().0),
         pids_max: spec.pids,
+        max_cpus: None,
+        cpus: None,
     }
     .with_cpu_cores(f64::from(spec.cpu.cores), spec, host)
 }
@@ -820,6 +830,8 @@ impl NodeLimits {
             effective_cores: f64::from(online_cpus.max(1)),
             memory_bytes: None,
             pids_max: None,
+            max_cpus: None,
+            cpus: None,
         }
     }
 
@@ -838,6 +850,15 @@ impl NodeLimits {
             0.0
         };
         let online = f64::from(host.online_cpus.max(1));
+        // Threads that can run at once: the board's cores (a fraction of a core still runs
+        // on one CPU), when the host has more CPUs than that.
+        let board = if profile_cores.is_finite() && profile_cores > 0.0 {
+            profile_cores.ceil() as u32
+        } else {
+            1
+        };
+        self.max_cpus = (board < host.online_cpus).then_some(board.max(1));
+        self.cpus = None;
         if host_cores >= online {
             self.cpu_quota_us = None;
             self.effective_cores = online;
@@ -847,6 +868,24 @@ impl NodeLimits {
             self.cpu_quota_us = Some(quota);
             self.effective_cores = quota as f64 / self.cpu_period_us as f64;
         }
+        self
+    }
+
+    /// The same limits pinned to `max_cpus` of the `allowed` host CPUs, chosen for node
+    /// number `node` of the run: consecutive CPUs starting at `node × max_cpus` (wrapping),
+    /// so the nodes of a run spread over the host instead of sharing its first CPUs. No pinning
+    /// when `max_cpus` is unset or not below the number of allowed CPUs.
+    pub fn pinned(mut self, node: usize, allowed: &[u32]) -> Self {
+        self.cpus = match self.max_cpus.map(|k| k as usize) {
+            Some(k) if k > 0 && k < allowed.len() => {
+                let start = node.wrapping_mul(k) % allowed.len();
+                let set: Vec<u32> = (0..k)
+                    .map(|i| allowed[(start + i) % allowed.len()])
+                    .collect();
+                Some(crate::host::cgroup::cpu_list(&set))
+            }
+            _ => None,
+        };
         self
     }
 
@@ -1372,6 +1411,37 @@ mod tests {
         let l = limits(&slow, &host(1.25, 8));
         assert_eq!(l.cpu_quota_us, Some(160_000));
         assert!((l.effective_cores - 1.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nodes_run_on_at_most_their_boards_cores_spread_over_the_host() {
+        let pi = pi5(); // 4 cores
+        let allowed: Vec<u32> = (0..16).collect();
+        let l = limits(&pi, &host(2.0, 16));
+        assert_eq!(l.max_cpus, Some(4));
+        // The quota stays aggregate throughput: 2 host cores' time over 4 pinned CPUs.
+        assert_eq!(l.cpu_quota_us, Some(200_000));
+        let sets: Vec<Option<String>> =
+            (0..5).map(|n| l.clone().pinned(n, &allowed).cpus).collect();
+        assert_eq!(
+            sets,
+            ["0-3", "4-7", "8-11", "12-15", "0-3"].map(|c| Some(c.to_string()))
+        );
+        // Wrapping over an affinity mask with holes.
+        let odd = [1, 3, 5, 7, 9, 11];
+        assert_eq!(l.clone().pinned(1, &odd).cpus.as_deref(), Some("1,3,9,11"));
+        // A host with no more CPUs than the board has cores: no pinning.
+        let two = limits(&pi, &host(1.0, 2));
+        assert_eq!(two.max_cpus, None);
+        assert_eq!(two.pinned(0, &[0, 1]).cpus, None);
+        let four = limits(&pi, &host(1.0, 4));
+        assert_eq!(four.max_cpus, None);
+        // A timeline `cpu: {cores: 1.5}` runs on two CPUs, and must be pinned again.
+        let l = limits(&pi, &host(1.0, 16))
+            .pinned(0, &allowed)
+            .with_cpu_cores(1.5, &pi, &host(1.0, 16));
+        assert_eq!((l.max_cpus, l.cpus.as_deref()), (Some(2), None));
+        assert_eq!(l.pinned(3, &allowed).cpus.as_deref(), Some("6-7"));
     }
 
     #[test]

@@ -527,6 +527,27 @@ impl Plan {
         h
     }
 
+    /// What CPU shaping cannot model on a host where edgesim may use `host_cpus` CPUs: one
+    /// line per profile whose board has more cores than that (its nodes run on every host
+    /// CPU, so no more than `host_cpus` of its threads run at once).
+    pub fn cpu_warnings(&self, host_cpus: usize) -> Vec<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.nodes
+            .iter()
+            .filter(|n| n.profile.cpu.cores as usize > host_cpus)
+            .filter(|n| seen.insert(n.profile_name.clone()))
+            .map(|n| {
+                format!(
+                    "profile {} has {} cores but this host gives edgesim {host_cpus} CPU{}: at \
+                     most {host_cpus} of a node's threads run at once",
+                    n.profile_name,
+                    n.profile.cpu.cores,
+                    if host_cpus == 1 { "" } else { "s" },
+                )
+            })
+            .collect()
+    }
+
     pub fn node_index(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }

@@ -224,6 +224,10 @@ impl Docker {
             memory: h.memory,
             memory_swap: h.memory_swap,
             pids_limit: h.pids_limit,
+            // An empty value would leave the old pinning in place: unpinned means every CPU.
+            cpuset_cpus: Some(l.cpus.clone().unwrap_or_else(|| {
+                crate::host::cgroup::cpu_list(&crate::host::cgroup::allowed_cpus())
+            })),
             ..Default::default()
         };
         match self.api.update_container(name, body).await {
@@ -251,6 +255,13 @@ impl Docker {
             effective_cores: nano.map_or(0.0, |n| n as f64 / 1e9),
             memory_bytes: h.memory.filter(|m| *m > 0).map(|m| m as u64),
             pids_max: h.pids_limit.filter(|p| *p > 0).map(|p| p as u64),
+            max_cpus: h
+                .cpuset_cpus
+                .as_deref()
+                .and_then(crate::host::cgroup::parse_cpu_list)
+                .filter(|v| !v.is_empty())
+                .and_then(|v| u32::try_from(v.len()).ok()),
+            cpus: h.cpuset_cpus.filter(|c| !c.is_empty()),
         })
     }
 
@@ -516,8 +527,8 @@ impl Throttle {
     }
 }
 
-/// Docker's limits for a node's shape: CPU as `nano_cpus` (the CFS quota of `netns`), memory
-/// with no swap beyond it, tasks, block IO.
+/// Docker's limits for a node's shape: CPU as `nano_cpus` (the CFS quota of `netns`) on the
+/// node's pinned CPUs (`cpuset_cpus`), memory with no swap beyond it, tasks, block IO.
 fn limits_config(l: &NodeLimits, t: Option<&Throttle>) -> HostConfig {
     let dev = |rate: Option<u64>| {
         t.and_then(|t| {
@@ -536,6 +547,7 @@ fn limits_config(l: &NodeLimits, t: Option<&Throttle>) -> HostConfig {
         memory: l.memory_bytes.map(|m| m as i64),
         memory_swap: l.memory_bytes.map(|m| m as i64),
         pids_limit: l.pids_max.map(|p| p as i64),
+        cpuset_cpus: l.cpus.clone(),
         blkio_device_read_bps: dev(t.and_then(|t| t.read_bps)),
         blkio_device_write_bps: dev(t.and_then(|t| t.write_bps)),
         blkio_device_read_iops: dev(t.and_then(|t| t.read_iops)),

@@ -514,13 +514,14 @@ impl DockerLab {
 
         // 3. Parent cgroups with the profiles' limits (cgroupfs driver).
         let host = plan.scaled_host(&HostCpu::detect());
+        let allowed = crate::host::cgroup::allowed_cpus();
         let mut parents = Vec::with_capacity(plan.nodes.len());
         if let Some(cg) = &cgroup {
             let cgroups = tri!(Cgroups::detect());
             journal.push(Created::Cgroup(cg.clone()));
-            for n in &plan.nodes {
+            for (i, n) in plan.nodes.iter().enumerate() {
                 let c = tri!(cgroups.create(&format!("{cg}/{}", n.name)));
-                tri!(c.apply(&limits(&n.profile, &host)));
+                tri!(c.apply(&limits(&n.profile, &host).pinned(i, &allowed)));
                 parents.push(Some(c));
             }
         } else {
@@ -545,7 +546,7 @@ impl DockerLab {
                 platform: format!("linux/{}", arch_name(node_arch(&plan, i))),
                 hostname: n.name.clone(),
                 labels: labels(&plan, run_id, &n.name),
-                limits: limits(&n.profile, &host),
+                limits: limits(&n.profile, &host).pinned(i, &allowed),
                 throttle: storage
                     .as_ref()
                     .and_then(|d| api::Throttle::of(&n.profile, d)),
@@ -639,7 +640,8 @@ impl DockerLab {
                                 l.push(("edgesim.workload".into(), w.name.clone()));
                                 l
                             },
-                            limits: limits(&node.profile, &host),
+                            limits: limits(&node.profile, &host)
+                                .pinned(ni, &crate::host::cgroup::allowed_cpus()),
                             throttle: self
                                 .nodes
                                 .storage

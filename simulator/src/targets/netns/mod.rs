@@ -363,12 +363,13 @@ impl NetnsLab {
         journal.push(Created::Cgroup(run_cg.clone()));
         let host = plan.scaled_host(&HostCpu::detect());
         let mut node_cgroups = Vec::with_capacity(plan.nodes.len());
-        for (n, st) in plan.nodes.iter().zip(&nst.nodes) {
+        let allowed = crate::host::cgroup::allowed_cpus();
+        for (i, (n, st)) in plan.nodes.iter().zip(&nst.nodes).enumerate() {
             let cg = match cgroups.create(&st.cgroup) {
                 Ok(c) => c,
                 Err(e) => fail!(e),
             };
-            if let Err(e) = cg.apply(&limits(&n.profile, &host)) {
+            if let Err(e) = cg.apply(&limits(&n.profile, &host).pinned(i, &allowed)) {
                 fail!(e);
             }
             node_cgroups.push(cg);
