@@ -567,21 +567,48 @@ fn delay_by_effect(mechanism: &str) {
             q(&sums, 0.5)
         );
         // Beyond the zero-delay path, the echo pays four relay crossings and two tx-thread
-        // wake-ups. On a quiet 2-vCPU VM that is 0.3–0.6 ms at the median, with a tail from
-        // the hypervisor's vCPU wake-ups (a sleeping SCHED_FIFO thread wakes p99 1–3 ms late
-        // there); precision is `bench/linkem`'s to measure. These bounds catch timing faults
-        // (a timer's granularity, a delay applied twice, a missed wake-up), not load.
+        // wake-ups. On our 2-vCPU KVM guests that is 0.2–0.3 ms at the median while the vCPUs
+        // are busy, but 0.3–1.5 ms while they idle: the hypervisor wakes a halted vCPU late (a
+        // sleeping SCHED_FIFO thread there wakes p99 1–3 ms after its timer). Precision is
+        // `bench/linkem`'s to measure; these bounds catch timing faults (a delay applied twice,
+        // a lost wake-up, a timer that rounds to whole milliseconds), not a VM's wake-ups.
         let late = |p: f64| q(&excess, p) - q(&base, 0.5);
+        let account = || {
+            format!(
+                "lateness beyond a zero-delay path's {:.3} ms: p25 {:.3} ms, p50 {:.3} ms, p75 {:.3} ms, p90 {:.3} ms; linkem: {}",
+                q(&base, 0.5) * 1e3,
+                late(0.25) * 1e3,
+                late(0.5) * 1e3,
+                late(0.75) * 1e3,
+                late(0.9) * 1e3,
+                r["linkem"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|l| {
+                        ["a_to_b", "b_to_a"].map(|d| {
+                            format!(
+                                "{} {d}: {} late, worst {} µs, wake margin {} µs",
+                                l["relay"],
+                                l[d]["late_sends"],
+                                l[d]["max_lateness_ns"].as_u64().unwrap_or(0) / 1000,
+                                l[d]["wake_margin_ns"].as_u64().unwrap_or(0) / 1000
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
         assert!(
-            late(0.5) >= 0.0 && late(0.5) < 0.0015,
-            "echoes came back {} s (median) later than decided, beyond a zero-delay path's {} s",
-            late(0.5),
-            q(&base, 0.5)
+            late(0.5) >= 0.0 && late(0.5) < 0.003,
+            "echoes came back late (median) beyond what a VM's wake-ups explain: {}",
+            account()
         );
         assert!(
-            late(0.75) < 0.003,
-            "a quarter of the echoes came back more than {} s later than decided",
-            late(0.75)
+            late(0.75) < 0.006,
+            "a quarter of the echoes came back later than a VM's wake-ups explain: {}",
+            account()
         );
     }
     let mech = r["links"][0]["mechanisms"].to_string();
