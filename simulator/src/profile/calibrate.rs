@@ -305,6 +305,14 @@ pub enum SpeedSource {
         /// Measured automatically by this process (no valid calibration of this host existed).
         auto: bool,
     },
+    /// Measured by this process but not cached: other work (or the hypervisor: steal time)
+    /// took `busy` of the host's CPU time meanwhile, so the figure may be low; the next run
+    /// measures again.
+    MeasuredBusy {
+        method: Method,
+        measured_at_unix: u64,
+        busy: f64,
+    },
     /// Set by `EDGESIM_HOST_SPEED`.
     Env,
     /// Nothing measured: [`DEFAULT_SPEED_PER_CORE`] is assumed.
@@ -330,6 +338,11 @@ impl std::fmt::Display for SpeedSource {
                 let how = if *auto { "measured now" } else { "measured" };
                 write!(f, "calibrated ({method}, {how} {when}, {})", path.display())
             }
+            SpeedSource::MeasuredBusy { method, busy, .. } => write!(
+                f,
+                "measured now ({method}) but not cached: {:.0} % of the host's CPU time went to other work meanwhile",
+                busy * 100.0
+            ),
             SpeedSource::Env => write!(f, "set by {HOST_SPEED_ENV}"),
             SpeedSource::Default => write!(
                 f,
@@ -377,7 +390,7 @@ impl HostCpu {
             &calibration_path(),
             &HostInfo::current(),
             online_cpus(),
-            || calibrate(&CalibrateOptions::automatic()),
+            || measure_on_a_quiet_host(|| calibrate(&CalibrateOptions::automatic())),
         )
     }
 
@@ -390,7 +403,7 @@ impl HostCpu {
         calibration: &Path,
         host: &HostInfo,
         online_cpus: u32,
-        measure: impl FnOnce() -> Result<Calibration, ProfileError>,
+        measure: impl FnOnce() -> Result<(Calibration, f64), ProfileError>,
     ) -> Result<HostCpu, ProfileError> {
         let env_set = env_speed.is_some_and(|v| !v.trim().is_empty());
         if !env_set {
@@ -400,7 +413,22 @@ impl HostCpu {
             };
             if let Some(why) = stale {
                 tracing::info!(reason = %why, path = %calibration.display(), "measuring this host's CPU speed (built-in benchmark, about 2 s)");
-                let cal = measure()?;
+                let (cal, busy) = measure()?;
+                if busy > BUSY_LIMIT {
+                    tracing::warn!(
+                        busy,
+                        "the host was busy while its CPU was measured: the speed is used for this run only, not cached"
+                    );
+                    return Ok(HostCpu {
+                        speed_per_core: cal.speed_per_core,
+                        online_cpus: online_cpus.max(1),
+                        source: SpeedSource::MeasuredBusy {
+                            method: cal.method,
+                            measured_at_unix: cal.measured_at_unix,
+                            busy,
+                        },
+                    });
+                }
                 if let Err(e) = save(&cal, calibration) {
                     tracing::warn!(error = %e, "could not cache the calibration; later runs measure again");
                 }
@@ -481,6 +509,56 @@ impl HostCpu {
     pub fn is_calibrated(&self) -> bool {
         self.source != SpeedSource::Default
     }
+}
+
+/// Above this share of the host's CPU time spent on other work (or stolen by the hypervisor)
+/// during an automatic measurement, the result is not cached: a busy neighbour shares caches,
+/// memory bandwidth and (on SMT hosts) the core itself, and slows the benchmark.
+pub const BUSY_LIMIT: f64 = 0.25;
+
+/// Aggregate CPU time of the host from `/proc/stat`, in clock ticks: (busy incl. steal, total).
+fn host_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Some((busy, v.iter().sum()))
+}
+
+/// Runs `f` and says what share of the host's CPU time went to anything but this process
+/// meanwhile (other processes, and time the hypervisor stole): 0 where `/proc/stat` cannot be
+/// read.
+pub fn measure_on_a_quiet_host<T>(
+    f: impl FnOnce() -> Result<T, ProfileError>,
+) -> Result<(T, f64), ProfileError> {
+    use nix::time::{ClockId, clock_gettime};
+    let own = || {
+        clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
+            .map(|t| std::time::Duration::from(t).as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let (before, own_before) = (host_ticks(), own());
+    let out = f()?;
+    let (after, own_after) = (host_ticks(), own());
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let busy = match (before, after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+            let others = (b1.saturating_sub(b0)) as f64 - (own_after - own_before) * hz;
+            (others / (t1 - t0) as f64).clamp(0.0, 1.0)
+        }
+        _ => 0.0,
+    };
+    Ok((out, busy))
 }
 
 /// CPUs this process may use (affinity and cgroup quota respected), at least 1.
@@ -1009,9 +1087,10 @@ mod tests {
         let measured = std::cell::Cell::new(0);
         let measure = |speed: f64, h: &HostInfo| {
             measured.set(measured.get() + 1);
-            let mut c = cal_on("?", 0, speed);
+            // The host info is replaced by the one measured on.
+            let mut c = cal_on("-", 0, speed);
             c.host = h.clone();
-            Ok(c)
+            Ok((c, 0.0))
         };
         // Nothing cached: measured, cached, reported as measured now.
         let h = HostCpu::from_sources_or_measure(None, &path, &host, 2, || measure(1.2, &host))
@@ -1039,7 +1118,9 @@ mod tests {
             SpeedSource::Calibrated { auto: false, .. }
         ));
         assert!(
-            h.source.to_string().contains("2023-11-14") || h.source.to_string().contains("UTC"),
+            h.source
+                .to_string()
+                .contains("measured 2023-11-14 22:13 UTC"),
             "{}",
             h.source
         );
@@ -1078,6 +1159,53 @@ mod tests {
         })
         .unwrap();
         assert_eq!(h.speed_per_core, 0.8);
+        // Measured while the host was busy with other work: used, said so, and not cached.
+        let quiet = dir.path().join("busy/calibration.json");
+        let h = HostCpu::from_sources_or_measure(None, &quiet, &host, 2, || {
+            measure(0.5, &host).map(|(c, _)| (c, 0.6))
+        })
+        .unwrap();
+        assert_eq!(h.speed_per_core, 0.5);
+        assert!(
+            h.source.to_string().contains("not cached: 60 %"),
+            "{}",
+            h.source
+        );
+        assert!(read_calibration(&quiet).unwrap().is_none());
+    }
+
+    #[test]
+    fn busy_share_counts_other_work_not_the_measurement() {
+        // One busy loop per CPU in other processes: most of the host's time is theirs, however
+        // busy this process keeps itself meanwhile.
+        let n = crate::host::cgroup::allowed_cpus().len();
+        let mut loops: Vec<_> = (0..n)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let spin = || {
+            let t = std::time::Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < std::time::Duration::from_millis(500) {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            std::hint::black_box(x);
+            Ok(())
+        };
+        let ((), busy) = measure_on_a_quiet_host(spin).unwrap();
+        for l in &mut loops {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+        assert!(
+            busy > BUSY_LIMIT,
+            "{n} busy loops beside the measurement: busy {busy}"
+        );
     }
 
     #[test]
