@@ -406,17 +406,7 @@ impl Cgroups {
                         for comp in relp.components() {
                             let parent = dir.clone();
                             dir.push(comp);
-                            match fs::create_dir(&dir) {
-                                Ok(()) => {}
-                                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                                Err(e) => {
-                                    return Err(HostError::io(
-                                        "creating cgroup",
-                                        dir.display().to_string(),
-                                        e,
-                                    ));
-                                }
-                            }
+                            create_level(&dir)?;
                             for f in ["cpuset.cpus", "cpuset.mems"] {
                                 if read_opt(&dir.join(f))?.is_some_and(|v| v.trim().is_empty()) {
                                     let from = read(&parent.join(f))?;
@@ -437,17 +427,7 @@ impl Cgroups {
                 for comp in relp.components() {
                     enable_controllers(&dir, &h.controllers)?;
                     dir.push(comp);
-                    match fs::create_dir(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => {
-                            return Err(HostError::io(
-                                "creating cgroup",
-                                dir.display().to_string(),
-                                e,
-                            ));
-                        }
-                    }
+                    create_level(&dir)?;
                 }
             }
         }
@@ -556,6 +536,18 @@ impl Cgroups {
 
 /// Enables `wanted` controllers in `dir/cgroup.subtree_control` (v2) that are not yet enabled,
 /// in one write so the kernel applies them together.
+/// Creates one level of a cgroup path; one that exists already is fine.
+fn create_level(dir: &Path) -> Result<()> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(HostError::io(
+            "creating cgroup",
+            dir.display().to_string(),
+            e,
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn enable_controllers(dir: &Path, wanted: &[String]) -> Result<()> {
     let file = dir.join("cgroup.subtree_control");
     let enabled = read_opt(&file)?.unwrap_or_default();
