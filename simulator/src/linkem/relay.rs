@@ -788,6 +788,8 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
     let mut heap: BinaryHeap<Queued> = BinaryHeap::new();
     let mut batch: Vec<Queued> = Vec::new();
     let mut wakes = Overshoots::default();
+    // Recomputed only when a wake-up is measured, not on every pass of the loop.
+    let mut margin = shared.tx_spin;
     let drain = |heap: &mut BinaryHeap<Queued>| {
         while let Ok(q) = rx.try_recv() {
             heap.push(q);
@@ -815,7 +817,6 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
             continue;
         };
         let due = if h.head { now } else { h.release };
-        let margin = wakes.margin(shared.tx_spin, shared.tx_spin_max);
         if due - now > margin {
             let wake = due - margin;
             if sleep_until(&mut heap, wake) {
@@ -824,13 +825,11 @@ fn tx_loop(shared: &Shared, dir: Dir, rx: Receiver<Queued>) {
                 let over = sys::mono_ns() - wake;
                 if over >= 0 {
                     wakes.record(over);
+                    margin = wakes.margin(shared.tx_spin, shared.tx_spin_max);
                     let c = &ds.counters;
                     c.max_wake_overshoot_ns
                         .fetch_max(over as u64, Ordering::Relaxed);
-                    c.wake_margin_ns.store(
-                        wakes.margin(shared.tx_spin, shared.tx_spin_max) as u64,
-                        Ordering::Relaxed,
-                    );
+                    c.wake_margin_ns.store(margin as u64, Ordering::Relaxed);
                 }
             }
             continue;
