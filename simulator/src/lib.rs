@@ -16,6 +16,8 @@ pub mod caps;
 pub mod engine;
 pub mod fabric;
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod linkem;
 pub mod metrics;

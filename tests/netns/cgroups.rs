@@ -1,6 +1,9 @@
 //! A node's hardware profile is in the kernel: its cgroup holds the CPU quota, memory limit
 //! and task limit the profile asks for, a busy workload gets no more CPU than the quota, and
-//! timeline `cpu`/`memory` actions change the limits live and their `for:` reverts restore them.
+//! timeline `cpu`/`memory` actions change the limits live and their `for:` reverts restore them,
+//! and `node-down` freeze stops the node's processes in the kernel (v1 freezer, v2
+//! `cgroup.freeze`) until `node-up` thaws them. On cgroup v1 here; on v2 with real controllers in
+//! the stock-kernel VM (tests/vm).
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +32,7 @@ fn profile_limits_are_in_the_kernel_and_cpu_memory_actions_change_and_revert_the
         "cgroups",
         "\
 seed: 5
-duration: 12s
+duration: 14s
 profiles:
   tiny-board:
     arch: arm64
@@ -45,6 +48,8 @@ workloads:
 timeline:
   - {at: 3s, for: 3s, cpu: {nodes: [box], cores: 1}}
   - {at: 7s, for: 3s, memory: {nodes: [box], limit: 256Mi}}
+  - {at: 10.5s, node-down: {nodes: [box], mode: freeze}}
+  - {at: 12s, node-up: {nodes: [box]}}
 ",
     );
     let mut run = Run::start(&sc);
@@ -136,6 +141,27 @@ timeline:
     if let Some(memsw) = cg.memory_and_swap() {
         assert_eq!(memsw, profile_mem, "memsw restored with the memory limit");
     }
+
+    // `node-down` freeze: the kernel holds every task, and the busy loop uses no CPU at all.
+    run.action("node-down", false);
+    let t = Instant::now();
+    assert!(
+        cg.frozen(),
+        "node-down freeze: the kernel does not report the cgroup frozen"
+    );
+    let frozen = cg.cpu_rate(Duration::from_millis(500));
+    assert_within("freeze", t, Duration::from_millis(1400));
+    assert!(
+        frozen < 0.005,
+        "a frozen node's busy loop used {frozen:.4} CPUs"
+    );
+    run.action("node-up", false);
+    assert!(!cg.frozen(), "node-up: the cgroup is still frozen");
+    let thawed = cg.cpu_rate(Duration::from_millis(500));
+    assert!(
+        thawed > 0.02,
+        "after node-up the busy loop used only {thawed:.3} CPUs: not thawed?"
+    );
 
     let fin = run.finish(Duration::from_secs(30));
     assert_eq!(

@@ -389,3 +389,16 @@ impl Pending {
         self.fw.apply(rs)
     }
 }
+
+/// Decodes a datagram as the kernel's answers are decoded: every message, its ack or error
+/// (with the extended-ack text) and, in a dump, the rule it holds. For [`crate::fuzzing`].
+pub(crate) fn decode_datagram(data: &[u8]) {
+    for r in decode::replies(data) {
+        let Ok(r) = r else { break };
+        if decode::is_error(&r) {
+            let _ = decode::ack(r.flags, r.payload);
+        } else if !decode::is_done(&r) {
+            let _ = decode::dumped_rule(&r);
+        }
+    }
+}

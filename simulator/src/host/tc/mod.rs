@@ -998,3 +998,30 @@ pub async fn kernel_has_qdisc(kind: &str) -> Result<bool> {
         }
     })
 }
+
+/// Decodes a datagram as the answers to tc requests and dumps are decoded: an error's
+/// extended-ack text, a qdisc's or class's kind, handles, options and statistics, and the
+/// option layouts of tbf, htb and netem on the raw bytes too. For [`crate::fuzzing`].
+pub(crate) fn decode_datagram(data: &[u8]) {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    let _ = data.get(4..).map(ext_ack_message);
+    let _ = decode::tbf(data);
+    let _ = decode::htb(data);
+    let _ = decode::htb_class(data);
+    let _ = decode::netem(data);
+    let _ = decode::attrs(data);
+    let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data) else {
+        return;
+    };
+    if let NetlinkPayload::InnerMessage(inner) = m.payload {
+        match inner {
+            RouteNetlinkMessage::NewQueueDiscipline(t) => {
+                let _ = decode::qdisc_info(&t);
+            }
+            RouteNetlinkMessage::NewTrafficClass(t) => {
+                let _ = decode::class_info(&t);
+            }
+            _ => {}
+        }
+    }
+}
