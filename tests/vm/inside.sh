@@ -35,7 +35,9 @@ check() { # name, command...
   step "$name"
   if "$@"; then echo "--- ok: $name"; else echo "--- FAILED: $name"; rc=1; fi
 }
+RETRIED=()
 finish() {
+  [ ${#RETRIED[@]} -eq 0 ] || echo "passed or failed on a second attempt: ${RETRIED[*]}"
   step "done (exit $rc)"
   echo "$rc" > /vmio/rc
   sync
@@ -62,12 +64,24 @@ kernel_has() { # what `edgesim doctor` says this kernel can do
 check "edgesim doctor reports netem" kernel_has
 
 matches() { [ -z "$FILTER" ] || [[ "$1" == *"$FILTER"* ]]; }
+# qemu TCG on a shared 2-CPU host: a process start costs about 100 ms and timers wake
+# milliseconds late when the host is busy, so a check whose timing guard trips (the tests say
+# "machine overloaded?") or whose median lands past its bound is run once more. A broken
+# mechanism fails both times; every retry is listed at the end.
+attempt() { # name, command...
+  local name=$1; shift
+  "$@" && return 0
+  echo "--- $name failed; once more (TCG timing)"
+  RETRIED+=("$name")
+  "$@"
+}
 unit() { # test binary, exact test names...
-  local bin=$1; shift
-  local want=()
-  for t in "$@"; do matches "$t" && want+=("$t"); done
-  [ ${#want[@]} -gt 0 ] || return 0
-  "$bin" --exact --test-threads=1 "${want[@]}"
+  local bin=$1 bad=0; shift
+  for t in "$@"; do
+    matches "$t" || continue
+    attempt "$t" "$bin" --exact --test-threads=1 "$t" || bad=1
+  done
+  return $bad
 }
 check "netem delay and jitter against a zero-delay path" \
   unit "$TEST_cli" delay_and_jitter_in_the_kernel
@@ -84,7 +98,7 @@ check "cgroup v2 limits, live changes and freeze" \
 
 fidelity() {
   matches fidelity || return 0
-  "$EDGESIM_BIN" run "$ROOT/scenarios/fidelity.yaml" --impairment kernel \
+  attempt fidelity "$EDGESIM_BIN" run "$ROOT/scenarios/fidelity.yaml" --impairment kernel \
     --report /tmp/fidelity.json --out /tmp/fidelity || return 1
   python3 - /tmp/fidelity.json <<'EOF'
 import json, sys

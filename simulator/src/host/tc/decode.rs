@@ -133,6 +133,12 @@ pub(super) fn attrs(mut b: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
     Ok(out)
 }
 
+/// Bits per second from the kernel's bytes per second (a 64-bit rate may be any value: the
+/// kernel takes what it is given; saturates rather than overflowing).
+fn bits(bytes_per_s: u64) -> u64 {
+    bytes_per_s.saturating_mul(8)
+}
+
 fn fraction(v: u32) -> f64 {
     f64::from(v) / f64::from(u32::MAX)
 }
@@ -226,7 +232,7 @@ pub fn tbf(payload: &[u8]) -> Result<TbfInfo, String> {
     let p = parms.ok_or("tbf options without TCA_TBF_PARMS")?;
     let rate = rate64.unwrap_or(u64::from(u32_at(p, 8)?));
     Ok(TbfInfo {
-        rate: rate * 8,
+        rate: bits(rate),
         limit: u32_at(p, 24)?,
         burst: ticks_to_bytes(rate, u32_at(p, 28)?),
     })
@@ -261,8 +267,8 @@ pub fn htb_class(payload: &[u8]) -> Result<HtbClassInfo, String> {
     let rate = rate64.unwrap_or(u64::from(u32_at(p, 8)?));
     let ceil = ceil64.unwrap_or(u64::from(u32_at(p, 20)?));
     Ok(HtbClassInfo {
-        rate: rate * 8,
-        ceil: ceil * 8,
+        rate: bits(rate),
+        ceil: bits(ceil),
         burst: ticks_to_bytes(rate, u32_at(p, 24)?),
         cburst: ticks_to_bytes(ceil, u32_at(p, 28)?),
         quantum: u32_at(p, 32)?,
@@ -319,7 +325,7 @@ pub fn netem(payload: &[u8]) -> Result<Netem, String> {
             }
             TCA_NETEM_RATE => {
                 n.rate = Some(NetemRate {
-                    rate: u64::from(u32_at(v, 0)?) * 8,
+                    rate: bits(u64::from(u32_at(v, 0)?)),
                     packet_overhead: u32_at(v, 4)? as i32,
                     cell_size: u32_at(v, 8)?,
                     cell_overhead: u32_at(v, 12)? as i32,
@@ -333,7 +339,7 @@ pub fn netem(payload: &[u8]) -> Result<Netem, String> {
         }
     }
     if let (Some(r), Some(rate)) = (rate64, n.rate.as_mut()) {
-        rate.rate = r * 8;
+        rate.rate = bits(r);
     }
     if n.loss.is_none() && loss != 0 {
         n.loss = Some(NetemLoss::Random {
