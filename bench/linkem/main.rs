@@ -94,6 +94,31 @@ fn ping(tb: &Testbed, n: usize) -> Result<Vec<f64>> {
     Ok(v)
 }
 
+/// How late a blocked thread wakes on this machine, measured while `during` runs: a thread of
+/// linkem's tx priority (SCHED_FIFO 10, where allowed) sleeps 19.9 ms at a time (the delay run's
+/// period, minus a little) until `during` returns; µs of lateness per wake-up. This is the
+/// floor under any sleeping (non-spinning) delay emulation here, linkem or netem.
+fn wakeups_beside<T>(during: impl FnOnce() -> T) -> (T, Vec<f64>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let h = thread::spawn(move || {
+        let param = libc::sched_param { sched_priority: 10 };
+        // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid sched_param.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+        let mut late = Vec::new();
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let want = Duration::from_micros(19_900);
+            let t = std::time::Instant::now();
+            thread::sleep(want);
+            late.push((t.elapsed().saturating_sub(want)).as_secs_f64() * 1e6);
+        }
+        late
+    });
+    let out = during();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, h.join().unwrap_or_default())
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -263,7 +288,8 @@ fn main() -> Result<()> {
         Dir::AToB,
         DirectionConfig::all(Impairment::delay(Duration::from_millis(20))),
     )?;
-    let rd = ping(&lk, o.pings)?;
+    let (rd, wake) = wakeups_beside(|| ping(&lk, o.pings));
+    let rd = rd?;
     let s_delay = relay.stats();
     let base = pct(&rb, 0.5);
     let err_us: Vec<f64> = rd.iter().map(|r| (r - 20.0 - base) * 1000.0).collect();
@@ -411,6 +437,18 @@ fn main() -> Result<()> {
     );
     println!(
         "ping at zero impairment: linkem's mean latency from kernel receive timestamp to sent: {in_ab:.1} µs a-to-b, {in_ba:.1} µs b-to-a"
+    );
+    println!(
+        "a blocked SCHED_FIFO thread beside the delay run, {} sleeps of 19.9 ms: woke late by p50 {:.0}, p90 {:.0}, p99 {:.0}, max {:.0} µs",
+        wake.len(),
+        pct(&wake, 0.5),
+        pct(&wake, 0.9),
+        pct(&wake, 0.99),
+        pct(&wake, 1.0)
+    );
+    println!(
+        "linkem's tx threads wake {} µs ahead of each release (tx_spin + p90 of their own overshoots, at most 1 ms)",
+        s_delay.a_to_b.wake_margin_ns / 1000
     );
     println!(
         "20 ms delay run: {} of {} packets left the queue > 100 µs late (worst {} µs)",

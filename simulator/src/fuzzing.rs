@@ -53,10 +53,10 @@ pub fn scenario(data: &[u8]) {
 
 /// A hardware profile file.
 pub fn profile(data: &[u8]) {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Err(e) = crate::profile::parse_profile(text, "fuzz.yaml") {
-            let _ = e.to_string();
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Err(e) = crate::profile::parse_profile(text, "fuzz.yaml")
+    {
+        let _ = e.to_string();
     }
 }
 
