@@ -6,12 +6,18 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// Phases are 4 s apart; the checks of one phase take about 1.5 s.
-const PHASE: Duration = Duration::from_secs(4);
+/// Phases are 4 s apart; the checks of one phase take about 1.5 s here. `EDGESIM_TEST_PHASE`
+/// (seconds) stretches them where everything is slower: under qemu TCG (tests/vm) the checks
+/// take about 4 s.
+fn phase() -> Duration {
+    std::env::var("EDGESIM_TEST_PHASE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(Duration::from_secs(4), Duration::from_secs_f64)
+}
 
 const SITES: &str = "\
 seed: 1
-duration: 12s
 sites:
   cloud: {}
   factory:
@@ -21,15 +27,21 @@ nodes:
   - {name: gw, count: 3, site: factory, profile: raspberry-pi-5-4gb}
 ";
 
-/// Runs `timeline` on the two-site lab and returns what got through between `a` and `b`
-/// (and between the bystanders `c` and `d`) before, during and after the partition.
+/// Runs the `partition` action `cut` one phase in and the `heal` action `heal` two phases in
+/// on the two-site lab, and returns what got through between `a` and `b` (and between the
+/// bystanders `c` and `d`) before, during and after the partition.
 fn observe(
     target: &'static str,
     tag: &str,
-    timeline: &str,
+    (cut, heal): (&str, &str),
     pairs: [(&str, &str); 2],
 ) -> [(Reach, Reach); 3] {
-    let sc = Scenario::new(tag, &format!("{SITES}timeline:\n{timeline}")).on(target);
+    let p = phase().as_secs_f64();
+    let (t1, t2, end) = (p, 2.0 * p, 3.0 * p);
+    let spec = format!(
+        "duration: {end}s\n{SITES}timeline:\n  - {{at: {t1}s, partition: {cut}}}\n  - {{at: {t2}s, heal: {heal}}}\n"
+    );
+    let sc = Scenario::new(tag, &spec).on(target);
     let mut run = Run::start(&sc);
     let t0 = run.timeline_started();
     let st = run.state();
@@ -37,7 +49,7 @@ fn observe(
     let (a, b, c, d) = (peer(&st, a), peer(&st, b), peer(&st, c), peer(&st, d));
     let measure = |phase: &str, since| {
         let r = (reach(&sc.name, &a, &b), reach(&sc.name, &c, &d));
-        assert_within(phase, since, PHASE);
+        assert_within(phase, since, self::phase());
         r
     };
 
@@ -77,7 +89,10 @@ pub fn between_sites(target: &'static str) {
     let [before, during, after] = observe(
         target,
         &format!("partition-sites-{target}"),
-        "  - {at: 4s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n  - {at: 8s, heal: {name: cut}}\n",
+        (
+            "{name: cut, between: [[site/factory], [site/cloud]]}",
+            "{name: cut}",
+        ),
         [("gw-1", "sink"), ("gw-2", "gw-3")],
     );
     assert_eq!(before.0, Reach::OPEN, "gw-1 <-> sink before the partition");
@@ -110,7 +125,7 @@ fn partition_within_a_site_blocks_bridged_traffic() {
     let [before, during, after] = observe(
         "netns",
         "partition-lan",
-        "  - {at: 4s, partition: {name: lan, between: [[gw-1], [gw-2]]}}\n  - {at: 8s, heal: {}}\n",
+        ("{name: lan, between: [[gw-1], [gw-2]]}", "{}"),
         [("gw-1", "gw-2"), ("gw-1", "gw-3")],
     );
     assert_eq!(before.0, Reach::OPEN, "gw-1 <-> gw-2 before the partition");
@@ -147,7 +162,10 @@ pub fn one_way(target: &'static str) {
     let [before, during, after] = observe(
         target,
         &format!("partition-oneway-{target}"),
-        "  - {at: 4s, partition: {name: up-cut, oneWay: true, between: [[site/factory], [site/cloud]]}}\n  - {at: 8s, heal: {name: up-cut}}\n",
+        (
+            "{name: up-cut, oneWay: true, between: [[site/factory], [site/cloud]]}",
+            "{name: up-cut}",
+        ),
         [("gw-1", "sink"), ("gw-2", "gw-3")],
     );
     assert_eq!(before.0, Reach::OPEN, "gw-1 <-> sink before the partition");
