@@ -546,9 +546,12 @@ fn delay_by_effect(mechanism: &str) {
             refs.len()
         );
         let (p50, z50, r50) = (q(&rtts, 0.5), q(&base, 0.5), q(&refs, 0.5));
+        // 38 ms within 1.5 ms: on hardware netem is within 0.1 ms; under qemu TCG its timers
+        // also run about 1 % slow (the guest calibrates its clocks against an emulated HPET),
+        // which puts the difference at 38.3–39.1 ms there.
         let over_ref = p50 - r50;
         assert!(
-            (0.0370..0.0390).contains(&over_ref),
+            (0.0365..0.0395).contains(&over_ref),
             "median RTT {p50} s over the 1 ms path's {r50} s: {over_ref} s, expected 38 ms"
         );
         // Everything netem and the fabric add beyond the delay: well under a millisecond on
