@@ -61,7 +61,7 @@ cd "$ROOT/simulator"
 
 kernel_has() { # what `edgesim doctor` says this kernel can do
   "$EDGESIM_BIN" doctor 2>&1 | tee /tmp/doctor.txt
-  grep -Eiq "netem.*(yes|ok|available)" /tmp/doctor.txt
+  grep -q "✓ qdisc netem" /tmp/doctor.txt
 }
 check "edgesim doctor reports netem" kernel_has
 

@@ -577,7 +577,7 @@ impl Io {
         };
         let now = sys::mono_ns();
         let arrival = match r.ts_real {
-            Some(t) => (now - (sys::real_ns() - t)).clamp(now - 1_000_000_000, now),
+            Some(t) => (t - sys::real_minus_mono_ns()).clamp(now - 1_000_000_000, now),
             None => now,
         };
         let frame = &buf[VNET_HDR_LEN..r.len];

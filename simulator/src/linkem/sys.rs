@@ -47,6 +47,28 @@ pub fn real_ns() -> i64 {
     clock_ns(libc::CLOCK_REALTIME)
 }
 
+/// `CLOCK_REALTIME − CLOCK_MONOTONIC` in ns, to turn the kernel's receive timestamps
+/// (realtime) into monotonic time. The two clocks are read between two monotonic readings, up
+/// to four times, and the tightest bracket wins (monotonic taken at its midpoint): a thread
+/// preempted between two plain readings would otherwise see a packet as older than it is, by
+/// the whole preemption, and release it that much early.
+pub fn real_minus_mono_ns() -> i64 {
+    let mut best = (i64::MAX, 0);
+    for _ in 0..4 {
+        let m1 = mono_ns();
+        let r = real_ns();
+        let m2 = mono_ns();
+        let gap = m2 - m1;
+        if gap < best.0 {
+            best = (gap, r - (m1 + gap / 2));
+        }
+        if gap < 2_000 {
+            break;
+        }
+    }
+    best.1
+}
+
 /// Sets the calling thread's timer slack, so its timed sleeps end when asked rather than up
 /// to 50 µs later (the default slack).
 pub fn set_timer_slack(ns: u64) {

@@ -302,19 +302,16 @@ fn recv_stamped(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<(usize, In
         MsgFlags::empty(),
     )
     .map_err(io::Error::from)?;
-    let now = Instant::now();
     let kernel = msg.cmsgs().ok().and_then(|mut c| {
         c.find_map(|m| match m {
             ControlMessageOwned::ScmTimestampns(ts) => Some(ts),
             _ => None,
         })
     });
-    let at = match (
-        kernel,
-        nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME),
-    ) {
-        (Some(ts), Ok(real)) => {
-            let ago = Duration::from(real).checked_sub(Duration::from(ts));
+    let (real, now) = paired_now();
+    let at = match (kernel, real) {
+        (Some(ts), Some(real)) => {
+            let ago = real.checked_sub(Duration::from(ts));
             // A timestamp from the future or from long ago means the wall clock stepped
             // between the two readings: the read time is then the better estimate.
             match ago.filter(|d| *d < Duration::from_secs(1)) {
@@ -325,6 +322,30 @@ fn recv_stamped(sock: &socket2::Socket, buf: &mut [u8]) -> io::Result<(usize, In
         _ => now,
     };
     Ok((msg.bytes, at))
+}
+
+/// The wall clock (since the epoch) and the monotonic clock read as close together as this
+/// thread manages: the wall clock between two monotonic readings, up to four times, the
+/// tightest bracket winning (monotonic at its midpoint). A thread preempted between two plain
+/// readings would date a reply early by the whole preemption and report a shorter round trip.
+fn paired_now() -> (Option<Duration>, Instant) {
+    let mut best: Option<(Duration, Option<Duration>, Instant)> = None;
+    for _ in 0..4 {
+        let m1 = Instant::now();
+        let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .ok()
+            .map(Duration::from);
+        let m2 = Instant::now();
+        let gap = m2 - m1;
+        if best.as_ref().is_none_or(|b| gap < b.0) {
+            best = Some((gap, real, m1 + gap / 2));
+        }
+        if gap < Duration::from_micros(2) {
+            break;
+        }
+    }
+    let (_, real, mono) = best.unwrap_or((Duration::ZERO, None, Instant::now()));
+    (real, mono)
 }
 
 async fn receive(
