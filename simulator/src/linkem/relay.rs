@@ -500,13 +500,17 @@ fn io_loop(
     let mut error_streak = 0u32;
     while !shared.stop.load(Ordering::Acquire) {
         let mut got = false;
+        // Realtime − monotonic, read once per pass that receives anything (not per packet):
+        // it moves only when the wall clock is stepped or slewed.
+        let mut clock_offset = None;
         for (side, sock) in socks.iter().enumerate() {
             for _ in 0..BATCH {
                 match sock.recv(&mut buf, true) {
                     Ok(Some(r)) => {
                         got = true;
                         error_streak = 0;
-                        io.handle(shared, side, &mut buf, r);
+                        let off = *clock_offset.get_or_insert_with(sys::real_minus_mono_ns);
+                        io.handle(shared, side, &mut buf, r, off);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -557,7 +561,15 @@ fn io_loop(
 }
 
 impl Io {
-    fn handle(&mut self, shared: &Shared, side: usize, buf: &mut [u8], r: sys::Recv) {
+    /// `real_minus_mono`: [`sys::real_minus_mono_ns`], to date `r` by the kernel's timestamp.
+    fn handle(
+        &mut self,
+        shared: &Shared,
+        side: usize,
+        buf: &mut [u8],
+        r: sys::Recv,
+        real_minus_mono: i64,
+    ) {
         let ds = &shared.dirs[side];
         let epoch = shared.epochs[side].load(Ordering::Acquire);
         if epoch != self.seen_epochs[side] {
@@ -577,7 +589,7 @@ impl Io {
         };
         let now = sys::mono_ns();
         let arrival = match r.ts_real {
-            Some(t) => (t - sys::real_minus_mono_ns()).clamp(now - 1_000_000_000, now),
+            Some(t) => (t - real_minus_mono).clamp(now - 1_000_000_000, now),
             None => now,
         };
         let frame = &buf[VNET_HDR_LEN..r.len];
