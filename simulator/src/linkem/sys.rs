@@ -82,9 +82,10 @@ pub fn set_timer_slack(ns: u64) {
 /// release time is met even when every CPU is busy with ordinary processes. Fails without
 /// CAP_SYS_NICE (or inside a cgroup without a real-time budget).
 pub fn set_realtime(priority: u8) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: c_int::from(priority),
-    };
+    // musl's sched_param has more (reserved) fields than glibc's: zero them, set the priority.
+    // SAFETY: sched_param is plain integers (and timespecs on musl); all-zero is valid.
+    let mut param: libc::sched_param = unsafe { zeroed() };
+    param.sched_priority = c_int::from(priority);
     // SAFETY: `param` is a valid sched_param; the call affects only the calling thread.
     let r = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
     if r == 0 {
@@ -192,9 +193,10 @@ impl PacketSocket {
         // SAFETY: msghdr is plain data; all-zero is valid.
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
+        // The field types differ between C libraries (glibc: size_t; musl: int and socklen_t).
+        msg.msg_iovlen = 1 as _;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<[u64; 8]>();
+        msg.msg_controllen = size_of::<[u64; 8]>() as _;
         let flags = if nonblock { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: `msg` points at `iov` (into `buf`) and `control`, all alive and writable for
         // the call; the kernel writes at most their given lengths.

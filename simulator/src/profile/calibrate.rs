@@ -57,7 +57,10 @@
 //!
 //! **Calibration happens without being asked.** [`HostCpu::detect`] takes, in order:
 //! `EDGESIM_HOST_SPEED=<float>` (for CI machines of a known type, to experiment, and in
-//! edgesim's own tests, which pin 1.0 in `.cargo/config.toml`); the calibration file
+//! edgesim's own tests, which pin 1.0 in `.cargo/config.toml`), or `EDGESIM_HOST_SPEED=measure`
+//! (measure now, for this run only: on shared cloud VMs whose speed drifts by more than a
+//! CPU-bound verdict allows between one run and the next; edgesim's own tests of the shipped
+//! scenarios with `cpuScale` use it); the calibration file
 //! ([`DEFAULT_CALIBRATION_PATH`], or the file named by `EDGESIM_CALIBRATION`) when it was
 //! measured on this host (same CPU model and CPU count); otherwise it measures now, with the
 //! built-in benchmark (about two seconds, before a run creates anything, never during its
@@ -120,6 +123,11 @@ pub const DEFAULT_CALIBRATION_PATH: &str = "/var/lib/edgesim/calibration.json";
 pub const CALIBRATION_ENV: &str = "EDGESIM_CALIBRATION";
 /// Environment variable overriding the host's per-core speed (a float, 1.0 = reference core).
 pub const HOST_SPEED_ENV: &str = "EDGESIM_HOST_SPEED";
+
+/// The value of [`HOST_SPEED_ENV`] that asks for a fresh measurement (built-in benchmark)
+/// before the run, used for that run only and not cached: for hosts whose speed drifts
+/// (shared cloud VMs), where a verdict rests on CPU capacity.
+pub const MEASURE_NOW: &str = "measure";
 
 /// Version of the calibration file format.
 pub const CALIBRATION_VERSION: u32 = 1;
@@ -313,6 +321,13 @@ pub enum SpeedSource {
         measured_at_unix: u64,
         busy: f64,
     },
+    /// Measured by this process because `EDGESIM_HOST_SPEED=measure` asked for a fresh
+    /// figure: neither read from nor written to the calibration file.
+    MeasuredForRun {
+        method: Method,
+        measured_at_unix: u64,
+        busy: f64,
+    },
     /// Set by `EDGESIM_HOST_SPEED`.
     Env,
     /// Nothing measured: [`DEFAULT_SPEED_PER_CORE`] is assumed.
@@ -341,6 +356,11 @@ impl std::fmt::Display for SpeedSource {
             SpeedSource::MeasuredBusy { method, busy, .. } => write!(
                 f,
                 "measured now ({method}) but not cached: {:.0} % of the host's CPU time went to other work meanwhile",
+                busy * 100.0
+            ),
+            SpeedSource::MeasuredForRun { method, busy, .. } => write!(
+                f,
+                "measured now ({method}) for this run, as {HOST_SPEED_ENV}={MEASURE_NOW} asks ({:.0} % of the host's CPU time went to other work meanwhile)",
                 busy * 100.0
             ),
             SpeedSource::Env => write!(f, "set by {HOST_SPEED_ENV}"),
@@ -405,6 +425,21 @@ impl HostCpu {
         online_cpus: u32,
         measure: impl FnOnce() -> Result<(Calibration, f64), ProfileError>,
     ) -> Result<HostCpu, ProfileError> {
+        if env_speed.is_some_and(|v| v.trim().eq_ignore_ascii_case(MEASURE_NOW)) {
+            tracing::info!(
+                "measuring this host's CPU speed for this run (built-in benchmark, about 2 s)"
+            );
+            let (cal, busy) = measure()?;
+            return Ok(HostCpu {
+                speed_per_core: cal.speed_per_core,
+                online_cpus: online_cpus.max(1),
+                source: SpeedSource::MeasuredForRun {
+                    method: cal.method,
+                    measured_at_unix: cal.measured_at_unix,
+                    busy,
+                },
+            });
+        }
         let env_set = env_speed.is_some_and(|v| !v.trim().is_empty());
         if !env_set {
             let stale = match read_calibration(calibration)? {
@@ -462,7 +497,9 @@ impl HostCpu {
                 .ok_or_else(|| ProfileError::Env {
                     var: HOST_SPEED_ENV,
                     value: v.to_string(),
-                    detail: "expected a positive number (1.0 = one Raspberry Pi 5 core)".into(),
+                    detail: format!(
+                        "expected a positive number (1.0 = one Raspberry Pi 5 core) or `{MEASURE_NOW}`"
+                    ),
                 })?;
             return Ok(HostCpu {
                 speed_per_core: speed,
@@ -1172,6 +1209,20 @@ mod tests {
             h.source
         );
         assert!(read_calibration(&quiet).unwrap().is_none());
+        // `measure` asks for a fresh figure even where one is cached, and leaves the cache be.
+        let cached = read_calibration(&path).unwrap().unwrap();
+        let h = HostCpu::from_sources_or_measure(Some(" Measure "), &path, &other, 4, || {
+            measure(0.7, &other).map(|(c, _)| (c, 0.3))
+        })
+        .unwrap();
+        assert_eq!((h.speed_per_core, measured.get()), (0.7, 6));
+        assert!(matches!(h.source, SpeedSource::MeasuredForRun { .. }));
+        assert!(
+            h.source.to_string().contains("for this run") && h.source.to_string().contains("30 %"),
+            "{}",
+            h.source
+        );
+        assert_eq!(read_calibration(&path).unwrap().unwrap(), cached);
     }
 
     #[test]

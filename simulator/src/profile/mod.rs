@@ -49,7 +49,7 @@ use std::sync::OnceLock;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use calibrate::{HostCpu, SpeedSource};
+pub use calibrate::{HOST_SPEED_ENV, HostCpu, MEASURE_NOW, SpeedSource};
 
 use crate::units::{Bytes, Rate};
 
@@ -531,16 +531,7 @@ pub fn parse_profile(text: &str, file: &str) -> Result<HardwareProfile, ProfileE
         });
     }
     let profile: HardwareProfile = serde_saphyr::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        let message = match crate::scenario::validate::innermost(&e) {
-            serde_saphyr::Error::MultipleDocuments { .. } => {
-                "a second YAML document starts here: one profile per file".to_string()
-            }
-            _ => e.to_string().replace("<input>", file),
-        };
+        let (line, column, message) = crate::scenario::validate::yaml_place(&e, file, "profile");
         ProfileError::Parse {
             file: file.to_string(),
             line,

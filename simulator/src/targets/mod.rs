@@ -16,6 +16,7 @@
 //! Also here: what this machine can do ([`probe`], [`doctor`]), as one capability table per
 //! target ([`crate::caps`]) that validation enforces and `doctor` prints.
 
+pub mod device;
 pub mod docker;
 pub mod netns;
 pub mod state;

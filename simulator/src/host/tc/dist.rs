@@ -1,6 +1,8 @@
 //! netem delay-distribution tables, read from the files iproute2 installs (`normal.dist`,
 //! `pareto.dist`, `paretonormal.dist`) and parsed exactly as `tc` parses them, so the table
-//! the kernel receives is the one `tc … distribution NAME` would send.
+//! the kernel receives is the one `tc … distribution NAME` would send. Where the files are not
+//! installed (board images, minimal containers), the qdisc code takes the same tables computed
+//! by [`crate::linkem::dist`] (a port of iproute2's generators, unit-tested equal to the files).
 
 use std::path::{Path, PathBuf};
 

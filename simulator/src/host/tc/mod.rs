@@ -724,12 +724,13 @@ pub async fn qdisc_replace(
 ) -> Result<()> {
     q.validate()?;
     let table = match q {
+        // iproute2's file where it is installed, else the same table computed (a board image
+        // without iproute2's data files still gets `distribution normal`).
         Qdisc::Netem(n) => n
             .distribution
             .as_ref()
-            .map(|d| d.table())
-            .transpose()?
-            .flatten(),
+            .and_then(crate::linkem::dist::table)
+            .map(|t| t.to_vec()),
         _ => None,
     };
     let what = format!(

@@ -82,6 +82,22 @@ pub fn innermost(mut e: &serde_saphyr::Error) -> &serde_saphyr::Error {
     e
 }
 
+/// Line, column and message of a YAML error in a file that holds one `what` (`profile`,
+/// `inventory`): a second document gets edgesim's wording, not the library's API advice.
+pub fn yaml_place(e: &serde_saphyr::Error, file: &str, what: &str) -> (u64, u64, String) {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    let message = match innermost(e) {
+        serde_saphyr::Error::MultipleDocuments { .. } => {
+            format!("a second YAML document starts here: one {what} per file")
+        }
+        _ => e.to_string().replace("<input>", file),
+    };
+    (line, column, message)
+}
+
 /// Turns a deserialiser error into a diagnostic with a did-you-mean where one applies.
 pub fn yaml_diagnostic(e: &serde_saphyr::Error) -> Diagnostic {
     if let serde_saphyr::Error::MultipleDocuments { location, .. } = innermost(e) {
