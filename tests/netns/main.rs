@@ -12,6 +12,7 @@
 mod common;
 
 mod cgroups;
+mod device;
 mod docker;
 mod impairments;
 mod nodes;

@@ -189,6 +189,14 @@ pub enum Command {
         #[arg(long)]
         builtin: bool,
     },
+    /// Run on a board by the device target (over SSH): applies the board's faults under a
+    /// lease, speaking JSON lines on stdin/stdout. Reverts everything when the controller
+    /// goes silent for a lease, when the session ends, and at start-up what a dead agent left.
+    Agent {
+        /// Where the agent records what is in force.
+        #[arg(long, value_name = "FILE", default_value = edgesim::targets::device::agent::DEFAULT_STATE)]
+        state: PathBuf,
+    },
     /// (internal) The process behind `up`.
     #[command(hide = true)]
     LabDaemon {

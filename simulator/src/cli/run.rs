@@ -36,6 +36,7 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         } => exec(&name, &node, &command),
         Command::Doctor { output } => doctor(output),
         Command::Cleanup { all } => cleanup(all),
+        Command::Agent { state } => agent(&state),
         Command::Calibrate { save, builtin } => calibrate(save, builtin),
         Command::LabDaemon {
             file,
@@ -611,6 +612,18 @@ fn live_runs() -> Vec<String> {
         .filter(|s| s.controller_alive())
         .map(|s| s.run_id)
         .collect()
+}
+
+fn agent(state: &std::path::Path) -> Result<u8> {
+    // One thread: the agent's work is a few netlink messages at a time, and a board's
+    // cores belong to its workloads.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let code = rt.block_on(edgesim::targets::device::agent::run(state));
+    // The stdin reader blocks in a thread of its own: do not wait for it.
+    rt.shutdown_background();
+    Ok(u8::try_from(code?).unwrap_or(1))
 }
 
 fn cleanup(all: bool) -> Result<u8> {

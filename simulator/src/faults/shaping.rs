@@ -49,7 +49,7 @@ struct PathShape {
 
 /// netem's options for a path's parameters; loss goes to netem only when it is correlated or
 /// bursty (plain loss stays in nftables, the same on every kernel).
-fn netem_of(p: &LinkParams, seed: u64) -> Netem {
+pub(crate) fn netem_of(p: &LinkParams, seed: u64) -> Netem {
     use crate::scenario::model::Distribution as D;
     let loss = if let Some(ge) = p.gilbert_elliott {
         Some(tc::NetemLoss::GilbertElliott {
@@ -89,7 +89,7 @@ fn netem_of(p: &LinkParams, seed: u64) -> Netem {
 }
 
 /// Whether plain loss of a path goes to nftables (not netem).
-fn loss_in_firewall(p: &LinkParams) -> bool {
+pub(crate) fn loss_in_firewall(p: &LinkParams) -> bool {
     p.loss > 0.0 && p.gilbert_elliott.is_none() && p.loss_correlation == 0.0
 }
 

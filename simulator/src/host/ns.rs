@@ -188,6 +188,42 @@ pub fn open(name: &str) -> Result<OwnedFd> {
         })
 }
 
+/// A handle on the calling thread's own network namespace (a board's, for the device agent).
+pub fn current() -> Result<OwnedFd> {
+    File::open("/proc/thread-self/ns/net")
+        .map(OwnedFd::from)
+        .map_err(|source| HostError::NsOpen {
+            name: "(this process's)".to_string(),
+            source,
+        })
+}
+
+/// Whether `fd` is the calling thread's network namespace.
+fn is_current(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self/fd/N resolves to the namespace file itself.
+    match (
+        fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+        fs::metadata("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Enters the namespace behind `fd` on the calling thread. A no-op where the thread is in it
+/// already, so that work in the process's own namespace needs no CAP_SYS_ADMIN (the device
+/// agent holds CAP_NET_ADMIN alone).
+fn enter(fd: std::os::fd::BorrowedFd<'_>, name: &str) -> Result<()> {
+    if is_current(fd) {
+        return Ok(());
+    }
+    setns(fd, CloneFlags::CLONE_NEWNET).map_err(|e| HostError::NsEnter {
+        name: name.to_string(),
+        source: e.into(),
+    })
+}
+
 /// Runs `f` inside the namespace behind `fd`, on a throwaway thread, and returns its result.
 /// `what` names the namespace in errors.
 pub fn run_in_fd<F, R>(fd: impl AsFd + Send, what: &str, f: F) -> Result<R>
@@ -196,10 +232,7 @@ where
     R: Send,
 {
     on_thread(what, move || {
-        setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| HostError::NsEnter {
-            name: what.to_string(),
-            source: e.into(),
-        })?;
+        enter(fd.as_fd(), what)?;
         Ok(f())
     })
 }
@@ -230,10 +263,7 @@ pub fn netlink_sockets_with<Fd: AsFd + Sync>(
     on_thread("opening netlink sockets", || {
         let mut out = Vec::with_capacity(namespaces.len());
         for (fd, name) in namespaces {
-            setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| HostError::NsEnter {
-                name: name.to_string(),
-                source: e.into(),
-            })?;
+            enter(fd.as_fd(), name)?;
             prepare(name)?;
             let sock = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
                 .map_err(|e| HostError::io("opening a netlink socket in", *name, e))?;

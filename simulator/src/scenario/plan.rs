@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::expect::{Bound, Expectation, Window};
 use super::model::{Aggregate, Distribution, DownMode, Impairment, MetricsFormat, RestartPolicy};
@@ -75,6 +75,10 @@ fn ser_opt_dur<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok
     }
 }
 
+fn de_opt_dur<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<crate::units::Dur>::deserialize(d).map(|o| o.map(|d| d.0))
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Site {
     pub name: String,
@@ -83,7 +87,7 @@ pub struct Site {
 }
 
 /// Gilbert-Elliott loss parameters, as fractions, defaults resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GeParams {
     pub p: f64,
     pub r: f64,
@@ -91,16 +95,20 @@ pub struct GeParams {
     pub loss_in_good: f64,
 }
 
-/// Impairments of one direction of a link, as numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+/// Impairments of one direction of a link, as numbers. (Read back too: the device agent
+/// receives a board's parameters in this form.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LinkParams {
     #[serde(
         serialize_with = "ser_opt_dur",
+        deserialize_with = "de_opt_dur",
         skip_serializing_if = "Option::is_none"
     )]
     pub delay: Option<Duration>,
     #[serde(
         serialize_with = "ser_opt_dur",
+        deserialize_with = "de_opt_dur",
         skip_serializing_if = "Option::is_none"
     )]
     pub jitter: Option<Duration>,

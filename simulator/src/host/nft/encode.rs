@@ -20,7 +20,7 @@ use netlink_packet_core::{
     NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 
-use super::{BRIDGED_MARK, CHAIN, LOSS_SCALE, MARK_COMMENT, Ruleset};
+use super::{BRIDGED_MARK, CHAIN, LOSS_SCALE, MANAGEMENT_COMMENT, MARK_COMMENT, Ruleset};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -51,7 +51,12 @@ const NFTA_CHAIN_TYPE: u16 = 7;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
 /// `NF_INET_FORWARD`, and `NF_BR_FORWARD` for the bridge family: both 2.
+const HOOK_LOCAL_IN: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
+const HOOK_LOCAL_OUT: u32 = 3;
+/// The base chains of a host's own traffic ([`super::Layout::Host`]).
+pub(super) const INPUT: &str = "input";
+pub(super) const OUTPUT: &str = "output";
 const NF_ACCEPT: u32 = 1;
 
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
@@ -105,6 +110,9 @@ const NFT_META_PROTOCOL: u32 = 1;
 const NFT_META_MARK: u32 = 3;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFT_META_L4PROTO: u32 = 16;
+const IPPROTO_TCP: u8 = 6;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_LTE: u32 = 3;
 const NFT_CMP_GTE: u32 = 5;
@@ -317,9 +325,14 @@ impl Writer {
 
     /// `payload load LEN b @ network header + OFFSET => reg 1`
     fn payload(&mut self, offset: u32, len: u32) {
+        self.payload_at(NFT_PAYLOAD_NETWORK_HEADER, offset, len);
+    }
+
+    /// `payload load LEN b @ BASE header + OFFSET => reg 1`
+    fn payload_at(&mut self, base: u32, offset: u32, len: u32) {
         self.expr("payload", |w| {
             w.put_u32(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
-            w.put_u32(2, NFT_PAYLOAD_NETWORK_HEADER); // NFTA_PAYLOAD_BASE
+            w.put_u32(2, base); // NFTA_PAYLOAD_BASE
             w.put_u32(3, offset); // NFTA_PAYLOAD_OFFSET
             w.put_u32(4, len); // NFTA_PAYLOAD_LEN
         });
@@ -572,6 +585,8 @@ struct DropRule<'a> {
     matches: Matches,
     /// `Some(n)`: drop only when `numgen random mod 10000` is in `0..n`.
     below: Option<u32>,
+    /// From a [`super::Loss`] (a certain loss has no `below` but is still a loss).
+    loss_rule: bool,
 }
 
 /// The drop rules of `rs`, in order: blocks, then losses (losses of probability 0 vanish).
@@ -583,6 +598,7 @@ fn drop_rules(rs: &Ruleset) -> Vec<DropRule<'_>> {
                 name: &b.name,
                 matches,
                 below: None,
+                loss_rule: false,
             });
         }
     }
@@ -596,6 +612,7 @@ fn drop_rules(rs: &Ruleset) -> Vec<DropRule<'_>> {
                 name: &l.name,
                 matches,
                 below: (n < LOSS_SCALE).then_some(n),
+                loss_rule: true,
             });
         }
     }
@@ -687,6 +704,11 @@ impl<'a> Batch<'a> {
     /// `add chain FAMILY TABLE forward { type filter hook forward priority P; policy accept; }`
     /// (updates nothing when it exists: its hook stays registered).
     pub fn add_forward_chain(&mut self, family: Family) {
+        self.add_base_chain(family, CHAIN, HOOK_FORWARD);
+    }
+
+    /// `add chain FAMILY TABLE NAME { type filter hook HOOK priority P; policy accept; }`
+    fn add_base_chain(&mut self, family: Family, name: &str, hooknum: u32) {
         let m = self.begin(
             NFT_MSG_NEWCHAIN,
             NLM_F_REQUEST | NLM_F_CREATE,
@@ -694,11 +716,11 @@ impl<'a> Batch<'a> {
             Subject::Chain(family),
         );
         self.w.put_str(NFTA_CHAIN_TABLE, self.table);
-        self.w.put_str(NFTA_CHAIN_NAME, CHAIN);
+        self.w.put_str(NFTA_CHAIN_NAME, name);
         self.w.put_str(NFTA_CHAIN_TYPE, "filter");
         self.w.put_u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
         let hook = self.w.nest(NFTA_CHAIN_HOOK);
-        self.w.put_u32(NFTA_HOOK_HOOKNUM, HOOK_FORWARD);
+        self.w.put_u32(NFTA_HOOK_HOOKNUM, hooknum);
         self.w
             .put(NFTA_HOOK_PRIORITY, &family.priority().to_be_bytes());
         self.w.end_nest(hook);
@@ -719,6 +741,11 @@ impl<'a> Batch<'a> {
 
     /// Starts `add rule FAMILY TABLE forward …`; expressions follow through the writer.
     fn begin_rule(&mut self, family: Family, name: &'a str) -> (usize, usize) {
+        self.begin_rule_in(family, CHAIN, name)
+    }
+
+    /// Starts `add rule FAMILY TABLE CHAIN …`.
+    fn begin_rule_in(&mut self, family: Family, chain: &str, name: &'a str) -> (usize, usize) {
         let m = self.begin(
             NFT_MSG_NEWRULE,
             NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND,
@@ -726,7 +753,7 @@ impl<'a> Batch<'a> {
             Subject::Rule(family, name),
         );
         self.w.put_str(NFTA_RULE_TABLE, self.table);
-        self.w.put_str(NFTA_RULE_CHAIN, CHAIN);
+        self.w.put_str(NFTA_RULE_CHAIN, chain);
         let exprs = self.w.nest(NFTA_RULE_EXPRESSIONS);
         (m, exprs)
     }
@@ -882,12 +909,40 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// `add rule inet TABLE CHAIN ip saddr A ip daddr B tcp sport P tcp dport Q accept`: one
+    /// direction of a TCP connection let through ahead of every drop rule.
+    fn flow_rule(&mut self, chain: &str, from: std::net::SocketAddr, to: std::net::SocketAddr) {
+        let r = self.begin_rule_in(Family::Inet, chain, MANAGEMENT_COMMENT);
+        let v6 = from.is_ipv6();
+        self.w.meta_load(NFT_META_NFPROTO);
+        self.w
+            .cmp(NFT_CMP_EQ, &[if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }]);
+        for (field, ip) in [(Field::Saddr, from.ip()), (Field::Daddr, to.ip())] {
+            let net = IpNet::from(ip);
+            self.address(v6, field, &Operand::Net(net));
+        }
+        self.w.meta_load(NFT_META_L4PROTO);
+        self.w.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
+        // nft merges the adjacent port matches into one 4-byte load.
+        self.w.payload_at(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 4);
+        let mut ports = from.port().to_be_bytes().to_vec();
+        ports.extend_from_slice(&to.port().to_be_bytes());
+        self.w.cmp(NFT_CMP_EQ, &ports);
+        self.w.verdict(NF_ACCEPT as i32);
+        self.end_rule(r, MANAGEMENT_COMMENT);
+    }
+
     /// One drop rule, with its sets before it.
     fn drop_rule(&mut self, family: Family, rule: &DropRule<'a>) {
+        self.drop_rule_in(family, CHAIN, rule);
+    }
+
+    /// One drop rule in `chain`, with its sets before it.
+    fn drop_rule_in(&mut self, family: Family, chain: &str, rule: &DropRule<'a>) {
         let m = &rule.matches;
         let src = self.operand(family, rule.name, Field::Saddr, &m.from);
         let dst = self.operand(family, rule.name, Field::Daddr, &m.to);
-        let r = self.begin_rule(family, rule.name);
+        let r = self.begin_rule_in(family, chain, rule.name);
         if src.is_some() || dst.is_some() {
             // The dependency nft adds before an `ip`/`ip6` match.
             match family {
@@ -959,10 +1014,46 @@ pub(super) fn apply<'a>(rs: &'a Ruleset, table: &'a str, first_seq: u32) -> Enco
     b.finish()
 }
 
-/// The transaction that removes the run's tables whether or not they exist.
-pub(super) fn delete(table: &str, first_seq: u32) -> Encoded<'_> {
+/// The same for a host's own traffic ([`super::Layout::Host`]): table `inet TABLE` with base
+/// chains `input` and `output`; in each, the exempt connections' accept rules first, then the
+/// blocks; losses only in `output` (a packet between two boards is lost once, by its sender).
+pub(super) fn apply_host<'a>(rs: &'a Ruleset, table: &'a str, first_seq: u32) -> Encoded<'a> {
+    let rules = drop_rules(rs);
     let mut b = Batch::new(table, first_seq);
-    for family in Family::ALL {
+    b.add_table(Family::Inet);
+    b.add_base_chain(Family::Inet, INPUT, HOOK_LOCAL_IN);
+    b.add_base_chain(Family::Inet, OUTPUT, HOOK_LOCAL_OUT);
+    b.flush_table(Family::Inet);
+    for chain in [INPUT, OUTPUT] {
+        for f in &rs.exempt {
+            match chain {
+                INPUT => b.flow_rule(chain, f.remote, f.local),
+                _ => b.flow_rule(chain, f.local, f.remote),
+            }
+        }
+        for r in &rules {
+            if !r.loss_rule || chain == OUTPUT {
+                b.drop_rule_in(Family::Inet, chain, r);
+            }
+        }
+    }
+    b.finish()
+}
+
+/// The transaction that removes the run's tables whether or not they exist.
+#[cfg(test)]
+pub(super) fn delete(table: &str, first_seq: u32) -> Encoded<'_> {
+    delete_families(table, first_seq, &Family::ALL)
+}
+
+/// Removes tables `FAMILY TABLE` for each of `families`, whether or not they exist.
+pub(super) fn delete_families<'a>(
+    table: &'a str,
+    first_seq: u32,
+    families: &[Family],
+) -> Encoded<'a> {
+    let mut b = Batch::new(table, first_seq);
+    for &family in families {
         b.add_table(family);
         b.delete_table(family);
     }

@@ -42,6 +42,7 @@ fn fixture(name: &str) -> Vec<u8> {
         "representative" => include_str!("golden/representative.txt"),
         "prefixes" => include_str!("golden/prefixes.txt"),
         "delete" => include_str!("golden/delete.txt"),
+        "host" => include_str!("golden/host.txt"),
         other => panic!("no fixture {other}"),
     };
     let hex: String = text
@@ -355,6 +356,7 @@ fn representative_ruleset_matches_nft() {
             loss("zero", &["10.0.9.0/24"], &[], 0.0),
             loss("tiny", &[], &[], 0.00005),
         ],
+        exempt: vec![],
     };
     rs.validate().unwrap();
     check("representative", &encode::apply(&rs, TABLE, 7));
@@ -380,8 +382,30 @@ fn prefix_shapes_match_nft() {
             ),
         ],
         losses: vec![],
+        exempt: vec![],
     };
     check("prefixes", &encode::apply(&rs, TABLE, u32::MAX - 3));
+}
+
+#[test]
+fn host_layout_matches_nft() {
+    let flow = |l: &str, r: &str| Flow {
+        local: l.parse().unwrap(),
+        remote: r.parse().unwrap(),
+    };
+    let rs = Ruleset {
+        blocks: vec![
+            block("partition p #0", &["192.0.2.9/32"], &["192.0.2.10/32"]),
+            block("isolate", &[], &[]),
+        ],
+        losses: vec![loss("loss pi->orin", &[], &["192.0.2.11/32"], 0.05)],
+        exempt: vec![
+            flow("192.0.2.9:22", "192.0.2.1:50000"),
+            flow("[fd00::9]:2222", "[fd00::1]:40000"),
+        ],
+    };
+    rs.validate().unwrap();
+    check("host", &encode::apply_host(&rs, TABLE, 3));
 }
 
 #[test]

@@ -77,11 +77,33 @@ pub struct Loss {
     pub probability: f64,
 }
 
+/// One TCP connection, seen from this host: `local` is this end. In a
+/// [`Layout::Host`] firewall both directions are accepted ahead of every drop rule (the
+/// device agent's management SSH connection survives a partition of its board).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Flow {
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+}
+
 /// The complete desired state of a run's firewall.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Ruleset {
     pub blocks: Vec<Block>,
     pub losses: Vec<Loss>,
+    /// Connections let through whatever the blocks say ([`Layout::Host`] only).
+    pub exempt: Vec<Flow>,
+}
+
+/// Which traffic a firewall acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Traffic the namespace forwards (a lab's fabric): `inet` and `bridge` tables, hook
+    /// forward.
+    Router,
+    /// The host's own traffic (a board): table `inet NAME`, hooks input and output; blocks in
+    /// both, losses on output only, exempt connections accepted first.
+    Host,
 }
 
 /// Packets and bytes counted by the rules named `name`.
@@ -100,6 +122,8 @@ pub const LOSS_SCALE: u32 = 10_000;
 const CHAIN: &str = "forward";
 const MAX_COMMENT: usize = 128;
 const MARK_COMMENT: &str = "edgesim: bridged";
+/// The comment of the accept rules of [`Ruleset::exempt`].
+const MANAGEMENT_COMMENT: &str = "edgesim: management";
 
 impl Ruleset {
     /// Rejects what the kernel would refuse or nft would misread: empty or over-long names,
@@ -111,13 +135,27 @@ impl Ruleset {
             .map(|b| &b.name)
             .chain(self.losses.iter().map(|l| &l.name));
         for n in names {
-            if n.is_empty() || n.len() > MAX_COMMENT || n.contains('\0') || n == MARK_COMMENT {
+            if n.is_empty()
+                || n.len() > MAX_COMMENT
+                || n.contains('\0')
+                || n == MARK_COMMENT
+                || n == MANAGEMENT_COMMENT
+            {
                 return Err(HostError::other(
                     "validating",
                     format!("firewall rule `{n}`"),
                     format!(
-                        "names must be 1 to {MAX_COMMENT} bytes without NUL, other than `{MARK_COMMENT}`"
+                        "names must be 1 to {MAX_COMMENT} bytes without NUL, other than `{MARK_COMMENT}` and `{MANAGEMENT_COMMENT}`"
                     ),
+                ));
+            }
+        }
+        for f in &self.exempt {
+            if f.local.is_ipv4() != f.remote.is_ipv4() {
+                return Err(HostError::other(
+                    "validating",
+                    format!("exempt connection {} ↔ {}", f.local, f.remote),
+                    "both ends must be of one IP family",
                 ));
             }
         }
@@ -145,6 +183,7 @@ struct Inner {
     ns: OwnedFd,
     ns_name: String,
     table: String,
+    layout: Layout,
     /// Opened on first use; dropped after a transport failure, to be reopened afresh.
     conn: Mutex<Option<Conn>>,
 }
@@ -174,6 +213,11 @@ impl Firewall {
     /// Same, from an open namespace handle; `ns_name` only names it in errors. Nothing is
     /// opened until the first request.
     pub fn from_fd(fd: OwnedFd, ns_name: &str, table: &str) -> Result<Self> {
+        Self::with_layout(fd, ns_name, table, Layout::Router)
+    }
+
+    /// A firewall of the given [`Layout`], from an open namespace handle.
+    pub fn with_layout(fd: OwnedFd, ns_name: &str, table: &str, layout: Layout) -> Result<Self> {
         let ok = table.len() <= 64
             && table.starts_with(|c: char| c.is_ascii_alphabetic())
             && table
@@ -191,6 +235,7 @@ impl Firewall {
                 ns: fd,
                 ns_name: ns_name.to_string(),
                 table: table.to_string(),
+                layout,
                 conn: Mutex::new(None),
             }),
         })
@@ -318,13 +363,27 @@ impl Firewall {
     pub fn apply(&self, rs: &Ruleset) -> Result<()> {
         rs.validate()?;
         let table = self.inner.table.as_str();
-        self.transact("applying", |seq| encode::apply(rs, table, seq))
+        match self.inner.layout {
+            Layout::Router if !rs.exempt.is_empty() => Err(HostError::other(
+                "validating",
+                format!("nftables table {table}"),
+                "exempt connections need a host firewall (Layout::Host)",
+            )),
+            Layout::Router => self.transact("applying", |seq| encode::apply(rs, table, seq)),
+            Layout::Host => self.transact("applying", |seq| encode::apply_host(rs, table, seq)),
+        }
     }
 
     /// Removes the run's tables. Guarantees: idempotent (missing tables are fine).
     pub fn delete(&self) -> Result<()> {
         let table = self.inner.table.as_str();
-        self.transact("deleting", |seq| encode::delete(table, seq))
+        let families: &[Family] = match self.inner.layout {
+            Layout::Router => &Family::ALL,
+            Layout::Host => &[Family::Inet],
+        };
+        self.transact("deleting", |seq| {
+            encode::delete_families(table, seq, families)
+        })
     }
 
     /// Packets and bytes counted so far by each named rule (summed over the rule's inet and
@@ -333,7 +392,9 @@ impl Firewall {
         let rules = self
             .with_conn(|conn| {
                 let mut rules = conn.dump_rules(Family::Inet, &self.inner.table)?;
-                rules.extend(conn.dump_rules(Family::Bridge, &self.inner.table)?);
+                if self.inner.layout == Layout::Router {
+                    rules.extend(conn.dump_rules(Family::Bridge, &self.inner.table)?);
+                }
                 Ok(rules)
             })?
             .map_err(|f| self.error("reading counters of", f, None))?;

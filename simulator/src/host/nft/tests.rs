@@ -48,6 +48,7 @@ fn batch_builds_both_tables_with_named_counted_rules() {
             to: vec![net("10.0.2.0/24")],
             probability: 0.1,
         }],
+        exempt: vec![],
     };
     let all = describe(&encode::apply(&rs, "edgesim_x", 1).bytes);
     // Batch begin and end around, per family: add table, add chain, flush table, mark rule,
@@ -523,6 +524,7 @@ fn nft_lists_the_rules_with_comments_and_counters() {
             to: vec![net("10.88.2.3/32")],
             probability: 0.25,
         }],
+        exempt: vec![],
     };
     fw.apply(&rs).unwrap();
     const K: u32 = 200;
@@ -710,6 +712,7 @@ fn commit_latency() {
             to: vec![net("10.88.2.0/24")],
             probability: 0.05,
         }],
+        exempt: vec![],
     };
     fw.apply(&rs).unwrap();
     // A prepared firewall dropped unused changes nothing.

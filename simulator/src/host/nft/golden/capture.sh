@@ -10,7 +10,8 @@
 # renumbered, see there).
 #
 # Usage (as root, with nftables, iproute2 and strace installed):
-#   simulator/src/host/nft/golden/capture.sh
+#   simulator/src/host/nft/golden/capture.sh            (every case)
+#   CASES="host" simulator/src/host/nft/golden/capture.sh   (only the cases named)
 # then run `cargo test -p edgesim --lib host::nft::golden_tests`.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,6 +45,10 @@ apply_script() {
 # input) and NAME.txt (the batch as hex, 32 bytes a line).
 capture() {
     local name=$1 out hex
+    if [[ -n ${CASES:-} && " $CASES " != *" $name "* ]]; then
+        cat >/dev/null
+        return
+    fi
     cat >"${name}.nft"
     ns="edgesim-golden-$$-${name}"
     ip netns add "$ns"
@@ -95,3 +100,26 @@ apply_script edgesim_g \
 # Removing both tables, whether or not they exist.
 printf '%s\n' 'add table inet edgesim_g' 'delete table inet edgesim_g' \
     'add table bridge edgesim_g' 'delete table bridge edgesim_g' | capture delete
+
+# A board's own traffic (Layout::Host): one inet table with input and output chains; the
+# management connection's accept rules first in each, blocks in both, the loss on output only.
+{
+    echo 'add table inet edgesim_g'
+    echo 'add chain inet edgesim_g input { type filter hook input priority 0; policy accept; }'
+    echo 'add chain inet edgesim_g output { type filter hook output priority 0; policy accept; }'
+    echo 'flush table inet edgesim_g'
+    for c in input output; do
+        if [[ $c == input ]]; then
+            echo "add rule inet edgesim_g $c ip saddr 192.0.2.1 ip daddr 192.0.2.9 tcp sport 50000 tcp dport 22 accept comment \"edgesim: management\""
+            echo "add rule inet edgesim_g $c ip6 saddr fd00::1 ip6 daddr fd00::9 tcp sport 40000 tcp dport 2222 accept comment \"edgesim: management\""
+        else
+            echo "add rule inet edgesim_g $c ip saddr 192.0.2.9 ip daddr 192.0.2.1 tcp sport 22 tcp dport 50000 accept comment \"edgesim: management\""
+            echo "add rule inet edgesim_g $c ip6 saddr fd00::9 ip6 daddr fd00::1 tcp sport 2222 tcp dport 40000 accept comment \"edgesim: management\""
+        fi
+        echo "add rule inet edgesim_g $c ip saddr 192.0.2.9 ip daddr 192.0.2.10 counter drop comment \"partition p #0\""
+        echo "add rule inet edgesim_g $c counter drop comment \"isolate\""
+        if [[ $c == output ]]; then
+            echo "add rule inet edgesim_g $c ip daddr 192.0.2.11 numgen random mod 10000 0-499 counter drop comment \"loss pi->orin\""
+        fi
+    done
+} | capture host

@@ -1,0 +1,800 @@
+//! `edgesim agent`: the piece of edgesim that runs on a board and applies its faults, with a
+//! lease.
+//!
+//! # Protocol
+//!
+//! The controller starts `edgesim agent` on the board over SSH and speaks to it in lines of
+//! JSON on the session's stdin and stdout (stderr carries the agent's log). Each request is
+//! `{"id": N, "op": …}` and gets one reply `{"id": N, "ok": true|false, …}`:
+//!
+//! - `hello`: the board's [`Facts`] (architecture, cores, memory, kernel, qdiscs, nftables,
+//!   cgroups, privileges, interfaces, the management connection) and what this agent reverted
+//!   at start-up on behalf of one that died;
+//! - `apply` with a [`Desired`] state: the board's own traffic is made to match it exactly —
+//!   one-way blocks (partitions) and loss with nftables (table `inet edgesim_agent`, hooks
+//!   input and output), rate and delay per destination with tc on the board's interface (an
+//!   htb class per peer, netem under it where delay is asked for). Each apply replaces the
+//!   previous state; tc classes that did not change are left alone (a netem queue in flight
+//!   is not flushed by an unrelated partition);
+//! - `heartbeat`: nothing but a renewal of the lease (any request renews it);
+//! - `revert`: everything back as it was; `bye`: revert and exit.
+//!
+//! Unprompted, the agent may write one event line, `{"event": "lease-expired", …}`, before
+//! it exits.
+//!
+//! # The lease
+//!
+//! While any fault is in force, the agent expects a request at least every `leaseMs` (from
+//! the last `apply`). When none comes — the controller was killed, the laptop closed, or the
+//! control path cut by the very partition under test — it reverts everything and exits
+//! (code 3): a board is never left impaired by a controller that is gone. When the SSH
+//! session ends (stdin closes), it reverts at once and exits 0.
+//!
+//! What is in force is also written to a state file ([`DEFAULT_STATE`], on tmpfs: rules do
+//! not survive a reboot either) before anything is installed; an agent that starts and finds
+//! one left by an agent that died (SIGKILL, OOM) reverts that first, and says so in `hello`.
+//!
+//! The management connection — the SSH connection the agent speaks over (`SSH_CONNECTION`)
+//! — is accepted ahead of every block unless `exemptManagement` is false, so a partition
+//! that isolates the board does not cut its controller off.
+//!
+//! The agent needs CAP_NET_ADMIN and nothing on the board but the kernel: no `tc`, no `nft`,
+//! no iproute2 data files (netem's jitter tables are computed where they are not installed).
+//! It is the edgesim binary itself, built static for musl (aarch64 and x86_64).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::faults::shaping::{loss_in_firewall, netem_of};
+use crate::host::nft::{self, Firewall, Flow, Layout};
+use crate::host::tc::{self, ClassId, Htb, HtbClass, Netem, Parent, Qdisc, U32Match};
+use crate::host::{HostError, Result, link, ns};
+use crate::scenario::plan::LinkParams;
+
+/// The agent's nftables table on the board.
+pub const TABLE: &str = "edgesim_agent";
+/// Where the agent records what is in force (tmpfs on systemd boards).
+pub const DEFAULT_STATE: &str = "/run/edgesim/agent-state.json";
+/// The lease when the controller names none.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// Version of the line protocol; `hello` reports it.
+pub const PROTOCOL: u32 = 1;
+/// Exit code of an agent whose lease expired.
+pub const EXIT_LEASE_EXPIRED: i32 = 3;
+/// Rates above this are treated as unlimited by a delay-only class.
+const UNLIMITED_BPS: u64 = 10_000_000_000;
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// What the controller asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Hello,
+    Heartbeat,
+    Apply(Desired),
+    Revert,
+    Bye,
+}
+
+/// The faults a board's own traffic should be under.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Desired {
+    /// The board's interface toward the lab (where rate and delay are shaped).
+    pub iface: String,
+    /// Revert everything when no request arrives for this long (milliseconds).
+    pub lease_ms: u64,
+    /// Impairments of this board's traffic to each peer.
+    pub peers: Vec<Peer>,
+    /// One-way blocks (partitions), by address.
+    pub blocks: Vec<WireBlock>,
+    /// Keep the management SSH connection out of every block.
+    pub exempt_management: bool,
+    /// Seed of netem's generator (per peer, mixed with the peer's address).
+    pub seed: u64,
+}
+
+impl Default for Desired {
+    fn default() -> Self {
+        Desired {
+            iface: String::new(),
+            lease_ms: DEFAULT_LEASE.as_millis() as u64,
+            peers: Vec::new(),
+            blocks: Vec::new(),
+            exempt_management: true,
+            seed: 0,
+        }
+    }
+}
+
+/// This board's traffic to `addr` gets `params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Peer {
+    pub addr: IpAddr,
+    pub params: LinkParams,
+}
+
+/// Packets from any of `from` to any of `to` are dropped (empty: any address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireBlock {
+    pub name: String,
+    pub from: Vec<IpNet>,
+    pub to: Vec<IpNet>,
+}
+
+/// One reply line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reply {
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<Facts>,
+    /// After `apply`: how long the kernel work took, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_us: Option<u64>,
+    /// After `revert` or `bye`: what was undone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reverted: Vec<String>,
+}
+
+/// A line the agent writes unasked, just before it exits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub event: String,
+    /// How long no request had come.
+    pub silent_ms: u64,
+    pub reverted: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// What the board is and can do, for the controller's checks before a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Facts {
+    pub protocol: u32,
+    pub version: String,
+    /// `arm64` or `amd64` (profile spelling).
+    pub arch: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub kernel: String,
+    pub euid: u32,
+    pub cap_net_admin: bool,
+    pub netem: bool,
+    pub tbf: bool,
+    pub htb: bool,
+    /// Why nftables cannot be used; `None` when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nftables_error: Option<String>,
+    /// `v2: cpu memory pids …`, `v1`, or `none`.
+    pub cgroup: String,
+    pub interfaces: Vec<String>,
+    /// The SSH connection the agent speaks over, as seen from the board.
+    pub management: Option<Flow>,
+    /// Reverted at start-up, left by an agent that died.
+    pub recovered: Vec<String>,
+}
+
+/// What the state file records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    pid: u32,
+    table: String,
+    /// Interface whose root qdisc the agent replaced.
+    qdisc_on: Option<String>,
+}
+
+/// What tc holds for one peer.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape {
+    minor: u16,
+    rate: u64,
+    netem: Option<Netem>,
+}
+
+/// The board side: the firewall, tc on one interface, and the state file.
+pub struct Board {
+    fw: Firewall,
+    nl: rtnetlink::Handle,
+    state_path: PathBuf,
+    management: Option<Flow>,
+    /// Interface (name, index) with the htb root, and the classes under it by peer.
+    shaped: Option<(String, u32)>,
+    shapes: IndexMap<IpAddr, Shape>,
+    next_minor: u16,
+    active: bool,
+    recovered: Vec<String>,
+}
+
+/// The management connection from `SSH_CONNECTION` ("client port server port").
+pub fn management_flow(ssh_connection: Option<&str>) -> Option<Flow> {
+    let f: Vec<&str> = ssh_connection?.split_whitespace().collect();
+    let [cip, cport, sip, sport] = f.as_slice() else {
+        return None;
+    };
+    let remote = SocketAddr::new(cip.parse().ok()?, cport.parse().ok()?);
+    let local = SocketAddr::new(sip.parse().ok()?, sport.parse().ok()?);
+    (remote.is_ipv4() == local.is_ipv4()).then_some(Flow { local, remote })
+}
+
+fn write_state(path: &Path, st: &State) -> Result<()> {
+    let io = |e| HostError::io("writing the agent state", path.display().to_string(), e);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let text = serde_json::to_vec(st)
+        .map_err(|e| HostError::other("encoding", "the agent state", e.to_string()))?;
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl Board {
+    /// Opens the board's netlink sockets (its own namespace) and reverts what a dead agent
+    /// left according to `state_path`.
+    pub async fn open(state_path: &Path, management: Option<Flow>) -> Result<Board> {
+        let fd = ns::current()?;
+        let socks = ns::netlink_sockets(&[(&fd, "board")])?;
+        let nl = ns::handle_from_socket(socks.into_iter().next().ok_or_else(|| {
+            HostError::other("opening a netlink socket on", "the board", "no socket")
+        })?);
+        let fw = Firewall::with_layout(ns::current()?, "board", TABLE, Layout::Host)?;
+        let mut b = Board {
+            fw,
+            nl,
+            state_path: state_path.to_path_buf(),
+            management,
+            shaped: None,
+            shapes: IndexMap::new(),
+            next_minor: 0x100,
+            active: false,
+            recovered: Vec::new(),
+        };
+        b.recover().await?;
+        Ok(b)
+    }
+
+    async fn recover(&mut self) -> Result<()> {
+        let text = match std::fs::read(&self.state_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(HostError::io(
+                    "reading the agent state",
+                    self.state_path.display().to_string(),
+                    e,
+                ));
+            }
+        };
+        let st: Option<State> = serde_json::from_slice(&text).ok();
+        let table = st.as_ref().map_or(TABLE, |s| s.table.as_str()).to_string();
+        let fw = Firewall::with_layout(ns::current()?, "board", &table, Layout::Host)?;
+        fw.delete()?;
+        let pid = st.as_ref().map_or(0, |s| s.pid);
+        self.recovered.push(format!(
+            "nftables table inet {table} (left by agent pid {pid})"
+        ));
+        if let Some(iface) = st.and_then(|s| s.qdisc_on)
+            && let Ok(idx) = link::index_of(&self.nl, &iface).await
+        {
+            tc::qdisc_delete(&self.nl, idx, Parent::Root).await?;
+            self.recovered.push(format!("root qdisc on {iface}"));
+        }
+        self.remove_state()?;
+        Ok(())
+    }
+
+    fn remove_state(&self) -> Result<()> {
+        match std::fs::remove_file(&self.state_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::io(
+                "removing the agent state",
+                self.state_path.display().to_string(),
+                e,
+            )),
+        }
+    }
+
+    /// Whether any fault is in force.
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// The board's facts.
+    pub async fn facts(&self) -> Facts {
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root = nix::unistd::geteuid().is_root();
+        let mut has = [false; 3];
+        for (i, kind) in ["netem", "tbf", "htb"].into_iter().enumerate() {
+            // Root probes in a scratch namespace; otherwise the module files tell.
+            has[i] = if root && let Ok(v) = tc::kernel_has_qdisc(kind).await {
+                v
+            } else {
+                module_on_disk(&format!("sch_{kind}"), &release)
+            };
+        }
+        let [netem, tbf, htb] = has;
+        // Adding and deleting a scratch table proves both nf_tables and the privilege.
+        let nftables = ns::current()
+            .and_then(|fd| Firewall::with_layout(fd, "board", "edgesim_probe", Layout::Host))
+            .and_then(|f| f.delete())
+            .err()
+            .map(|e| e.to_string());
+        self.facts_with(release, netem, tbf, htb, nftables).await
+    }
+
+    async fn facts_with(
+        &self,
+        kernel: String,
+        netem: bool,
+        tbf: bool,
+        htb: bool,
+        nftables_error: Option<String>,
+    ) -> Facts {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024);
+        let cgroup = match std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
+            Ok(c) => format!("v2: {}", c.trim()),
+            Err(_) if Path::new("/sys/fs/cgroup/cpu").exists() => "v1".to_string(),
+            Err(_) => "none".to_string(),
+        };
+        let arch = match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            "x86_64" => "amd64",
+            other => other,
+        };
+        Facts {
+            protocol: PROTOCOL,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            arch: arch.to_string(),
+            cores: crate::profile::calibrate::online_cpus(),
+            memory_bytes,
+            kernel,
+            euid: nix::unistd::geteuid().as_raw(),
+            cap_net_admin: cap_eff & (1 << 12) != 0,
+            netem,
+            tbf,
+            htb,
+            nftables_error,
+            cgroup,
+            interfaces: link::names(&self.nl).await.unwrap_or_default(),
+            management: self.management,
+            recovered: self.recovered.clone(),
+        }
+    }
+
+    /// Makes the board's traffic match `d`.
+    pub async fn apply(&mut self, d: &Desired) -> Result<()> {
+        // Recorded before anything is installed: a crash half-way is recovered too.
+        let wants_tc = d
+            .peers
+            .iter()
+            .any(|p| p.params.rate.is_some() || p.params.needs_netem());
+        if wants_tc {
+            // An interface that is not there is refused before anything changes.
+            link::index_of(&self.nl, &d.iface).await?;
+        }
+        let qdisc_on = if wants_tc || self.shaped.is_some() {
+            Some(d.iface.clone())
+        } else {
+            None
+        };
+        write_state(
+            &self.state_path,
+            &State {
+                pid: std::process::id(),
+                table: TABLE.to_string(),
+                qdisc_on,
+            },
+        )?;
+        self.active = true;
+        self.fw.apply(&self.ruleset(d))?;
+        self.shape(d).await
+    }
+
+    /// The firewall rules for `d`: blocks, cuts and plain loss toward each peer.
+    fn ruleset(&self, d: &Desired) -> nft::Ruleset {
+        let mut rs = nft::Ruleset::default();
+        for b in &d.blocks {
+            rs.blocks.push(nft::Block {
+                name: b.name.clone(),
+                from: b.from.clone(),
+                to: b.to.clone(),
+            });
+        }
+        for p in &d.peers {
+            let to = vec![IpNet::from(p.addr)];
+            if p.params.cut {
+                rs.blocks.push(nft::Block {
+                    name: format!("link-down to {}", p.addr),
+                    from: vec![],
+                    to,
+                });
+            } else if loss_in_firewall(&p.params) {
+                rs.losses.push(nft::Loss {
+                    name: format!("loss to {}", p.addr),
+                    from: vec![],
+                    to,
+                    probability: p.params.loss,
+                });
+            }
+        }
+        if d.exempt_management {
+            rs.exempt.extend(self.management);
+        }
+        rs
+    }
+
+    /// Rate and delay per peer on `d.iface`, changing only what differs.
+    async fn shape(&mut self, d: &Desired) -> Result<()> {
+        let mut want: IndexMap<IpAddr, (u64, Option<Netem>)> = IndexMap::new();
+        for p in &d.peers {
+            let seed = d.seed ^ addr_bits(p.addr);
+            let netem = p.params.needs_netem().then(|| netem_of(&p.params, seed));
+            if p.params.rate.is_some() || netem.is_some() {
+                want.insert(p.addr, (p.params.rate.unwrap_or(UNLIMITED_BPS), netem));
+            }
+        }
+        let h = self.nl.clone();
+        // Another interface than before: start over there.
+        if let Some((name, idx)) = self.shaped.clone()
+            && (name != d.iface || want.is_empty())
+        {
+            tc::qdisc_delete(&h, idx, Parent::Root).await?;
+            self.shaped = None;
+            self.shapes.clear();
+        }
+        if want.is_empty() {
+            return Ok(());
+        }
+        let idx = match &self.shaped {
+            Some((_, idx)) => *idx,
+            None => {
+                let idx = link::index_of(&h, &d.iface).await?;
+                tc::qdisc_replace(&h, idx, Parent::Root, 1, &Qdisc::Htb(Htb::default())).await?;
+                self.shaped = Some((d.iface.clone(), idx));
+                idx
+            }
+        };
+        let gone: Vec<IpAddr> = self
+            .shapes
+            .keys()
+            .filter(|a| !want.contains_key(*a))
+            .copied()
+            .collect();
+        for a in gone {
+            if let Some(s) = self.shapes.shift_remove(&a) {
+                tc::filter_delete(&h, idx, ClassId::qdisc(1), s.minor).await?;
+                tc::class_delete(&h, idx, ClassId::new(1, s.minor)).await?;
+            }
+        }
+        for (addr, (rate, netem)) in want {
+            let IpAddr::V4(v4) = addr else {
+                return Err(HostError::other(
+                    "shaping",
+                    format!("traffic to {addr}"),
+                    "rate and delay toward IPv6 peers are not supported yet (loss and partitions are)",
+                ));
+            };
+            let before = self.shapes.get(&addr).cloned();
+            let minor = match &before {
+                Some(s) => s.minor,
+                None => {
+                    let m = self.next_minor;
+                    self.next_minor = self.next_minor.checked_add(1).ok_or_else(|| {
+                        HostError::other("shaping", d.iface.clone(), "too many peers")
+                    })?;
+                    m
+                }
+            };
+            let class = ClassId::new(1, minor);
+            if before.as_ref().map(|b| b.rate) != Some(rate) {
+                let c = HtbClass {
+                    rate,
+                    ceil: Some(rate),
+                    ..HtbClass::default()
+                };
+                tc::class_replace(&h, idx, ClassId::qdisc(1), class, &c).await?;
+            }
+            if before.is_none() {
+                let m = U32Match {
+                    src: None,
+                    dst: Some(Ipv4Net::from(v4)),
+                };
+                // The filter's priority is the class minor: unique per peer.
+                tc::filter_delete(&h, idx, ClassId::qdisc(1), minor).await?;
+                tc::u32_filter_add(&h, idx, ClassId::qdisc(1), minor, &m, class).await?;
+            }
+            if before.as_ref().and_then(|b| b.netem.clone()) != netem {
+                match &netem {
+                    Some(n) => {
+                        tc::qdisc_replace(
+                            &h,
+                            idx,
+                            Parent::Class(class),
+                            minor,
+                            &Qdisc::Netem(n.clone()),
+                        )
+                        .await?
+                    }
+                    None => tc::qdisc_delete(&h, idx, Parent::Class(class)).await?,
+                }
+            }
+            self.shapes.insert(addr, Shape { minor, rate, netem });
+        }
+        Ok(())
+    }
+
+    /// Undoes everything; keeps going past errors and returns them with what was undone.
+    pub async fn revert(&mut self) -> (Vec<String>, Vec<String>) {
+        let (mut done, mut errors) = (Vec::new(), Vec::new());
+        if !self.active {
+            return (done, errors);
+        }
+        match self.fw.delete() {
+            Ok(()) => done.push(format!("nftables table inet {TABLE}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+        if let Some((name, idx)) = self.shaped.take() {
+            match tc::qdisc_delete(&self.nl, idx, Parent::Root).await {
+                Ok(()) => done.push(format!("root qdisc on {name}")),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        self.shapes.clear();
+        if errors.is_empty() {
+            match self.remove_state() {
+                Ok(()) => self.active = false,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (done, errors)
+    }
+}
+
+fn addr_bits(a: IpAddr) -> u64 {
+    match a {
+        IpAddr::V4(v) => u64::from(u32::from(v)),
+        IpAddr::V6(v) => {
+            let b = u128::from(v);
+            (b as u64) ^ ((b >> 64) as u64)
+        }
+    }
+}
+
+/// Whether kernel module `name` is loaded, built in or installed, and not blacklisted (stock
+/// Jetson L4T has no sch_netem; a board may blacklist it).
+pub fn module_on_disk(name: &str, release: &str) -> bool {
+    let blacklisted = std::fs::read_dir("/etc/modprobe.d")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .any(|t| {
+                    t.lines().any(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        matches!(w.as_slice(), ["blacklist", m] if *m == name)
+                            || matches!(w.as_slice(), ["install", m, "/bin/false" | "/bin/true", ..] if *m == name)
+                    })
+                })
+        })
+        .unwrap_or(false);
+    if Path::new("/sys/module").join(name).exists() {
+        return true;
+    }
+    if blacklisted {
+        return false;
+    }
+    let dir = Path::new("/lib/modules")
+        .join(release)
+        .join("kernel/net/sched");
+    let file = ["ko", "ko.xz", "ko.zst", "ko.gz"]
+        .iter()
+        .any(|x| dir.join(format!("{name}.{x}")).exists());
+    let config = format!(
+        "CONFIG_NET_SCH_{}",
+        name.trim_start_matches("sch_").to_ascii_uppercase()
+    );
+    file || std::fs::read_to_string(format!("/boot/config-{release}"))
+        .map(|c| {
+            c.lines()
+                .any(|l| l == format!("{config}=y") || l == format!("{config}=m"))
+        })
+        .unwrap_or(false)
+}
+
+async fn send<W: AsyncWrite + Unpin>(out: &mut W, v: &impl Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line).await?;
+    out.flush().await
+}
+
+/// Serves the protocol on `input`/`output` until the session ends, `bye`, or the lease
+/// expires; returns the process's exit code. Everything is reverted before it returns.
+pub async fn serve<R, W>(board: &mut Board, input: R, mut output: W) -> i32
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut lines = input.lines();
+    let mut lease = DEFAULT_LEASE;
+    let mut last = Instant::now();
+    loop {
+        let deadline = tokio::time::Instant::from_std(last + lease);
+        let line = tokio::select! {
+            l = lines.next_line() => l,
+            () = tokio::time::sleep_until(deadline), if board.active() => {
+                let silent = last.elapsed();
+                let (reverted, errors) = board.revert().await;
+                tracing::warn!(silent_ms = silent.as_millis() as u64, ?reverted, "no word from the controller within the lease: reverted");
+                let _ = send(&mut output, &Event {
+                    event: "lease-expired".into(),
+                    silent_ms: silent.as_millis() as u64,
+                    reverted,
+                    errors,
+                }).await;
+                return EXIT_LEASE_EXPIRED;
+            }
+        };
+        last = Instant::now();
+        let line = match line {
+            Ok(Some(l)) => l,
+            Ok(None) | Err(_) => {
+                let (reverted, errors) = board.revert().await;
+                if !reverted.is_empty() || !errors.is_empty() {
+                    tracing::info!(?reverted, ?errors, "session ended: reverted");
+                }
+                return i32::from(!errors.is_empty());
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let msg: Message = match serde_json::from_str(&line) {
+            Ok(m) => m,
+            Err(e) => {
+                let id = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["id"].as_u64())
+                    .unwrap_or(0);
+                let _ = send(&mut output, &Reply::error(id, format!("bad request: {e}"))).await;
+                continue;
+            }
+        };
+        let mut reply = Reply::ok(msg.id);
+        let mut stop = false;
+        match msg.request {
+            Request::Hello => reply.facts = Some(board.facts().await),
+            Request::Heartbeat => {}
+            Request::Apply(d) => {
+                lease = Duration::from_millis(d.lease_ms.max(100));
+                let t = Instant::now();
+                match board.apply(&d).await {
+                    Ok(()) => reply.applied_us = Some(t.elapsed().as_micros() as u64),
+                    Err(e) => reply = Reply::error(msg.id, e.to_string()),
+                }
+            }
+            Request::Revert | Request::Bye => {
+                stop = matches!(msg.request, Request::Bye);
+                let (reverted, errors) = board.revert().await;
+                reply.reverted = reverted;
+                if !errors.is_empty() {
+                    reply = Reply {
+                        error: Some(errors.join("; ")),
+                        ok: false,
+                        ..reply
+                    };
+                }
+            }
+        }
+        if send(&mut output, &reply).await.is_err() {
+            // Nobody listens any more: the session is gone.
+            board.revert().await;
+            return 1;
+        }
+        if stop {
+            return i32::from(!reply.ok);
+        }
+    }
+}
+
+impl Reply {
+    fn ok(id: u64) -> Reply {
+        Reply {
+            id,
+            ok: true,
+            error: None,
+            facts: None,
+            applied_us: None,
+            reverted: Vec::new(),
+        }
+    }
+
+    fn error(id: u64, e: String) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(e),
+            ..Reply::ok(id)
+        }
+    }
+}
+
+/// `edgesim agent`: serves stdin/stdout on this board.
+pub async fn run(state: &Path) -> anyhow::Result<i32> {
+    let management = management_flow(std::env::var("SSH_CONNECTION").ok().as_deref());
+    let mut board = Board::open(state, management).await?;
+    if !board.recovered.is_empty() {
+        tracing::warn!(recovered = ?board.recovered, "reverted what an agent that died had left");
+    }
+    let input = tokio::io::BufReader::new(tokio::io::stdin());
+    Ok(serve(&mut board, input, tokio::io::stdout()).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_management_connection_is_read_from_ssh_connection() {
+        let f = management_flow(Some("192.0.2.1 50000 192.0.2.9 22")).unwrap();
+        assert_eq!(f.remote, "192.0.2.1:50000".parse().unwrap());
+        assert_eq!(f.local, "192.0.2.9:22".parse().unwrap());
+        assert!(management_flow(Some("fd00::1 4 fd00::9 22")).is_some());
+        assert!(management_flow(Some("192.0.2.1 50000 fd00::9 22")).is_none());
+        assert!(management_flow(Some("junk")).is_none());
+        assert!(management_flow(None).is_none());
+    }
+
+    #[test]
+    fn requests_read_as_the_protocol_spells_them() {
+        let m: Message = serde_json::from_str(
+            r#"{"id":7,"op":"apply","iface":"eth0","leaseMs":2000,"peers":[{"addr":"10.0.0.2","params":{"delay":"20ms","rate":1000000,"loss":0.01}}],"blocks":[{"name":"p","from":["10.0.0.1/32"],"to":[]}]}"#,
+        )
+        .unwrap();
+        let Request::Apply(d) = &m.request else {
+            panic!("{m:?}")
+        };
+        assert_eq!(d.lease_ms, 2000);
+        assert!(d.exempt_management, "exempt unless told otherwise");
+        assert_eq!(d.peers[0].params.delay, Some(Duration::from_millis(20)));
+        assert_eq!(d.peers[0].params.rate, Some(1_000_000));
+        // What the controller sends reads back the same.
+        let back: Message = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        let h: Message = serde_json::from_str(r#"{"id":1,"op":"hello"}"#).unwrap();
+        assert_eq!(h.request, Request::Hello);
+    }
+}

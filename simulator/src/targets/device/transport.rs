@@ -1,0 +1,281 @@
+//! SSH to boards through the system's OpenSSH client (the `openssh` crate): the user's
+//! `~/.ssh/config`, agents and jump hosts work as they do for `ssh`. One master connection per
+//! board carries every command (ControlMaster).
+//!
+//! Host keys are checked strictly: an unknown or changed key is refused, unless the
+//! inventory sets `ansible_host_key_checking: false` for that host. `edgesim_known_hosts_file`
+//! names a known-hosts file of the board's own (edgesim's tests use per-test keys).
+//!
+//! The agent ([`super::agent`]) is uploaded once per binary: to
+//! `~/.cache/edgesim/agent-<sha256 prefix>/edgesim` on the board, written to a temporary name
+//! and renamed into place, so a half-copied binary is never run and a cached one is reused by
+//! later runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::agent::{Message, Reply, Request};
+use super::inventory::InventoryHost;
+
+/// Why a board could not be reached or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{host} ({address}): {detail}")]
+    Connect {
+        host: String,
+        address: String,
+        detail: String,
+    },
+    #[error("{host}: {what}: {detail}")]
+    Remote {
+        host: String,
+        what: String,
+        detail: String,
+    },
+}
+
+/// How to connect, beyond what the inventory says.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub connect_timeout: Duration,
+    /// Where the master connections' control sockets live (a private temporary folder).
+    pub control_dir: Option<PathBuf>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            connect_timeout: Duration::from_secs(10),
+            control_dir: None,
+        }
+    }
+}
+
+/// A board reached over SSH.
+pub struct Board {
+    pub host: InventoryHost,
+    pub session: Session,
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !t.is_empty() && !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(t.trim());
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// Connects to an inventory host.
+pub async fn connect(h: &InventoryHost, opts: &ConnectOptions) -> Result<Board, TransportError> {
+    let mut b = SessionBuilder::default();
+    if let Some(u) = &h.user {
+        b.user(u.clone());
+    }
+    if let Some(p) = h.port {
+        b.port(p);
+    }
+    if let Some(k) = &h.key_file {
+        b.keyfile(expand_home(k));
+    }
+    if let Some(f) = &h.known_hosts_file {
+        b.user_known_hosts_file(expand_home(f));
+    }
+    if let Some(d) = &opts.control_dir {
+        b.control_directory(d);
+    }
+    b.known_hosts_check(if h.host_key_checking {
+        KnownHosts::Strict
+    } else {
+        KnownHosts::Accept
+    });
+    b.connect_timeout(opts.connect_timeout);
+    // Without replies for 3 × 5 s, ssh gives up on the connection (the agent's lease has
+    // long reverted the board by then).
+    b.server_alive_interval(Duration::from_secs(5));
+    let session = b.connect(&h.address).await.map_err(|e| {
+        let detail = chain(&e);
+        let detail = if detail.contains("Host key verification failed")
+            || detail.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || detail.contains("No ED25519 host key is known")
+            || detail.contains("host key")
+        {
+            format!(
+                "refused: its SSH host key is unknown or not the one in known_hosts ({detail}); check the board, add its key (ssh-keyscan), or set `ansible_host_key_checking: false` for this host in the inventory"
+            )
+        } else {
+            detail
+        };
+        TransportError::Connect {
+            host: h.name.clone(),
+            address: h.address.clone(),
+            detail,
+        }
+    })?;
+    Ok(Board {
+        host: h.clone(),
+        session,
+    })
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The first 16 hex digits of a file's SHA-256.
+pub fn short_hash(data: &[u8]) -> String {
+    let d = Sha256::digest(data);
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Board {
+    fn remote_err(&self, what: &str, detail: impl std::fmt::Display) -> TransportError {
+        TransportError::Remote {
+            host: self.host.name.clone(),
+            what: what.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Runs a shell command on the board; its stdout, or an error with its stderr.
+    pub async fn sh(&self, script: &str) -> Result<String, TransportError> {
+        let out = self
+            .session
+            .command("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .await
+            .map_err(|e| self.remote_err("running a command", chain(&e)))?;
+        if !out.status.success() {
+            return Err(self.remote_err(
+                &format!("`{script}`"),
+                format!(
+                    "exit {:?}: {}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Makes sure the agent binary `local` is on the board (uploaded once per content hash)
+    /// and returns its path there.
+    pub async fn upload_agent(&self, local: &Path) -> Result<String, TransportError> {
+        let data = std::fs::read(local)
+            .map_err(|e| self.remote_err(&format!("reading {}", local.display()), e))?;
+        let dir = format!(".cache/edgesim/agent-{}", short_hash(&data));
+        let path = format!("{dir}/edgesim");
+        let home = self.sh("printf %s \"$HOME\"").await?;
+        let full = format!("{home}/{path}");
+        if self
+            .sh(&format!("test -x '{full}' && echo yes || true"))
+            .await?
+            .trim()
+            == "yes"
+        {
+            return Ok(full);
+        }
+        let tmp = format!("{full}.part.$$");
+        let script = format!(
+            "set -e; mkdir -p '{home}/{dir}'; t=\"{tmp}\"; cat > \"$t\"; chmod 0755 \"$t\"; mv \"$t\" '{full}'"
+        );
+        let mut child = self
+            .session
+            .command("sh")
+            .arg("-c")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .await
+            .map_err(|e| self.remote_err("uploading the agent", chain(&e)))?;
+        let mut stdin = child
+            .stdin()
+            .take()
+            .ok_or_else(|| self.remote_err("uploading the agent", "no stdin"))?;
+        stdin
+            .write_all(&data)
+            .await
+            .map_err(|e| self.remote_err("uploading the agent", e))?;
+        stdin
+            .shutdown()
+            .await
+            .map_err(|e| self.remote_err("uploading the agent", e))?;
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| self.remote_err("uploading the agent", chain(&e)))?;
+        if !out.status.success() {
+            return Err(self.remote_err(
+                "uploading the agent",
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+        Ok(full)
+    }
+}
+
+/// The controller's end of an agent's protocol: requests written to the SSH session's stdin,
+/// replies read from its stdout.
+pub struct AgentConn<W, R> {
+    input: W,
+    output: tokio::io::Lines<BufReader<R>>,
+    next: u64,
+}
+
+impl<W, R> AgentConn<W, R>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    pub fn new(input: W, output: R) -> Self {
+        AgentConn {
+            input,
+            output: BufReader::new(output).lines(),
+            next: 1,
+        }
+    }
+
+    /// Sends a request and waits for its reply (an event line in between is an error: the
+    /// agent has reverted and is exiting).
+    pub async fn call(&mut self, request: Request) -> std::io::Result<Reply> {
+        let id = self.next;
+        self.next += 1;
+        let mut line =
+            serde_json::to_vec(&Message { id, request }).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.input.write_all(&line).await?;
+        self.input.flush().await?;
+        let Some(l) = self.output.next_line().await? else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the agent closed its output",
+            ));
+        };
+        let reply: Reply = serde_json::from_str(&l)
+            .map_err(|e| std::io::Error::other(format!("not a reply from the agent ({e}): {l}")))?;
+        if reply.id != id {
+            return Err(std::io::Error::other(format!(
+                "reply {} to request {id}",
+                reply.id
+            )));
+        }
+        Ok(reply)
+    }
+}

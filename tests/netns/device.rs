@@ -1,0 +1,736 @@
+//! The device agent (`edgesim agent`) on boards made of network namespaces: a LAN namespace
+//! with a bridge, and "boards" joined to it by veth pairs, each with its own address. The
+//! agent runs inside a board's namespace as it would run on a Raspberry Pi (its own
+//! interfaces, its own nftables table); the test speaks its JSON-lines protocol over pipes
+//! or, in the SSH tests, over a real sshd running in the board's namespace.
+//!
+//! Effects are measured from inside the boards: ping replies counted, rates by iperf3, rules
+//! and qdiscs listed; and every test checks the boards are left clean.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{self, BIN};
+
+/// A LAN namespace with a bridge, and boards on it (`10.201.0.<11+i>/24`), plus a controller
+/// namespace (`10.201.0.1`). Removed on drop.
+pub struct Lan {
+    pub boards: Vec<String>,
+    pub ctl: String,
+    lan: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .expect("ip netns exec runs")
+}
+
+impl Lan {
+    pub fn new(tag: &str, boards: usize) -> Lan {
+        let prefix = format!("esd{}{tag}", std::process::id() % 100_000);
+        let lan = format!("{prefix}-lan");
+        ip(&["netns", "add", &lan]);
+        ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &lan, "link", "set", "br0", "up"]);
+        let join = |ns: &str, addr: &str, i: usize| {
+            ip(&["netns", "add", ns]);
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &lan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ]);
+            ip(&["-n", &lan, "link", "set", &port, "master", "br0", "up"]);
+            ip(&["-n", ns, "addr", "add", addr, "dev", "eth0"]);
+            ip(&["-n", ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        };
+        let ctl = format!("{prefix}-ctl");
+        join(&ctl, "10.201.0.1/24", 0);
+        let boards: Vec<String> = (0..boards)
+            .map(|i| {
+                let ns = format!("{prefix}-b{i}");
+                join(&ns, &format!("10.201.0.{}/24", 11 + i), i + 1);
+                ns
+            })
+            .collect();
+        Lan { boards, ctl, lan }
+    }
+
+    pub fn addr(i: usize) -> String {
+        format!("10.201.0.{}", 11 + i)
+    }
+
+    /// Ping replies from board `from` to `to` out of `n` (10 ms apart).
+    pub fn pings(&self, from: usize, to: &str, n: u32) -> u32 {
+        let out = in_ns(
+            &self.boards[from],
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &n.to_string(),
+                "-i",
+                "0.01",
+                "-W",
+                "1",
+                to,
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split(',')
+            .find_map(|p| p.trim().strip_suffix(" received"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether board `i` holds the agent's table or a non-default root qdisc.
+    pub fn leftovers(&self, i: usize) -> Vec<String> {
+        let mut v = Vec::new();
+        let t = in_ns(&self.boards[i], &["nft", "list", "tables"]);
+        for l in String::from_utf8_lossy(&t.stdout).lines() {
+            if l.contains("edgesim") {
+                v.push(l.to_string());
+            }
+        }
+        let q = in_ns(&self.boards[i], &["tc", "qdisc", "show", "dev", "eth0"]);
+        for l in String::from_utf8_lossy(&q.stdout).lines() {
+            if l.contains("htb") || l.contains("netem") || l.contains("tbf") {
+                v.push(l.to_string());
+            }
+        }
+        v
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.boards.iter().chain([&self.ctl, &self.lan]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// An agent process speaking over pipes.
+pub struct Agent {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    out: BufReader<ChildStdout>,
+    next: u64,
+}
+
+impl Agent {
+    /// `edgesim agent` inside namespace `ns` (the command before it, e.g. `ssh …`, or none).
+    pub fn start(prefix: &[&str], state: &Path) -> Agent {
+        let mut cmd = Command::new(prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg(BIN)
+            .arg("agent")
+            .arg("--state")
+            .arg(state)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("agent starts");
+        Agent {
+            stdin: child.stdin.take(),
+            out: BufReader::new(child.stdout.take().expect("piped")),
+            child,
+            next: 1,
+        }
+    }
+
+    pub fn in_ns(ns: &str, state: &Path) -> Agent {
+        Agent::start(&["ip", "netns", "exec", ns], state)
+    }
+
+    /// Sends a request (an object with `op`) and returns its reply.
+    pub fn call(&mut self, mut req: Value) -> Value {
+        req["id"] = json!(self.next);
+        self.next += 1;
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{req}").expect("agent reads");
+        stdin.flush().expect("agent reads");
+        let v = self.line().expect("agent replies");
+        assert_eq!(v["id"], req["id"], "{v}");
+        v
+    }
+
+    /// The next line the agent writes, or `None` at its end.
+    pub fn line(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match self.out.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("a JSON line")),
+        }
+    }
+
+    pub fn ok(&mut self, req: Value) -> Value {
+        let v = self.call(req.clone());
+        assert_eq!(v["ok"], true, "{req} → {v}");
+        v
+    }
+
+    /// Waits for the process to exit; its code.
+    pub fn exit_code(&mut self, within: Duration) -> Option<i32> {
+        let t = Instant::now();
+        while t.elapsed() < within {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if self.exit_code(Duration::from_secs(3)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn state_file(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("state/agent.json")
+}
+
+/// Waits until `f` holds; how long that took, or `None` past `within`.
+pub fn until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+#[test]
+fn agent_applies_partitions_loss_and_rate_on_the_board_and_reverts_them() {
+    let _g = common::serial();
+    if !common::privileged() || !edgesim::testing::program("iperf3", "iperf3") {
+        return;
+    }
+    let lan = Lan::new("a", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let hello = a.ok(json!({"op": "hello"}));
+    let f = &hello["facts"];
+    assert_eq!(f["protocol"], 1, "{f}");
+    assert!(
+        f["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i == "eth0"),
+        "{f}"
+    );
+    assert_eq!(f["capNetAdmin"], true, "{f}");
+    assert!(f.get("nftablesError").is_none(), "{f}");
+    let b = Lan::addr(1);
+    assert_eq!(lan.pings(0, &b, 20), 20, "a clean LAN");
+
+    // A one-way partition a → b: pings from a get nothing; b's own traffic to a still
+    // leaves b (its packets reach a, whose replies are dropped on a's way out).
+    let a_addr = format!("{}/32", Lan::addr(0));
+    a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
+        "blocks": [{"name": "partition a-b", "from": [a_addr], "to": [format!("{b}/32")]}]}));
+    assert_eq!(lan.pings(0, &b, 10), 0, "partitioned");
+    assert!(!lan.leftovers(0).is_empty(), "the table is in force");
+    assert!(state_file(&dir).exists(), "what is in force is recorded");
+
+    // Replaced by 30 % loss toward b (nftables numgen, sender side only).
+    a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
+        "peers": [{"addr": b, "params": {"loss": 0.3}}]}));
+    let got = lan.pings(0, &b, 200);
+    assert!(
+        (110..=170).contains(&got),
+        "30 % loss: {got} of 200 replies"
+    );
+
+    // 20 mbit toward b, measured by iperf3 from a (b runs the server).
+    a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
+        "peers": [{"addr": b, "params": {"rate": 20_000_000}}]}));
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.boards[1],
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            &b,
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = in_ns(&lan.boards[0], &["iperf3", "-c", &b, "-t", "2", "-J"]);
+    let _ = server.wait();
+    let r: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    let bps = r["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (14e6..=21e6).contains(&bps),
+        "20 mbit shaped on the board: {bps:.0} bit/s"
+    );
+    // Traffic to another address is not shaped: the controller's namespace answers as ever.
+    assert_eq!(lan.pings(0, "10.201.0.1", 10), 10);
+
+    let r = a.ok(json!({"op": "revert"}));
+    assert!(!r["reverted"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert!(!state_file(&dir).exists());
+    assert_eq!(lan.pings(0, &b, 20), 20, "healed");
+    a.ok(json!({"op": "bye"}));
+    assert_eq!(a.exit_code(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
+fn agent_reverts_when_the_lease_expires_and_after_a_crash() {
+    let _g = common::serial();
+    if !common::privileged() {
+        return;
+    }
+    let lan = Lan::new("l", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Lan::addr(1);
+    let block = json!([{"name": "isolate", "from": [], "to": []}]);
+
+    // The controller goes silent (stdin stays open): reverted within the lease (+ 1 s).
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 1000, "blocks": block}));
+    let applied = Instant::now();
+    assert_eq!(lan.pings(0, &b, 3), 0);
+    let event = a.line().expect("the agent says why it stops");
+    let took = applied.elapsed();
+    assert_eq!(event["event"], "lease-expired", "{event}");
+    assert!(event["silentMs"].as_u64().unwrap() >= 1000, "{event}");
+    assert_eq!(a.exit_code(Duration::from_secs(5)), Some(3));
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    eprintln!("lease 1 s: reverted {took:?} after the last request");
+    assert!(took < Duration::from_secs(4), "reverted in {took:?}");
+    assert_eq!(lan.pings(0, &b, 5), 5);
+
+    // The session ends (stdin closed): reverted at once.
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 60000, "blocks": block}));
+    drop(a.stdin.take());
+    assert_eq!(a.exit_code(Duration::from_secs(5)), Some(0));
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+
+    // SIGKILL mid-partition: the rules stay (nothing runs to revert them) until an agent
+    // starts again, which reverts them first and says so.
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    a.ok(
+        json!({"op": "apply", "iface": "eth0", "leaseMs": 60000, "blocks": block,
+        "peers": [{"addr": b, "params": {"rate": 5_000_000}}]}),
+    );
+    let pid = a.child.id();
+    // `ip netns exec` execs the agent: the child is the agent itself.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = a.child.wait();
+    assert_eq!(lan.leftovers(0).len(), 2, "{:?}", lan.leftovers(0));
+    assert!(state_file(&dir).exists());
+    let mut again = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let hello = again.ok(json!({"op": "hello"}));
+    let rec = hello["facts"]["recovered"].as_array().unwrap();
+    assert_eq!(rec.len(), 2, "{hello}");
+    assert!(
+        rec[0].as_str().unwrap().contains(&format!("pid {pid}")),
+        "{hello}"
+    );
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert_eq!(lan.pings(0, &b, 5), 5);
+    again.ok(json!({"op": "bye"}));
+    drop(a);
+}
+
+#[test]
+fn agent_refuses_bad_requests_without_changing_anything() {
+    let _g = common::serial();
+    if !common::privileged() {
+        return;
+    }
+    let lan = Lan::new("r", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let v = a.call(json!({"op": "launch-missiles"}));
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("bad request"), "{v}");
+    let v = a.call(json!({"op": "apply", "iface": "nope0", "leaseMs": 5000,
+        "peers": [{"addr": "10.201.0.99", "params": {"rate": 1000000}}]}));
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope0"), "{v}");
+    assert_eq!(
+        lan.leftovers(0),
+        Vec::<String>::new(),
+        "refused before anything changed"
+    );
+    a.ok(json!({"op": "revert"}));
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    a.ok(json!({"op": "bye"}));
+}
+
+/// A real sshd in a board's namespace, with per-test host and user keys.
+pub struct Sshd {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    made_run_sshd: bool,
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "edgesim-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(st.success());
+}
+
+/// `ADDR TYPE KEY` for the public key in `pub_file`.
+fn known_hosts_line(addr: &str, pub_file: &Path) -> String {
+    let text = std::fs::read_to_string(pub_file).expect("test fixture");
+    let mut p = text.split_whitespace();
+    let (kt, kv) = (p.next().expect("key type"), p.next().expect("key"));
+    format!("{addr} {kt} {kv}\n")
+}
+
+impl Sshd {
+    /// The board as an inventory host named `name`, read from a written inventory file.
+    pub fn host(&self, name: &str) -> edgesim::targets::device::inventory::InventoryHost {
+        let file = self.dir.path().join("inventory.yaml");
+        std::fs::write(&file, self.inventory(name)).expect("test fixture");
+        let inv = edgesim::targets::device::inventory::Inventory::load(&file).expect("reads");
+        inv.hosts[name].clone()
+    }
+
+    pub fn start(board_ns: &str, addr: &str) -> Sshd {
+        let dir = tempfile::tempdir().expect("test fixture");
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("user_key"));
+        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).expect("test fixture");
+        std::fs::write(
+            d.join("known_hosts"),
+            known_hosts_line(addr, &d.join("host_key.pub")),
+        )
+        .expect("test fixture");
+        let cfg = format!(
+            "Port 22\nListenAddress {addr}\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+            hk = d.join("host_key").display(),
+            pid = d.join("sshd.pid").display(),
+            ak = d.join("authorized_keys").display(),
+        );
+        std::fs::write(d.join("sshd_config"), cfg).expect("test fixture");
+        // sshd's privilege separation directory.
+        let made_run_sshd = !Path::new("/run/sshd").exists();
+        if made_run_sshd {
+            std::fs::create_dir_all("/run/sshd").expect("test fixture");
+        }
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                board_ns,
+                "/usr/sbin/sshd",
+                "-D",
+                "-e",
+                "-f",
+            ])
+            .arg(d.join("sshd_config"))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sshd starts");
+        let s = Sshd {
+            child,
+            dir,
+            addr: addr.to_string(),
+            made_run_sshd,
+        };
+        let up = until(Duration::from_secs(10), || {
+            in_ns(board_ns, &["ss", "-Hltn", "sport", "=", ":22"])
+                .stdout
+                .iter()
+                .any(|_| true)
+        });
+        assert!(up.is_some(), "sshd listens");
+        s
+    }
+
+    /// The inventory entry of this board, as a user would write it.
+    pub fn inventory(&self, name: &str) -> String {
+        let d = self.dir.path();
+        format!(
+            "all:\n  hosts:\n    {name}:\n      ansible_host: {addr}\n      ansible_user: root\n      ansible_ssh_private_key_file: {key}\n      edgesim_known_hosts_file: {kh}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            addr = self.addr,
+            key = d.join("user_key").display(),
+            kh = d.join("known_hosts").display(),
+        )
+    }
+
+    /// The plain `ssh` command line for this board (from the controller's namespace).
+    pub fn ssh_args(&self, ctl_ns: &str) -> Vec<String> {
+        let d = self.dir.path();
+        [
+            "ip",
+            "netns",
+            "exec",
+            ctl_ns,
+            "ssh",
+            "-T",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            format!("UserKnownHostsFile={}", d.join("known_hosts").display()),
+            "-i".into(),
+            d.join("user_key").display().to_string(),
+            format!("root@{}", self.addr),
+        ])
+        .collect()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.made_run_sshd {
+            let _ = std::fs::remove_dir("/run/sshd");
+        }
+    }
+}
+
+/// Runs `f` on a runtime of its own, on a thread inside namespace `ns` (the controller's
+/// laptop): processes it spawns (ssh) live there too.
+fn controller<R: Send>(ns: &str, f: impl AsyncFnOnce() -> R + Send) -> R {
+    edgesim::host::ns::run_in(ns, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test fixture")
+            .block_on(f())
+    })
+    .expect("test fixture")
+}
+
+fn ssh_gate() -> bool {
+    common::privileged()
+        && edgesim::testing::gate(
+            "ssh",
+            Path::new("/usr/sbin/sshd").exists() && edgesim::testing::program("ssh", "ssh"),
+            "needs openssh-server (/usr/sbin/sshd) and openssh-client",
+        )
+}
+
+#[test]
+fn over_ssh_the_management_connection_survives_a_full_partition_of_its_board() {
+    use edgesim::targets::device::agent::{Desired, Request, WireBlock};
+    use edgesim::targets::device::transport::{self, AgentConn, ConnectOptions};
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("s", 2);
+    let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
+    let host = sshd.host("pi-1");
+    let b = Lan::addr(1);
+    let ctl = lan.ctl.clone();
+    let bin = PathBuf::from(BIN);
+    let state = sshd.dir.path().join("agent-state.json");
+    let (facts, during, after_heal) = controller(&ctl, async || {
+        let opts = ConnectOptions::default();
+        let board = transport::connect(&host, &opts).await.expect("connects");
+        let remote = board.upload_agent(&bin).await.expect("uploads");
+        // Uploaded once: a second upload finds it by hash.
+        assert_eq!(board.upload_agent(&bin).await.unwrap(), remote);
+        let mut child = board
+            .session
+            .command(&remote)
+            .arg("agent")
+            .arg("--state")
+            .arg(state.display().to_string())
+            .stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .spawn()
+            .await
+            .expect("agent starts");
+        let (w, r) = (
+            child.stdin().take().unwrap(),
+            child.stdout().take().unwrap(),
+        );
+        let mut agent = AgentConn::new(w, r);
+        let hello = agent.call(Request::Hello).await.unwrap();
+        let facts = hello.facts.unwrap();
+        // Everything in and out of the board is dropped, but for the SSH connection.
+        let isolate = Desired {
+            iface: "eth0".into(),
+            lease_ms: 10_000,
+            blocks: vec![WireBlock {
+                name: "isolate pi-1".into(),
+                from: vec![],
+                to: vec![],
+            }],
+            ..Desired::default()
+        };
+        let r = agent.call(Request::Apply(isolate)).await.unwrap();
+        assert!(r.ok, "{r:?}");
+        let mut during = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            let r = agent.call(Request::Heartbeat).await.unwrap();
+            assert!(r.ok);
+            during.push(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A second command over the same master connection works too.
+        let uname = board.sh("uname -m").await.unwrap();
+        assert!(!uname.trim().is_empty());
+        let r = agent.call(Request::Bye).await.unwrap();
+        assert!(r.ok && !r.reverted.is_empty(), "{r:?}");
+        let after = board.sh("echo ok").await.unwrap();
+        drop(agent);
+        let _ = child.wait().await;
+        board.session.close().await.unwrap();
+        (facts, during, after)
+    });
+    let m = facts
+        .management
+        .expect("the agent knows its SSH connection");
+    assert_eq!(m.local.to_string(), format!("{}:22", Lan::addr(0)));
+    assert_eq!(m.remote.ip().to_string(), "10.201.0.1");
+    eprintln!("heartbeat round trips during the partition: {during:?}");
+    assert_eq!(after_heal.trim(), "ok");
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert_eq!(lan.pings(0, &b, 5), 5);
+}
+
+#[test]
+fn over_ssh_a_wrong_host_key_is_refused() {
+    use edgesim::targets::device::transport::{self, ConnectOptions};
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("k", 1);
+    let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
+    // Another key under the board's address.
+    let other = sshd.dir.path().join("other_key");
+    keygen(&other);
+    let kh = sshd.dir.path().join("known_hosts");
+    std::fs::write(
+        &kh,
+        known_hosts_line(&Lan::addr(0), &other.with_extension("pub")),
+    )
+    .unwrap();
+    let host = sshd.host("pi-1");
+    let ctl = lan.ctl.clone();
+    let refusal = || {
+        controller(&ctl, async || {
+            transport::connect(&host, &ConnectOptions::default())
+                .await
+                .err()
+                .map(|e| e.to_string())
+        })
+        .expect("refused")
+    };
+    let err = refusal();
+    assert!(err.contains("refused") && err.contains("host key"), "{err}");
+    // An empty known-hosts file: unknown is refused too.
+    std::fs::write(&kh, "").unwrap();
+    let err = refusal();
+    assert!(err.contains("refused"), "{err}");
+}
+
+#[test]
+fn over_ssh_the_board_reverts_when_its_controller_is_killed_or_cut_off() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("c", 2);
+    let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
+    let b = Lan::addr(1);
+    let state = sshd.dir.path().join("agent-state.json");
+    let args = sshd.ssh_args(&lan.ctl);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let apply = json!({"op": "apply", "iface": "eth0", "leaseMs": 1500,
+        "blocks": [{"name": "partition", "from": [format!("{}/32", Lan::addr(0))], "to": [format!("{b}/32")]}]});
+
+    // SIGKILL of the controller's ssh: sshd sees the connection close, the agent's stdin
+    // ends, and the board reverts at once.
+    let mut a = Agent::start(&argv, &state);
+    a.ok(json!({"op": "hello"}));
+    a.ok(apply.clone());
+    assert_eq!(lan.pings(0, &b, 3), 0, "partitioned");
+    let t = Instant::now();
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let killed = until(Duration::from_secs(10), || lan.leftovers(0).is_empty())
+        .expect("reverted after the controller died");
+    eprintln!("controller SIGKILLed: board reverted after {killed:?}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(lan.pings(0, &b, 5), 5);
+
+    // The management path is cut (the controller's namespace drops everything): no
+    // end-of-session reaches the agent, its lease (1.5 s) runs out.
+    let mut a = Agent::start(&argv, &state);
+    a.ok(json!({"op": "hello"}));
+    a.ok(apply);
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(b"table inet cut {\n chain o { type filter hook output priority 0; policy drop; }\n chain i { type filter hook input priority 0; policy drop; }\n}\n")
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    let t = Instant::now();
+    let lapsed = until(Duration::from_secs(15), || lan.leftovers(0).is_empty())
+        .expect("reverted after the lease");
+    eprintln!("management path cut: board reverted after {lapsed:?} (lease 1.5 s)");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "not before the lease"
+    );
+    assert_eq!(lan.pings(0, &b, 5), 5);
+    let _ = a.child.kill();
+}
