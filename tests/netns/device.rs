@@ -44,7 +44,7 @@ pub fn in_ns(ns: &str, cmd: &[&str]) -> std::process::Output {
 
 impl Lan {
     pub fn new(tag: &str, boards: usize) -> Lan {
-        let prefix = format!("esd{}{tag}", std::process::id() % 100_000);
+        let prefix = format!("edgesim-dev{}{tag}", std::process::id() % 100_000);
         let lan = format!("{prefix}-lan");
         ip(&["netns", "add", &lan]);
         ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"]);
@@ -123,6 +123,20 @@ impl Lan {
 impl Drop for Lan {
     fn drop(&mut self) {
         for ns in self.boards.iter().chain([&self.ctl, &self.lan]) {
+            // Whatever still runs in there goes too: an sshd session whose client was cut off
+            // would otherwise outlive the namespace (until TCP keepalive, hours later).
+            let pids = Command::new("ip").args(["netns", "pids", ns]).output();
+            for pid in pids
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
@@ -629,6 +643,30 @@ fn over_ssh_the_management_connection_survives_a_full_partition_of_its_board() {
         board.session.close().await.unwrap();
         (facts, during, after)
     });
+    // This "board" is the test host: checked against the Pi profile the inventory gives it,
+    // it is reported as what it is, before anything would change.
+    let pi = edgesim::profile::ProfileSet::builtin()
+        .unwrap()
+        .get("raspberry-pi-5-8gb")
+        .unwrap()
+        .clone();
+    let needs = edgesim::targets::device::Needs {
+        firewall: true,
+        ..Default::default()
+    };
+    let problems = edgesim::targets::device::check_board("pi-1", &facts, &pi, needs);
+    if std::env::consts::ARCH == "x86_64" {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("amd64 but its profile is arm64")),
+            "{problems:#?}"
+        );
+    }
+    assert!(
+        !problems.iter().any(|p| p.contains("nftables")),
+        "{problems:#?}"
+    );
     let m = facts
         .management
         .expect("the agent knows its SSH connection");
