@@ -94,6 +94,8 @@ check "partitions, loss, rate and a flap on kernel mechanisms" \
     impairments::loss_drops_the_configured_fraction_per_direction_and_composes_along_a_path \
     impairments::rate_limits_tcp_goodput_to_the_configured_rate \
     impairments::flap_loses_packets_exactly_while_down
+check "the device agent delays one peer's traffic with netem" \
+  unit "$TEST_netns" device::agent_delays_traffic_to_one_peer_with_netem
 check "cgroup v2 limits, live changes and freeze" \
   unit "$TEST_netns" \
     cgroups::profile_limits_are_in_the_kernel_and_cpu_memory_actions_change_and_revert_them
