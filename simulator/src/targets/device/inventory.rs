@@ -675,6 +675,45 @@ mod tests {
         assert!(!ours.hosts["pi-spare"].host_key_checking);
     }
 
+    /// The playbooks in ansible/ parse as ansible-playbook reads them, against the fixture
+    /// inventory (plain ansible-core: only ansible.builtin modules).
+    #[test]
+    fn ansible_playbooks_pass_syntax_check() {
+        let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let found = std::process::Command::new("ansible-playbook")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !crate::testing::gate("ansible", found, "ansible-playbook is not installed") {
+            return;
+        }
+        let mut books: Vec<PathBuf> = std::fs::read_dir(root.join("ansible"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+            .collect();
+        books.sort();
+        assert!(books.len() >= 3, "{books:?}");
+        for b in books {
+            let out = std::process::Command::new("ansible-playbook")
+                .arg("--syntax-check")
+                .arg("-i")
+                .arg(root.join("tests/fixtures/inventory.yaml"))
+                .args(["-e", "k3s_server=pi-01"])
+                .arg(&b)
+                .env("ANSIBLE_LOCAL_TEMP", std::env::temp_dir())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}{}",
+                b.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     #[test]
     fn ranges_expand_as_ansible_expands_them() {
         assert_eq!(expand("pi-[1:3]").unwrap(), ["pi-1", "pi-2", "pi-3"]);
