@@ -152,6 +152,19 @@ pub fn host_arch() -> &'static str {
     }
 }
 
+static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Held by the tests in one test binary that measure time (RTT, goodput) or that load every
+/// CPU (busy loops, benchmarks), so that none of them runs beside another: on a 2-CPU machine
+/// a busy loop beside a goodput measurement makes that measurement about the machine, not
+/// about the code. A test that panicked while holding it does not poison it for the rest.
+pub fn exclusive() -> Exclusive {
+    Exclusive(EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// The guard [`exclusive`] returns; dropping it lets the next such test run.
+pub struct Exclusive(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
 #[cfg(test)]
 mod tests {
     /// The gate answers from inside a runtime (a `#[tokio::test]`, a harness's async code)

@@ -77,6 +77,16 @@ impl Lan {
         format!("10.201.0.{}", 11 + i)
     }
 
+    /// What `ping` on board `from` says on stderr when it sends to `to` (empty: every send
+    /// went out without an error, whatever became of it).
+    pub fn send_errors(&self, from: usize, to: &str) -> String {
+        let out = in_ns(
+            &self.boards[from],
+            &["ping", "-n", "-q", "-c", "3", "-i", "0.05", "-W", "1", to],
+        );
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    }
+
     /// Ping replies from board `from` to `to` out of `n` (10 ms apart).
     pub fn pings(&self, from: usize, to: &str, n: u32) -> u32 {
         let out = in_ns(
@@ -266,18 +276,19 @@ fn agent_applies_partitions_loss_and_rate_on_the_board_and_reverts_them() {
     let b = Lan::addr(1);
     assert_eq!(lan.pings(0, &b, 20), 20, "a clean LAN");
 
-    // A one-way partition a → b: pings from a get nothing; b's own traffic to a still
-    // leaves b (its packets reach a, whose replies are dropped on a's way out).
+    // A one-way partition b → a, dropped where it arrives (on a): a's pings reach b but
+    // their replies are dropped; a's sends never fail (silent loss, as on a real cut).
     let a_addr = format!("{}/32", Lan::addr(0));
     a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
-        "blocks": [{"name": "partition a-b", "from": [a_addr], "to": [format!("{b}/32")]}]}));
+        "blocks": [{"name": "partition b-a", "from": [format!("{b}/32")], "to": [a_addr]}]}));
     assert_eq!(lan.pings(0, &b, 10), 0, "partitioned");
+    assert_eq!(lan.send_errors(0, &b), "", "the sender sees no error");
     assert!(!lan.leftovers(0).is_empty(), "the table is in force");
     assert!(state_file(&dir).exists(), "what is in force is recorded");
 
-    // Replaced by 30 % loss toward b (nftables numgen, sender side only).
+    // Replaced by 30 % loss of what arrives from b (nftables numgen, receiver side).
     a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
-        "peers": [{"addr": b, "params": {"loss": 0.3}}]}));
+        "incoming": [{"addr": b, "params": {"loss": 0.3}}]}));
     let got = lan.pings(0, &b, 200);
     assert!(
         (110..=170).contains(&got),
@@ -404,6 +415,10 @@ fn agent_refuses_bad_requests_without_changing_anything() {
         "peers": [{"addr": "10.201.0.99", "params": {"rate": 1000000}}]}));
     assert_eq!(v["ok"], false, "{v}");
     assert!(v["error"].as_str().unwrap().contains("nope0"), "{v}");
+    let v = a.call(json!({"op": "apply", "iface": "eth0", "leaseMs": 5000,
+        "peers": [{"addr": "10.201.0.99", "params": {"loss": 0.2}}]}));
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("incoming"), "{v}");
     assert_eq!(
         lan.leftovers(0),
         Vec::<String>::new(),
@@ -728,7 +743,7 @@ fn over_ssh_the_board_reverts_when_its_controller_is_killed_or_cut_off() {
     let args = sshd.ssh_args(&lan.ctl);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let apply = json!({"op": "apply", "iface": "eth0", "leaseMs": 1500,
-        "blocks": [{"name": "partition", "from": [format!("{}/32", Lan::addr(0))], "to": [format!("{b}/32")]}]});
+        "blocks": [{"name": "partition", "from": [format!("{b}/32")], "to": [format!("{}/32", Lan::addr(0))]}]});
 
     // SIGKILL of the controller's ssh: sshd sees the connection close, the agent's stdin
     // ends, and the board reverts at once.
@@ -829,9 +844,122 @@ fn agent_delays_traffic_to_one_peer_with_netem() {
     // Adding a partition leaves the delay class alone, and reverting removes both.
     a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
         "peers": [{"addr": b, "params": {"delay": "30ms"}}],
-        "blocks": [{"name": "cut", "from": [], "to": ["10.201.0.1/32"]}]}));
+        "blocks": [{"name": "cut", "from": ["10.201.0.1/32"], "to": []}]}));
     assert_eq!(lan.pings(0, "10.201.0.1", 3), 0);
     assert!(rtt_ms(&lan, 0, &b, 10) - base > 29.0);
     a.ok(json!({"op": "bye"}));
     assert_eq!(lan.leftovers(0), Vec::<String>::new());
+}
+
+/// A scenario's plan carried onto boards: each board's agent gets `device::desired_for`
+/// (shaping of what it sends, drops of what it receives), and the effects between boards are
+/// those the scenario describes.
+#[test]
+fn a_scenario_plan_on_two_boards_gives_the_scenario_links() {
+    use edgesim::scenario::plan::Block;
+    use edgesim::scenario::validate::{Capabilities, Overrides, build, parse};
+    let _g = common::serial();
+    if !common::privileged() || !edgesim::testing::program("iperf3", "iperf3") {
+        return;
+    }
+    let text = "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: boards}\nspec:\n  duration: 10s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, rate: 10mbit, loss: 20%}\n  nodes:\n    - {name: sink, site: cloud, profile: cloud-small}\n    - {name: pi, site: factory, profile: raspberry-pi-5-8gb}\n";
+    let f = Path::new("boards.yaml");
+    let sc = parse(f, text).unwrap();
+    let plan = build(
+        f,
+        text,
+        &sc,
+        edgesim::profile::ProfileSet::builtin().unwrap(),
+        &Capabilities::all("netns"),
+        &Overrides::default(),
+    )
+    .unwrap()
+    .plan;
+    let lan = Lan::new("p", 2);
+    let addrs: Vec<std::net::IpAddr> = (0..2).map(|i| Lan::addr(i).parse().unwrap()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agents: Vec<Agent> = (0..2)
+        .map(|i| Agent::in_ns(&lan.boards[i], &dir.path().join(format!("s{i}.json"))))
+        .collect();
+    let apply = |agents: &mut Vec<Agent>,
+                 parts: &std::collections::BTreeMap<String, Vec<Block>>| {
+        for (i, a) in agents.iter_mut().enumerate() {
+            let d = edgesim::targets::device::desired_for(
+                &plan,
+                &plan.baseline_links(),
+                parts,
+                &addrs,
+                i,
+                "eth0",
+                Duration::from_secs(30),
+            );
+            let mut req = serde_json::to_value(&d).unwrap();
+            req["op"] = json!("apply");
+            a.ok(req);
+        }
+    };
+    apply(&mut agents, &Default::default());
+    // 20 % each way: about 64 % of echoes come back.
+    let got = lan.pings(1, &Lan::addr(0), 300);
+    assert!(
+        (150..=230).contains(&got),
+        "20 % loss each way: {got} of 300"
+    );
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lan.boards[0], "iperf3", "-s", "-1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // UDP at 30 mbit offered: what arrives is the 10 mbit uplink less its 20 % loss.
+    let out = in_ns(
+        &lan.boards[1],
+        &[
+            "iperf3",
+            "-u",
+            "-b",
+            "30M",
+            "-c",
+            &Lan::addr(0),
+            "-t",
+            "2",
+            "-J",
+        ],
+    );
+    let _ = server.wait();
+    let r: Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    // The receiver's rate (iperf3 3.12+: `sum_received`; older: `sum` less its loss).
+    let end = &r["end"];
+    let delivered = end["sum_received"]["bits_per_second"]
+        .as_f64()
+        .or_else(|| {
+            let sum = &end["sum"];
+            Some(sum["bits_per_second"].as_f64()? * (1.0 - sum["lost_percent"].as_f64()? / 100.0))
+        })
+        .unwrap_or_else(|| panic!("no rate: {}", r["error"]));
+    assert!(
+        (6.0e6..=10.5e6).contains(&delivered),
+        "10 mbit less 20 %: {delivered:.0} bit/s ({end})"
+    );
+    // The scenario's partition pi ↛ sink.
+    let mut parts = std::collections::BTreeMap::new();
+    parts.insert(
+        "cut".to_string(),
+        vec![Block {
+            from: vec![1],
+            to: vec![0],
+        }],
+    );
+    apply(&mut agents, &parts);
+    assert_eq!(lan.pings(1, &Lan::addr(0), 20), 0);
+    assert_eq!(
+        lan.send_errors(1, &Lan::addr(0)),
+        "",
+        "silent loss for the sender"
+    );
+    for a in &mut agents {
+        a.ok(json!({"op": "bye"}));
+    }
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert_eq!(lan.leftovers(1), Vec::<String>::new());
 }

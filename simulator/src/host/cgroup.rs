@@ -1547,6 +1547,7 @@ mod tests {
 
     #[test]
     fn real_cgroup_limits_hold_and_processes_are_frozen_killed_and_removed() {
+        let _quiet = crate::testing::exclusive();
         let Some((guard, node)) = TestCgroup::new("lifecycle") else {
             return;
         };
@@ -1601,6 +1602,7 @@ mod tests {
     /// host with at least two CPUs and a cpuset controller (v1 here).
     #[test]
     fn real_cgroup_pins_processes_to_cpus() {
+        let _quiet = crate::testing::exclusive();
         let Some((guard, node)) = TestCgroup::new("pinned") else {
             return;
         };
@@ -1708,6 +1710,7 @@ mod tests {
     /// applied there, and `apply` must say which file it could not write.
     #[test]
     fn real_cgroup_v2_core_places_accounts_freezes_kills_and_removes() {
+        let _quiet = crate::testing::exclusive();
         let Some((guard, node)) = TestCgroup::new_v2("v2core") else {
             return;
         };

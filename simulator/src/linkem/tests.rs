@@ -1,27 +1,25 @@
 //! Relay tests in namespaces: every impairment proven by its effect on real packets, timed
 //! and counted at the receiver, and checked against the relay's own counters.
 //!
-//! Topology: [`testbed::Testbed::relayed`]. Tests run one at a time (they share two CPUs and
-//! some measure time).
+//! Topology: [`testbed::Testbed::relayed`]. Tests run one at a time, and never beside another
+//! test that measures time or loads the CPUs ([`crate::testing::exclusive`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::testbed::{ADDR_A, ADDR_B, Testbed};
 use super::*;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn setup() -> Option<(MutexGuard<'static, ()>, Testbed)> {
+fn setup() -> Option<(crate::testing::Exclusive, Testbed)> {
     if !crate::testing::netns() || !crate::testing::program("iproute2", "ip") {
         return None;
     }
-    let g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let g = crate::testing::exclusive();
     let tb = Testbed::relayed(&format!("edgesim-t-{}", std::process::id())).unwrap();
     Some((g, tb))
 }

@@ -1227,6 +1227,7 @@ mod tests {
 
     #[test]
     fn busy_share_counts_other_work_not_the_measurement() {
+        let _quiet = crate::testing::exclusive();
         // One busy loop per CPU in other processes: most of the host's time is theirs, however
         // busy this process keeps itself meanwhile.
         let n = crate::host::cgroup::allowed_cpus().len();
@@ -1261,6 +1262,7 @@ mod tests {
 
     #[test]
     fn builtin_kernel_is_deterministic_and_round_trips() {
+        let _quiet = crate::testing::exclusive();
         // Pinned: if this changes, the work per pass changed and the two conversion factors
         // must be measured again (see BUILTIN_FIT).
         let input = generate_input(256 << 10, 0x5EED_ED6E_5111);
@@ -1285,6 +1287,7 @@ mod tests {
 
     #[test]
     fn calibrate_with_the_builtin_benchmark_produces_a_usable_file() {
+        let _quiet = crate::testing::exclusive();
         let opts = CalibrateOptions {
             method: MethodChoice::Builtin,
             builtin_duration: Duration::from_millis(10),
@@ -1306,6 +1309,7 @@ mod tests {
     #[test]
     #[ignore = "runs 7-Zip's benchmark for about 45 s"]
     fn calibrate_with_7zip_when_installed() {
+        let _quiet = crate::testing::exclusive();
         if !crate::testing::gate("7zip", find_7zip().is_some(), "7-Zip is not installed") {
             return;
         }
@@ -1328,6 +1332,7 @@ mod tests {
     #[test]
     #[ignore = "takes minutes; run by hand to derive the built-in benchmark's factors"]
     fn compare_builtin_with_7zip() {
+        let _quiet = crate::testing::exclusive();
         let Some(program) = find_7zip() else {
             eprintln!("no 7-Zip installed");
             return;

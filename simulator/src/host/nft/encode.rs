@@ -53,10 +53,8 @@ const NFTA_HOOK_PRIORITY: u16 = 2;
 /// `NF_INET_FORWARD`, and `NF_BR_FORWARD` for the bridge family: both 2.
 const HOOK_LOCAL_IN: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
-const HOOK_LOCAL_OUT: u32 = 3;
-/// The base chains of a host's own traffic ([`super::Layout::Host`]).
+/// The base chain of a host's own traffic ([`super::Layout::Host`]).
 pub(super) const INPUT: &str = "input";
-pub(super) const OUTPUT: &str = "output";
 const NF_ACCEPT: u32 = 1;
 
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
@@ -585,8 +583,6 @@ struct DropRule<'a> {
     matches: Matches,
     /// `Some(n)`: drop only when `numgen random mod 10000` is in `0..n`.
     below: Option<u32>,
-    /// From a [`super::Loss`] (a certain loss has no `below` but is still a loss).
-    loss_rule: bool,
 }
 
 /// The drop rules of `rs`, in order: blocks, then losses (losses of probability 0 vanish).
@@ -598,7 +594,6 @@ fn drop_rules(rs: &Ruleset) -> Vec<DropRule<'_>> {
                 name: &b.name,
                 matches,
                 below: None,
-                loss_rule: false,
             });
         }
     }
@@ -612,7 +607,6 @@ fn drop_rules(rs: &Ruleset) -> Vec<DropRule<'_>> {
                 name: &l.name,
                 matches,
                 below: (n < LOSS_SCALE).then_some(n),
-                loss_rule: true,
             });
         }
     }
@@ -1015,27 +1009,19 @@ pub(super) fn apply<'a>(rs: &'a Ruleset, table: &'a str, first_seq: u32) -> Enco
 }
 
 /// The same for a host's own traffic ([`super::Layout::Host`]): table `inet TABLE` with base
-/// chains `input` and `output`; in each, the exempt connections' accept rules first, then the
-/// blocks; losses only in `output` (a packet between two boards is lost once, by its sender).
+/// chain `input`: the exempt connections' accept rules first, then blocks and losses, all on
+/// arrival (see [`super::Layout::Host`] for why not on output).
 pub(super) fn apply_host<'a>(rs: &'a Ruleset, table: &'a str, first_seq: u32) -> Encoded<'a> {
     let rules = drop_rules(rs);
     let mut b = Batch::new(table, first_seq);
     b.add_table(Family::Inet);
     b.add_base_chain(Family::Inet, INPUT, HOOK_LOCAL_IN);
-    b.add_base_chain(Family::Inet, OUTPUT, HOOK_LOCAL_OUT);
     b.flush_table(Family::Inet);
-    for chain in [INPUT, OUTPUT] {
-        for f in &rs.exempt {
-            match chain {
-                INPUT => b.flow_rule(chain, f.remote, f.local),
-                _ => b.flow_rule(chain, f.local, f.remote),
-            }
-        }
-        for r in &rules {
-            if !r.loss_rule || chain == OUTPUT {
-                b.drop_rule_in(Family::Inet, chain, r);
-            }
-        }
+    for f in &rs.exempt {
+        b.flow_rule(INPUT, f.remote, f.local);
+    }
+    for r in &rules {
+        b.drop_rule_in(Family::Inet, INPUT, r);
     }
     b.finish()
 }

@@ -395,10 +395,10 @@ fn host_layout_matches_nft() {
     };
     let rs = Ruleset {
         blocks: vec![
-            block("partition p #0", &["192.0.2.9/32"], &["192.0.2.10/32"]),
+            block("partition p #0", &["192.0.2.10/32"], &["192.0.2.9/32"]),
             block("isolate", &[], &[]),
         ],
-        losses: vec![loss("loss pi->orin", &[], &["192.0.2.11/32"], 0.05)],
+        losses: vec![loss("loss from orin", &["192.0.2.11/32"], &[], 0.05)],
         exempt: vec![
             flow("192.0.2.9:22", "192.0.2.1:50000"),
             flow("[fd00::9]:2222", "[fd00::1]:40000"),

@@ -101,8 +101,11 @@ pub enum Layout {
     /// Traffic the namespace forwards (a lab's fabric): `inet` and `bridge` tables, hook
     /// forward.
     Router,
-    /// The host's own traffic (a board): table `inet NAME`, hooks input and output; blocks in
-    /// both, losses on output only, exempt connections accepted first.
+    /// The host's own traffic (a board): table `inet NAME`, hook input only, exempt
+    /// connections accepted first. Every drop happens on arrival, at the receiving host, as a
+    /// wire loses packets: a drop in the output (or postrouting) hook makes the sender's
+    /// `sendmsg` fail with EPERM, which no network does (a UDP sender would see errors
+    /// instead of silent loss). So a block or loss of traffic from A to B is B's rule.
     Host,
 }
 

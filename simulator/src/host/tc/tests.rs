@@ -107,6 +107,7 @@ fn goodput(pair_a: &str, pair_b: &str, dst: Ipv4Addr, port: u16, measure: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tbf_read_back_and_rate() {
+    let _quiet = crate::testing::exclusive();
     let Some(p) = Pair::new().await else { return };
     let tbf = Tbf {
         rate: 8_000_000,
@@ -163,6 +164,7 @@ async fn tbf_read_back_and_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn htb_classes_and_u32_filters_steer_rates() {
+    let _quiet = crate::testing::exclusive();
     let Some(p) = Pair::new().await else { return };
     let (h, va) = (&p.h, p.va);
     let root = ClassId::qdisc(1);

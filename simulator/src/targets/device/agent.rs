@@ -11,9 +11,11 @@
 //!   cgroups, privileges, interfaces, the management connection) and what this agent reverted
 //!   at start-up on behalf of one that died;
 //! - `apply` with a [`Desired`] state: the board's own traffic is made to match it exactly —
-//!   one-way blocks (partitions) and loss with nftables (table `inet edgesim_agent`, hooks
-//!   input and output), rate and delay per destination with tc on the board's interface (an
-//!   htb class per peer, netem under it where delay is asked for). Each apply replaces the
+//!   one-way blocks (partitions) and loss with nftables (table `inet edgesim_agent`, hook
+//!   input: what a partition or a lossy link takes is dropped where it arrives, so the sender
+//!   sees silent loss, as on a real cut, never an `EPERM` from its own firewall), rate and
+//!   delay per destination with tc on the board's interface (an htb class per peer, netem
+//!   under it where delay is asked for; netem's own loss is silent too). Each apply replaces the
 //!   previous state; tc classes that did not change are left alone (a netem queue in flight
 //!   is not flushed by an unrelated partition);
 //! - `heartbeat`: nothing but a renewal of the lease (any request renews it);
@@ -97,9 +99,16 @@ pub struct Desired {
     pub iface: String,
     /// Revert everything when no request arrives for this long (milliseconds).
     pub lease_ms: u64,
-    /// Impairments of this board's traffic to each peer.
+    /// Rate and delay (netem: also loss, duplication, reordering and corruption beside a
+    /// delay) of this board's traffic to each peer. A cut, or loss alone, belongs in
+    /// `incoming` on the peer's agent: an apply that puts one here is refused.
     pub peers: Vec<Peer>,
-    /// One-way blocks (partitions), by address.
+    /// Traffic arriving from each peer: a cut drops all of it, loss alone drops that share
+    /// (nftables, at input). Other parameters here are refused: they are shaped by the sender.
+    pub incoming: Vec<Peer>,
+    /// One-way blocks (partitions), by address, dropped on arrival: a block from A to B
+    /// takes effect on the agent whose board has an address in `to` (or any, where `to` is
+    /// empty).
     pub blocks: Vec<WireBlock>,
     /// Keep the management SSH connection out of every block.
     pub exempt_management: bool,
@@ -113,6 +122,7 @@ impl Default for Desired {
             iface: String::new(),
             lease_ms: DEFAULT_LEASE.as_millis() as u64,
             peers: Vec::new(),
+            incoming: Vec::new(),
             blocks: Vec::new(),
             exempt_management: true,
             seed: 0,
@@ -120,7 +130,40 @@ impl Default for Desired {
     }
 }
 
-/// This board's traffic to `addr` gets `params`.
+impl Desired {
+    /// Refuses what this agent would apply wrongly, before anything changes: cuts and plain
+    /// loss on the sending side (they belong to the receiver's `incoming`), and shaping on
+    /// the receiving side (it belongs to the sender's `peers`).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for p in &self.peers {
+            if p.params.cut || loss_in_firewall(&p.params) {
+                return Err(format!(
+                    "peers[{}]: a cut or loss alone is dropped by the receiver: put it in the \
+                     `incoming` of the agent on {}",
+                    p.addr, p.addr
+                ));
+            }
+        }
+        for p in &self.incoming {
+            let rest = LinkParams {
+                cut: false,
+                loss: 0.0,
+                ..p.params
+            };
+            if rest != LinkParams::default() {
+                return Err(format!(
+                    "incoming[{}]: only `cut` and `loss` are applied on arrival; rate and delay \
+                     are shaped by the sender (its `peers`)",
+                    p.addr
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// This board's traffic to `addr` (in [`Desired::peers`]) or from it (in
+/// [`Desired::incoming`]) gets `params`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Peer {
     pub addr: IpAddr,
@@ -398,6 +441,11 @@ impl Board {
 
     /// Makes the board's traffic match `d`.
     pub async fn apply(&mut self, d: &Desired) -> Result<()> {
+        d.validate().map_err(|detail| HostError::Other {
+            op: "applying",
+            object: "the desired state".into(),
+            detail,
+        })?;
         // Recorded before anything is installed: a crash half-way is recovered too.
         let wants_tc = d
             .peers
@@ -425,7 +473,7 @@ impl Board {
         self.shape(d).await
     }
 
-    /// The firewall rules for `d`: blocks, cuts and plain loss toward each peer.
+    /// The firewall rules for `d`: blocks, and cuts and plain loss from each peer.
     fn ruleset(&self, d: &Desired) -> nft::Ruleset {
         let mut rs = nft::Ruleset::default();
         for b in &d.blocks {
@@ -435,19 +483,19 @@ impl Board {
                 to: b.to.clone(),
             });
         }
-        for p in &d.peers {
-            let to = vec![IpNet::from(p.addr)];
+        for p in &d.incoming {
+            let from = vec![IpNet::from(p.addr)];
             if p.params.cut {
                 rs.blocks.push(nft::Block {
-                    name: format!("link-down to {}", p.addr),
-                    from: vec![],
-                    to,
+                    name: format!("link-down from {}", p.addr),
+                    from,
+                    to: vec![],
                 });
-            } else if loss_in_firewall(&p.params) {
+            } else if p.params.loss > 0.0 {
                 rs.losses.push(nft::Loss {
-                    name: format!("loss to {}", p.addr),
-                    from: vec![],
-                    to,
+                    name: format!("loss from {}", p.addr),
+                    from,
+                    to: vec![],
                     probability: p.params.loss,
                 });
             }

@@ -12,9 +12,95 @@ pub mod agent;
 pub mod inventory;
 pub mod transport;
 
-use crate::profile::{Arch, ProfileSpec};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
 
-use self::agent::Facts;
+use ipnet::IpNet;
+
+use crate::faults::shaping::loss_in_firewall;
+use crate::profile::{Arch, ProfileSpec};
+use crate::scenario::Plan;
+use crate::scenario::plan::{Block, LinkParams};
+
+use self::agent::{Desired, Facts, Peer, WireBlock};
+
+/// What board `node` must hold for the lab's current state, by the boards' real addresses
+/// (`addrs[i]` is node `i`'s board). Each direction of a link is split between its ends the
+/// way the kernel can carry it faithfully: the sender shapes (rate, delay and netem's
+/// impairments, toward each peer: [`Desired::peers`]); the receiver drops (cuts, plain loss,
+/// partitions and site pairs with no path between them, on arrival: [`Desired::incoming`]
+/// and [`Desired::blocks`]), so a sending application sees silent loss, as on a real link,
+/// never an error from its own firewall. Traffic to or from anything that is not a board
+/// (the controller, the internet) is never touched.
+pub fn desired_for(
+    plan: &Plan,
+    links: &[(LinkParams, LinkParams)],
+    partitions: &BTreeMap<String, Vec<Block>>,
+    addrs: &[IpAddr],
+    node: usize,
+    iface: &str,
+    lease: Duration,
+) -> Desired {
+    let me = &plan.nodes[node];
+    let mut d = Desired {
+        iface: iface.to_string(),
+        lease_ms: lease.as_millis() as u64,
+        seed: plan.seed ^ (node as u64).rotate_left(32),
+        ..Desired::default()
+    };
+    for (m, other) in plan.nodes.iter().enumerate() {
+        if m == node || addrs[m] == addrs[node] {
+            continue;
+        }
+        // Shaping of what this board sends to `other`.
+        if let Some(p) = plan.path_params(links, me.site, other.site) {
+            let shaped = LinkParams {
+                cut: false,
+                loss: if loss_in_firewall(&p) { 0.0 } else { p.loss },
+                ..p
+            };
+            if shaped.rate.is_some() || shaped.needs_netem() {
+                d.peers.push(Peer {
+                    addr: addrs[m],
+                    params: shaped,
+                });
+            }
+        }
+        // Drops of what arrives from `other`.
+        match plan.path_params(links, other.site, me.site) {
+            None => d.blocks.push(WireBlock {
+                name: format!("no-path {}->{}", other.name, me.name),
+                from: vec![IpNet::from(addrs[m])],
+                to: vec![IpNet::from(addrs[node])],
+            }),
+            Some(p) if p.cut || loss_in_firewall(&p) => d.incoming.push(Peer {
+                addr: addrs[m],
+                params: LinkParams {
+                    cut: p.cut,
+                    loss: if p.cut { 0.0 } else { p.loss },
+                    ..LinkParams::default()
+                },
+            }),
+            Some(_) => {}
+        }
+    }
+    for (name, blocks) in partitions {
+        for (i, b) in blocks.iter().enumerate() {
+            // Dropped on arrival: only the receiving boards' agents act.
+            if !b.to.contains(&node) {
+                continue;
+            }
+            let nets = |ns: &[usize]| ns.iter().map(|n| IpNet::from(addrs[*n])).collect();
+            d.blocks.push(WireBlock {
+                name: format!("partition {name} #{i}"),
+                from: nets(&b.from),
+                to: nets(&b.to),
+            });
+        }
+    }
+    d
+}
 
 /// What a scenario asks of a board's kernel and privileges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,6 +187,157 @@ pub fn check_board(host: &str, facts: &Facts, profile: &ProfileSpec, needs: Need
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(text: &str) -> Plan {
+        use crate::scenario::validate::{Capabilities, Overrides, build, parse};
+        let f = std::path::Path::new("t.yaml");
+        let sc = parse(f, text).unwrap();
+        build(
+            f,
+            text,
+            &sc,
+            crate::profile::ProfileSet::builtin().unwrap(),
+            &Capabilities::all("netns"),
+            &Overrides::default(),
+        )
+        .unwrap()
+        .plan
+    }
+
+    #[test]
+    fn each_board_gets_its_own_paths_and_the_partitions_that_involve_it() {
+        let p = plan(
+            "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: t}\nspec:\n  duration: 10s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, delay: 40ms, rate: 20mbit, loss: 2%}\n  nodes:\n    - {name: sink, site: cloud, profile: cloud-small}\n    - {name: pi-a, site: factory, profile: raspberry-pi-5-8gb}\n    - {name: pi-b, site: factory, profile: raspberry-pi-5-8gb}\n",
+        );
+        let addrs: Vec<IpAddr> = ["192.0.2.10", "192.0.2.21", "192.0.2.22"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let links = p.baseline_links();
+        let mut parts = BTreeMap::new();
+        parts.insert(
+            "cut".to_string(),
+            vec![Block {
+                from: vec![1],
+                to: vec![0],
+            }],
+        );
+        let a = desired_for(
+            &p,
+            &links,
+            &parts,
+            &addrs,
+            1,
+            "eth0",
+            Duration::from_secs(3),
+        );
+        // pi-a shapes only its traffic to the sink (the uplink); pi-b is on its LAN. The
+        // uplink's loss is dropped where it arrives: the sink drops 2 % of what pi-a sends,
+        // pi-a 2 % of what the sink sends.
+        assert_eq!(a.peers.len(), 1, "{a:#?}");
+        assert_eq!(a.peers[0].addr, addrs[0]);
+        assert_eq!(a.peers[0].params.delay, Some(Duration::from_millis(40)));
+        assert_eq!(a.peers[0].params.rate, Some(20_000_000));
+        assert_eq!(a.peers[0].params.loss, 0.0, "loss is not the sender's");
+        assert_eq!(a.incoming.len(), 1, "{a:#?}");
+        assert_eq!(a.incoming[0].addr, addrs[0]);
+        assert!((a.incoming[0].params.loss - 0.02).abs() < 1e-12);
+        assert_eq!(a.lease_ms, 3000);
+        // The partition pi-a -> sink is dropped by the sink: nothing of it on pi-a.
+        assert!(a.blocks.is_empty(), "{a:#?}");
+        a.validate().unwrap();
+        let sink = desired_for(
+            &p,
+            &links,
+            &parts,
+            &addrs,
+            0,
+            "eth0",
+            Duration::from_secs(3),
+        );
+        assert_eq!(sink.peers.len(), 2);
+        assert_eq!(sink.incoming.len(), 2);
+        assert_eq!(sink.blocks.len(), 1);
+        assert_eq!(sink.blocks[0].from, vec![IpNet::from(addrs[1])]);
+        assert_eq!(sink.blocks[0].to, vec![IpNet::from(addrs[0])]);
+        sink.validate().unwrap();
+        let b = desired_for(
+            &p,
+            &links,
+            &parts,
+            &addrs,
+            2,
+            "eth0",
+            Duration::from_secs(3),
+        );
+        assert!(b.blocks.is_empty());
+        assert_ne!(a.seed, b.seed, "each board's netem draws its own stream");
+
+        // A site pair with no path between them: each side drops what arrives from the other.
+        let q = plan(
+            "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: t}\nspec:\n  duration: 10s\n  sites:\n    a: {}\n    b: {}\n  nodes:\n    - {name: x, site: a, profile: cloud-small}\n    - {name: y, site: b, profile: cloud-small}\n",
+        );
+        let x = desired_for(
+            &q,
+            &q.baseline_links(),
+            &BTreeMap::new(),
+            &addrs[..2],
+            0,
+            "eth0",
+            Duration::from_secs(3),
+        );
+        assert!(x.peers.is_empty() && x.incoming.is_empty());
+        assert_eq!(x.blocks.len(), 1);
+        assert_eq!(x.blocks[0].from, vec![IpNet::from(addrs[1])]);
+        assert_eq!(x.blocks[0].to, vec![IpNet::from(addrs[0])]);
+    }
+
+    #[test]
+    fn an_apply_that_puts_drops_on_the_sender_or_shaping_on_the_receiver_is_refused() {
+        let peer = |params| Peer {
+            addr: "192.0.2.1".parse().unwrap(),
+            params,
+        };
+        let cut = LinkParams {
+            cut: true,
+            ..LinkParams::default()
+        };
+        let lossy = LinkParams {
+            loss: 0.1,
+            ..LinkParams::default()
+        };
+        let slow = LinkParams {
+            rate: Some(1_000_000),
+            ..LinkParams::default()
+        };
+        for bad in [
+            Desired {
+                peers: vec![peer(cut)],
+                ..Desired::default()
+            },
+            Desired {
+                peers: vec![peer(lossy)],
+                ..Desired::default()
+            },
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains("incoming"), "{e}");
+        }
+        let e = Desired {
+            incoming: vec![peer(slow)],
+            ..Desired::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("sender"), "{e}");
+        Desired {
+            peers: vec![peer(slow)],
+            incoming: vec![peer(cut), peer(lossy)],
+            ..Desired::default()
+        }
+        .validate()
+        .unwrap();
+    }
 
     fn pi_facts() -> Facts {
         Facts {

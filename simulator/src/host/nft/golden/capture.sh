@@ -101,25 +101,15 @@ apply_script edgesim_g \
 printf '%s\n' 'add table inet edgesim_g' 'delete table inet edgesim_g' \
     'add table bridge edgesim_g' 'delete table bridge edgesim_g' | capture delete
 
-# A board's own traffic (Layout::Host): one inet table with input and output chains; the
-# management connection's accept rules first in each, blocks in both, the loss on output only.
+# A board's own traffic (Layout::Host): one inet table with an input chain; the management
+# connection's accept rules first, then blocks and losses (all on arrival).
 {
     echo 'add table inet edgesim_g'
     echo 'add chain inet edgesim_g input { type filter hook input priority 0; policy accept; }'
-    echo 'add chain inet edgesim_g output { type filter hook output priority 0; policy accept; }'
     echo 'flush table inet edgesim_g'
-    for c in input output; do
-        if [[ $c == input ]]; then
-            echo "add rule inet edgesim_g $c ip saddr 192.0.2.1 ip daddr 192.0.2.9 tcp sport 50000 tcp dport 22 accept comment \"edgesim: management\""
-            echo "add rule inet edgesim_g $c ip6 saddr fd00::1 ip6 daddr fd00::9 tcp sport 40000 tcp dport 2222 accept comment \"edgesim: management\""
-        else
-            echo "add rule inet edgesim_g $c ip saddr 192.0.2.9 ip daddr 192.0.2.1 tcp sport 22 tcp dport 50000 accept comment \"edgesim: management\""
-            echo "add rule inet edgesim_g $c ip6 saddr fd00::9 ip6 daddr fd00::1 tcp sport 2222 tcp dport 40000 accept comment \"edgesim: management\""
-        fi
-        echo "add rule inet edgesim_g $c ip saddr 192.0.2.9 ip daddr 192.0.2.10 counter drop comment \"partition p #0\""
-        echo "add rule inet edgesim_g $c counter drop comment \"isolate\""
-        if [[ $c == output ]]; then
-            echo "add rule inet edgesim_g $c ip daddr 192.0.2.11 numgen random mod 10000 0-499 counter drop comment \"loss pi->orin\""
-        fi
-    done
+    echo 'add rule inet edgesim_g input ip saddr 192.0.2.1 ip daddr 192.0.2.9 tcp sport 50000 tcp dport 22 accept comment "edgesim: management"'
+    echo 'add rule inet edgesim_g input ip6 saddr fd00::1 ip6 daddr fd00::9 tcp sport 40000 tcp dport 2222 accept comment "edgesim: management"'
+    echo 'add rule inet edgesim_g input ip saddr 192.0.2.10 ip daddr 192.0.2.9 counter drop comment "partition p #0"'
+    echo 'add rule inet edgesim_g input counter drop comment "isolate"'
+    echo 'add rule inet edgesim_g input ip saddr 192.0.2.11 numgen random mod 10000 0-499 counter drop comment "loss from orin"'
 } | capture host
