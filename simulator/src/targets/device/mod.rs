@@ -222,15 +222,18 @@ mod tests {
                 to: vec![0],
             }],
         );
-        let a = desired_for(
-            &p,
-            &links,
-            &parts,
-            &addrs,
-            1,
-            "eth0",
-            Duration::from_secs(3),
-        );
+        let at = |n| {
+            desired_for(
+                &p,
+                &links,
+                &parts,
+                &addrs,
+                n,
+                "eth0",
+                Duration::from_secs(3),
+            )
+        };
+        let a = at(1);
         // pi-a shapes only its traffic to the sink (the uplink); pi-b is on its LAN. The
         // uplink's loss is dropped where it arrives: the sink drops 2 % of what pi-a sends,
         // pi-a 2 % of what the sink sends.
@@ -246,30 +249,14 @@ mod tests {
         // The partition pi-a -> sink is dropped by the sink: nothing of it on pi-a.
         assert!(a.blocks.is_empty(), "{a:#?}");
         a.validate().unwrap();
-        let sink = desired_for(
-            &p,
-            &links,
-            &parts,
-            &addrs,
-            0,
-            "eth0",
-            Duration::from_secs(3),
-        );
+        let sink = at(0);
         assert_eq!(sink.peers.len(), 2);
         assert_eq!(sink.incoming.len(), 2);
         assert_eq!(sink.blocks.len(), 1);
         assert_eq!(sink.blocks[0].from, vec![IpNet::from(addrs[1])]);
         assert_eq!(sink.blocks[0].to, vec![IpNet::from(addrs[0])]);
         sink.validate().unwrap();
-        let b = desired_for(
-            &p,
-            &links,
-            &parts,
-            &addrs,
-            2,
-            "eth0",
-            Duration::from_secs(3),
-        );
+        let b = at(2);
         assert!(b.blocks.is_empty());
         assert_ne!(a.seed, b.seed, "each board's netem draws its own stream");
 
