@@ -11,6 +11,7 @@
 
 mod common;
 
+mod board;
 mod cgroups;
 mod device;
 mod docker;

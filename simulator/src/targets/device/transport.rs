@@ -21,6 +21,11 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::agent::{Message, Reply, Request};
 use super::inventory::InventoryHost;
 
+/// The launcher `ansible/prepare-board.yml` installs: a copy of `capsh` holding the file
+/// capability CAP_NET_ADMIN, runnable by the `edgesim` group alone. An agent started through
+/// it holds exactly that capability (as an ambient one) and no other.
+pub const LAUNCHER: &str = "/usr/local/lib/edgesim/capsh";
+
 /// Why a board could not be reached or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -170,6 +175,46 @@ impl Board {
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The command that starts the agent at `path` (from [`Board::upload_agent`]) with its
+    /// state file at `state` (the agent's default where `None`): directly when the board's
+    /// user is root, otherwise through the [`LAUNCHER`], which gives it CAP_NET_ADMIN alone. A
+    /// user without either is told how to prepare the board.
+    pub async fn agent_command(
+        &self,
+        path: &str,
+        state: Option<&str>,
+    ) -> Result<openssh::OwningCommand<&Session>, TransportError> {
+        let probe = format!(
+            "if [ \"$(id -u)\" = 0 ]; then echo root; elif [ -x {LAUNCHER} ]; then echo launcher; else echo none; fi"
+        );
+        let mut cmd = match self.sh(&probe).await?.trim() {
+            "root" => self.session.command(path),
+            "launcher" => {
+                let mut c = self.session.command(LAUNCHER);
+                c.args([
+                    "--inh=cap_net_admin",
+                    "--addamb=cap_net_admin",
+                    &format!("--shell={path}"),
+                    "--",
+                ]);
+                c
+            }
+            _ => {
+                return Err(self.remote_err(
+                    "starting the agent",
+                    format!(
+                        "the user is not root and {LAUNCHER} is missing or not theirs to run: prepare the board with ansible/prepare-board.yml (it gives the agent CAP_NET_ADMIN alone)"
+                    ),
+                ));
+            }
+        };
+        cmd.arg("agent");
+        if let Some(s) = state {
+            cmd.arg("--state").arg(s);
+        }
+        Ok(cmd)
     }
 
     /// Makes sure the agent binary `local` is on the board (uploaded once per content hash)

@@ -1,0 +1,527 @@
+//! A real arm64 board on the device LAN: `qemu-system-aarch64 -M virt -cpu cortex-a76 -smp 4`
+//! (the Pi 5's core) under TCG, Debian's stock arm64 kernel, and the filesystem
+//! `tests/board/arm64.sh` builds (sshd, nftables, iproute2, python3), reached over SSH through
+//! a tap device bridged onto the LAN. The agent is edgesim's static aarch64 musl build
+//! (`.ci/agent-static`, or `EDGESIM_AGENT_AARCH64`).
+//!
+//! What it shows on a real arm64 kernel: the board's facts and its profile check; delay, loss
+//! and a partition applied by the agent, measured from a namespace board; the management
+//! connection through the partition; the lease; recovery after SIGKILL; `ansible/prepare-board.yml`
+//! run for real with `ansible-playbook` over SSH, after which the agent runs as the unprivileged
+//! `edgesim` user with CAP_NET_ADMIN alone; and the same board without sch_netem, sch_tbf and
+//! ifb (what stock Jetson L4T lacks), whose delay is refused before a run.
+//!
+//! Capability `arm64-board` (`EDGESIM_REQUIRE` makes its absence fail): qemu-system-aarch64,
+//! the board's filesystem (built here, cached under target/board/), the aarch64 agent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgesim::targets::device::agent::{Desired, Facts, Peer, Request, WireBlock};
+use edgesim::targets::device::inventory::{Inventory, InventoryHost};
+use edgesim::targets::device::transport::{self, AgentConn, Board, ConnectOptions};
+use edgesim::targets::device::{Needs, check_board};
+
+use super::common;
+use super::device::{Lan, in_ns, keygen, until};
+
+const VM_ADDR: &str = "10.201.0.31";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The aarch64 agent: `EDGESIM_AGENT_AARCH64`, else the newest static build under target/.
+fn arm64_agent() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EDGESIM_AGENT_AARCH64") {
+        return Some(PathBuf::from(p));
+    }
+    ["debug", "release"]
+        .iter()
+        .map(|p| root().join(format!("target/aarch64-unknown-linux-musl/{p}/edgesim")))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
+/// Everything the board needs, or `None` (skipped, or failed where required).
+fn gate() -> Option<(PathBuf, PathBuf)> {
+    if !common::privileged() || !edgesim::testing::program("ssh", "ssh") {
+        return None;
+    }
+    let qemu = edgesim::testing::have_program("qemu-system-aarch64");
+    let agent = arm64_agent();
+    if !edgesim::testing::gate(
+        "arm64-board",
+        qemu && agent.is_some(),
+        "needs qemu-system-aarch64 (Debian qemu-system-arm) and the aarch64 agent (.ci/agent-static)",
+    ) {
+        return None;
+    }
+    let out = Command::new(root().join("tests/board/arm64.sh"))
+        .output()
+        .expect("tests/board/arm64.sh runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success(),
+        "building the arm64 board: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((
+        root().join("target/board/arm64"),
+        agent.expect("gated above"),
+    ))
+}
+
+/// The board: qemu in a namespace of its own whose bridge joins the tap device to the LAN.
+struct Qemu {
+    child: Child,
+    ns: String,
+    lan: String,
+    port: String,
+    log: PathBuf,
+}
+
+impl Qemu {
+    fn boot(lan: &Lan, dir: &Path, board: &Path, key_pub: &Path, jetson: bool) -> Qemu {
+        let tag = if jetson { "jetson" } else { "pi" };
+        let ns = format!("{}-vm{tag}", lan.prefix());
+        let port = format!("p{tag}");
+        let run = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip runs");
+            assert!(st.success(), "ip {args:?}");
+        };
+        run(&["netns", "add", &ns]);
+        run(&[
+            "-n",
+            lan.lan(),
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ]);
+        run(&["-n", lan.lan(), "link", "set", &port, "master", "br0", "up"]);
+        run(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        run(&["-n", &ns, "link", "set", "eth0", "master", "br0", "up"]);
+        run(&["-n", &ns, "tuntap", "add", "tap0", "mode", "tap"]);
+        run(&["-n", &ns, "link", "set", "tap0", "master", "br0", "up"]);
+        run(&["-n", &ns, "link", "set", "br0", "up"]);
+        let key = std::fs::read_to_string(key_pub).expect("test fixture");
+        let key = key.split_whitespace().nth(1).expect("an ed25519 key");
+        let log = dir.join(format!("{tag}.log"));
+        let append = format!(
+            "console=ttyAMA0 panic=-1 quiet edgesim.addr={VM_ADDR}/24 edgesim.key={key}{}",
+            if jetson { " edgesim.jetson=1" } else { "" }
+        );
+        let kernel = board.join("vmlinuz");
+        let initrd = board.join("initrd.cpio");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "qemu-system-aarch64"])
+            .args([
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a76",
+                "-smp",
+                "4",
+                "-m",
+                "8192",
+            ])
+            .args(["-accel", "tcg", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", &append])
+            .args(["-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no"])
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("test fixture"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu starts");
+        let q = Qemu {
+            child,
+            ns,
+            lan: lan.lan().to_string(),
+            port,
+            log,
+        };
+        let t = Instant::now();
+        let up = until(Duration::from_secs(120), || {
+            std::fs::read_to_string(&q.log).is_ok_and(|l| l.contains("sshd up"))
+        });
+        assert!(
+            up.is_some(),
+            "the board did not boot: {}",
+            std::fs::read_to_string(&q.log).unwrap_or_default()
+        );
+        eprintln!(
+            "arm64 board{} up with sshd after {:.1} s",
+            if jetson { " (Jetson stand-in)" } else { "" },
+            t.elapsed().as_secs_f64()
+        );
+        q
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip")
+            .args(["-n", &self.lan, "link", "del", &self.port])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// The board as an inventory host for user `user`.
+fn host(dir: &Path, board: &Path, user: &str) -> InventoryHost {
+    let kh = dir.join("known_hosts");
+    let hk = std::fs::read_to_string(board.join("host_ed25519.pub")).expect("test fixture");
+    let mut p = hk.split_whitespace();
+    std::fs::write(
+        &kh,
+        format!(
+            "{VM_ADDR} {} {}\n",
+            p.next().expect("key type"),
+            p.next().expect("key")
+        ),
+    )
+    .expect("test fixture");
+    let inv = dir.join(format!("inventory-{user}.yaml"));
+    std::fs::write(
+        &inv,
+        format!(
+            "all:\n  hosts:\n    pi5-vm:\n      ansible_host: {VM_ADDR}\n      ansible_user: {user}\n      ansible_ssh_private_key_file: {key}\n      ansible_ssh_common_args: -o UserKnownHostsFile={kh}\n      ansible_python_interpreter: /usr/bin/python3\n      edgesim_known_hosts_file: {kh}\n      edgesim_controller_key_file: {key}.pub\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            key = dir.join("user_key").display(),
+            kh = kh.display(),
+        ),
+    )
+    .expect("test fixture");
+    Inventory::load(&inv).expect("reads").hosts["pi5-vm"].clone()
+}
+
+/// An agent started on the board over the master connection.
+type Conn = AgentConn<openssh::ChildStdin, openssh::ChildStdout>;
+
+async fn start_agent<'a>(
+    board: &'a Board,
+    bin: &Path,
+) -> (openssh::Child<&'a openssh::Session>, Conn) {
+    let remote = board.upload_agent(bin).await.expect("uploads");
+    let mut child = board
+        .agent_command(&remote, None)
+        .await
+        .expect("the agent may run")
+        .stdin(openssh::Stdio::piped())
+        .stdout(openssh::Stdio::piped())
+        .spawn()
+        .await
+        .expect("agent starts");
+    let (w, r) = (
+        child.stdin().take().expect("piped"),
+        child.stdout().take().expect("piped"),
+    );
+    (child, AgentConn::new(w, r))
+}
+
+/// Runs `f` on a runtime of its own on a thread inside the controller's namespace.
+fn controller<R: Send>(ns: &str, f: impl AsyncFnOnce() -> R + Send) -> R {
+    edgesim::host::ns::run_in(ns, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test fixture")
+            .block_on(f())
+    })
+    .expect("test fixture")
+}
+
+/// Mean RTT (ms) from namespace board 0 to the VM.
+fn rtt(lan: &Lan, n: u32) -> f64 {
+    let out = in_ns(
+        &lan.boards[0],
+        &[
+            "ping",
+            "-n",
+            "-c",
+            &n.to_string(),
+            "-i",
+            "0.02",
+            "-W",
+            "2",
+            VM_ADDR,
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(!v.is_empty(), "no replies: {text}");
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn profile(name: &str) -> edgesim::profile::ProfileSpec {
+    edgesim::profile::ProfileSet::builtin()
+        .expect("built-in profiles")
+        .get(name)
+        .expect("a shipped profile")
+        .clone()
+}
+
+fn apply(d: Desired) -> Request {
+    Request::Apply(Desired {
+        iface: "eth0".into(),
+        lease_ms: 30_000,
+        ..d
+    })
+}
+
+#[test]
+fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
+    let _g = common::serial();
+    let Some((board_dir, bin)) = gate() else {
+        return;
+    };
+    let lan = Lan::new("q", 1);
+    let dir = tempfile::tempdir().expect("test fixture");
+    keygen(&dir.path().join("user_key"));
+    let ns_board: std::net::IpAddr = Lan::addr(0).parse().unwrap();
+    let vm = Qemu::boot(
+        &lan,
+        dir.path(),
+        &board_dir,
+        &dir.path().join("user_key.pub"),
+        false,
+    );
+    let root_host = host(dir.path(), &board_dir, "root");
+
+    let base = rtt(&lan, 20);
+    let (facts, delayed, lossy, parted, lease) = controller(&lan.ctl, async || {
+        let board = transport::connect(&root_host, &ConnectOptions::default())
+            .await
+            .expect("connects with the board's host key");
+        let (child, mut agent) = start_agent(&board, &bin).await;
+        let facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+
+        // 40 ms on the board's way to the namespace board: the round trip grows by 40 ms.
+        let r = agent
+            .call(apply(Desired {
+                peers: vec![Peer {
+                    addr: ns_board,
+                    params: edgesim::scenario::plan::LinkParams {
+                        delay: Some(Duration::from_millis(40)),
+                        ..Default::default()
+                    },
+                }],
+                ..Desired::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        let delayed = rtt(&lan, 20);
+        // 30 % of what arrives from the namespace board is dropped on arrival.
+        let r = agent
+            .call(apply(Desired {
+                incoming: vec![Peer {
+                    addr: ns_board,
+                    params: edgesim::scenario::plan::LinkParams {
+                        loss: 0.3,
+                        ..Default::default()
+                    },
+                }],
+                ..Desired::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        let lossy = lan.pings(0, VM_ADDR, 200);
+        // A full partition of the board; its SSH connection carries heartbeats throughout.
+        let r = agent
+            .call(apply(Desired {
+                blocks: vec![WireBlock {
+                    name: "isolate".into(),
+                    from: vec![],
+                    to: vec![],
+                }],
+                ..Desired::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        let parted = lan.pings(0, VM_ADDR, 10);
+        for _ in 0..3 {
+            assert!(agent.call(Request::Heartbeat).await.unwrap().ok);
+        }
+        // Silence: the lease (1.5 s) runs out and the board reverts by itself.
+        let r = agent
+            .call(Request::Apply(Desired {
+                iface: "eth0".into(),
+                lease_ms: 1500,
+                blocks: vec![WireBlock {
+                    name: "isolate".into(),
+                    from: vec![],
+                    to: vec![],
+                }],
+                ..Desired::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        let t = Instant::now();
+        let _ = child.wait().await;
+        let lease = t.elapsed();
+        drop(agent);
+
+        // SIGKILL mid-partition: the next agent reverts what the dead one left.
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        assert!(agent.call(Request::Hello).await.unwrap().ok);
+        let r = agent
+            .call(apply(Desired {
+                blocks: vec![WireBlock {
+                    name: "isolate".into(),
+                    from: vec![],
+                    to: vec![],
+                }],
+                ..Desired::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        board
+            .sh("kill -KILL $(pidof edgesim)")
+            .await
+            .expect("kills the agent");
+        drop(agent);
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        let hello = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        assert!(
+            hello.recovered.iter().any(|r| r.contains("nftables")),
+            "{hello:?}"
+        );
+        assert!(agent.call(Request::Bye).await.unwrap().ok);
+        (facts, delayed, lossy, parted, lease)
+    });
+    eprintln!(
+        "arm64 board: {} {} cores, kernel {}, netem {}, tbf {}, htb {}, {}",
+        facts.arch, facts.cores, facts.kernel, facts.netem, facts.tbf, facts.htb, facts.cgroup
+    );
+    eprintln!(
+        "rtt {base:.2} ms → {delayed:.2} ms with 40 ms; 30 % loss: {lossy}/200 replies; isolated: {parted}/10; lease 1.5 s: reverted after {lease:?}"
+    );
+    assert_eq!((facts.arch.as_str(), facts.cores), ("arm64", 4));
+    assert!(facts.netem && facts.tbf && facts.htb, "{facts:?}");
+    assert!(facts.cgroup.starts_with("v2"), "{facts:?}");
+    let all = Needs {
+        delay: true,
+        rate: true,
+        firewall: true,
+        limits: true,
+    };
+    let fits = check_board("pi5-vm", &facts, &profile("raspberry-pi-5-8gb"), all);
+    assert!(fits.is_empty(), "the Pi-shaped board fits: {fits:#?}");
+    let orin = check_board("pi5-vm", &facts, &profile("jetson-orin-nx-8gb"), all);
+    assert!(
+        orin.iter().any(|p| p.contains("CPUs online")),
+        "a board that is not the profile's is reported: {orin:#?}"
+    );
+    assert!(
+        delayed - base > 38.0 && delayed - base < 60.0,
+        "{base} → {delayed}"
+    );
+    assert!((110..=170).contains(&lossy), "30 % loss: {lossy} of 200");
+    assert_eq!(parted, 0);
+    assert!(
+        lease >= Duration::from_millis(1500) && lease < Duration::from_secs(6),
+        "{lease:?}"
+    );
+    assert_eq!(lan.pings(0, VM_ADDR, 5), 5, "the board is clean again");
+
+    // The prepare playbook, for real, over SSH as root; then the agent as the `edgesim` user,
+    // started through the launcher, holds CAP_NET_ADMIN and nothing else.
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, "ansible-playbook", "-i"])
+        .arg(dir.path().join("inventory-root.yaml"))
+        .arg(root().join("ansible/prepare-board.yml"))
+        .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()
+        .expect("ansible-playbook runs");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "prepare-board.yml failed:\n{log}");
+    let recap = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("pi5-vm"))
+        .unwrap_or("");
+    eprintln!(
+        "prepare-board.yml on the arm64 board: {:.0} s, {}",
+        t.elapsed().as_secs_f64(),
+        recap.trim()
+    );
+    let user_host = host(dir.path(), &board_dir, "edgesim");
+    let (euid, cap, isolated) = controller(&lan.ctl, async || {
+        let board = transport::connect(&user_host, &ConnectOptions::default())
+            .await
+            .expect("the controller's key was authorised for edgesim");
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        let facts: Facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        let r = agent
+            .call(apply(Desired {
+                blocks: vec![WireBlock {
+                    name: "isolate".into(),
+                    from: vec![],
+                    to: vec![],
+                }],
+                ..Desired::default()
+            }))
+            .await
+            .unwrap();
+        assert!(r.ok, "the unprivileged agent applies rules: {r:?}");
+        let isolated = lan.pings(0, VM_ADDR, 5);
+        let r = agent.call(Request::Bye).await.unwrap();
+        assert!(r.ok && !r.reverted.is_empty(), "{r:?}");
+        (facts.euid, facts.cap_net_admin, isolated)
+    });
+    assert_ne!(euid, 0, "the agent runs as the edgesim user");
+    assert!(cap, "with CAP_NET_ADMIN");
+    assert_eq!(isolated, 0);
+    assert_eq!(lan.pings(0, VM_ADDR, 5), 5);
+    drop(vm);
+
+    // The same board without sch_netem, sch_tbf and ifb: delay is refused before a run.
+    let vm = Qemu::boot(
+        &lan,
+        dir.path(),
+        &board_dir,
+        &dir.path().join("user_key.pub"),
+        true,
+    );
+    let facts = controller(&lan.ctl, async || {
+        let board = transport::connect(&root_host, &ConnectOptions::default())
+            .await
+            .expect("connects");
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        let f = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        assert!(agent.call(Request::Bye).await.unwrap().ok);
+        f
+    });
+    assert!(!facts.netem && !facts.tbf, "{facts:?}");
+    let refused = check_board("jetson-vm", &facts, &profile("raspberry-pi-5-8gb"), all);
+    assert!(
+        refused.iter().any(|p| p.contains("sch_netem")),
+        "{refused:#?}"
+    );
+    drop(vm);
+}
