@@ -24,7 +24,7 @@ use edgesim::targets::device::transport::{self, AgentConn, Board, ConnectOptions
 use edgesim::targets::device::{Needs, check_board};
 
 use super::common;
-use super::device::{Lan, in_ns, keygen, until};
+use super::device::{Lan, controller, in_ns, keygen, until};
 
 const VM_ADDR: &str = "10.201.0.31";
 
@@ -233,18 +233,6 @@ async fn start_agent<'a>(
     (child, AgentConn::new(w, r))
 }
 
-/// Runs `f` on a runtime of its own on a thread inside the controller's namespace.
-fn controller<R: Send>(ns: &str, f: impl AsyncFnOnce() -> R + Send) -> R {
-    edgesim::host::ns::run_in(ns, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("test fixture")
-            .block_on(f())
-    })
-    .expect("test fixture")
-}
-
 /// Mean RTT (ms) from namespace board 0 to the VM.
 fn rtt(lan: &Lan, n: u32) -> f64 {
     let out = in_ns(
@@ -277,6 +265,15 @@ fn profile(name: &str) -> edgesim::profile::ProfileSpec {
         .get(name)
         .expect("a shipped profile")
         .clone()
+}
+
+/// Everything in and out of the board dropped (but for the management connection).
+fn isolate() -> Vec<WireBlock> {
+    vec![WireBlock {
+        name: "isolate".into(),
+        from: vec![],
+        to: vec![],
+    }]
 }
 
 fn apply(d: Desired) -> Request {
@@ -349,11 +346,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         // A full partition of the board; its SSH connection carries heartbeats throughout.
         let r = agent
             .call(apply(Desired {
-                blocks: vec![WireBlock {
-                    name: "isolate".into(),
-                    from: vec![],
-                    to: vec![],
-                }],
+                blocks: isolate(),
                 ..Desired::default()
             }))
             .await
@@ -368,11 +361,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
             .call(Request::Apply(Desired {
                 iface: "eth0".into(),
                 lease_ms: 1500,
-                blocks: vec![WireBlock {
-                    name: "isolate".into(),
-                    from: vec![],
-                    to: vec![],
-                }],
+                blocks: isolate(),
                 ..Desired::default()
             }))
             .await
@@ -388,11 +377,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         assert!(agent.call(Request::Hello).await.unwrap().ok);
         let r = agent
             .call(apply(Desired {
-                blocks: vec![WireBlock {
-                    name: "isolate".into(),
-                    from: vec![],
-                    to: vec![],
-                }],
+                blocks: isolate(),
                 ..Desired::default()
             }))
             .await
@@ -479,11 +464,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         let facts: Facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
         let r = agent
             .call(apply(Desired {
-                blocks: vec![WireBlock {
-                    name: "isolate".into(),
-                    from: vec![],
-                    to: vec![],
-                }],
+                blocks: isolate(),
                 ..Desired::default()
             }))
             .await

@@ -577,7 +577,7 @@ impl Drop for Sshd {
 
 /// Runs `f` on a runtime of its own, on a thread inside namespace `ns` (the controller's
 /// laptop): processes it spawns (ssh) live there too.
-fn controller<R: Send>(ns: &str, f: impl AsyncFnOnce() -> R + Send) -> R {
+pub fn controller<R: Send>(ns: &str, f: impl AsyncFnOnce() -> R + Send) -> R {
     edgesim::host::ns::run_in(ns, || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
