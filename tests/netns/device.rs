@@ -987,3 +987,92 @@ fn a_scenario_plan_on_two_boards_gives_the_scenario_links() {
     assert_eq!(lan.leftovers(0), Vec::<String>::new());
     assert_eq!(lan.leftovers(1), Vec::<String>::new());
 }
+
+/// Probes run by the agent from the board itself: a partition on the board shows in their
+/// samples, which come back as the scenario's probes would.
+#[test]
+fn agent_probes_from_the_board_see_its_partition() {
+    let _g = common::serial();
+    if !common::privileged() || !edgesim::testing::program("python", "python3") {
+        return;
+    }
+    let lan = Lan::new("o", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let b = Lan::addr(1);
+    let mut web = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.boards[1],
+            "python3",
+            "-m",
+            "http.server",
+        ])
+        .args(["8080", "--bind", &b])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    until(Duration::from_secs(10), || {
+        !in_ns(&lan.boards[1], &["ss", "-Hltn", "sport", "=", ":8080"])
+            .stdout
+            .is_empty()
+    })
+    .expect("the web server listens");
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let t0 = Instant::now() + Duration::from_millis(100);
+    a.ok(json!({"op": "probes", "startInMs": 100, "durationMs": 2400, "probes": [
+        {"name": "ping-b", "type": "ping", "addr": b, "everyMs": 50, "timeoutMs": 300},
+        {"name": "web-b", "type": "http", "addr": format!("{b}:8080"), "host": b, "path": "/",
+         "expectStatus": 200, "everyMs": 100, "timeoutMs": 300},
+        {"name": "closed", "type": "tcp", "addr": format!("{b}:9"), "everyMs": 200, "timeoutMs": 300}
+    ]}));
+    // From 0.8 s to 1.6 s on the probes' clock, what b sends is dropped on a.
+    std::thread::sleep((t0 + Duration::from_millis(800)).saturating_duration_since(Instant::now()));
+    a.ok(json!({"op": "apply", "iface": "eth0", "leaseMs": 30000,
+        "blocks": [{"name": "partition b-a", "from": [format!("{b}/32")], "to": []}]}));
+    std::thread::sleep(
+        (t0 + Duration::from_millis(1600)).saturating_duration_since(Instant::now()),
+    );
+    a.ok(json!({"op": "revert"}));
+    std::thread::sleep(
+        (t0 + Duration::from_millis(2800)).saturating_duration_since(Instant::now()),
+    );
+    let r = a.ok(json!({"op": "probe-results"}));
+    let samples = r["samples"].as_array().expect("samples per probe");
+    assert_eq!(samples.len(), 3, "{r}");
+    // ok/failed counts in [0, 0.7) s, [0.9, 1.5) s and [1.8, 2.4) s of each probe.
+    let count = |p: usize, from: f64, to: f64| {
+        let v: Vec<bool> = samples[p]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                let t = s["tUs"].as_f64().unwrap() / 1e6;
+                t >= from && t < to
+            })
+            .map(|s| s["ok"].as_bool().unwrap())
+            .collect();
+        (
+            v.iter().filter(|x| **x).count(),
+            v.iter().filter(|x| !**x).count(),
+        )
+    };
+    for p in [0, 1] {
+        let (before, during, after) = (count(p, 0.0, 0.7), count(p, 0.9, 1.5), count(p, 1.8, 2.4));
+        eprintln!("probe {p}: before {before:?}, during {during:?}, after {after:?} (ok, failed)");
+        assert!(before.0 > 0 && before.1 == 0, "{before:?}");
+        assert!(during.0 == 0 && during.1 > 0, "{during:?}");
+        assert!(after.0 > 0 && after.1 == 0, "{after:?}");
+    }
+    let closed = &samples[2].as_array().unwrap()[0];
+    assert_eq!(closed["ok"], false);
+    assert!(
+        closed["error"].as_str().unwrap().contains("refused"),
+        "{closed}"
+    );
+    a.ok(json!({"op": "bye"}));
+    let _ = web.kill();
+    let _ = web.wait();
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+}

@@ -19,7 +19,12 @@
 //!   previous state; tc classes that did not change are left alone (a netem queue in flight
 //!   is not flushed by an unrelated partition);
 //! - `heartbeat`: nothing but a renewal of the lease (any request renews it);
-//! - `revert`: everything back as it was; `bye`: revert and exit.
+//! - `revert`: everything back as it was; `bye`: revert and exit;
+//! - `probes` with a [`ProbeRun`]: ping, TCP and HTTP probes run from the board itself by the
+//!   same probe code as on every target, on a grid that starts `startInMs` from now (the
+//!   controller's timeline start, less the round trip that carried the request); they change
+//!   nothing on the board and end with their duration or the session; `probe-results`: every
+//!   sample so far, per probe (offsets from the grid's start).
 //!
 //! Unprompted, the agent may write one event line, `{"event": "lease-expired", …}`, before
 //! it exits.
@@ -89,6 +94,202 @@ pub enum Request {
     Apply(Desired),
     Revert,
     Bye,
+    /// Start probes from the board itself (replacing any that run), their grid starting
+    /// `startInMs` from now and ending `durationMs` later.
+    Probes(ProbeRun),
+    /// The samples of the probes so far (all of them, each time).
+    ProbeResults,
+}
+
+/// Probes for the agent to run from the board, with the same probe code as the other
+/// targets (so every packet leaves the board's own network stack).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeRun {
+    pub probes: Vec<WireProbe>,
+    pub start_in_ms: u64,
+    pub duration_ms: u64,
+}
+
+/// One probe on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireProbe {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: WireProbeKind,
+    pub every_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum WireProbeKind {
+    Ping {
+        addr: std::net::Ipv4Addr,
+    },
+    Tcp {
+        addr: std::net::SocketAddrV4,
+    },
+    #[serde(rename_all = "camelCase")]
+    Http {
+        addr: std::net::SocketAddrV4,
+        host: String,
+        path: String,
+        expect_status: Option<u16>,
+    },
+}
+
+impl WireProbe {
+    /// A plan's probe as the agent runs it.
+    pub fn of(p: &crate::scenario::plan::Probe) -> WireProbe {
+        use crate::scenario::plan::ProbeKind as K;
+        WireProbe {
+            name: p.name.clone(),
+            kind: match &p.kind {
+                K::Ping { addr, .. } => WireProbeKind::Ping { addr: *addr },
+                K::Tcp { addr, .. } => WireProbeKind::Tcp { addr: *addr },
+                K::Http {
+                    addr,
+                    host,
+                    path,
+                    expect_status,
+                    ..
+                } => WireProbeKind::Http {
+                    addr: *addr,
+                    host: host.clone(),
+                    path: path.clone(),
+                    expect_status: *expect_status,
+                },
+            },
+            every_ms: p.every.as_millis() as u64,
+            timeout_ms: p.timeout.as_millis() as u64,
+        }
+    }
+
+    fn to_plan(&self) -> crate::scenario::plan::Probe {
+        use crate::scenario::plan::ProbeKind as K;
+        crate::scenario::plan::Probe {
+            name: self.name.clone(),
+            from: 0,
+            kind: match &self.kind {
+                WireProbeKind::Ping { addr } => K::Ping {
+                    target: addr.to_string(),
+                    addr: *addr,
+                },
+                WireProbeKind::Tcp { addr } => K::Tcp {
+                    target: addr.to_string(),
+                    addr: *addr,
+                },
+                WireProbeKind::Http {
+                    addr,
+                    host,
+                    path,
+                    expect_status,
+                } => K::Http {
+                    url: format!("http://{host}{path}"),
+                    target: addr.to_string(),
+                    addr: *addr,
+                    path: path.clone(),
+                    host: host.clone(),
+                    expect_status: *expect_status,
+                },
+            },
+            every: Duration::from_millis(self.every_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+}
+
+/// One probe attempt on the wire: microseconds from the probes' start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireSample {
+    pub t_us: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl WireSample {
+    pub fn sample(&self) -> crate::probe::Sample {
+        crate::probe::Sample {
+            t: Duration::from_micros(self.t_us),
+            ok: self.ok,
+            rtt: self.rtt_us.map(Duration::from_micros),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The probes an agent runs (stopped when it is dropped, with the session).
+#[derive(Default)]
+struct Probing {
+    sockets: Option<crate::host::ns::SocketFactory>,
+    logs: Vec<crate::probe::ProbeLog>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Probing {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Probing {
+    fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+
+    fn start(&mut self, run: &ProbeRun) -> std::result::Result<(), String> {
+        self.stop();
+        if self.sockets.is_none() {
+            let fd = std::fs::File::open("/proc/self/ns/net")
+                .map_err(|e| format!("opening this board's network namespace: {e}"))?;
+            self.sockets = Some(
+                crate::host::ns::SocketFactory::start(fd.into(), "board")
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let sockets = self.sockets.clone().unwrap_or_else(|| unreachable!());
+        let t0 = tokio::time::Instant::now() + Duration::from_millis(run.start_in_ms);
+        let until = Duration::from_millis(run.duration_ms);
+        self.logs = run
+            .probes
+            .iter()
+            .map(|_| crate::probe::ProbeLog::new())
+            .collect();
+        for (p, log) in run.probes.iter().zip(&self.logs) {
+            let (p, log, sockets) = (p.to_plan(), log.clone(), sockets.clone());
+            self.tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::probe::run(&p, sockets, t0, until, log, None).await {
+                    tracing::warn!("{e}");
+                }
+            }));
+        }
+        Ok(())
+    }
+
+    fn results(&self) -> Vec<Vec<WireSample>> {
+        self.logs
+            .iter()
+            .map(|l| {
+                l.samples()
+                    .into_iter()
+                    .map(|s| WireSample {
+                        t_us: s.t.as_micros() as u64,
+                        ok: s.ok,
+                        rtt_us: s.rtt.map(|r| r.as_micros() as u64),
+                        error: s.error,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// The faults a board's own traffic should be under.
@@ -194,6 +395,9 @@ pub struct Reply {
     /// After `revert` or `bye`: what was undone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reverted: Vec<String>,
+    /// After `probe-results`: each probe's samples, in the order of `probes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<Vec<WireSample>>>,
 }
 
 /// A line the agent writes unasked, just before it exits.
@@ -698,6 +902,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut lines = input.lines();
+    let mut probing = Probing::default();
     let mut lease = DEFAULT_LEASE;
     let mut last = Instant::now();
     loop {
@@ -747,6 +952,12 @@ where
         match msg.request {
             Request::Hello => reply.facts = Some(board.facts().await),
             Request::Heartbeat => {}
+            Request::Probes(run) => {
+                if let Err(e) = probing.start(&run) {
+                    reply = Reply::error(msg.id, e);
+                }
+            }
+            Request::ProbeResults => reply.samples = Some(probing.results()),
             Request::Apply(d) => {
                 lease = Duration::from_millis(d.lease_ms.max(100));
                 let t = Instant::now();
@@ -788,6 +999,7 @@ impl Reply {
             facts: None,
             applied_us: None,
             reverted: Vec::new(),
+            samples: None,
         }
     }
 
