@@ -212,10 +212,10 @@ fn host(dir: &Path, board: &Path, user: &str) -> InventoryHost {
 /// An agent started on the board over the master connection.
 type Conn = AgentConn<openssh::ChildStdin, openssh::ChildStdout>;
 
-async fn start_agent<'a>(
-    board: &'a Board,
+async fn start_agent(
+    board: &Board,
     bin: &Path,
-) -> (openssh::Child<&'a openssh::Session>, Conn) {
+) -> (openssh::Child<std::sync::Arc<openssh::Session>>, Conn) {
     let remote = board.upload_agent(bin).await.expect("uploads");
     let mut child = board
         .agent_command(&remote, None)

@@ -665,7 +665,7 @@ fn over_ssh_the_management_connection_survives_a_full_partition_of_its_board() {
         let after = board.sh("echo ok").await.unwrap();
         drop(agent);
         let _ = child.wait().await;
-        board.session.close().await.unwrap();
+        board.close().await.unwrap();
         (facts, during, after)
     });
     // This "board" is the test host: checked against the Pi profile the inventory gives it,

@@ -63,7 +63,8 @@ impl Default for ConnectOptions {
 /// A board reached over SSH.
 pub struct Board {
     pub host: InventoryHost,
-    pub session: Session,
+    /// Shared with the agent's command, which outlives the borrow of a `&Board`.
+    pub session: std::sync::Arc<Session>,
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -128,7 +129,7 @@ pub async fn connect(h: &InventoryHost, opts: &ConnectOptions) -> Result<Board, 
     })?;
     Ok(Board {
         host: h.clone(),
-        session,
+        session: std::sync::Arc::new(session),
     })
 }
 
@@ -185,14 +186,14 @@ impl Board {
         &self,
         path: &str,
         state: Option<&str>,
-    ) -> Result<openssh::OwningCommand<&Session>, TransportError> {
+    ) -> Result<openssh::OwningCommand<std::sync::Arc<Session>>, TransportError> {
         let probe = format!(
             "if [ \"$(id -u)\" = 0 ]; then echo root; elif [ -x {LAUNCHER} ]; then echo launcher; else echo none; fi"
         );
         let mut cmd = match self.sh(&probe).await?.trim() {
-            "root" => self.session.command(path),
+            "root" => Session::to_command(self.session.clone(), path),
             "launcher" => {
-                let mut c = self.session.command(LAUNCHER);
+                let mut c = Session::to_command(self.session.clone(), LAUNCHER);
                 c.args([
                     "--inh=cap_net_admin",
                     "--addamb=cap_net_admin",
@@ -215,6 +216,24 @@ impl Board {
             cmd.arg("--state").arg(s);
         }
         Ok(cmd)
+    }
+
+    /// The board's machine (`uname -m`: `aarch64`, `x86_64`).
+    pub async fn machine(&self) -> Result<String, TransportError> {
+        Ok(self.sh("uname -m").await?.trim().to_string())
+    }
+
+    /// Closes the master connection (the agent's session must have ended).
+    pub async fn close(self) -> Result<(), TransportError> {
+        match std::sync::Arc::try_unwrap(self.session) {
+            Ok(s) => s.close().await.map_err(|e| TransportError::Remote {
+                host: self.host.name.clone(),
+                what: "closing the connection".into(),
+                detail: chain(&e),
+            }),
+            // Still shared: the connection closes when its last user drops it.
+            Err(_) => Ok(()),
+        }
     }
 
     /// Makes sure the agent binary `local` is on the board (uploaded once per content hash)
