@@ -380,7 +380,10 @@ fn actions(rounds: usize) -> Result<()> {
         nft_children_settled();
 
         // nft CPU per process: prepared and dropped (start-up + exit) against committed.
-        let fw = edgesim::host::nft::Firewall::new(&lab.fabric().names.fabric, "edgesim")?;
+        let fw = edgesim::host::nft::Firewall::new(
+            &lab.fabric().expect("a netns lab").names.fabric,
+            "edgesim",
+        )?;
         let rs = Shaper::ruleset(
             &plan,
             &plan.baseline_links(),

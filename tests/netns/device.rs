@@ -485,7 +485,7 @@ impl Sshd {
         )
         .expect("test fixture");
         let cfg = format!(
-            "Port 22\nListenAddress {addr}\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n",
+            "Port 22\nListenAddress {addr}\nHostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel FATAL\n",
             hk = d.join("host_key").display(),
             pid = d.join("sshd.pid").display(),
             ak = d.join("authorized_keys").display(),
@@ -1075,4 +1075,106 @@ fn agent_probes_from_the_board_see_its_partition() {
     let _ = web.kill();
     let _ = web.wait();
     assert_eq!(lan.leftovers(0), Vec::<String>::new());
+}
+
+/// A profile shaped like this host, so namespace boards (which are this host) pass the
+/// pre-run check the way a real Pi passes its own profile.
+fn this_host_profile(dir: &Path) -> PathBuf {
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .expect("test fixture")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("test fixture");
+    let cores = std::thread::available_parallelism()
+        .expect("test fixture")
+        .get();
+    let arch = if std::env::consts::ARCH == "aarch64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let pdir = dir.join("profiles");
+    std::fs::create_dir_all(&pdir).expect("test fixture");
+    std::fs::write(
+        pdir.join("this-host.yaml"),
+        format!(
+            "apiVersion: edgesim.dev/v1alpha1\nkind: HardwareProfile\nmetadata:\n  name: this-host\n  description: the test host as a board\nspec:\n  arch: {arch}\n  cpu: {{model: test host, cores: {cores}, clockGHz: 2.0, relativeSpeed: 1.0}}\n  memory: {{total: {mem_kib}Ki, reserved: 256Mi}}\n  storage: {{kind: nvme, readMBps: 1000, writeMBps: 1000, readIops: 10000, writeIops: 10000}}\n  network: {{nic: 1gbit}}\n  kernel: {{netem: false}}\n"
+        ),
+    )
+    .expect("test fixture");
+    pdir
+}
+
+/// The quickstart's network and timeline on three namespace boards, each with a real sshd
+/// and its own agent: `edgesim run --target device --inventory` gives the verdicts netns
+/// gives, and every board is left clean.
+#[test]
+fn a_scenario_runs_on_boards_with_the_device_target() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("t", 3);
+    let names = ["sink", "gw-1", "gw-2"];
+    let sshds: Vec<Sshd> = (0..3)
+        .map(|i| Sshd::start(&lan.boards[i], &Lan::addr(i)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv =
+        String::from("all:\n  vars: {ansible_user: root, edgesim_profile: this-host}\n  hosts:\n");
+    for (name, s) in names.iter().zip(&sshds) {
+        let d = s.dir.path();
+        inv.push_str(&format!(
+            "    {name}:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n",
+            s.addr,
+            d.join("user_key").display(),
+            d.join("known_hosts").display()
+        ));
+    }
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(&inventory, inv).unwrap();
+    let profiles = this_host_profile(dir.path());
+    let scenario = dir.path().join("boards.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: boards}\nspec:\n  seed: 7\n  duration: 8s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, loss: 0.5%, rate: 20mbit}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw, count: 2, site: factory, profile: this-host}\n  timeline:\n    - {at: 2s, partition: {name: uplink-cut, between: [[site/factory], [site/cloud]]}}\n    - {at: 5s, heal: {name: uplink-cut}}\n  probes:\n    - {name: uplink, from: gw-1, ping: sink, every: 100ms}\n    - {name: ssh, from: gw-1, tcp: \"sink:22\", every: 100ms, timeout: 300ms}\n    - {name: lan, from: gw-1, ping: gw-2, every: 100ms}\n  assertions:\n    - {name: cut-while-partitioned, probe: uplink, during: 2.5s..5s, expect: \"success_rate == 0%\"}\n    - {name: ssh-cut-too, probe: ssh, during: 2.5s..5s, expect: \"success_rate == 0%\"}\n    - {name: back-after-heal, probe: uplink, during: 6s..end, expect: \"success_rate >= 90%\"}\n    - {name: ssh-back, probe: ssh, during: 6s..end, expect: \"success_rate >= 90%\"}\n    - {name: factory-lan-unaffected, probe: lan, expect: \"success_rate == 100%\"}\n",
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let state_dir = dir.path().join("state");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, BIN, "run", "--target", "device"])
+        .arg("--inventory")
+        .arg(&inventory)
+        .arg("--profiles")
+        .arg(&profiles)
+        .arg("--report")
+        .arg(&report)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(&scenario)
+        .env("EDGESIM_AGENT_X86_64", BIN)
+        .env("EDGESIM_STATE_DIR", &state_dir)
+        .env("EDGESIM_HOST_SPEED", "1.0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "the scenario passes on boards");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["target"], "device", "{r}");
+    let verdicts = r["assertions"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 5);
+    assert!(
+        verdicts.iter().all(|v| v["passed"] == true),
+        "{verdicts:#?}"
+    );
+    for i in 0..3 {
+        assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
+    }
+    assert!(
+        std::fs::read_dir(&state_dir).map_or(true, |mut d| d.next().is_none()),
+        "the state file is gone"
+    );
 }

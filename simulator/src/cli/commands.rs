@@ -9,7 +9,11 @@ use edgesim::scenario::{self, Capabilities, LoadError, Overrides, Plan, Validate
 
 use super::{Cli, Command, EXIT_INFRA, EXIT_INVALID, EXIT_PASS, Output, TargetArg};
 
+/// `--inventory`, for the device target's validation.
+static INVENTORY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
 pub fn dispatch(cli: Cli) -> u8 {
+    let _ = INVENTORY.set(cli.inventory.clone());
     let profile_dirs: Vec<PathBuf> = cli
         .profile_dirs
         .iter()
@@ -53,7 +57,10 @@ pub fn resolve_plan(target: TargetArg, plan: &Plan) -> Result<Option<edgesim::ta
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match rt.block_on(edgesim::targets::resolve(target.kind(), plan)) {
+    let opts = edgesim::targets::ResolveOptions {
+        inventory: INVENTORY.get().cloned().flatten(),
+    };
+    match rt.block_on(edgesim::targets::resolve(target.kind(), plan, &opts)) {
         Ok(r) => Ok(Some(r)),
         Err(items) => {
             let n = items.len();

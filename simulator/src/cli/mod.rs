@@ -49,6 +49,10 @@ pub struct Cli {
     /// Extra directories of hardware profiles (also EDGESIM_PROFILES, `:`-separated).
     #[arg(long = "profiles", global = true, value_name = "DIR")]
     pub profile_dirs: Vec<PathBuf>,
+    /// The boards of the `device` target: an Ansible YAML inventory (each host with
+    /// `edgesim_profile`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +73,8 @@ pub enum TargetArg {
     Netns,
     /// One container per node through the Docker Engine (needs root and a Docker daemon).
     Docker,
+    /// Physical boards over SSH, from `--inventory` (each runs edgesim's agent).
+    Device,
 }
 
 impl TargetArg {
@@ -76,6 +82,7 @@ impl TargetArg {
         match self {
             TargetArg::Netns => edgesim::targets::TargetKind::Netns,
             TargetArg::Docker => edgesim::targets::TargetKind::Docker,
+            TargetArg::Device => edgesim::targets::TargetKind::Device,
         }
     }
 }

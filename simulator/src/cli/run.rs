@@ -214,7 +214,10 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
     if invalid {
         return Ok(EXIT_INVALID);
     }
-    require_root("edgesim run")?;
+    if args.target != TargetArg::Device {
+        // The device target changes nothing on this host (its state file aside).
+        require_root("edgesim run")?;
+    }
     let rt = runtime()?;
     let several = plans.len() > 1;
     rt.block_on(async move {
@@ -305,6 +308,12 @@ fn up(
     out: Option<PathBuf>,
     profile_dirs: &[PathBuf],
 ) -> Result<u8> {
+    if target == TargetArg::Device {
+        errln!(
+            "error: `edgesim up` does not keep labs of boards yet; `edgesim run --target device` runs a scenario on them"
+        );
+        return Ok(EXIT_INVALID);
+    }
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(target)?;
     let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {

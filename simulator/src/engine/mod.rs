@@ -180,10 +180,7 @@ impl Ctx {
 /// returns its report. Never leaves anything behind: the lab is torn down whatever happens
 /// (the report lists what could not be).
 pub async fn run(plan: Arc<Plan>, resolved: Resolved, mut opts: RunOptions) -> Report {
-    let target = match &resolved {
-        Resolved::Netns(_) => targets::TargetKind::Netns,
-        Resolved::Docker(_) => targets::TargetKind::Docker,
-    };
+    let target = resolved.kind();
     let mut cx = Ctx {
         report: Report::new(&plan, &opts.run_id, target.name()),
         progress: opts.progress.clone(),
@@ -256,14 +253,14 @@ pub async fn run(plan: Arc<Plan>, resolved: Resolved, mut opts: RunOptions) -> R
     if let Some(m) = &opts.metrics {
         m.set_nodes_up(plan.nodes.len());
     }
-    let userspace = lab.faults().userspace();
+    let userspace = lab.userspace();
     cx.report.mechanism = if userspace {
         "userspace (linkem)".into()
     } else {
         "kernel (tc, nftables)".into()
     };
     if let Some(m) = &opts.metrics {
-        m.set_link_stats(lab.faults().emulator_stats_source());
+        m.set_link_stats(lab.faults().and_then(|f| f.emulator_stats_source()));
     }
     cx.report.links = plan
         .links
@@ -314,7 +311,7 @@ pub async fn run(plan: Arc<Plan>, resolved: Resolved, mut opts: RunOptions) -> R
     };
     // The log outlives the lab: teardown's stops (and how workloads exited) are recorded too.
     let workload_log = lab.events();
-    cx.report.linkem = lab.faults().emulator_stats();
+    cx.report.linkem = lab.faults().map(|f| f.emulator_stats()).unwrap_or_default();
     let t = Instant::now();
     let errors = lab.teardown(grace).await;
     cx.report.workloads = {
@@ -383,7 +380,9 @@ async fn play(
             wanted.extend(nodes.iter().copied());
         }
     }
-    for n in wanted {
+    // (Remote probes run on the nodes themselves: no factories.)
+    let remote = lab.remote_probes();
+    for n in wanted.into_iter().filter(|_| !remote) {
         if let std::collections::btree_map::Entry::Vacant(e) = factories.entry(n) {
             match lab.sockets(n) {
                 Ok(f) => {
@@ -403,7 +402,13 @@ async fn play(
 
     let mut probe_tasks = Vec::new();
     let mut logs: Vec<ProbeLog> = Vec::new();
-    for p in plan.probes.iter() {
+    if remote {
+        logs = plan.probes.iter().map(|_| ProbeLog::new()).collect();
+        if let Err(e) = lab.start_probes(t0_tokio).await {
+            return (Some(lab), Err(e.to_string()));
+        }
+    }
+    for p in plan.probes.iter().filter(|_| !remote) {
         let Some(f) = factories.get(&p.from).cloned() else {
             continue;
         };
@@ -489,6 +494,21 @@ async fn play(
         }
     };
     cx.report.journal = journal;
+    let mut lab = lab;
+    if remote {
+        if !interrupted {
+            // The last attempts end at most one timeout after the timeline.
+            let last = plan
+                .probes
+                .iter()
+                .map(|p| p.timeout)
+                .max()
+                .unwrap_or_default();
+            tokio::time::sleep_until(end + last + Duration::from_millis(100)).await;
+        }
+        let notes = lab.collect_probes(&logs).await;
+        cx.report.notes.extend(notes);
+    }
     if interrupted {
         for t in &probe_tasks {
             t.abort();

@@ -4,6 +4,8 @@
 //! - [`netns`] (default): network namespaces and cgroups on this host; workloads are processes.
 //! - [`docker`]: one container per node (Docker Engine API), joined to the same fabric;
 //!   workloads are containers and processes inside the node containers.
+//! - [`device`]: physical boards from an inventory, over SSH, each with its own agent that
+//!   applies the board's share of the faults under a lease ([`device::lab`]).
 //!
 //! What every target shares lives outside them: the network ([`crate::fabric`]), the faults
 //! and their journal ([`crate::faults`]), workload supervision ([`crate::workload`]), the
@@ -48,15 +50,17 @@ pub enum TargetKind {
     #[default]
     Netns,
     Docker,
+    Device,
 }
 
 impl TargetKind {
-    pub const ALL: [TargetKind; 2] = [TargetKind::Netns, TargetKind::Docker];
+    pub const ALL: [TargetKind; 3] = [TargetKind::Netns, TargetKind::Docker, TargetKind::Device];
 
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Netns => "netns",
             TargetKind::Docker => "docker",
+            TargetKind::Device => "device",
         }
     }
 }
@@ -171,7 +175,7 @@ pub async fn probe_for(kind: Option<TargetKind>) -> HostProbe {
         .is_ok_and(|s| s.lines().next() == Some("enabled"));
     let docker = match kind {
         None | Some(TargetKind::Docker) => docker::probe().await,
-        Some(TargetKind::Netns) => Err("not probed (netns run)".into()),
+        Some(TargetKind::Netns | TargetKind::Device) => Err("not probed (not a docker run)".into()),
     };
     HostProbe {
         root,
@@ -257,10 +261,16 @@ fn fabric_rows(c: &mut Capabilities, p: &HostProbe) {
 /// enforces and `doctor` prints.
 pub fn capabilities(kind: TargetKind, p: &HostProbe) -> Capabilities {
     let mut c = Capabilities::new(kind.name());
-    fabric_rows(&mut c, p);
     match kind {
-        TargetKind::Netns => netns_rows(&mut c, p),
-        TargetKind::Docker => docker::rows(&mut c, p),
+        TargetKind::Netns => {
+            fabric_rows(&mut c, p);
+            netns_rows(&mut c, p);
+        }
+        TargetKind::Docker => {
+            fabric_rows(&mut c, p);
+            docker::rows(&mut c, p);
+        }
+        TargetKind::Device => device::rows(&mut c),
     }
     c
 }
@@ -350,6 +360,8 @@ pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
     match kind {
         TargetKind::Netns => base,
         TargetKind::Docker => base && p.docker.is_ok(),
+        // The controller needs ssh; what each board can do is checked against it at the run.
+        TargetKind::Device => crate::testing::have_program("ssh"),
     }
 }
 
@@ -362,6 +374,23 @@ pub async fn capabilities_here(kind: TargetKind) -> Capabilities {
 pub enum Resolved {
     Netns(netns::Programs),
     Docker(docker::Images),
+    Device(device::lab::Bound),
+}
+
+impl Resolved {
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Resolved::Netns(_) => TargetKind::Netns,
+            Resolved::Docker(_) => TargetKind::Docker,
+            Resolved::Device(_) => TargetKind::Device,
+        }
+    }
+}
+
+/// What resolving needs beyond the plan: the device target's inventory.
+#[derive(Debug, Clone, Default)]
+pub struct ResolveOptions {
+    pub inventory: Option<PathBuf>,
 }
 
 /// The target's own validation of a plan: every workload resolved to what it runs (a host
@@ -370,10 +399,14 @@ pub enum Resolved {
 pub async fn resolve(
     kind: TargetKind,
     plan: &Plan,
+    opts: &ResolveOptions,
 ) -> std::result::Result<Resolved, Vec<Diagnostic>> {
     match kind {
         TargetKind::Netns => netns::resolve(plan).map(Resolved::Netns),
         TargetKind::Docker => docker::resolve(plan).await.map(Resolved::Docker),
+        TargetKind::Device => device::lab::resolve(plan, opts.inventory.as_deref())
+            .await
+            .map(Resolved::Device),
     }
 }
 
@@ -381,6 +414,7 @@ pub async fn resolve(
 pub enum Lab {
     Netns(Box<netns::NetnsLab>),
     Docker(Box<docker::DockerLab>),
+    Device(Box<device::lab::DeviceLab>),
 }
 
 /// A provisioning failure: the error, and what was created (the caller tears it down).
@@ -393,6 +427,7 @@ pub struct ProvisionFailure {
 pub enum Partial {
     Netns(netns::Partial),
     Docker(docker::Partial),
+    Device(device::lab::Partial),
 }
 
 impl Partial {
@@ -400,6 +435,7 @@ impl Partial {
         match self {
             Partial::Netns(p) => p.teardown().await,
             Partial::Docker(p) => p.teardown().await,
+            Partial::Device(p) => p.teardown().await,
         }
     }
 }
@@ -412,11 +448,14 @@ pub struct LabOptions {
     pub emulator: EmulatorOptions,
 }
 
+/// The targets whose network is a [`crate::fabric`] on this host (netns, docker); `$other`
+/// for the device target.
 macro_rules! each {
-    ($self:expr, $l:ident => $e:expr) => {
+    ($self:expr, $l:ident => $e:expr, $d:ident => $other:expr) => {
         match $self {
             Lab::Netns($l) => $e,
             Lab::Docker($l) => $e,
+            Lab::Device($d) => $other,
         }
     };
 }
@@ -461,6 +500,18 @@ impl Lab {
                         })
                     })
             }
+            Resolved::Device(bound) => {
+                device::lab::DeviceLab::provision(plan, bound, run_id, mode, out_dir)
+                    .await
+                    .map(|l| Lab::Device(Box::new(l)))
+                    .map_err(|e| {
+                        let (error, partial) = *e;
+                        Box::new(ProvisionFailure {
+                            error,
+                            partial: Partial::Device(partial),
+                        })
+                    })
+            }
         }
     }
 
@@ -468,16 +519,18 @@ impl Lab {
         match self {
             Lab::Netns(_) => TargetKind::Netns,
             Lab::Docker(_) => TargetKind::Docker,
+            Lab::Device(_) => TargetKind::Device,
         }
     }
 
     pub fn state(&self) -> &RunState {
-        each!(self, l => &l.state)
+        each!(self, l => &l.state, d => &d.state)
     }
 
-    /// The run's network: namespace handles and interface indexes.
-    pub fn fabric(&self) -> &crate::fabric::Fabric {
-        each!(self, l => &l.fabric)
+    /// The run's network on this host (namespace handles and interface indexes); none for
+    /// boards.
+    pub fn fabric(&self) -> Option<&crate::fabric::Fabric> {
+        each!(self, l => Some(&l.fabric), _d => None)
     }
 
     /// Starts every workload and waits until each has launched (so the pids in the state
@@ -489,38 +542,62 @@ impl Lab {
             l.nodes.supervisor.launched().await;
             let (fabric, sockets) = (&l.fabric, &mut l.sockets);
             wait_ports(&l.plan, |n| crate::fabric::node_sockets(fabric, sockets, n)).await
-        })
+        }, _d => Ok(()))
     }
 
     /// Marks the lab ready in its state file (for `up`, `exec`).
     pub fn mark_ready(&mut self) -> Result<()> {
-        each!(self, l => l.mark_ready())
+        each!(self, l => l.mark_ready(), d => d.mark_ready())
+    }
+
+    /// Whether probes run on the nodes themselves ([`Lab::start_probes`]) rather than from
+    /// this process through [`Lab::sockets`].
+    pub fn remote_probes(&self) -> bool {
+        matches!(self, Lab::Device(_))
     }
 
     /// A socket factory inside node `node`'s network namespace, for probes and scrapes.
     pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
-        each!(self, l => crate::fabric::node_sockets(&l.fabric, &mut l.sockets, node))
+        each!(self, l => crate::fabric::node_sockets(&l.fabric, &mut l.sockets, node),
+            _d => Err(HostError::other("opening sockets in", format!("node {node}"), "a board's probes run on the board")))
+    }
+
+    /// Starts the probes on the nodes (remote probes only), on a grid from `t0`.
+    pub async fn start_probes(&mut self, t0: tokio::time::Instant) -> Result<()> {
+        each!(self, _l => Ok(()), d => d.start_probes(t0).await)
+    }
+
+    /// The samples of remote probes, into `logs` (one per plan probe); problems as notes.
+    pub async fn collect_probes(&mut self, logs: &[crate::probe::ProbeLog]) -> Vec<String> {
+        each!(self, _l => Vec::new(), d => d.collect_probes(logs).await)
     }
 
     /// Work to do before an action's scheduled instant (see [`Faults::prepare`]).
     pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
-        each!(self, l => l.faults.prepare(action))
+        each!(self, l => l.faults.prepare(action), _d => None)
     }
 
     /// Applies one timeline action: the fault module, on the lab's fabric and its target's
-    /// node operations.
+    /// node operations (on boards: their agents).
     pub async fn apply(&mut self, action: &ActionKind, prepared: Option<Prepared>) -> Result<()> {
-        each!(self, l => l.faults.apply(action, prepared, &l.fabric, &mut l.nodes).await)
+        each!(self, l => l.faults.apply(action, prepared, &l.fabric, &mut l.nodes).await,
+            d => d.apply(action).await)
     }
 
-    /// The fault state: what is in force, link statistics of the userspace emulator.
-    pub fn faults(&self) -> &Faults {
-        each!(self, l => &l.faults)
+    /// The fault state of a lab on this host: what is in force, link statistics of the
+    /// userspace emulator (none for boards).
+    pub fn faults(&self) -> Option<&Faults> {
+        each!(self, l => Some(&l.faults), _d => None)
+    }
+
+    /// Whether the userspace link emulator carries the links.
+    pub fn userspace(&self) -> bool {
+        self.faults().is_some_and(Faults::userspace)
     }
 
     /// The workloads' event log (starts, exits, restarts, signals).
     pub fn events(&self) -> EventLog {
-        each!(self, l => l.nodes.supervisor.log.clone())
+        each!(self, l => l.nodes.supervisor.log.clone(), d => d.log.clone())
     }
 
     /// Limits node `n` is held to now, read back from the kernel (or the daemon).
@@ -528,12 +605,17 @@ impl Lab {
         match self {
             Lab::Netns(l) => l.read_limits(n),
             Lab::Docker(l) => l.read_limits(n).await,
+            Lab::Device(_) => Err(HostError::other(
+                "reading the limits of",
+                format!("node {n}"),
+                "a board's resources are its own",
+            )),
         }
     }
 
     /// Reverts every fault, stops workloads, removes everything. Keeps going past errors.
     pub async fn teardown(self, grace: Duration) -> Vec<String> {
-        each!(self, l => l.teardown(grace).await)
+        each!(self, l => l.teardown(grace).await, d => d.teardown().await)
     }
 }
 
@@ -544,6 +626,7 @@ pub async fn cleanup(state: &RunState) -> Vec<String> {
     match &state.target {
         TargetState::Netns(_) => netns::cleanup_state(state).await,
         TargetState::Docker(_) => docker::cleanup_state(state).await,
+        TargetState::Device(_) => device::lab::cleanup_state(state).await,
     }
 }
 
@@ -563,6 +646,11 @@ pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32>
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
         }
         TargetState::Docker(_) => docker::exec(state, node, argv).await,
+        TargetState::Device(_) => Err(HostError::other(
+            "running a command on",
+            state.nodes[node].name.clone(),
+            "use ssh to reach a board",
+        )),
     }
 }
 

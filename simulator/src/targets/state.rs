@@ -47,6 +47,7 @@ pub struct NodeState {
 pub enum TargetState {
     Netns(super::netns::NetnsState),
     Docker(super::docker::DockerState),
+    Device(super::device::lab::DeviceState),
 }
 
 impl TargetState {
@@ -54,6 +55,7 @@ impl TargetState {
         match self {
             TargetState::Netns(_) => "netns",
             TargetState::Docker(_) => "docker",
+            TargetState::Device(_) => "device",
         }
     }
 }

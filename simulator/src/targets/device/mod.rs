@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod inventory;
+pub mod lab;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -100,6 +101,70 @@ pub fn desired_for(
         }
     }
     d
+}
+
+/// What the device target does, and what boards cannot reproduce, for validation and
+/// `doctor`. Every board is checked against its profile and the scenario's needs (netem,
+/// htb, nftables) when the run starts, before anything changes.
+pub fn rows(c: &mut crate::caps::Capabilities) {
+    use crate::caps::{Feature as F, Support as S};
+    let netem =
+        "tc netem on the sending board (a board without sch_netem is refused before the run)";
+    c.set(
+        F::Partition,
+        S::Exact,
+        "nftables on the receiving board (the agent, under a lease); its management SSH stays up",
+    );
+    c.set(
+        F::Loss,
+        S::Exact,
+        "nftables numgen on the receiving board (netem on the sender when correlated)",
+    );
+    c.set(
+        F::Rate,
+        S::Emulated,
+        "htb on each sending board, per destination: a site uplink shared by several boards is \
+         not one bottleneck (each board gets the whole rate), so verdicts that depend on boards \
+         competing for an uplink may differ from netns",
+    );
+    c.set(F::Delay, S::Exact, netem);
+    c.set(F::BurstLoss, S::Exact, netem);
+    c.set(F::DuplicateCorruptReorder, S::Exact, netem);
+    c.set(
+        F::FlapTrace,
+        S::Exact,
+        "the same mechanisms, changed on schedule",
+    );
+    c.set(
+        F::Deterministic,
+        S::Unavailable,
+        "boards use their kernels' netem and nftables (seeded, not replayable packet for packet)",
+    );
+    c.set(
+        F::NodeIsolate,
+        S::Exact,
+        "everything to and from the board dropped on the boards, but its management SSH",
+    );
+    let workloads = "workloads on boards are not started by edgesim yet (deploy them with K3s and Flux, ansible/, and probe them)";
+    for f in [F::NodeFreeze, F::NodePoweroff, F::KillRestart] {
+        c.set(f, S::Unavailable, workloads);
+    }
+    for f in [F::Cpu, F::Memory, F::BlockIo] {
+        c.set(
+            f,
+            S::Unavailable,
+            "a board's CPU, memory and storage are its own: checked against the profile before the run, not changed",
+        );
+    }
+    for f in [F::AppWorkload, F::CommandWorkload, F::ImageWorkload] {
+        c.set(f, S::Unavailable, workloads);
+    }
+    c.set(
+        F::Arm64Emulation,
+        S::Unavailable,
+        "boards run their own architecture",
+    );
+    c.netem_hint = "a board without sch_netem cannot carry delay: load the module (ansible/prepare-board.yml), or leave delay off its links".into();
 }
 
 /// What a scenario asks of a board's kernel and privileges.

@@ -1,0 +1,793 @@
+//! The `device` target's lab: a scenario's nodes are boards from an inventory, each driven by
+//! its own `edgesim agent` over SSH.
+//!
+//! - **Resolve** (before anything changes): the inventory is read, every node bound to a
+//!   host (by name, then by profile), every board's address known, an agent binary found for
+//!   every architecture the profiles name; what boards cannot do in this version (workloads,
+//!   metric assertions, the userspace emulator) is refused with the scenario's position.
+//! - **Provision**: every board is reached (in parallel), the agent uploaded (once per
+//!   content hash) and started; its facts are checked against the node's profile and what the
+//!   scenario needs, every mismatch of every board reported at once, before any fault is
+//!   installed. Then the state file names the boards, and each board gets the baseline.
+//! - **Faults**: the lab keeps the live link parameters, partitions and isolated nodes; after
+//!   each action every board gets its whole desired state again ([`super::desired_for`]:
+//!   the sender shapes, the receiver drops), in parallel. A heartbeat renews every board's
+//!   lease once a second; when the controller is gone the boards revert by themselves.
+//! - **Probes** run on the boards (the agent's `probes`), from the board's own stack, with the
+//!   scenario's addresses replaced by the boards' real ones; their samples come back at the
+//!   end of the timeline.
+//! - **Teardown**: every agent reverts and exits (`bye`); **cleanup** (after SIGKILL) reaches
+//!   the boards named in the state file and starts an agent there, which reverts what the
+//!   dead run's agent left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::scenario::Plan;
+use crate::scenario::diag::Diagnostic;
+use crate::scenario::model::DownMode;
+use crate::scenario::plan::{ActionKind, Block, LinkParams, ProbeKind, Subject};
+use crate::targets::state::{Mode, RunState, TargetState};
+
+use super::agent::{Desired, Facts, ProbeRun, Reply, Request, WireBlock, WireProbe};
+use super::inventory::{Inventory, InventoryHost};
+use super::transport::{self, AgentConn, Board, ConnectOptions};
+use super::{Needs, check_board, desired_for};
+
+/// How long a board keeps a fault without hearing from the controller.
+pub const LEASE: Duration = Duration::from_secs(5);
+/// How often the controller renews every board's lease.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// What a device run will use, resolved before anything is created.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub inventory: PathBuf,
+    /// The inventory host of each node.
+    pub hosts: Vec<InventoryHost>,
+    /// Each node's board address on the lab network.
+    pub addrs: Vec<Ipv4Addr>,
+    /// The interface each board reaches the others through.
+    pub ifaces: Vec<String>,
+    /// The agent binary per `uname -m` (`aarch64`, `x86_64`).
+    pub agents: BTreeMap<String, PathBuf>,
+}
+
+/// The device target's part of the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub inventory: PathBuf,
+    /// The inventory host of each node, and the agent's path on it once uploaded.
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub agent_paths: BTreeMap<String, String>,
+}
+
+fn machine_of(arch: crate::profile::Arch) -> &'static str {
+    match arch {
+        crate::profile::Arch::Arm64 => "aarch64",
+        crate::profile::Arch::Amd64 => "x86_64",
+    }
+}
+
+/// The static agent for `machine`: `EDGESIM_AGENT_<MACHINE>`; next to this binary as
+/// `edgesim-<machine>`; Cargo's cross build folder beside this binary's
+/// (`target/<machine>-unknown-linux-musl/{release,debug}/edgesim`); this very binary when it
+/// is for `machine`.
+pub fn agent_binary(machine: &str) -> Option<PathBuf> {
+    let var = format!("EDGESIM_AGENT_{}", machine.to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let beside = dir.join(format!("edgesim-{machine}"));
+    if beside.is_file() {
+        return Some(beside);
+    }
+    // target/debug/edgesim (or target/debug/deps/… for tests) → target/<triple>/<profile>/.
+    let triple = format!("{machine}-unknown-linux-musl");
+    for up in dir.ancestors().take(3) {
+        for profile in ["release", "debug"] {
+            let p = up.join(&triple).join(profile).join("edgesim");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    (std::env::consts::ARCH == machine).then_some(exe)
+}
+
+/// The device target's validation of a plan against an inventory; nothing is created.
+pub async fn resolve(
+    plan: &Plan,
+    inventory: Option<&Path>,
+) -> std::result::Result<Bound, Vec<Diagnostic>> {
+    let here = crate::scenario::loc::Pos::default();
+    let mut errors = Vec::new();
+    let Some(path) = inventory else {
+        return Err(vec![
+            Diagnostic::new(
+                here,
+                "the device target needs an inventory of the boards: --inventory FILE",
+            )
+            .hint("an Ansible YAML inventory; each host with `edgesim_profile` (see the README)"),
+        ]);
+    };
+    let inv = match Inventory::load(path) {
+        Ok(i) => i,
+        Err(e) => return Err(vec![Diagnostic::new(here, e.to_string())]),
+    };
+    for w in &plan.workloads {
+        errors.push(
+            Diagnostic::new(
+                w.pos,
+                format!(
+                    "workload `{}`: the device target does not start workloads on boards yet",
+                    w.name
+                ),
+            )
+            .hint("deploy them with the boards' own tooling (K3s and Flux: ansible/) and probe them, or run this scenario on netns or docker"),
+        );
+    }
+    for a in &plan.assertions {
+        if matches!(a.subject, Subject::Metric { .. }) {
+            errors.push(Diagnostic::new(
+                here,
+                format!(
+                    "assertion `{}`: metric scrapes on boards are not supported yet (probes are)",
+                    a.name
+                ),
+            ));
+        }
+    }
+    if plan.uses_emulator() {
+        errors.push(
+            Diagnostic::new(
+                here,
+                "the userspace link emulator does not run on boards: their kernels carry the links",
+            )
+            .hint("set `impairment: kernel` (or leave `auto`): boards are checked for netem before the run"),
+        );
+    }
+    let nodes: Vec<(String, String)> = plan
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.profile_name.clone()))
+        .collect();
+    let bindings = match inv.bind(&nodes) {
+        Ok(b) => b,
+        Err(e) => {
+            errors.push(Diagnostic::new(here, e.to_string()));
+            return Err(errors);
+        }
+    };
+    let mut hosts = Vec::new();
+    let mut addrs = Vec::new();
+    let mut ifaces = Vec::new();
+    for b in &bindings {
+        let h = inv.hosts[&b.host].clone();
+        let addr_text = h
+            .vars
+            .get("edgesim_address")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| h.address.clone());
+        let addr = match addr_text.parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) => tokio::net::lookup_host((addr_text.as_str(), 22))
+                .await
+                .ok()
+                .and_then(|mut it| {
+                    it.find_map(|a| match a.ip() {
+                        IpAddr::V4(v) => Some(v),
+                        IpAddr::V6(_) => None,
+                    })
+                }),
+        };
+        match addr {
+            Some(a) => addrs.push(a),
+            None => {
+                errors.push(Diagnostic::new(
+                    here,
+                    format!(
+                        "inventory host `{}`: `{addr_text}` is not an IPv4 address and does not resolve to one (set `edgesim_address` to the board's address on the lab network)",
+                        h.name
+                    ),
+                ));
+                addrs.push(Ipv4Addr::UNSPECIFIED);
+            }
+        }
+        ifaces.push(
+            h.vars
+                .get("edgesim_interface")
+                .and_then(|v| v.as_str())
+                .unwrap_or("eth0")
+                .to_string(),
+        );
+        hosts.push(h);
+    }
+    let mut agents = BTreeMap::new();
+    for n in &plan.nodes {
+        let m = machine_of(n.profile.arch);
+        if agents.contains_key(m) {
+            continue;
+        }
+        match agent_binary(m) {
+            Some(p) => {
+                agents.insert(m.to_string(), p);
+            }
+            None => errors.push(
+                Diagnostic::new(
+                    here,
+                    format!(
+                        "node `{}` is {m}, and there is no {m} agent: a static edgesim build for {m}-unknown-linux-musl",
+                        n.name
+                    ),
+                )
+                .hint(format!(
+                    "build it with .ci/agent-static release, or set EDGESIM_AGENT_{}",
+                    m.to_uppercase()
+                )),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Bound {
+            inventory: path.to_path_buf(),
+            hosts,
+            addrs,
+            ifaces,
+            agents,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// What the plan asks of every board's kernel (the same for all: a board carries its share
+/// of every link it is on).
+pub fn needs_of(plan: &Plan) -> Needs {
+    let mut params: Vec<LinkParams> = plan.links.iter().flat_map(|l| [l.up, l.down]).collect();
+    let mut firewall = false;
+    for a in &plan.actions {
+        match &a.kind {
+            ActionKind::Impair { up, down, .. } => params.extend([*up, *down]),
+            ActionKind::Partition { .. } | ActionKind::NodeDown { .. } => firewall = true,
+            _ => {}
+        }
+    }
+    Needs {
+        delay: params.iter().any(|p| p.needs_netem()),
+        rate: params.iter().any(|p| p.rate.is_some()),
+        firewall: firewall || params.iter().any(|p| p.loss > 0.0 || p.cut),
+        limits: false,
+    }
+}
+
+type Conn = AgentConn<openssh::ChildStdin, openssh::ChildStdout>;
+
+/// One board and its agent.
+struct BoardLink {
+    board: Arc<Board>,
+    agent: Arc<Mutex<Conn>>,
+    child: Option<openssh::Child<Arc<openssh::Session>>>,
+    facts: Facts,
+}
+
+/// A device lab that is up.
+pub struct DeviceLab {
+    pub plan: Arc<Plan>,
+    pub state: RunState,
+    bound: Bound,
+    boards: Vec<BoardLink>,
+    links: Vec<(LinkParams, LinkParams)>,
+    partitions: BTreeMap<String, Vec<Block>>,
+    isolated: BTreeSet<usize>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// Probe `i` runs on board `probe_at[i].0` as its `probe_at[i].1`-th.
+    probe_at: Vec<(usize, usize)>,
+    pub log: crate::workload::EventLog,
+}
+
+/// What a failed provisioning left: the boards whose agents run.
+pub struct Partial {
+    boards: Vec<BoardLink>,
+    state: Option<RunState>,
+}
+
+impl Partial {
+    pub async fn teardown(self) -> Vec<String> {
+        let mut errors = bye_all(self.boards).await;
+        if let Some(st) = self.state
+            && let Some(e) = st.remove_or_msg()
+        {
+            errors.push(e);
+        }
+        errors
+    }
+}
+
+async fn bye_all(boards: Vec<BoardLink>) -> Vec<String> {
+    let mut set = tokio::task::JoinSet::new();
+    for b in boards {
+        set.spawn(async move {
+            let name = b.board.host.name.clone();
+            let r = b.agent.lock().await.call(Request::Bye).await;
+            let mut errors = Vec::new();
+            match r {
+                Ok(r) if !r.ok => errors.push(format!(
+                    "{name}: reverting: {}",
+                    r.error.unwrap_or_default()
+                )),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("{name}: the agent did not answer bye: {e}")),
+            }
+            if let Some(c) = b.child {
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+            }
+            drop(b.agent);
+            if let Ok(board) = Arc::try_unwrap(b.board)
+                && let Err(e) = board.close().await
+            {
+                tracing::debug!("{e}");
+            }
+            errors
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(r) = set.join_next().await {
+        errors.extend(r.unwrap_or_else(|e| vec![e.to_string()]));
+    }
+    errors
+}
+
+/// Reaches a board and starts its agent; `agent` per `uname -m`.
+async fn start_board(
+    host: InventoryHost,
+    agents: BTreeMap<String, PathBuf>,
+    state: Option<String>,
+) -> std::result::Result<(BoardLink, String), String> {
+    let board = transport::connect(&host, &ConnectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let machine = board.machine().await.map_err(|e| e.to_string())?;
+    let local = agents.get(&machine).ok_or_else(|| {
+        format!(
+            "{}: the board is {machine}, and no agent for it was found (EDGESIM_AGENT_{})",
+            host.name,
+            machine.to_uppercase()
+        )
+    })?;
+    let remote = board.upload_agent(local).await.map_err(|e| e.to_string())?;
+    let mut child = board
+        .agent_command(&remote, state.as_deref())
+        .await
+        .map_err(|e| e.to_string())?
+        .stdin(openssh::Stdio::piped())
+        .stdout(openssh::Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|e| format!("{}: starting the agent: {e}", host.name))?;
+    let (w, r) = match (child.stdin().take(), child.stdout().take()) {
+        (Some(w), Some(r)) => (w, r),
+        _ => return Err(format!("{}: the agent's pipes are missing", host.name)),
+    };
+    let mut agent = AgentConn::new(w, r);
+    let hello = agent
+        .call(Request::Hello)
+        .await
+        .map_err(|e| format!("{}: the agent did not answer: {e}", host.name))?;
+    let facts = hello
+        .facts
+        .ok_or_else(|| format!("{}: the agent sent no facts", host.name))?;
+    if !facts.recovered.is_empty() {
+        tracing::warn!(board = %host.name, recovered = ?facts.recovered, "reverted what an earlier agent left");
+    }
+    Ok((
+        BoardLink {
+            board: Arc::new(board),
+            agent: Arc::new(Mutex::new(agent)),
+            child: Some(child),
+            facts,
+        },
+        remote,
+    ))
+}
+
+fn check(reply: std::io::Result<Reply>, host: &str, what: &'static str) -> crate::host::Result<()> {
+    match reply {
+        Ok(r) if r.ok => Ok(()),
+        Ok(r) => Err(crate::host::HostError::other(
+            what,
+            host,
+            r.error.unwrap_or_default(),
+        )),
+        Err(e) => Err(crate::host::HostError::other(what, host, e.to_string())),
+    }
+}
+
+impl DeviceLab {
+    pub async fn provision(
+        plan: Arc<Plan>,
+        bound: Bound,
+        run_id: &str,
+        mode: Mode,
+        out_dir: PathBuf,
+    ) -> std::result::Result<DeviceLab, Box<(String, Partial)>> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, h) in bound.hosts.iter().enumerate() {
+            let (h, agents) = (h.clone(), bound.agents.clone());
+            set.spawn(async move { (i, start_board(h, agents, None).await) });
+        }
+        let mut slots: Vec<Option<(BoardLink, String)>> =
+            (0..bound.hosts.len()).map(|_| None).collect();
+        let mut problems = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok((i, Ok(b))) => slots[i] = Some(b),
+                Ok((_, Err(e))) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let mut boards = Vec::new();
+        let mut agent_paths = BTreeMap::new();
+        for (i, s) in slots.into_iter().enumerate() {
+            if let Some((b, remote)) = s {
+                agent_paths.insert(bound.hosts[i].name.clone(), remote);
+                boards.push(b);
+            }
+        }
+        // Every board against its node's profile and the scenario's needs, all at once.
+        if problems.is_empty() {
+            let needs = needs_of(&plan);
+            for (i, b) in boards.iter().enumerate() {
+                let node = &plan.nodes[i];
+                problems.extend(check_board(
+                    &b.board.host.name,
+                    &b.facts,
+                    &node.profile,
+                    needs,
+                ));
+                if !b.facts.interfaces.contains(&bound.ifaces[i]) {
+                    problems.push(format!(
+                        "{}: no interface `{}` (it has {}); set `edgesim_interface` in the inventory",
+                        b.board.host.name,
+                        bound.ifaces[i],
+                        b.facts.interfaces.join(", ")
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Box::new((
+                format!(
+                    "{} problem{} with the boards; nothing was changed:\n  {}",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" },
+                    problems.join("\n  ")
+                ),
+                Partial {
+                    boards,
+                    state: None,
+                },
+            )));
+        }
+        let mut state = RunState::new(
+            &plan,
+            run_id,
+            mode,
+            out_dir,
+            TargetState::Device(DeviceState {
+                inventory: std::fs::canonicalize(&bound.inventory)
+                    .unwrap_or_else(|_| bound.inventory.clone()),
+                hosts: bound.hosts.iter().map(|h| h.name.clone()).collect(),
+                agent_paths,
+            }),
+        );
+        for (n, a) in state.nodes.iter_mut().zip(&bound.addrs) {
+            n.addr = *a;
+        }
+        if let Err(e) = state.save_or_err() {
+            return Err(Box::new((
+                e.to_string(),
+                Partial {
+                    boards,
+                    state: None,
+                },
+            )));
+        }
+        let mut lab = DeviceLab {
+            links: plan.baseline_links(),
+            plan,
+            state,
+            bound,
+            boards,
+            partitions: BTreeMap::new(),
+            isolated: BTreeSet::new(),
+            heartbeat: None,
+            probe_at: Vec::new(),
+            log: crate::workload::EventLog::default(),
+        };
+        if let Err(e) = lab.push().await {
+            let DeviceLab { boards, state, .. } = lab;
+            return Err(Box::new((
+                e.to_string(),
+                Partial {
+                    boards,
+                    state: Some(state),
+                },
+            )));
+        }
+        let conns: Vec<(String, Arc<Mutex<Conn>>)> = lab
+            .boards
+            .iter()
+            .map(|b| (b.board.host.name.clone(), b.agent.clone()))
+            .collect();
+        lab.heartbeat = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                for (name, c) in &conns {
+                    if let Err(e) = c.lock().await.call(Request::Heartbeat).await {
+                        tracing::warn!(board = %name, "heartbeat: {e}");
+                    }
+                }
+            }
+        }));
+        Ok(lab)
+    }
+
+    /// The boards' addresses, by node.
+    fn addrs(&self) -> Vec<IpAddr> {
+        self.bound.addrs.iter().map(|a| IpAddr::V4(*a)).collect()
+    }
+
+    /// What board `n` must hold now.
+    fn desired(&self, n: usize) -> Desired {
+        let addrs = self.addrs();
+        let mut d = desired_for(
+            &self.plan,
+            &self.links,
+            &self.partitions,
+            &addrs,
+            n,
+            &self.bound.ifaces[n],
+            LEASE,
+        );
+        // An isolated node: everything arriving on it dropped, and what it sends dropped where
+        // it arrives.
+        for &m in &self.isolated {
+            let (name, from) = if m == n {
+                ("node-down isolate".to_string(), vec![])
+            } else {
+                (
+                    format!("node-down isolate {}", self.plan.nodes[m].name),
+                    vec![ipnet::IpNet::from(addrs[m])],
+                )
+            };
+            d.blocks.push(WireBlock {
+                name,
+                from,
+                to: vec![],
+            });
+        }
+        d
+    }
+
+    /// Every board gets its whole desired state, in parallel.
+    async fn push(&mut self) -> crate::host::Result<()> {
+        let mut set = tokio::task::JoinSet::new();
+        for (n, b) in self.boards.iter().enumerate() {
+            let (d, agent, name) = (self.desired(n), b.agent.clone(), b.board.host.name.clone());
+            set.spawn(async move {
+                let r = agent.lock().await.call(Request::Apply(d)).await;
+                check(r, &name, "applying faults on")
+            });
+        }
+        let mut first = Ok(());
+        while let Some(r) = set.join_next().await {
+            let r = r.unwrap_or_else(|e| {
+                Err(crate::host::HostError::other(
+                    "applying faults",
+                    "a board",
+                    e.to_string(),
+                ))
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Applies one timeline action on the boards.
+    pub async fn apply(&mut self, action: &ActionKind) -> crate::host::Result<()> {
+        match action {
+            ActionKind::Partition { name, blocks } => {
+                self.partitions.insert(name.clone(), blocks.clone());
+            }
+            ActionKind::Heal { names } => {
+                for n in names {
+                    self.partitions.remove(n);
+                }
+            }
+            ActionKind::Impair { link, up, down } => self.links[*link] = (*up, *down),
+            ActionKind::NodeDown {
+                nodes,
+                mode: DownMode::Isolate,
+            } => self.isolated.extend(nodes.iter().copied()),
+            ActionKind::NodeUp { nodes, .. } => {
+                for n in nodes {
+                    self.isolated.remove(n);
+                }
+            }
+            other => {
+                // Validation refuses these for this target (capabilities).
+                return Err(crate::host::HostError::other(
+                    "applying",
+                    other.verb(),
+                    "not supported on boards",
+                ));
+            }
+        }
+        self.push().await
+    }
+
+    /// Starts the plan's probes on their boards, on a grid starting at `t0`.
+    pub async fn start_probes(&mut self, t0: tokio::time::Instant) -> crate::host::Result<()> {
+        let map: BTreeMap<Ipv4Addr, Ipv4Addr> = self
+            .plan
+            .nodes
+            .iter()
+            .zip(&self.bound.addrs)
+            .map(|(n, a)| (n.addr, *a))
+            .collect();
+        let real = |a: Ipv4Addr| *map.get(&a).unwrap_or(&a);
+        let mut per: Vec<Vec<WireProbe>> = vec![Vec::new(); self.boards.len()];
+        self.probe_at.clear();
+        for p in &self.plan.probes {
+            let mut p = p.clone();
+            match &mut p.kind {
+                ProbeKind::Ping { addr, .. } => *addr = real(*addr),
+                ProbeKind::Tcp { addr, .. } | ProbeKind::Http { addr, .. } => {
+                    addr.set_ip(real(*addr.ip()));
+                }
+            }
+            self.probe_at.push((p.from, per[p.from].len()));
+            per[p.from].push(WireProbe::of(&p));
+        }
+        let start_in = t0.saturating_duration_since(tokio::time::Instant::now());
+        for (n, probes) in per.into_iter().enumerate() {
+            if probes.is_empty() {
+                continue;
+            }
+            let run = ProbeRun {
+                probes,
+                start_in_ms: start_in.as_millis() as u64,
+                duration_ms: self.plan.duration.as_millis() as u64,
+            };
+            let b = &self.boards[n];
+            let r = b.agent.lock().await.call(Request::Probes(run)).await;
+            check(r, &b.board.host.name, "starting probes on")?;
+        }
+        Ok(())
+    }
+
+    /// The probes' samples from the boards, into `logs` (one per plan probe).
+    pub async fn collect_probes(&mut self, logs: &[crate::probe::ProbeLog]) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut got: BTreeMap<usize, Vec<Vec<super::agent::WireSample>>> = BTreeMap::new();
+        for &(n, _) in &self.probe_at {
+            if got.contains_key(&n) {
+                continue;
+            }
+            let b = &self.boards[n];
+            match b.agent.lock().await.call(Request::ProbeResults).await {
+                Ok(Reply {
+                    ok: true,
+                    samples: Some(s),
+                    ..
+                }) => {
+                    got.insert(n, s);
+                }
+                Ok(r) => errors.push(format!(
+                    "{}: probe results: {}",
+                    b.board.host.name,
+                    r.error.unwrap_or_default()
+                )),
+                Err(e) => errors.push(format!("{}: probe results: {e}", b.board.host.name)),
+            }
+        }
+        for (pi, &(n, k)) in self.probe_at.iter().enumerate() {
+            if let (Some(log), Some(samples)) = (logs.get(pi), got.get(&n).and_then(|v| v.get(k))) {
+                for s in samples {
+                    log.push(s.sample());
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn mark_ready(&mut self) -> crate::host::Result<()> {
+        self.state.ready = true;
+        self.state.save_or_err()
+    }
+
+    /// Every board reverted, every agent gone, the state file removed.
+    pub async fn teardown(mut self) -> Vec<String> {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        let mut errors = bye_all(std::mem::take(&mut self.boards)).await;
+        if let Some(e) = self.state.remove_or_msg() {
+            errors.push(e);
+        }
+        errors
+    }
+}
+
+/// `edgesim cleanup` for a device run: an agent started on every board reverts what the
+/// dead run's agent left (its state file on the board), then exits.
+pub async fn cleanup_state(state: &RunState) -> Vec<String> {
+    let TargetState::Device(d) = &state.target else {
+        return vec![];
+    };
+    let inv = match Inventory::load(&d.inventory) {
+        Ok(i) => i,
+        Err(e) => return vec![format!("{e}: the boards cannot be reached to revert them")],
+    };
+    let mut errors = Vec::new();
+    for name in &d.hosts {
+        let Some(h) = inv.hosts.get(name) else {
+            errors.push(format!("{name}: no longer in {}", d.inventory.display()));
+            continue;
+        };
+        let Some(remote) = d.agent_paths.get(name) else {
+            continue;
+        };
+        let r: std::result::Result<(), String> = async {
+            let board = transport::connect(h, &ConnectOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let out = board
+                .agent_command(remote, None)
+                .await
+                .map_err(|e| e.to_string())?
+                .stdin(openssh::Stdio::piped())
+                .stdout(openssh::Stdio::piped())
+                .spawn()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = out;
+            let (w, r) = match (out.stdin().take(), out.stdout().take()) {
+                (Some(w), Some(r)) => (w, r),
+                _ => return Err("the agent's pipes are missing".to_string()),
+            };
+            let mut agent = AgentConn::new(w, r);
+            let hello = agent
+                .call(Request::Hello)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(f) = hello.facts
+                && !f.recovered.is_empty()
+            {
+                tracing::info!(board = %name, recovered = ?f.recovered, "reverted");
+            }
+            agent.call(Request::Bye).await.map_err(|e| e.to_string())?;
+            let _ = out.wait().await;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = r {
+            errors.push(format!("{name}: {e}"));
+        }
+    }
+    errors
+}
