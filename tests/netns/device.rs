@@ -1178,3 +1178,92 @@ fn a_scenario_runs_on_boards_with_the_device_target() {
         "the state file is gone"
     );
 }
+
+/// A device run killed with SIGKILL mid-partition: the boards revert by themselves (the
+/// agents' sessions end, or at worst their leases run out), and `edgesim cleanup` then finds
+/// nothing left but the state file.
+#[test]
+fn a_device_run_killed_mid_partition_leaves_boards_clean() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("k", 2);
+    let names = ["sink", "gw-1"];
+    let sshds: Vec<Sshd> = (0..2)
+        .map(|i| Sshd::start(&lan.boards[i], &Lan::addr(i)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut inv =
+        String::from("all:\n  vars: {ansible_user: root, edgesim_profile: this-host}\n  hosts:\n");
+    for (name, s) in names.iter().zip(&sshds) {
+        let d = s.dir.path();
+        inv.push_str(&format!(
+            "    {name}:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n",
+            s.addr,
+            d.join("user_key").display(),
+            d.join("known_hosts").display()
+        ));
+    }
+    let inventory = dir.path().join("inventory.yaml");
+    std::fs::write(&inventory, inv).unwrap();
+    let profiles = this_host_profile(dir.path());
+    let scenario = dir.path().join("killed.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: killed}\nspec:\n  duration: 60s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw-1, site: factory, profile: this-host}\n  timeline:\n    - {at: 1s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n",
+    )
+    .unwrap();
+    let state_dir = dir.path().join("state");
+    let run = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &lan.ctl, BIN])
+            .args(args)
+            .env("EDGESIM_AGENT_X86_64", BIN)
+            .env("EDGESIM_STATE_DIR", &state_dir)
+            .env("EDGESIM_HOST_SPEED", "1.0");
+        c
+    };
+    let mut child = run(&["run", "--target", "device"])
+        .arg("--inventory")
+        .arg(&inventory)
+        .arg("--profiles")
+        .arg(&profiles)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .arg(&scenario)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    until(Duration::from_secs(30), || {
+        lan.pings(1, &Lan::addr(0), 2) == 0
+    })
+    .expect("the partition is in force on the boards");
+    assert!(!lan.leftovers(0).is_empty());
+    let t = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    let clean = until(Duration::from_secs(15), || {
+        (0..2).all(|i| lan.leftovers(i).is_empty())
+    })
+    .expect("the boards revert by themselves");
+    eprintln!(
+        "controller SIGKILLed mid-partition: both boards clean after {clean:?} (lease {:?})",
+        edgesim::targets::device::lab::LEASE
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(lan.pings(1, &Lan::addr(0), 5), 5);
+    // The state file names the boards; cleanup visits them and removes it.
+    assert_eq!(std::fs::read_dir(&state_dir).unwrap().count(), 1);
+    let out = run(&["cleanup"]).output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "cleanup succeeds");
+    assert_eq!(std::fs::read_dir(&state_dir).unwrap().count(), 0);
+    for i in 0..2 {
+        assert_eq!(lan.leftovers(i), Vec::<String>::new());
+    }
+}

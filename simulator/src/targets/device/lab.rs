@@ -348,6 +348,28 @@ async fn bye_all(boards: Vec<BoardLink>) -> Vec<String> {
     errors
 }
 
+/// Starts the agent at `remote` on `board`, speaking over the command's pipes.
+async fn spawn_agent(
+    board: &Board,
+    remote: &str,
+    state: Option<&str>,
+) -> std::result::Result<(openssh::Child<Arc<openssh::Session>>, Conn), String> {
+    let name = &board.host.name;
+    let mut child = board
+        .agent_command(remote, state)
+        .await
+        .map_err(|e| e.to_string())?
+        .stdin(openssh::Stdio::piped())
+        .stdout(openssh::Stdio::piped())
+        .spawn()
+        .await
+        .map_err(|e| format!("{name}: starting the agent: {e}"))?;
+    match (child.stdin().take(), child.stdout().take()) {
+        (Some(w), Some(r)) => Ok((child, AgentConn::new(w, r))),
+        _ => Err(format!("{name}: the agent's pipes are missing")),
+    }
+}
+
 /// Reaches a board and starts its agent; `agent` per `uname -m`.
 async fn start_board(
     host: InventoryHost,
@@ -366,20 +388,7 @@ async fn start_board(
         )
     })?;
     let remote = board.upload_agent(local).await.map_err(|e| e.to_string())?;
-    let mut child = board
-        .agent_command(&remote, state.as_deref())
-        .await
-        .map_err(|e| e.to_string())?
-        .stdin(openssh::Stdio::piped())
-        .stdout(openssh::Stdio::piped())
-        .spawn()
-        .await
-        .map_err(|e| format!("{}: starting the agent: {e}", host.name))?;
-    let (w, r) = match (child.stdin().take(), child.stdout().take()) {
-        (Some(w), Some(r)) => (w, r),
-        _ => return Err(format!("{}: the agent's pipes are missing", host.name)),
-    };
-    let mut agent = AgentConn::new(w, r);
+    let (child, mut agent) = spawn_agent(&board, &remote, state.as_deref()).await?;
     let hello = agent
         .call(Request::Hello)
         .await
@@ -756,21 +765,7 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
             let board = transport::connect(h, &ConnectOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let out = board
-                .agent_command(remote, None)
-                .await
-                .map_err(|e| e.to_string())?
-                .stdin(openssh::Stdio::piped())
-                .stdout(openssh::Stdio::piped())
-                .spawn()
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut out = out;
-            let (w, r) = match (out.stdin().take(), out.stdout().take()) {
-                (Some(w), Some(r)) => (w, r),
-                _ => return Err("the agent's pipes are missing".to_string()),
-            };
-            let mut agent = AgentConn::new(w, r);
+            let (out, mut agent) = spawn_agent(&board, remote, None).await?;
             let hello = agent
                 .call(Request::Hello)
                 .await
@@ -788,6 +783,12 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
         if let Err(e) = r {
             errors.push(format!("{name}: {e}"));
         }
+    }
+    // Kept while a board could not be reached: a later cleanup tries again.
+    if errors.is_empty()
+        && let Some(e) = state.remove_or_msg()
+    {
+        errors.push(e);
     }
     errors
 }
