@@ -24,7 +24,8 @@ use edgesim::targets::device::transport::{self, AgentConn, Board, ConnectOptions
 use edgesim::targets::device::{Needs, check_board};
 
 use super::common;
-use super::device::{Lan, controller, in_ns, keygen, until};
+use super::common::BIN;
+use super::device::{Lan, Sshd, controller, in_ns, keygen, this_host_profile, until};
 
 const VM_ADDR: &str = "10.201.0.31";
 
@@ -430,6 +431,60 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         lease >= Duration::from_millis(1500) && lease < Duration::from_secs(6),
         "{lease:?}"
     );
+    assert_eq!(lan.pings(0, VM_ADDR, 5), 5, "the board is clean again");
+
+    // A scenario on this board and a namespace board with `edgesim run --target device`: the
+    // Pi-shaped board passes its own profile's check, its uplink's 40 ms upstream are netem on
+    // this arm64 kernel (the sink, this host without netem, sends on an undelayed direction and
+    // is not asked for it), and the partition cuts and heals as on netns.
+    let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
+    let d = sshd.dir.path();
+    let inventory = dir.path().join("inventory-run.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            Lan::addr(0),
+            d.join("user_key").display(),
+            d.join("known_hosts").display(),
+            dir.path().join("user_key").display(),
+            dir.path().join("known_hosts").display(),
+        ),
+    )
+    .expect("test fixture");
+    let scenario = dir.path().join("pi.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: pi-board}\nspec:\n  duration: 9s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, up: {delay: 40ms, rate: 10mbit}}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: pi, site: factory, profile: raspberry-pi-5-8gb}\n  timeline:\n    - {at: 3s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n    - {at: 6s, heal: {name: cut}}\n  probes:\n    - {name: uplink, from: pi, ping: sink, every: 100ms}\n    - {name: ssh, from: sink, tcp: \"pi:22\", every: 200ms, timeout: 500ms}\n  assertions:\n    - {name: rtt-is-the-uplink, probe: uplink, during: 0s..3s, expect: \"p50 >= 40ms\"}\n    - {name: rtt-not-more, probe: uplink, during: 0s..3s, expect: \"p50 < 55ms\"}\n    - {name: cut, probe: uplink, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: ssh-cut, probe: ssh, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: healed, probe: uplink, during: 7s..end, expect: \"success_rate >= 90%\"}\n",
+    )
+    .expect("test fixture");
+    let profiles = this_host_profile(dir.path());
+    let report = dir.path().join("pi-report.json");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, BIN, "run", "--target", "device"])
+        .arg("--inventory")
+        .arg(&inventory)
+        .arg("--profiles")
+        .arg(&profiles)
+        .arg("--report")
+        .arg(&report)
+        .arg("--out")
+        .arg(dir.path().join("pi-out"))
+        .arg(&scenario)
+        .env("EDGESIM_AGENT_AARCH64", &bin)
+        .env("EDGESIM_AGENT_X86_64", BIN)
+        .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+        .env("EDGESIM_HOST_SPEED", "1.0")
+        .output()
+        .expect("edgesim runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the scenario passes on the arm64 board: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(sshd);
     assert_eq!(lan.pings(0, VM_ADDR, 5), 5, "the board is clean again");
 
     // The prepare playbook, for real, over SSH as root; then the agent as the `edgesim` user,

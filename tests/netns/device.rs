@@ -272,7 +272,11 @@ fn agent_applies_partitions_loss_and_rate_on_the_board_and_reverts_them() {
     let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
     let hello = a.ok(json!({"op": "hello"}));
     let f = &hello["facts"];
-    assert_eq!(f["protocol"], 1, "{f}");
+    assert_eq!(
+        f["protocol"],
+        edgesim::targets::device::agent::PROTOCOL,
+        "{f}"
+    );
     assert!(
         f["interfaces"]
             .as_array()
@@ -1079,7 +1083,7 @@ fn agent_probes_from_the_board_see_its_partition() {
 
 /// A profile shaped like this host, so namespace boards (which are this host) pass the
 /// pre-run check the way a real Pi passes its own profile.
-fn this_host_profile(dir: &Path) -> PathBuf {
+pub fn this_host_profile(dir: &Path) -> PathBuf {
     let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
         .expect("test fixture")
         .lines()

@@ -188,15 +188,18 @@ pub async fn run(plan: Arc<Plan>, resolved: Resolved, mut opts: RunOptions) -> R
     };
     // The host's speed, decided before anything is created (measured here, about 2 s, when
     // this host has no calibration yet); the targets' quotas read the same value.
-    let host = tokio::task::spawn_blocking(crate::profile::HostCpu::detect)
-        .await
-        .unwrap_or_else(|_| {
-            crate::profile::HostCpu::uncalibrated(crate::profile::calibrate::online_cpus())
-        });
-    cx.report.host_cpu = Some(crate::report::HostCpuReport::new(&host, plan.cpu_scale));
-    cx.report
-        .notes
-        .extend(plan.cpu_warnings(crate::host::cgroup::allowed_cpus().len()));
+    // Boards bring their own CPUs: this host's speed and CPU count shape nothing there.
+    if target != targets::TargetKind::Device {
+        let host = tokio::task::spawn_blocking(crate::profile::HostCpu::detect)
+            .await
+            .unwrap_or_else(|_| {
+                crate::profile::HostCpu::uncalibrated(crate::profile::calibrate::online_cpus())
+            });
+        cx.report.host_cpu = Some(crate::report::HostCpuReport::new(&host, plan.cpu_scale));
+        cx.report
+            .notes
+            .extend(plan.cpu_warnings(crate::host::cgroup::allowed_cpus().len()));
+    }
     if let Err(e) = std::fs::create_dir_all(&opts.out_dir) {
         cx.report.error = Some(format!(
             "creating the output folder {}: {e}",

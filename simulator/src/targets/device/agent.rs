@@ -70,8 +70,9 @@ pub const TABLE: &str = "edgesim_agent";
 pub const DEFAULT_STATE: &str = "/run/edgesim/agent-state.json";
 /// The lease when the controller names none.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
-/// Version of the line protocol; `hello` reports it.
-pub const PROTOCOL: u32 = 1;
+/// Version of the line protocol; `hello` reports it. 2: `probes`, `probe-results`,
+/// `incoming`.
+pub const PROTOCOL: u32 = 2;
 /// Exit code of an agent whose lease expired.
 pub const EXIT_LEASE_EXPIRED: i32 = 3;
 /// Rates above this are treated as unlimited by a delay-only class.

@@ -251,24 +251,40 @@ pub async fn resolve(
     }
 }
 
-/// What the plan asks of every board's kernel (the same for all: a board carries its share
-/// of every link it is on).
-pub fn needs_of(plan: &Plan) -> Needs {
-    let mut params: Vec<LinkParams> = plan.links.iter().flat_map(|l| [l.up, l.down]).collect();
-    let mut firewall = false;
+/// What the plan asks of board `node`'s kernel, over every state its links go through
+/// (the baseline, then each `impair` in turn): netem or htb where it *sends* on a path that
+/// needs them, nftables where it *receives* drops (loss, cuts, partitions, isolation).
+pub fn needs_of(plan: &Plan, node: usize) -> Needs {
+    let mut needs = Needs::default();
+    let mut links = plan.baseline_links();
+    let look = |links: &[(LinkParams, LinkParams)], needs: &mut Needs| {
+        let me = plan.nodes[node].site;
+        for other in plan.nodes.iter().map(|n| n.site) {
+            if let Some(p) = plan.path_params(links, me, other) {
+                needs.delay |= p.needs_netem();
+                needs.rate |= p.rate.is_some();
+            }
+            match plan.path_params(links, other, me) {
+                Some(p) => needs.firewall |= p.cut || p.loss > 0.0,
+                None => needs.firewall = true,
+            }
+        }
+    };
+    look(&links, &mut needs);
     for a in &plan.actions {
         match &a.kind {
-            ActionKind::Impair { up, down, .. } => params.extend([*up, *down]),
-            ActionKind::Partition { .. } | ActionKind::NodeDown { .. } => firewall = true,
+            ActionKind::Impair { link, up, down } => {
+                links[*link] = (*up, *down);
+                look(&links, &mut needs);
+            }
+            ActionKind::Partition { blocks, .. } => {
+                needs.firewall |= blocks.iter().any(|b| b.to.contains(&node));
+            }
+            ActionKind::NodeDown { .. } => needs.firewall = true,
             _ => {}
         }
     }
-    Needs {
-        delay: params.iter().any(|p| p.needs_netem()),
-        rate: params.iter().any(|p| p.rate.is_some()),
-        firewall: firewall || params.iter().any(|p| p.loss > 0.0 || p.cut),
-        limits: false,
-    }
+    needs
 }
 
 type Conn = AgentConn<openssh::ChildStdin, openssh::ChildStdout>;
@@ -396,6 +412,17 @@ async fn start_board(
     let facts = hello
         .facts
         .ok_or_else(|| format!("{}: the agent sent no facts", host.name))?;
+    if facts.protocol != super::agent::PROTOCOL {
+        return Err(format!(
+            "{}: its agent ({}, edgesim {}) speaks protocol {}, this edgesim ({}) speaks {}: build the agent from this edgesim (.ci/agent-static)",
+            host.name,
+            local.display(),
+            facts.version,
+            facts.protocol,
+            env!("CARGO_PKG_VERSION"),
+            super::agent::PROTOCOL
+        ));
+    }
     if !facts.recovered.is_empty() {
         tracing::warn!(board = %host.name, recovered = ?facts.recovered, "reverted what an earlier agent left");
     }
@@ -455,9 +482,9 @@ impl DeviceLab {
         }
         // Every board against its node's profile and the scenario's needs, all at once.
         if problems.is_empty() {
-            let needs = needs_of(&plan);
             for (i, b) in boards.iter().enumerate() {
                 let node = &plan.nodes[i];
+                let needs = needs_of(&plan, i);
                 problems.extend(check_board(
                     &b.board.host.name,
                     &b.facts,
