@@ -77,10 +77,26 @@ fn gate() -> Option<(PathBuf, PathBuf)> {
 /// The board: qemu in a namespace of its own whose bridge joins the tap device to the LAN.
 struct Qemu {
     child: Child,
+    log: PathBuf,
+    // Last: dropped after qemu is killed.
+    _net: VmNet,
+}
+
+/// The board's namespace and its port on the LAN, removed on drop (also when booting fails
+/// half-way).
+struct VmNet {
     ns: String,
     lan: String,
     port: String,
-    log: PathBuf,
+}
+
+impl Drop for VmNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.lan, "link", "del", &self.port])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
 }
 
 impl Qemu {
@@ -93,6 +109,11 @@ impl Qemu {
             assert!(st.success(), "ip {args:?}");
         };
         run(&["netns", "add", &ns]);
+        let net = VmNet {
+            ns: ns.clone(),
+            lan: lan.lan().to_string(),
+            port: port.clone(),
+        };
         run(&[
             "-n",
             lan.lan(),
@@ -149,10 +170,8 @@ impl Qemu {
             .expect("qemu starts");
         let q = Qemu {
             child,
-            ns,
-            lan: lan.lan().to_string(),
-            port,
             log,
+            _net: net,
         };
         let t = Instant::now();
         let up = until(Duration::from_secs(120), || {
@@ -176,10 +195,6 @@ impl Drop for Qemu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = Command::new("ip")
-            .args(["-n", &self.lan, "link", "del", &self.port])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
 
