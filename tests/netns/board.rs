@@ -25,7 +25,7 @@ use edgesim::targets::device::{Needs, check_board};
 
 use super::common;
 use super::common::BIN;
-use super::device::{Lan, Sshd, controller, in_ns, keygen, this_host_profile, until};
+use super::device::{Lan, Sshd, controller, device_run, in_ns, keygen, this_host_profile, until};
 
 const VM_ADDR: &str = "10.201.0.31";
 
@@ -475,23 +475,20 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
     .expect("test fixture");
     let profiles = this_host_profile(dir.path());
     let report = dir.path().join("pi-report.json");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lan.ctl, BIN, "run", "--target", "device"])
-        .arg("--inventory")
-        .arg(&inventory)
-        .arg("--profiles")
-        .arg(&profiles)
-        .arg("--report")
-        .arg(&report)
-        .arg("--out")
-        .arg(dir.path().join("pi-out"))
-        .arg(&scenario)
-        .env("EDGESIM_AGENT_AARCH64", &bin)
-        .env("EDGESIM_AGENT_X86_64", BIN)
-        .env("EDGESIM_STATE_DIR", dir.path().join("state"))
-        .env("EDGESIM_HOST_SPEED", "1.0")
-        .output()
-        .expect("edgesim runs");
+    let out = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &report,
+        &dir.path().join("pi-out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_AARCH64", &bin)
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .env("EDGESIM_HOST_SPEED", "1.0")
+    .output()
+    .expect("edgesim runs");
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(
         out.status.code(),

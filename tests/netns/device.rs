@@ -1110,21 +1110,35 @@ pub fn this_host_profile(dir: &Path) -> PathBuf {
     pdir
 }
 
-/// The quickstart's network and timeline on three namespace boards, each with a real sshd
-/// and its own agent: `edgesim run --target device --inventory` gives the verdicts netns
-/// gives, and every board is left clean.
-#[test]
-fn a_scenario_runs_on_boards_with_the_device_target() {
-    let _g = common::serial();
-    if !ssh_gate() {
-        return;
-    }
-    let lan = Lan::new("t", 3);
-    let names = ["sink", "gw-1", "gw-2"];
-    let sshds: Vec<Sshd> = (0..3)
+/// `edgesim run --target device` from the controller's namespace `ctl`.
+pub fn device_run(
+    ctl: &str,
+    inventory: &Path,
+    profiles: &Path,
+    report: &Path,
+    out: &Path,
+    scenario: &Path,
+) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ctl, BIN, "run", "--target", "device"])
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("--profiles")
+        .arg(profiles)
+        .arg("--report")
+        .arg(report)
+        .arg("--out")
+        .arg(out)
+        .arg(scenario);
+    c
+}
+
+/// A real sshd on each of `lan`'s boards, and an inventory naming them `names` (user root,
+/// profile `this-host`).
+pub fn namespace_boards(lan: &Lan, names: &[&str], dir: &Path) -> (Vec<Sshd>, PathBuf) {
+    let sshds: Vec<Sshd> = (0..names.len())
         .map(|i| Sshd::start(&lan.boards[i], &Lan::addr(i)))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
     let mut inv =
         String::from("all:\n  vars: {ansible_user: root, edgesim_profile: this-host}\n  hosts:\n");
     for (name, s) in names.iter().zip(&sshds) {
@@ -1136,8 +1150,24 @@ fn a_scenario_runs_on_boards_with_the_device_target() {
             d.join("known_hosts").display()
         ));
     }
-    let inventory = dir.path().join("inventory.yaml");
-    std::fs::write(&inventory, inv).unwrap();
+    let inventory = dir.join("inventory.yaml");
+    std::fs::write(&inventory, inv).expect("test fixture");
+    (sshds, inventory)
+}
+
+/// The quickstart's network and timeline on three namespace boards, each with a real sshd
+/// and its own agent: `edgesim run --target device --inventory` gives the verdicts netns
+/// gives, and every board is left clean.
+#[test]
+fn a_scenario_runs_on_boards_with_the_device_target() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("t", 3);
+    let names = ["sink", "gw-1", "gw-2"];
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &names, dir.path());
     let profiles = this_host_profile(dir.path());
     let scenario = dir.path().join("boards.yaml");
     std::fs::write(
@@ -1147,22 +1177,19 @@ fn a_scenario_runs_on_boards_with_the_device_target() {
     .unwrap();
     let report = dir.path().join("report.json");
     let state_dir = dir.path().join("state");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lan.ctl, BIN, "run", "--target", "device"])
-        .arg("--inventory")
-        .arg(&inventory)
-        .arg("--profiles")
-        .arg(&profiles)
-        .arg("--report")
-        .arg(&report)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .arg(&scenario)
-        .env("EDGESIM_AGENT_X86_64", BIN)
-        .env("EDGESIM_STATE_DIR", &state_dir)
-        .env("EDGESIM_HOST_SPEED", "1.0")
-        .output()
-        .unwrap();
+    let out = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &report,
+        &dir.path().join("out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_STATE_DIR", &state_dir)
+    .env("EDGESIM_HOST_SPEED", "1.0")
+    .output()
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "the scenario passes on boards");
@@ -1194,23 +1221,8 @@ fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     }
     let lan = Lan::new("k", 2);
     let names = ["sink", "gw-1"];
-    let sshds: Vec<Sshd> = (0..2)
-        .map(|i| Sshd::start(&lan.boards[i], &Lan::addr(i)))
-        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut inv =
-        String::from("all:\n  vars: {ansible_user: root, edgesim_profile: this-host}\n  hosts:\n");
-    for (name, s) in names.iter().zip(&sshds) {
-        let d = s.dir.path();
-        inv.push_str(&format!(
-            "    {name}:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n",
-            s.addr,
-            d.join("user_key").display(),
-            d.join("known_hosts").display()
-        ));
-    }
-    let inventory = dir.path().join("inventory.yaml");
-    std::fs::write(&inventory, inv).unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &names, dir.path());
     let profiles = this_host_profile(dir.path());
     let scenario = dir.path().join("killed.yaml");
     std::fs::write(
@@ -1269,5 +1281,86 @@ fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     assert_eq!(std::fs::read_dir(&state_dir).unwrap().count(), 0);
     for i in 0..2 {
         assert_eq!(lan.leftovers(i), Vec::<String>::new());
+    }
+}
+
+/// The quickstart itself — its workloads, metrics and all seven assertions — on four
+/// namespace boards with real sshds: the apps uploaded and run over SSH, their metrics read by
+/// the boards' agents. The same verdicts as on netns (7/7), and every board left clean.
+#[test]
+fn the_quickstart_passes_on_boards_as_on_netns() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("w", 4);
+    let names = ["sink", "gw-1", "gw-2", "gw-3"];
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &names, dir.path());
+    let profiles = this_host_profile(dir.path());
+    // The shipped quickstart, with boards shaped like this host (namespace boards are it).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("scenarios/quickstart.yaml"))
+        .unwrap()
+        .replace("profile: cloud-small", "profile: this-host")
+        .replace("profile: raspberry-pi-5-8gb", "profile: this-host");
+    let scenario = dir.path().join("quickstart.yaml");
+    std::fs::write(&scenario, text).unwrap();
+    let report = dir.path().join("report.json");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let out = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &report,
+        &dir.path().join("out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_APPS_X86_64", bin_dir)
+    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the quickstart passes on boards"
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let verdicts = r["assertions"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 7);
+    assert!(
+        verdicts.iter().all(|v| v["passed"] == true),
+        "{verdicts:#?}"
+    );
+    // The workloads' output came back into the run folder, as on netns.
+    let log = dir.path().join("out/workloads/collector/gw-1.stderr.log");
+    assert!(log.exists(), "{}", log.display());
+    for i in 0..4 {
+        assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
+    }
+    let runs = Path::new("/root/.cache/edgesim/runs");
+    assert!(
+        !runs.exists() || std::fs::read_dir(runs).unwrap().next().is_none(),
+        "the workloads' folders on the boards are removed"
+    );
+    // No workload process is left on any board (sshd's sessions may take a moment to end).
+    for b in &lan.boards {
+        let others = || {
+            let pids = Command::new("ip")
+                .args(["netns", "pids", b])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&pids.stdout)
+                .lines()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/cmdline", p.trim())).ok())
+                .map(|c| c.replace('\0', " "))
+                .filter(|c| !c.starts_with("/usr/sbin/sshd -D") && !c.contains("[listener]"))
+                .collect::<Vec<_>>()
+        };
+        until(Duration::from_secs(5), || others().is_empty())
+            .unwrap_or_else(|| panic!("left running in {b}: {:?}", others()));
     }
 }

@@ -396,6 +396,8 @@ async fn play(
         }
     }
     let factories = Arc::new(factories);
+    // On boards, metrics are read by their agents.
+    let fetcher = lab.fetcher();
 
     // Timeline, probes and timed scrapes share t0.
     cx.begin("timeline");
@@ -432,13 +434,14 @@ async fn play(
         } = &a.subject
         {
             let factories = factories.clone();
+            let fetcher = fetcher.clone();
             let plan = plan.clone();
             let at = *at;
             timed_scrapes.push((
                 ai,
                 tokio::spawn(async move {
                     tokio::time::sleep_until(t0_tokio + at).await;
-                    scrape_for(&plan, &factories, ai).await
+                    scrape_for(&plan, &factories, fetcher.as_ref(), ai).await
                 }),
             ));
         }
@@ -550,7 +553,7 @@ async fn play(
     }
     for (ai, a) in plan.assertions.iter().enumerate() {
         if let Subject::Metric { at: Bound::End, .. } = &a.subject {
-            scraped.insert(ai, scrape_for(plan, &factories, ai).await);
+            scraped.insert(ai, scrape_for(plan, &factories, fetcher.as_ref(), ai).await);
         }
     }
     let mut verdicts: Vec<Verdict> = Vec::new();
@@ -602,6 +605,7 @@ async fn play(
 async fn scrape_for(
     plan: &Plan,
     factories: &BTreeMap<usize, crate::host::ns::SocketFactory>,
+    fetcher: Option<&crate::targets::device::lab::Fetcher>,
     ai: usize,
 ) -> Result<Vec<f64>, String> {
     let Subject::Metric {
@@ -622,18 +626,24 @@ async fn scrape_for(
         .ok_or("the workload has no metrics endpoint")?;
     let mut values = Vec::new();
     for &n in nodes {
-        let f = factories
-            .get(&n)
-            .ok_or_else(|| format!("no way into `{}`", plan.nodes[n].name))?;
-        let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, ep.port);
-        let doc = probe::scrape::scrape(f, addr, &ep.path, ep.format, Duration::from_secs(5))
-            .await
-            .map_err(|e| {
-                format!(
-                    "reading {} of `{}` on `{}`: {e}",
-                    ep.path, w.name, plan.nodes[n].name
-                )
-            })?;
+        let what = |e: &dyn std::fmt::Display| {
+            format!(
+                "reading {} of `{}` on `{}`: {e}",
+                ep.path, w.name, plan.nodes[n].name
+            )
+        };
+        let doc = if let Some(fx) = fetcher {
+            let body = fx.fetch(n, ep.port, &ep.path).await.map_err(|e| what(&e))?;
+            probe::scrape::parse_document(body.as_bytes(), ep.format).map_err(|e| what(&e))?
+        } else {
+            let f = factories
+                .get(&n)
+                .ok_or_else(|| format!("no way into `{}`", plan.nodes[n].name))?;
+            let addr = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, ep.port);
+            probe::scrape::scrape(f, addr, &ep.path, ep.format, Duration::from_secs(5))
+                .await
+                .map_err(|e| what(&e))?
+        };
         let v = probe::scrape::select(&doc, name.as_deref(), json.as_deref(), labels)
             .map_err(|e| format!("`{}` on `{}`: {e}", w.name, plan.nodes[n].name))?;
         values.extend(v);

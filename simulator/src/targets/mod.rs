@@ -542,7 +542,7 @@ impl Lab {
             l.nodes.supervisor.launched().await;
             let (fabric, sockets) = (&l.fabric, &mut l.sockets);
             wait_ports(&l.plan, |n| crate::fabric::node_sockets(fabric, sockets, n)).await
-        }, _d => Ok(()))
+        }, d => d.deploy(out_dir).await)
     }
 
     /// Marks the lab ready in its state file (for `up`, `exec`).
@@ -560,6 +560,11 @@ impl Lab {
     pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
         each!(self, l => crate::fabric::node_sockets(&l.fabric, &mut l.sockets, node),
             _d => Err(HostError::other("opening sockets in", format!("node {node}"), "a board's probes run on the board")))
+    }
+
+    /// Reads workloads' metrics through the boards' agents (device only).
+    pub fn fetcher(&self) -> Option<device::lab::Fetcher> {
+        each!(self, _l => None, d => Some(d.fetcher()))
     }
 
     /// Starts the probes on the nodes (remote probes only), on a grid from `t0`.
@@ -615,7 +620,7 @@ impl Lab {
 
     /// Reverts every fault, stops workloads, removes everything. Keeps going past errors.
     pub async fn teardown(self, grace: Duration) -> Vec<String> {
-        each!(self, l => l.teardown(grace).await, d => d.teardown().await)
+        each!(self, l => l.teardown(grace).await, d => d.teardown(grace).await)
     }
 }
 
@@ -702,6 +707,22 @@ pub(crate) fn instance_spec(plan: &Plan, wi: usize, ni: usize, launch: LaunchSpe
     }
 }
 
+/// Why a run stops when workload `w` on node `ni` never accepted connections on `port`.
+pub(crate) fn not_ready(
+    plan: &Plan,
+    w: &crate::scenario::plan::Workload,
+    ni: usize,
+    port: u16,
+) -> String {
+    format!(
+        "workload `{}` on `{}` did not accept connections on port {port} within {} (see its log under workloads/{}/)",
+        w.name,
+        plan.nodes[ni].name,
+        crate::units::Dur(w.ready_timeout),
+        w.name
+    )
+}
+
 /// Waits until every workload with a `readyPort` accepts TCP connections on its node.
 pub(crate) async fn wait_ports(
     plan: &Plan,
@@ -725,13 +746,7 @@ pub(crate) async fn wait_ports(
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(format!(
-                        "workload `{}` on `{}` did not accept connections on port {port} within {} (see its log under workloads/{}/)",
-                        w.name,
-                        plan.nodes[ni].name,
-                        crate::units::Dur(w.ready_timeout),
-                        w.name
-                    ));
+                    return Err(not_ready(plan, w, ni, port));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -131,6 +131,43 @@ pub fn arm64_runner() -> Result<Option<PathBuf>, String> {
 }
 
 /// The aarch64 binary of app `name` and the command that runs it, as an argv prefix.
+/// A static build of app `name` for a board of `machine` (`aarch64`, `x86_64`), to upload:
+/// `EDGESIM_APPS_<MACHINE>`, then images/build.sh's output beside this binary's target
+/// folder (`target/images/<arch>/`), Cargo's cross build (`target/<machine>-unknown-linux-musl/release/`),
+/// and on a board of this host's own machine, the native build.
+pub fn board_binary(name: &str, machine: &str) -> Result<PathBuf, String> {
+    let arch = if machine == "aarch64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let mut dirs = env_dirs(&format!("EDGESIM_APPS_{}", machine.to_uppercase()));
+    if let Some(d) = exe_dir()
+        && let Some(target) = d.parent()
+    {
+        dirs.push(target.join("images").join(arch));
+        dirs.push(
+            target
+                .join(format!("{machine}-unknown-linux-musl"))
+                .join("release"),
+        );
+    }
+    if let Some(p) = first_file(&dirs, name) {
+        return Ok(p);
+    }
+    if machine == std::env::consts::ARCH {
+        return native_binary(name);
+    }
+    Err(format!(
+        "no {machine} build of `{name}` for the boards (looked in {}); build it with `images/build.sh --arch {arch} --only {name} --no-docker` or set EDGESIM_APPS_{}",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        machine.to_uppercase()
+    ))
+}
+
 pub fn arm64_command(name: &str) -> Result<Vec<String>, String> {
     let mut dirs = env_dirs("EDGESIM_APPS_ARM64");
     if let Some(d) = exe_dir() {

@@ -24,7 +24,9 @@
 //!   same probe code as on every target, on a grid that starts `startInMs` from now (the
 //!   controller's timeline start, less the round trip that carried the request); they change
 //!   nothing on the board and end with their duration or the session; `probe-results`: every
-//!   sample so far, per probe (offsets from the grid's start).
+//!   sample so far, per probe (offsets from the grid's start);
+//! - `connect` (a TCP connection from the board: a workload's readiness) and `fetch` (an HTTP
+//!   GET from the board: a workload's metrics, in the reply's `body`).
 //!
 //! Unprompted, the agent may write one event line, `{"event": "lease-expired", …}`, before
 //! it exits.
@@ -100,6 +102,20 @@ pub enum Request {
     Probes(ProbeRun),
     /// The samples of the probes so far (all of them, each time).
     ProbeResults,
+    /// Whether a TCP connection from the board to `addr` opens within `timeoutMs` (a
+    /// workload's readiness).
+    #[serde(rename_all = "camelCase")]
+    Connect {
+        addr: std::net::SocketAddrV4,
+        timeout_ms: u64,
+    },
+    /// An HTTP GET from the board (a workload's metrics): the reply's `body`.
+    #[serde(rename_all = "camelCase")]
+    Fetch {
+        addr: std::net::SocketAddrV4,
+        path: String,
+        timeout_ms: u64,
+    },
 }
 
 /// Probes for the agent to run from the board, with the same probe code as the other
@@ -248,15 +264,7 @@ impl Probing {
 
     fn start(&mut self, run: &ProbeRun) -> std::result::Result<(), String> {
         self.stop();
-        if self.sockets.is_none() {
-            let fd = std::fs::File::open("/proc/self/ns/net")
-                .map_err(|e| format!("opening this board's network namespace: {e}"))?;
-            self.sockets = Some(
-                crate::host::ns::SocketFactory::start(fd.into(), "board")
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let sockets = self.sockets.clone().unwrap_or_else(|| unreachable!());
+        let sockets = self.sockets()?;
         let t0 = tokio::time::Instant::now() + Duration::from_millis(run.start_in_ms);
         let until = Duration::from_millis(run.duration_ms);
         self.logs = run
@@ -273,6 +281,47 @@ impl Probing {
             }));
         }
         Ok(())
+    }
+
+    fn sockets(&mut self) -> std::result::Result<crate::host::ns::SocketFactory, String> {
+        if self.sockets.is_none() {
+            let fd = std::fs::File::open("/proc/self/ns/net")
+                .map_err(|e| format!("opening this board's network namespace: {e}"))?;
+            self.sockets = Some(
+                crate::host::ns::SocketFactory::start(fd.into(), "board")
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(self.sockets.clone().unwrap_or_else(|| unreachable!()))
+    }
+
+    async fn connect(
+        &mut self,
+        addr: std::net::SocketAddrV4,
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        let f = self.sockets()?;
+        match tokio::time::timeout(timeout, crate::probe::net::connect(&f, addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection to {addr} within {timeout:?}")),
+        }
+    }
+
+    async fn fetch(
+        &mut self,
+        addr: std::net::SocketAddrV4,
+        path: &str,
+        timeout: Duration,
+    ) -> std::result::Result<String, String> {
+        let f = self.sockets()?;
+        let host = addr.to_string();
+        match tokio::time::timeout(timeout, crate::probe::net::get(&f, addr, &host, path)).await {
+            Ok(Ok(r)) if r.status.is_success() => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+            Ok(Ok(r)) => Err(format!("status {}", r.status.as_u16())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no response from {addr}{path} within {timeout:?}")),
+        }
     }
 
     fn results(&self) -> Vec<Vec<WireSample>> {
@@ -399,6 +448,9 @@ pub struct Reply {
     /// After `probe-results`: each probe's samples, in the order of `probes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples: Option<Vec<Vec<WireSample>>>,
+    /// After `fetch`: the response body (UTF-8, lossy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// A line the agent writes unasked, just before it exits.
@@ -959,6 +1011,25 @@ where
                 }
             }
             Request::ProbeResults => reply.samples = Some(probing.results()),
+            Request::Connect { addr, timeout_ms } => {
+                if let Err(e) = probing
+                    .connect(addr, Duration::from_millis(timeout_ms))
+                    .await
+                {
+                    reply = Reply::error(msg.id, e);
+                }
+            }
+            Request::Fetch {
+                addr,
+                path,
+                timeout_ms,
+            } => match probing
+                .fetch(addr, &path, Duration::from_millis(timeout_ms))
+                .await
+            {
+                Ok(b) => reply.body = Some(b),
+                Err(e) => reply = Reply::error(msg.id, e),
+            },
             Request::Apply(d) => {
                 lease = Duration::from_millis(d.lease_ms.max(100));
                 let t = Instant::now();
@@ -1001,6 +1072,7 @@ impl Reply {
             applied_us: None,
             reverted: Vec::new(),
             samples: None,
+            body: None,
         }
     }
 

@@ -32,8 +32,9 @@ use tokio::sync::Mutex;
 use crate::scenario::Plan;
 use crate::scenario::diag::Diagnostic;
 use crate::scenario::model::DownMode;
-use crate::scenario::plan::{ActionKind, Block, LinkParams, ProbeKind, Subject};
+use crate::scenario::plan::{ActionKind, Block, LinkParams, ProbeKind};
 use crate::targets::state::{Mode, RunState, TargetState};
+use crate::workload::{BoxFuture, Launch, LaunchSpec, Process, Supervisor};
 
 use super::agent::{Desired, Facts, ProbeRun, Reply, Request, WireBlock, WireProbe};
 use super::inventory::{Inventory, InventoryHost};
@@ -57,6 +58,17 @@ pub struct Bound {
     pub ifaces: Vec<String>,
     /// The agent binary per `uname -m` (`aarch64`, `x86_64`).
     pub agents: BTreeMap<String, PathBuf>,
+    /// What each workload instance runs, by (workload, node).
+    pub programs: BTreeMap<(usize, usize), Program>,
+}
+
+/// What a workload instance runs on its board.
+#[derive(Debug, Clone)]
+pub enum Program {
+    /// A binary of this machine's, uploaded to the board (by content hash), and its arguments.
+    Upload { local: PathBuf, args: Vec<String> },
+    /// A program the board has.
+    Command { argv: Vec<String> },
 }
 
 /// The device target's part of the state file.
@@ -67,6 +79,9 @@ pub struct DeviceState {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub agent_paths: BTreeMap<String, String>,
+    /// The process groups of the workloads started on each board (for cleanup).
+    #[serde(default)]
+    pub workload_groups: BTreeMap<String, Vec<i32>>,
 }
 
 fn machine_of(arch: crate::profile::Arch) -> &'static str {
@@ -124,27 +139,43 @@ pub async fn resolve(
         Ok(i) => i,
         Err(e) => return Err(vec![Diagnostic::new(here, e.to_string())]),
     };
-    for w in &plan.workloads {
-        errors.push(
-            Diagnostic::new(
-                w.pos,
-                format!(
-                    "workload `{}`: the device target does not start workloads on boards yet",
-                    w.name
-                ),
-            )
-            .hint("deploy them with the boards' own tooling (K3s and Flux: ansible/) and probe them, or run this scenario on netns or docker"),
-        );
-    }
-    for a in &plan.assertions {
-        if matches!(a.subject, Subject::Metric { .. }) {
-            errors.push(Diagnostic::new(
-                here,
-                format!(
-                    "assertion `{}`: metric scrapes on boards are not supported yet (probes are)",
-                    a.name
-                ),
-            ));
+    let mut programs = BTreeMap::new();
+    for (wi, w) in plan.workloads.iter().enumerate() {
+        match &w.run {
+            crate::scenario::plan::Run::App { app, args } => {
+                let mut failed = BTreeSet::new();
+                for &n in &w.nodes {
+                    let m = machine_of(plan.nodes[n].profile.arch);
+                    match crate::workload::apps::board_binary(app, m) {
+                        Ok(local) => {
+                            programs.insert(
+                                (wi, n),
+                                Program::Upload {
+                                    local,
+                                    args: args.clone(),
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            if failed.insert(m) {
+                                errors.push(Diagnostic::new(w.pos, format!("app `{app}`: {e}")));
+                            }
+                        }
+                    }
+                }
+            }
+            crate::scenario::plan::Run::Command { argv } => {
+                for &n in &w.nodes {
+                    programs.insert((wi, n), Program::Command { argv: argv.clone() });
+                }
+            }
+            crate::scenario::plan::Run::Image { image, .. } => errors.push(
+                Diagnostic::new(
+                    w.pos,
+                    format!("image `{image}`: boards run binaries, not container images"),
+                )
+                .hint("use `app:` (a static build is uploaded) or `command:`, or deliver images with K3s and Flux"),
+            ),
         }
     }
     if plan.uses_emulator() {
@@ -245,6 +276,7 @@ pub async fn resolve(
             addrs,
             ifaces,
             agents,
+            programs,
         })
     } else {
         Err(errors)
@@ -309,7 +341,156 @@ pub struct DeviceLab {
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     /// Probe `i` runs on board `probe_at[i].0` as its `probe_at[i].1`-th.
     probe_at: Vec<(usize, usize)>,
+    pub supervisor: Supervisor,
     pub log: crate::workload::EventLog,
+    /// Nodes powered off: isolated, their workloads down.
+    powered_off: BTreeSet<usize>,
+}
+
+/// Shell quoting for a word of a remote command line.
+fn quote(w: &str) -> String {
+    format!("'{}'", w.replace('\'', "'\\''"))
+}
+
+/// A workload instance on a board: the SSH command running it, in its own process group
+/// there (the session sshd made for it).
+struct RemoteProcess {
+    board: Arc<Board>,
+    child: Option<openssh::Child<Arc<openssh::Session>>>,
+    group: i32,
+    copies: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Process for RemoteProcess {
+    fn pid(&self) -> i32 {
+        self.group
+    }
+    fn signal(&mut self, sig: i32) -> BoxFuture<'_, ()> {
+        let (board, group) = (self.board.clone(), self.group);
+        Box::pin(async move {
+            let _ = board
+                .sh(&format!("kill -{sig} -{group} 2>/dev/null || true"))
+                .await;
+        })
+    }
+    fn wait(&mut self) -> BoxFuture<'_, Option<std::process::ExitStatus>> {
+        let child = self.child.take();
+        let copies = std::mem::take(&mut self.copies);
+        Box::pin(async move {
+            let st = match child {
+                Some(c) => c.wait().await.ok(),
+                None => None,
+            };
+            for c in copies {
+                let _ = c.await;
+            }
+            st
+        })
+    }
+}
+
+/// The folder of a run's workloads on a board, under the login's home.
+fn remote_runs(run_id: &str) -> String {
+    format!(".cache/edgesim/runs/{run_id}")
+}
+
+/// Starts one instance on `board`: `argv` with the spec's environment, in a work folder of
+/// its own on the board, its output copied into the spec's log files here.
+async fn spawn_remote(
+    board: Arc<Board>,
+    spec: LaunchSpec,
+    argv: Vec<String>,
+    workdir: String,
+) -> std::io::Result<Box<dyn Process>> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let env: Vec<String> = spec
+        .env
+        .iter()
+        .filter(|(k, _)| k != "EDGESIM_WORKDIR")
+        .map(|(k, v)| format!("{k}={}", quote(v)))
+        .collect();
+    // The group's id first (the process group sshd made for this command), then exec.
+    let script = format!(
+        "W=\"$HOME/{workdir}\"; mkdir -p \"$W\" && cd \"$W\" || exit 126; read -r _ _ _ _ g _ < /proc/$$/stat; echo \"edgesim-group $g\"; exec env {} EDGESIM_WORKDIR=\"$W\" {}",
+        env.join(" "),
+        argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+    );
+    let mut child = openssh::Session::to_command(board.session.clone(), "sh")
+        .arg("-c")
+        .arg(&script)
+        .stdin(openssh::Stdio::null())
+        .stdout(openssh::Stdio::piped())
+        .stderr(openssh::Stdio::piped())
+        .spawn()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (Some(out), Some(err)) = (child.stdout().take(), child.stderr().take()) else {
+        return Err(std::io::Error::other("no pipes"));
+    };
+    let mut out = tokio::io::BufReader::new(out);
+    let mut first = String::new();
+    out.read_line(&mut first).await?;
+    let group: i32 = first
+        .trim()
+        .strip_prefix("edgesim-group ")
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{} did not start `{}` (see its stderr log)",
+                board.host.name,
+                argv.join(" ")
+            ))
+        })?;
+    let mut copies = Vec::new();
+    let mut out_file = tokio::fs::File::create(&spec.stdout).await?;
+    copies.push(tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut out, &mut out_file).await;
+        let _ = out_file.flush().await;
+    }));
+    let mut err = err;
+    let mut err_file = tokio::fs::File::create(&spec.stderr).await?;
+    copies.push(tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut err, &mut err_file).await;
+        let _ = err_file.flush().await;
+    }));
+    Ok(Box::new(RemoteProcess {
+        board,
+        child: Some(child),
+        group,
+        copies,
+    }))
+}
+
+/// Reads workloads' metrics through the boards' agents (an HTTP GET from the board itself).
+#[derive(Clone)]
+pub struct Fetcher {
+    agents: Vec<(String, Arc<Mutex<Conn>>)>,
+}
+
+impl Fetcher {
+    /// The body of `http://127.0.0.1:<port><path>` on node `node`'s board.
+    pub async fn fetch(
+        &self,
+        node: usize,
+        port: u16,
+        path: &str,
+    ) -> std::result::Result<String, String> {
+        let (name, agent) = self.agents.get(node).ok_or("no such board")?;
+        let r = agent
+            .lock()
+            .await
+            .call(Request::Fetch {
+                addr: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+                path: path.to_string(),
+                timeout_ms: 5000,
+            })
+            .await
+            .map_err(|e| format!("{name}: {e}"))?;
+        match (r.ok, r.body) {
+            (true, Some(b)) => Ok(b),
+            _ => Err(format!("{name}: {}", r.error.unwrap_or_default())),
+        }
+    }
 }
 
 /// What a failed provisioning left: the boards whose agents run.
@@ -525,6 +706,7 @@ impl DeviceLab {
                     .unwrap_or_else(|_| bound.inventory.clone()),
                 hosts: bound.hosts.iter().map(|h| h.name.clone()).collect(),
                 agent_paths,
+                workload_groups: BTreeMap::new(),
             }),
         );
         for (n, a) in state.nodes.iter_mut().zip(&bound.addrs) {
@@ -549,8 +731,11 @@ impl DeviceLab {
             isolated: BTreeSet::new(),
             heartbeat: None,
             probe_at: Vec::new(),
+            supervisor: Supervisor::new(crate::workload::EventLog::default()),
             log: crate::workload::EventLog::default(),
+            powered_off: BTreeSet::new(),
         };
+        lab.log = lab.supervisor.log.clone();
         if let Err(e) = lab.push().await {
             let DeviceLab { boards, state, .. } = lab;
             return Err(Box::new((
@@ -599,7 +784,7 @@ impl DeviceLab {
         );
         // An isolated node: everything arriving on it dropped, and what it sends dropped where
         // it arrives.
-        for &m in &self.isolated {
+        for &m in self.isolated.union(&self.powered_off) {
             let (name, from) = if m == n {
                 ("node-down isolate".to_string(), vec![])
             } else {
@@ -659,10 +844,41 @@ impl DeviceLab {
                 nodes,
                 mode: DownMode::Isolate,
             } => self.isolated.extend(nodes.iter().copied()),
+            ActionKind::NodeDown {
+                nodes,
+                mode: DownMode::Poweroff,
+            } => {
+                // Cable out first, then the board's workloads stop and stay down.
+                self.powered_off.extend(nodes.iter().copied());
+                self.push().await?;
+                self.supervisor.suspend_nodes(nodes);
+                return Ok(());
+            }
             ActionKind::NodeUp { nodes, .. } => {
+                let powered: Vec<usize> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| self.powered_off.remove(n))
+                    .collect();
                 for n in nodes {
                     self.isolated.remove(n);
                 }
+                // Network first: a board that powers on finds its cable plugged in.
+                self.push().await?;
+                self.supervisor.resume_nodes(&powered);
+                return Ok(());
+            }
+            ActionKind::Kill {
+                workload,
+                nodes,
+                signal,
+            } => {
+                self.supervisor.signal(*workload, nodes, *signal);
+                return Ok(());
+            }
+            ActionKind::Restart { workload, nodes } => {
+                self.supervisor.restart(*workload, nodes);
+                return Ok(());
             }
             other => {
                 // Validation refuses these for this target (capabilities).
@@ -751,17 +967,145 @@ impl DeviceLab {
         errors
     }
 
+    /// Starts every workload on its board (binaries uploaded once per content hash), waits
+    /// until each has launched and every `readyPort` accepts connections on its board.
+    pub async fn deploy(&mut self, out_dir: &Path) -> std::result::Result<(), String> {
+        let plan = self.plan.clone();
+        let mut uploaded: BTreeMap<(usize, PathBuf), String> = BTreeMap::new();
+        for (wi, w) in plan.workloads.iter().enumerate() {
+            for &ni in &w.nodes {
+                let board = self.boards[ni].board.clone();
+                let argv = match self.bound.programs.get(&(wi, ni)) {
+                    Some(Program::Command { argv }) => argv.clone(),
+                    Some(Program::Upload { local, args }) => {
+                        let key = (ni, local.clone());
+                        let remote = match uploaded.get(&key) {
+                            Some(r) => r.clone(),
+                            None => {
+                                let name = local
+                                    .file_name()
+                                    .map(|n| n.to_string_lossy().into_owned())
+                                    .unwrap_or_else(|| w.name.clone());
+                                let r = board
+                                    .upload(local, "bin", &name)
+                                    .await
+                                    .map_err(|e| e.to_string())?;
+                                uploaded.insert(key, r.clone());
+                                r
+                            }
+                        };
+                        std::iter::once(remote)
+                            .chain(args.iter().cloned())
+                            .collect()
+                    }
+                    None => return Err(format!("workload `{}`: nothing resolved", w.name)),
+                };
+                let workdir = format!(
+                    "{}/{}/{}.data",
+                    remote_runs(&self.state.run_id),
+                    w.name,
+                    plan.nodes[ni].name
+                );
+                let launch_spec = crate::targets::launch_spec(
+                    &self.state,
+                    &plan,
+                    wi,
+                    ni,
+                    out_dir,
+                    argv.clone(),
+                    Some(&format!("~/{workdir}")),
+                )
+                .map_err(|e| e.to_string())?;
+                let spec = crate::targets::instance_spec(&plan, wi, ni, launch_spec);
+                let launch: Launch = Arc::new(move |s: &LaunchSpec| {
+                    Box::pin(spawn_remote(
+                        board.clone(),
+                        s.clone(),
+                        argv.clone(),
+                        workdir.clone(),
+                    ))
+                });
+                self.supervisor.start(spec, launch);
+            }
+        }
+        self.supervisor.launched().await;
+        for w in &plan.workloads {
+            let Some(port) = w.ready_port else { continue };
+            for &ni in &w.nodes {
+                let deadline = tokio::time::Instant::now() + w.ready_timeout;
+                let addr = std::net::SocketAddrV4::new(self.bound.addrs[ni], port);
+                loop {
+                    let r = self.boards[ni]
+                        .agent
+                        .lock()
+                        .await
+                        .call(Request::Connect {
+                            addr,
+                            timeout_ms: 500,
+                        })
+                        .await;
+                    if matches!(r, Ok(Reply { ok: true, .. })) {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(crate::targets::not_ready(&plan, w, ni, port));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads workloads' metrics through the agents (taken before the timeline takes the lab).
+    pub fn fetcher(&self) -> Fetcher {
+        Fetcher {
+            agents: self
+                .boards
+                .iter()
+                .map(|b| (b.board.host.name.clone(), b.agent.clone()))
+                .collect(),
+        }
+    }
+
     pub fn mark_ready(&mut self) -> crate::host::Result<()> {
         self.state.ready = true;
+        if let TargetState::Device(d) = &mut self.state.target {
+            d.workload_groups.clear();
+            for (wi, w) in self.plan.workloads.iter().enumerate() {
+                for &ni in &w.nodes {
+                    if let Some(g) = self.supervisor.pid(wi, ni).filter(|g| *g > 0) {
+                        d.workload_groups
+                            .entry(self.bound.hosts[ni].name.clone())
+                            .or_default()
+                            .push(g);
+                    }
+                }
+            }
+        }
         self.state.save_or_err()
     }
 
     /// Every board reverted, every agent gone, the state file removed.
-    pub async fn teardown(mut self) -> Vec<String> {
+    pub async fn teardown(mut self, grace: Duration) -> Vec<String> {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
         }
-        let mut errors = bye_all(std::mem::take(&mut self.boards)).await;
+        let supervisor = std::mem::replace(
+            &mut self.supervisor,
+            Supervisor::new(crate::workload::EventLog::default()),
+        );
+        supervisor.stop_all(grace).await;
+        let mut errors = Vec::new();
+        if !self.plan.workloads.is_empty() {
+            let runs = remote_runs(&self.state.run_id);
+            for b in &self.boards {
+                if let Err(e) = b.board.sh(&format!("rm -rf \"$HOME/{runs}\"")).await {
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        errors.extend(bye_all(std::mem::take(&mut self.boards)).await);
         if let Some(e) = self.state.remove_or_msg() {
             errors.push(e);
         }
@@ -792,6 +1136,14 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
             let board = transport::connect(h, &ConnectOptions::default())
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Some(groups) = d.workload_groups.get(name) {
+                for g in groups {
+                    let _ = board.sh(&format!("kill -9 -{g} 2>/dev/null || true")).await;
+                }
+                let _ = board
+                    .sh(&format!("rm -rf \"$HOME/{}\"", remote_runs(&state.run_id)))
+                    .await;
+            }
             let (out, mut agent) = spawn_agent(&board, remote, None).await?;
             let hello = agent
                 .call(Request::Hello)

@@ -145,10 +145,21 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
         S::Exact,
         "everything to and from the board dropped on the boards, but its management SSH",
     );
-    let workloads = "workloads on boards are not started by edgesim yet (deploy them with K3s and Flux, ansible/, and probe them)";
-    for f in [F::NodeFreeze, F::NodePoweroff, F::KillRestart] {
-        c.set(f, S::Unavailable, workloads);
-    }
+    c.set(
+        F::NodeFreeze,
+        S::Unavailable,
+        "needs a freezer cgroup of the run's on the board: not yet",
+    );
+    c.set(
+        F::NodePoweroff,
+        S::Emulated,
+        "the board isolated and its workloads stopped and kept down (the board itself keeps running)",
+    );
+    c.set(
+        F::KillRestart,
+        S::Exact,
+        "signals to the workload's process group on the board (over SSH)",
+    );
     for f in [F::Cpu, F::Memory, F::BlockIo] {
         c.set(
             f,
@@ -156,9 +167,21 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
             "a board's CPU, memory and storage are its own: checked against the profile before the run, not changed",
         );
     }
-    for f in [F::AppWorkload, F::CommandWorkload, F::ImageWorkload] {
-        c.set(f, S::Unavailable, workloads);
-    }
+    c.set(
+        F::AppWorkload,
+        S::Exact,
+        "the app's static build for the board's architecture, uploaded once by content hash and run over SSH; output into the run folder",
+    );
+    c.set(
+        F::CommandWorkload,
+        S::Exact,
+        "a program the board has, run over SSH in its own process group",
+    );
+    c.set(
+        F::ImageWorkload,
+        S::Unavailable,
+        "boards run binaries, not container images (deliver images with K3s and Flux: ansible/)",
+    );
     c.set(
         F::Arm64Emulation,
         S::Unavailable,

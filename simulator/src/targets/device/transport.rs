@@ -239,10 +239,21 @@ impl Board {
     /// Makes sure the agent binary `local` is on the board (uploaded once per content hash)
     /// and returns its path there.
     pub async fn upload_agent(&self, local: &Path) -> Result<String, TransportError> {
+        self.upload(local, "agent", "edgesim").await
+    }
+
+    /// Makes sure the executable `local` is on the board as `~/.cache/edgesim/<kind>-<hash>/<name>`
+    /// (uploaded once per content hash, renamed into place) and returns that path.
+    pub async fn upload(
+        &self,
+        local: &Path,
+        kind: &str,
+        name: &str,
+    ) -> Result<String, TransportError> {
         let data = std::fs::read(local)
             .map_err(|e| self.remote_err(&format!("reading {}", local.display()), e))?;
-        let dir = format!(".cache/edgesim/agent-{}", short_hash(&data));
-        let path = format!("{dir}/edgesim");
+        let dir = format!(".cache/edgesim/{kind}-{}", short_hash(&data));
+        let path = format!("{dir}/{name}");
         let home = self.sh("printf %s \"$HOME\"").await?;
         let full = format!("{home}/{path}");
         if self
@@ -267,29 +278,26 @@ impl Board {
             .stderr(Stdio::piped())
             .spawn()
             .await
-            .map_err(|e| self.remote_err("uploading the agent", chain(&e)))?;
+            .map_err(|e| self.remote_err("uploading", chain(&e)))?;
         let mut stdin = child
             .stdin()
             .take()
-            .ok_or_else(|| self.remote_err("uploading the agent", "no stdin"))?;
+            .ok_or_else(|| self.remote_err("uploading", "no stdin"))?;
         stdin
             .write_all(&data)
             .await
-            .map_err(|e| self.remote_err("uploading the agent", e))?;
+            .map_err(|e| self.remote_err("uploading", e))?;
         stdin
             .shutdown()
             .await
-            .map_err(|e| self.remote_err("uploading the agent", e))?;
+            .map_err(|e| self.remote_err("uploading", e))?;
         drop(stdin);
         let out = child
             .wait_with_output()
             .await
-            .map_err(|e| self.remote_err("uploading the agent", chain(&e)))?;
+            .map_err(|e| self.remote_err("uploading", chain(&e)))?;
         if !out.status.success() {
-            return Err(self.remote_err(
-                "uploading the agent",
-                String::from_utf8_lossy(&out.stderr).trim(),
-            ));
+            return Err(self.remote_err("uploading", String::from_utf8_lossy(&out.stderr).trim()));
         }
         Ok(full)
     }
