@@ -1211,8 +1211,8 @@ fn a_scenario_runs_on_boards_with_the_device_target() {
 }
 
 /// A device run killed with SIGKILL mid-partition: the boards revert by themselves (the
-/// agents' sessions end, or at worst their leases run out), and `edgesim cleanup` then finds
-/// nothing left but the state file.
+/// agents' sessions end, or at worst their leases run out), its workload on a board ends too,
+/// and `edgesim cleanup` then finds nothing left but the state file.
 #[test]
 fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     let _g = common::serial();
@@ -1227,7 +1227,7 @@ fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     let scenario = dir.path().join("killed.yaml");
     std::fs::write(
         &scenario,
-        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: killed}\nspec:\n  duration: 60s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw-1, site: factory, profile: this-host}\n  timeline:\n    - {at: 1s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n",
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: killed}\nspec:\n  duration: 60s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw-1, site: factory, profile: this-host}\n  workloads:\n    - {name: idle, nodes: [gw-1], command: sleep 300}\n  timeline:\n    - {at: 1s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n",
     )
     .unwrap();
     let state_dir = dir.path().join("state");
@@ -1256,6 +1256,19 @@ fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     })
     .expect("the partition is in force on the boards");
     assert!(!lan.leftovers(0).is_empty());
+    // The board's workload runs, and must end with its controller (its lifeline: the
+    // session's stdin).
+    let sleeping = || {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &lan.boards[1]])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&pids.stdout)
+            .lines()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/cmdline", p.trim())).ok())
+            .any(|c| c.starts_with("sleep\u{0}300"))
+    };
+    assert!(sleeping(), "the workload runs on gw-1");
     let t = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -1273,6 +1286,9 @@ fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     );
     assert!(t.elapsed() < Duration::from_secs(15));
     assert_eq!(lan.pings(1, &Lan::addr(0), 5), 5);
+    let gone = until(Duration::from_secs(10), || !sleeping())
+        .expect("the workload ends with the controller");
+    eprintln!("the board's workload ended {gone:?} after its controller");
     // The state file names the boards; cleanup visits them and removes it.
     assert_eq!(std::fs::read_dir(&state_dir).unwrap().count(), 1);
     let out = run(&["cleanup"]).output().unwrap();

@@ -359,6 +359,9 @@ struct RemoteProcess {
     child: Option<openssh::Child<Arc<openssh::Session>>>,
     group: i32,
     copies: Vec<tokio::task::JoinHandle<()>>,
+    /// Held open, never written: when this process dies (SIGKILL included) the board sees
+    /// its end and kills the instance's group.
+    _lifeline: Option<openssh::ChildStdin>,
 }
 
 impl Process for RemoteProcess {
@@ -409,21 +412,24 @@ async fn spawn_remote(
         .filter(|(k, _)| k != "EDGESIM_WORKDIR")
         .map(|(k, v)| format!("{k}={}", quote(v)))
         .collect();
-    // The group's id first (the process group sshd made for this command), then exec.
+    // The group's id first (the process group sshd made for this command); a watcher that
+    // kills the group when the controller's end of stdin closes (the controller died or the
+    // connection is gone), then the workload itself, its stdin from /dev/null.
     let script = format!(
-        "W=\"$HOME/{workdir}\"; mkdir -p \"$W\" && cd \"$W\" || exit 126; read -r _ _ _ _ g _ < /proc/$$/stat; echo \"edgesim-group $g\"; exec env {} EDGESIM_WORKDIR=\"$W\" {}",
+        "W=\"$HOME/{workdir}\"; mkdir -p \"$W\" && cd \"$W\" || exit 126; read -r _ _ _ _ g _ < /proc/$$/stat; echo \"edgesim-group $g\"; exec 3<&0; (cat <&3 >/dev/null; kill -9 -$g) >/dev/null 2>&1 & exec 3<&- </dev/null; exec env {} EDGESIM_WORKDIR=\"$W\" {}",
         env.join(" "),
         argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
     );
     let mut child = openssh::Session::to_command(board.session.clone(), "sh")
         .arg("-c")
         .arg(&script)
-        .stdin(openssh::Stdio::null())
+        .stdin(openssh::Stdio::piped())
         .stdout(openssh::Stdio::piped())
         .stderr(openssh::Stdio::piped())
         .spawn()
         .await
         .map_err(std::io::Error::other)?;
+    let lifeline = child.stdin().take();
     let (Some(out), Some(err)) = (child.stdout().take(), child.stderr().take()) else {
         return Err(std::io::Error::other("no pipes"));
     };
@@ -458,6 +464,7 @@ async fn spawn_remote(
         child: Some(child),
         group,
         copies,
+        _lifeline: lifeline,
     }))
 }
 
