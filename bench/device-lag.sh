@@ -136,8 +136,8 @@ if [ -z "$INVENTORY" ]; then
             "$addr" "$d/host_key" "$d/sshd.pid" "$d/authorized_keys" >"$d/sshd_config"
         ip netns exec "$ns" /usr/sbin/sshd -D -f "$d/sshd_config" &
         SSHD_PIDS+=($!)
-        printf '    %s:\n      ansible_host: %s\n      ansible_ssh_private_key_file: %s\n      edgesim_known_hosts_file: %s\n' \
-            "${NAMES[$i]}" "$addr" "$WORK/user_key" "$d/known_hosts" >>"$INVENTORY"
+        printf '    %s:\n      ansible_host: %s\n      ansible_ssh_private_key_file: %s\n      edgesim_known_hosts_file: %s\n      edgesim_cache_dir: %s\n' \
+            "${NAMES[$i]}" "$addr" "$WORK/user_key" "$d/known_hosts" "$WORK/cache" >>"$INVENTORY"
     done
     for i in "${!NAMES[@]}"; do
         for _ in $(seq 50); do ip netns exec "$P-b$i" ss -Hltn 'sport = :22' | grep -q . && break; sleep 0.1; done

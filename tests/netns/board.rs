@@ -458,10 +458,11 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
     std::fs::write(
         &inventory,
         format!(
-            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
             Lan::addr(0),
             d.join("user_key").display(),
             d.join("known_hosts").display(),
+            d.join("cache").display(),
             dir.path().join("user_key").display(),
             dir.path().join("known_hosts").display(),
         ),

@@ -534,10 +534,11 @@ impl Sshd {
     pub fn inventory(&self, name: &str) -> String {
         let d = self.dir.path();
         format!(
-            "all:\n  hosts:\n    {name}:\n      ansible_host: {addr}\n      ansible_user: root\n      ansible_ssh_private_key_file: {key}\n      edgesim_known_hosts_file: {kh}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            "all:\n  hosts:\n    {name}:\n      ansible_host: {addr}\n      ansible_user: root\n      ansible_ssh_private_key_file: {key}\n      edgesim_known_hosts_file: {kh}\n      edgesim_cache_dir: {cache}\n      edgesim_profile: raspberry-pi-5-8gb\n",
             addr = self.addr,
             key = d.join("user_key").display(),
             kh = d.join("known_hosts").display(),
+            cache = d.join("cache").display(),
         )
     }
 
@@ -1143,11 +1144,13 @@ pub fn namespace_boards(lan: &Lan, names: &[&str], dir: &Path) -> (Vec<Sshd>, Pa
         String::from("all:\n  vars: {ansible_user: root, edgesim_profile: this-host}\n  hosts:\n");
     for (name, s) in names.iter().zip(&sshds) {
         let d = s.dir.path();
+        // The namespace boards share this host's filesystem: their caches go with the test.
         inv.push_str(&format!(
-            "    {name}:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n",
+            "    {name}:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n",
             s.addr,
             d.join("user_key").display(),
-            d.join("known_hosts").display()
+            d.join("known_hosts").display(),
+            dir.join("cache").display()
         ));
     }
     let inventory = dir.join("inventory.yaml");
@@ -1357,7 +1360,7 @@ fn the_quickstart_passes_on_boards_as_on_netns() {
     for i in 0..4 {
         assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
     }
-    let runs = Path::new("/root/.cache/edgesim/runs");
+    let runs = dir.path().join("cache/runs");
     assert!(
         !runs.exists() || std::fs::read_dir(runs).unwrap().next().is_none(),
         "the workloads' folders on the boards are removed"

@@ -392,9 +392,12 @@ impl Process for RemoteProcess {
     }
 }
 
-/// The folder of a run's workloads on a board, under the login's home.
-fn remote_runs(run_id: &str) -> String {
-    format!(".cache/edgesim/runs/{run_id}")
+/// The folder of a run's workloads on a board.
+async fn remote_runs(board: &Board, run_id: &str) -> std::result::Result<String, String> {
+    Ok(format!(
+        "{}/runs/{run_id}",
+        board.cache_dir().await.map_err(|e| e.to_string())?
+    ))
 }
 
 /// Starts one instance on `board`: `argv` with the spec's environment, in a work folder of
@@ -416,7 +419,8 @@ async fn spawn_remote(
     // kills the group when the controller's end of stdin closes (the controller died or the
     // connection is gone), then the workload itself, its stdin from /dev/null.
     let script = format!(
-        "W=\"$HOME/{workdir}\"; mkdir -p \"$W\" && cd \"$W\" || exit 126; read -r _ _ _ _ g _ < /proc/$$/stat; echo \"edgesim-group $g\"; exec 3<&0; (cat <&3 >/dev/null; kill -9 -$g) >/dev/null 2>&1 & exec 3<&- </dev/null; exec env {} EDGESIM_WORKDIR=\"$W\" {}",
+        "W={}; mkdir -p \"$W\" && cd \"$W\" || exit 126; read -r _ _ _ _ g _ < /proc/$$/stat; echo \"edgesim-group $g\"; exec 3<&0; (cat <&3 >/dev/null; kill -9 -$g) >/dev/null 2>&1 & exec 3<&- </dev/null; exec env {} EDGESIM_WORKDIR=\"$W\" {}",
+        quote(&workdir),
         env.join(" "),
         argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
     );
@@ -1009,7 +1013,7 @@ impl DeviceLab {
                 };
                 let workdir = format!(
                     "{}/{}/{}.data",
-                    remote_runs(&self.state.run_id),
+                    remote_runs(&board, &self.state.run_id).await?,
                     w.name,
                     plan.nodes[ni].name
                 );
@@ -1020,7 +1024,7 @@ impl DeviceLab {
                     ni,
                     out_dir,
                     argv.clone(),
-                    Some(&format!("~/{workdir}")),
+                    Some(&workdir),
                 )
                 .map_err(|e| e.to_string())?;
                 let spec = crate::targets::instance_spec(&plan, wi, ni, launch_spec);
@@ -1105,10 +1109,18 @@ impl DeviceLab {
         supervisor.stop_all(grace).await;
         let mut errors = Vec::new();
         if !self.plan.workloads.is_empty() {
-            let runs = remote_runs(&self.state.run_id);
             for b in &self.boards {
-                if let Err(e) = b.board.sh(&format!("rm -rf \"$HOME/{runs}\"")).await {
-                    errors.push(e.to_string());
+                let r = match remote_runs(&b.board, &self.state.run_id).await {
+                    Ok(runs) => b
+                        .board
+                        .sh(&format!("rm -rf {}", quote(&runs)))
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    errors.push(e);
                 }
             }
         }
@@ -1147,9 +1159,9 @@ pub async fn cleanup_state(state: &RunState) -> Vec<String> {
                 for g in groups {
                     let _ = board.sh(&format!("kill -9 -{g} 2>/dev/null || true")).await;
                 }
-                let _ = board
-                    .sh(&format!("rm -rf \"$HOME/{}\"", remote_runs(&state.run_id)))
-                    .await;
+                if let Ok(runs) = remote_runs(&board, &state.run_id).await {
+                    let _ = board.sh(&format!("rm -rf {}", quote(&runs))).await;
+                }
             }
             let (out, mut agent) = spawn_agent(&board, remote, None).await?;
             let hello = agent

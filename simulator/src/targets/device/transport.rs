@@ -7,7 +7,7 @@
 //! names a known-hosts file of the board's own (edgesim's tests use per-test keys).
 //!
 //! The agent ([`super::agent`]) is uploaded once per binary: to
-//! `~/.cache/edgesim/agent-<sha256 prefix>/edgesim` on the board, written to a temporary name
+//! `~/.cache/edgesim/agent-<sha256 prefix>/edgesim` on the board (`edgesim_cache_dir` moves it), written to a temporary name
 //! and renamed into place, so a half-copied binary is never run and a cached one is reused by
 //! later runs.
 
@@ -218,6 +218,23 @@ impl Board {
         Ok(cmd)
     }
 
+    /// Where edgesim keeps its files on the board (uploaded binaries by hash, runs' work
+    /// folders): the host's `edgesim_cache_dir` (`~/` is the login's home), else
+    /// `~/.cache/edgesim`.
+    pub async fn cache_dir(&self) -> Result<String, TransportError> {
+        let home = || async { self.sh("printf %s \"$HOME\"").await };
+        match self
+            .host
+            .vars
+            .get("edgesim_cache_dir")
+            .and_then(|v| v.as_str())
+        {
+            Some(d) if d.starts_with("~/") => Ok(format!("{}/{}", home().await?, &d[2..])),
+            Some(d) => Ok(d.trim_end_matches('/').to_string()),
+            None => Ok(format!("{}/.cache/edgesim", home().await?)),
+        }
+    }
+
     /// The board's machine (`uname -m`: `aarch64`, `x86_64`).
     pub async fn machine(&self) -> Result<String, TransportError> {
         Ok(self.sh("uname -m").await?.trim().to_string())
@@ -252,10 +269,8 @@ impl Board {
     ) -> Result<String, TransportError> {
         let data = std::fs::read(local)
             .map_err(|e| self.remote_err(&format!("reading {}", local.display()), e))?;
-        let dir = format!(".cache/edgesim/{kind}-{}", short_hash(&data));
-        let path = format!("{dir}/{name}");
-        let home = self.sh("printf %s \"$HOME\"").await?;
-        let full = format!("{home}/{path}");
+        let dir = format!("{}/{kind}-{}", self.cache_dir().await?, short_hash(&data));
+        let full = format!("{dir}/{name}");
         if self
             .sh(&format!("test -x '{full}' && echo yes || true"))
             .await?
@@ -266,7 +281,7 @@ impl Board {
         }
         let tmp = format!("{full}.part.$$");
         let script = format!(
-            "set -e; mkdir -p '{home}/{dir}'; t=\"{tmp}\"; cat > \"$t\"; chmod 0755 \"$t\"; mv \"$t\" '{full}'"
+            "set -e; mkdir -p '{dir}'; t=\"{tmp}\"; cat > \"$t\"; chmod 0755 \"$t\"; mv \"$t\" '{full}'"
         );
         let mut child = self
             .session
