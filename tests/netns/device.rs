@@ -1383,3 +1383,77 @@ fn the_quickstart_passes_on_boards_as_on_netns() {
             .unwrap_or_else(|| panic!("left running in {b}: {:?}", others()));
     }
 }
+
+/// A device run whose control path is cut mid-partition (the controller's namespace drops
+/// everything): no end of session reaches the boards, and each reverts when its lease
+/// (`edgesim_lease: 1s`) runs out.
+#[test]
+fn a_device_run_cut_off_from_its_boards_reverts_within_the_lease() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("c", 2);
+    let names = ["sink", "gw-1"];
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &names, dir.path());
+    let inv = std::fs::read_to_string(&inventory).unwrap().replace(
+        "edgesim_profile: this-host}",
+        "edgesim_profile: this-host, edgesim_lease: 1s}",
+    );
+    std::fs::write(&inventory, inv).unwrap();
+    let profiles = this_host_profile(dir.path());
+    let scenario = dir.path().join("cut.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: cut-off}\nspec:\n  duration: 60s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw-1, site: factory, profile: this-host}\n  timeline:\n    - {at: 1s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n",
+    )
+    .unwrap();
+    let mut child = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &dir.path().join("report.json"),
+        &dir.path().join("out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    until(Duration::from_secs(30), || {
+        lan.pings(1, &Lan::addr(0), 2) == 0
+    })
+    .expect("the partition is in force on the boards");
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(b"table inet cut {\n chain o { type filter hook output priority 0; policy drop; }\n chain i { type filter hook input priority 0; policy drop; }\n}\n")
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
+    let t = Instant::now();
+    let clean = until(Duration::from_secs(10), || {
+        (0..2).all(|i| lan.leftovers(i).is_empty())
+    })
+    .expect("the boards revert when their leases run out");
+    eprintln!("control path cut: both boards reverted after {clean:?} (lease 1 s)");
+    assert!(t.elapsed() < Duration::from_secs(3), "within lease + 1 s");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("ip")
+        .args([
+            "netns", "exec", &lan.ctl, "nft", "delete", "table", "inet", "cut",
+        ])
+        .status();
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, BIN, "cleanup"])
+        .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+        .output();
+}

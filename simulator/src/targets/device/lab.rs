@@ -41,9 +41,12 @@ use super::inventory::{Inventory, InventoryHost};
 use super::transport::{self, AgentConn, Board, ConnectOptions};
 use super::{Needs, check_board, desired_for};
 
-/// How long a board keeps a fault without hearing from the controller.
+/// How long a board keeps a fault without hearing from the controller, unless its inventory
+/// host sets `edgesim_lease`.
 pub const LEASE: Duration = Duration::from_secs(5);
-/// How often the controller renews every board's lease.
+/// The shortest `edgesim_lease`: three heartbeats must fit in it.
+pub const MIN_LEASE: Duration = Duration::from_millis(300);
+/// How often the controller renews every board's lease (more often for short leases).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// What a device run will use, resolved before anything is created.
@@ -60,6 +63,8 @@ pub struct Bound {
     pub agents: BTreeMap<String, PathBuf>,
     /// What each workload instance runs, by (workload, node).
     pub programs: BTreeMap<(usize, usize), Program>,
+    /// Each board's lease (`edgesim_lease`, else [`LEASE`]).
+    pub leases: Vec<Duration>,
 }
 
 /// What a workload instance runs on its board.
@@ -202,6 +207,7 @@ pub async fn resolve(
     let mut hosts = Vec::new();
     let mut addrs = Vec::new();
     let mut ifaces = Vec::new();
+    let mut leases = Vec::new();
     for b in &bindings {
         let h = inv.hosts[&b.host].clone();
         let addr_text = h
@@ -242,6 +248,31 @@ pub async fn resolve(
                 .unwrap_or("eth0")
                 .to_string(),
         );
+        let lease = match h.vars.get("edgesim_lease").and_then(|v| v.as_str()) {
+            None => LEASE,
+            Some(t) => match t.parse::<crate::units::Dur>() {
+                Ok(d) if d.0 >= MIN_LEASE => d.0,
+                Ok(_) => {
+                    errors.push(Diagnostic::new(
+                        here,
+                        format!(
+                            "inventory host `{}`: edgesim_lease `{t}` is shorter than {} (three heartbeats must fit in it)",
+                            h.name,
+                            crate::units::Dur(MIN_LEASE)
+                        ),
+                    ));
+                    LEASE
+                }
+                Err(e) => {
+                    errors.push(Diagnostic::new(
+                        here,
+                        format!("inventory host `{}`: edgesim_lease: {e}", h.name),
+                    ));
+                    LEASE
+                }
+            },
+        };
+        leases.push(lease);
         hosts.push(h);
     }
     let mut agents = BTreeMap::new();
@@ -277,6 +308,7 @@ pub async fn resolve(
             ifaces,
             agents,
             programs,
+            leases,
         })
     } else {
         Err(errors)
@@ -762,8 +794,10 @@ impl DeviceLab {
             .iter()
             .map(|b| (b.board.host.name.clone(), b.agent.clone()))
             .collect();
+        let shortest = lab.bound.leases.iter().copied().min().unwrap_or(LEASE);
+        let every = HEARTBEAT.min(shortest / 3);
         lab.heartbeat = Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 for (name, c) in &conns {
@@ -791,7 +825,7 @@ impl DeviceLab {
             &addrs,
             n,
             &self.bound.ifaces[n],
-            LEASE,
+            self.bound.leases[n],
         );
         // An isolated node: everything arriving on it dropped, and what it sends dropped where
         // it arrives.
