@@ -1457,3 +1457,59 @@ fn a_device_run_cut_off_from_its_boards_reverts_within_the_lease() {
         .env("EDGESIM_STATE_DIR", dir.path().join("state"))
         .output();
 }
+
+/// `edgesim up --target device` keeps a lab of boards up (the baseline in force on them)
+/// until `edgesim down`, which reverts every board.
+#[test]
+fn a_lab_of_boards_stays_up_until_down() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("u", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &["sink", "gw-1"], dir.path());
+    let profiles = this_host_profile(dir.path());
+    let scenario = dir.path().join("lab.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: board-lab}\nspec:\n  duration: 10s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, loss: 30%}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw-1, site: factory, profile: this-host}\n",
+    )
+    .unwrap();
+    let edgesim = |args: &[&str]| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &lan.ctl, BIN])
+            .arg("--inventory")
+            .arg(&inventory)
+            .arg("--profiles")
+            .arg(&profiles)
+            .args(args)
+            .env("EDGESIM_AGENT_X86_64", BIN)
+            .env("EDGESIM_STATE_DIR", dir.path().join("state"));
+        c
+    };
+    let up = edgesim(&["up", "--target", "device", "--out"])
+        .arg(dir.path().join("out"))
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    // The uplink's 30 % loss is in force on both boards while the lab is up.
+    assert!(!lan.leftovers(0).is_empty() && !lan.leftovers(1).is_empty());
+    let got = lan.pings(1, &Lan::addr(0), 200);
+    assert!((70..=140).contains(&got), "30 % each way: {got} of 200");
+    let down = edgesim(&["down", "board-lab"]).output().unwrap();
+    assert!(
+        down.status.success(),
+        "down: {}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    for i in 0..2 {
+        assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
+    }
+    assert_eq!(lan.pings(1, &Lan::addr(0), 10), 10);
+}

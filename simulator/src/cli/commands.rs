@@ -12,6 +12,11 @@ use super::{Cli, Command, EXIT_INFRA, EXIT_INVALID, EXIT_PASS, Output, TargetArg
 /// `--inventory`, for the device target's validation.
 static INVENTORY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
 
+/// The `--inventory` this process was given.
+pub fn inventory() -> Option<PathBuf> {
+    INVENTORY.get().cloned().flatten()
+}
+
 pub fn dispatch(cli: Cli) -> u8 {
     let _ = INVENTORY.set(cli.inventory.clone());
     let profile_dirs: Vec<PathBuf> = cli

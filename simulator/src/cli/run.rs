@@ -308,12 +308,6 @@ fn up(
     out: Option<PathBuf>,
     profile_dirs: &[PathBuf],
 ) -> Result<u8> {
-    if target == TargetArg::Device {
-        errln!(
-            "error: `edgesim up` does not keep labs of boards yet; `edgesim run --target device` runs a scenario on them"
-        );
-        return Ok(EXIT_INVALID);
-    }
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(target)?;
     let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
@@ -352,6 +346,10 @@ fn up(
         .args(["--ready-fd", &wr_raw.to_string()]);
     for d in profile_dirs {
         cmd.arg("--profiles").arg(d);
+    }
+    if let Some(inv) = super::commands::inventory() {
+        cmd.arg("--inventory")
+            .arg(std::fs::canonicalize(&inv).unwrap_or(inv));
     }
     if let Some(s) = seed {
         cmd.args(["--seed", &s.to_string()]);
