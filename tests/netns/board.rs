@@ -292,6 +292,13 @@ fn isolate() -> Vec<WireBlock> {
     }]
 }
 
+/// Sends `req` and expects it to succeed.
+async fn ok(agent: &mut Conn, req: Request) -> edgesim::targets::device::agent::Reply {
+    let r = agent.call(req).await.expect("the agent answers");
+    assert!(r.ok, "{r:?}");
+    r
+}
+
 fn apply(d: Desired) -> Request {
     Request::Apply(Desired {
         iface: "eth0".into(),
@@ -328,8 +335,9 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         let facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
 
         // 40 ms on the board's way to the namespace board: the round trip grows by 40 ms.
-        let r = agent
-            .call(apply(Desired {
+        ok(
+            &mut agent,
+            apply(Desired {
                 peers: vec![Peer {
                     addr: ns_board,
                     params: edgesim::scenario::plan::LinkParams {
@@ -338,14 +346,14 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
                     },
                 }],
                 ..Desired::default()
-            }))
-            .await
-            .unwrap();
-        assert!(r.ok, "{r:?}");
+            }),
+        )
+        .await;
         let delayed = rtt(&lan, 20);
         // 30 % of what arrives from the namespace board is dropped on arrival.
-        let r = agent
-            .call(apply(Desired {
+        ok(
+            &mut agent,
+            apply(Desired {
                 incoming: vec![Peer {
                     addr: ns_board,
                     params: edgesim::scenario::plan::LinkParams {
@@ -354,35 +362,34 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
                     },
                 }],
                 ..Desired::default()
-            }))
-            .await
-            .unwrap();
-        assert!(r.ok, "{r:?}");
+            }),
+        )
+        .await;
         let lossy = lan.pings(0, VM_ADDR, 200);
         // A full partition of the board; its SSH connection carries heartbeats throughout.
-        let r = agent
-            .call(apply(Desired {
+        ok(
+            &mut agent,
+            apply(Desired {
                 blocks: isolate(),
                 ..Desired::default()
-            }))
-            .await
-            .unwrap();
-        assert!(r.ok, "{r:?}");
+            }),
+        )
+        .await;
         let parted = lan.pings(0, VM_ADDR, 10);
         for _ in 0..3 {
             assert!(agent.call(Request::Heartbeat).await.unwrap().ok);
         }
         // Silence: the lease (1.5 s) runs out and the board reverts by itself.
-        let r = agent
-            .call(Request::Apply(Desired {
+        ok(
+            &mut agent,
+            Request::Apply(Desired {
                 iface: "eth0".into(),
                 lease_ms: 1500,
                 blocks: isolate(),
                 ..Desired::default()
-            }))
-            .await
-            .unwrap();
-        assert!(r.ok, "{r:?}");
+            }),
+        )
+        .await;
         let t = Instant::now();
         let _ = child.wait().await;
         let lease = t.elapsed();
@@ -391,14 +398,14 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         // SIGKILL mid-partition: the next agent reverts what the dead one left.
         let (_child, mut agent) = start_agent(&board, &bin).await;
         assert!(agent.call(Request::Hello).await.unwrap().ok);
-        let r = agent
-            .call(apply(Desired {
+        ok(
+            &mut agent,
+            apply(Desired {
                 blocks: isolate(),
                 ..Desired::default()
-            }))
-            .await
-            .unwrap();
-        assert!(r.ok, "{r:?}");
+            }),
+        )
+        .await;
         board
             .sh("kill -KILL $(pidof edgesim)")
             .await

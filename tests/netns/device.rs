@@ -73,6 +73,35 @@ impl Lan {
         Lan { boards, ctl, lan }
     }
 
+    /// The controller's namespace drops everything in and out (table `inet cut`): its
+    /// control path to every board is cut, without an end of session reaching them.
+    pub fn cut_controller(&self) {
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &self.ctl, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft runs");
+        nft.stdin
+            .take()
+            .expect("piped")
+            .write_all(b"table inet cut {\n chain o { type filter hook output priority 0; policy drop; }\n chain i { type filter hook input priority 0; policy drop; }\n}\n")
+            .expect("nft reads");
+        assert!(nft.wait().expect("nft ends").success());
+    }
+
+    /// The command lines of the processes in board `i`'s namespace (NULs as spaces).
+    pub fn processes(&self, i: usize) -> Vec<String> {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &self.boards[i]])
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&pids.stdout)
+            .lines()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/cmdline", p.trim())).ok())
+            .map(|c| c.replace('\0', " "))
+            .collect()
+    }
+
     /// The prefix of every namespace of this LAN (what `Drop` and leftover checks match).
     pub fn prefix(&self) -> &str {
         self.lan.trim_end_matches("-lan")
@@ -780,17 +809,7 @@ fn over_ssh_the_board_reverts_when_its_controller_is_killed_or_cut_off() {
     let mut a = Agent::start(&argv, &state);
     a.ok(json!({"op": "hello"}));
     a.ok(apply);
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &lan.ctl, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(b"table inet cut {\n chain o { type filter hook output priority 0; policy drop; }\n chain i { type filter hook input priority 0; policy drop; }\n}\n")
-        .unwrap();
-    assert!(nft.wait().unwrap().success());
+    lan.cut_controller();
     let t = Instant::now();
     let lapsed = until(Duration::from_secs(15), || lan.leftovers(0).is_empty())
         .expect("reverted after the lease");
@@ -1261,16 +1280,7 @@ fn a_device_run_killed_mid_partition_leaves_boards_clean() {
     assert!(!lan.leftovers(0).is_empty());
     // The board's workload runs, and must end with its controller (its lifeline: the
     // session's stdin).
-    let sleeping = || {
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &lan.boards[1]])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&pids.stdout)
-            .lines()
-            .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/cmdline", p.trim())).ok())
-            .any(|c| c.starts_with("sleep\u{0}300"))
-    };
+    let sleeping = || lan.processes(1).iter().any(|c| c.starts_with("sleep 300"));
     assert!(sleeping(), "the workload runs on gw-1");
     let t = Instant::now();
     nix::sys::signal::kill(
@@ -1366,21 +1376,15 @@ fn the_quickstart_passes_on_boards_as_on_netns() {
         "the workloads' folders on the boards are removed"
     );
     // No workload process is left on any board (sshd's sessions may take a moment to end).
-    for b in &lan.boards {
+    for i in 0..lan.boards.len() {
         let others = || {
-            let pids = Command::new("ip")
-                .args(["netns", "pids", b])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&pids.stdout)
-                .lines()
-                .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/cmdline", p.trim())).ok())
-                .map(|c| c.replace('\0', " "))
+            lan.processes(i)
+                .into_iter()
                 .filter(|c| !c.starts_with("/usr/sbin/sshd -D") && !c.contains("[listener]"))
                 .collect::<Vec<_>>()
         };
         until(Duration::from_secs(5), || others().is_empty())
-            .unwrap_or_else(|| panic!("left running in {b}: {:?}", others()));
+            .unwrap_or_else(|| panic!("left running in {}: {:?}", lan.boards[i], others()));
     }
 }
 
@@ -1427,17 +1431,7 @@ fn a_device_run_cut_off_from_its_boards_reverts_within_the_lease() {
         lan.pings(1, &Lan::addr(0), 2) == 0
     })
     .expect("the partition is in force on the boards");
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &lan.ctl, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(b"table inet cut {\n chain o { type filter hook output priority 0; policy drop; }\n chain i { type filter hook input priority 0; policy drop; }\n}\n")
-        .unwrap();
-    assert!(nft.wait().unwrap().success());
+    lan.cut_controller();
     let t = Instant::now();
     let clean = until(Duration::from_secs(10), || {
         (0..2).all(|i| lan.leftovers(i).is_empty())

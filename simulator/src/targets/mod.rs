@@ -602,7 +602,7 @@ impl Lab {
 
     /// The workloads' event log (starts, exits, restarts, signals).
     pub fn events(&self) -> EventLog {
-        each!(self, l => l.nodes.supervisor.log.clone(), d => d.log.clone())
+        each!(self, l => l.nodes.supervisor.log.clone(), d => d.supervisor.log.clone())
     }
 
     /// Limits node `n` is held to now, read back from the kernel (or the daemon).

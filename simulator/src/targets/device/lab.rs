@@ -374,7 +374,6 @@ pub struct DeviceLab {
     /// Probe `i` runs on board `probe_at[i].0` as its `probe_at[i].1`-th.
     probe_at: Vec<(usize, usize)>,
     pub supervisor: Supervisor,
-    pub log: crate::workload::EventLog,
     /// Nodes powered off: isolated, their workloads down.
     powered_off: BTreeSet<usize>,
 }
@@ -775,10 +774,8 @@ impl DeviceLab {
             heartbeat: None,
             probe_at: Vec::new(),
             supervisor: Supervisor::new(crate::workload::EventLog::default()),
-            log: crate::workload::EventLog::default(),
             powered_off: BTreeSet::new(),
         };
-        lab.log = lab.supervisor.log.clone();
         if let Err(e) = lab.push().await {
             let DeviceLab { boards, state, .. } = lab;
             return Err(Box::new((
