@@ -670,3 +670,202 @@ fn delay_and_jitter_in_the_userspace_emulator() {
 fn delay_and_jitter_in_the_kernel() {
     delay_by_effect("kernel");
 }
+
+/// The HTML report of a real run: written in the run folder and where `--html` says, named by
+/// the JSON reports, and drawing what the run recorded (read back from `report.json`).
+#[test]
+fn a_run_writes_an_html_report_that_draws_what_it_recorded() {
+    if !edgesim::testing::netns() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("html.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: cli-html, description: \"cut <a> & 'b'\"}\nspec:\n  seed: 5\n  duration: 6s\n  sites:\n    cloud: {}\n    edge: {uplink: {site: cloud, rate: 10mbit}}\n  nodes:\n    - {name: a, site: edge, profile: cloud-small}\n    - {name: b, site: cloud, profile: cloud-small}\n  workloads:\n    - {name: w, nodes: [a], command: sleep 100, restart: always}\n  timeline:\n    - {at: 1s, for: 1s, partition: {name: cut, between: [[a], [b]]}}\n    - {at: 2500ms, for: 1s, impair: {link: edge-uplink, loss: 100%}}\n    - {at: 4s, kill: {workload: w}}\n    - {at: 4500ms, for: 1s, cpu: {nodes: [a], cores: 0.5}}\n  probes:\n    - {name: ab, from: a, ping: b, every: 100ms}\n  assertions:\n    - {name: cut, probe: ab, during: 1200ms..1900ms, expect: \"success_rate == 0%\"}\n    - {name: lossy, probe: ab, during: 2700ms..3400ms, expect: \"success_rate >= 50%\"}\n",
+    )
+    .expect("write scenario");
+    let out = dir.path().join("out");
+    let (copy, json_copy) = (dir.path().join("copy.html"), dir.path().join("r.json"));
+    let run = bin()
+        .arg("run")
+        .arg(&file)
+        .arg("--out")
+        .arg(&out)
+        .arg("--html")
+        .arg(&copy)
+        .arg("--report")
+        .arg(&json_copy)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "`lossy` fails: {stderr}");
+    let read_json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).expect("report written"))
+            .expect("report is JSON")
+    };
+    let report = read_json(&out.join("report.json"));
+    // The run folder's JSON names its HTML neighbour; the copy elsewhere, its absolute path.
+    assert_eq!(report["html"], "report.html", "{report:#}");
+    let run_html = std::path::absolute(out.join("report.html")).expect("absolute");
+    assert_eq!(
+        read_json(&json_copy)["html"],
+        run_html.to_str().expect("utf-8 path")
+    );
+    let page = std::fs::read_to_string(&run_html).expect("report.html written");
+    assert_eq!(
+        std::fs::read_to_string(&copy).expect("--html written"),
+        page
+    );
+
+    let opt = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&page, opt).expect("well-formed page");
+    let class_has = |n: &roxmltree::Node<'_, '_>, c: &str| {
+        n.attribute("class")
+            .is_some_and(|v| v.split(' ').any(|x| x == c))
+    };
+    let f = |n: &roxmltree::Node<'_, '_>, a: &str| -> f64 {
+        n.attribute(a)
+            .unwrap_or_else(|| panic!("no {a}"))
+            .parse()
+            .expect("number")
+    };
+    let applied = |seq: usize| report["journal"][seq]["applied"].as_f64().expect("applied");
+
+    // A band per fault, from the action that started it to the one that ended it.
+    let bands: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && class_has(n, "band"))
+        .collect();
+    let want = [
+        ("partition cut", "partition", 0, 1),
+        ("link edge-uplink", "link", 2, 3),
+        ("a · cpu", "cpu", 5, 6),
+    ];
+    assert_eq!(bands.len(), want.len(), "{page}");
+    for (lane, class, from, to) in want {
+        let b = bands
+            .iter()
+            .find(|b| b.attribute("data-lane") == Some(lane))
+            .unwrap_or_else(|| panic!("no band on {lane}"));
+        assert!(class_has(b, class), "{lane}");
+        assert!((f(b, "data-from") - applied(from)).abs() < 1e-5, "{lane}");
+        assert!((f(b, "data-to") - applied(to)).abs() < 1e-5, "{lane}");
+    }
+
+    // One strip for the probe, a cell per recorded attempt, lost while cut off.
+    let strips: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("g") && class_has(n, "probe"))
+        .collect();
+    assert_eq!(strips.len(), 1);
+    assert_eq!(strips[0].attribute("data-probe"), Some("ab"));
+    let samples = report["probes"][0]["samples"].as_array().expect("samples");
+    let cells: Vec<_> = strips[0]
+        .children()
+        .filter(|c| c.has_tag_name("rect"))
+        .collect();
+    assert_eq!(cells.len(), samples.len());
+    for (c, s) in cells.iter().zip(samples) {
+        let t = s["t"].as_f64().expect("t");
+        assert!((f(c, "data-t") - t).abs() < 1e-5);
+        let ok = s["ok"].as_bool().expect("ok");
+        assert_eq!(class_has(c, "ok"), ok, "attempt at {t}: {s}");
+        if (1.2..1.9).contains(&t) {
+            assert!(class_has(c, "lost"), "attempt at {t} during the cut: {s}");
+        }
+    }
+
+    // The assertion windows with their verdicts.
+    for (name, verdict, from, to) in [("cut", "pass", 1.2, 1.9), ("lossy", "fail", 2.7, 3.4)] {
+        let row = doc
+            .descendants()
+            .find(|n| n.has_tag_name("g") && n.attribute("data-assertion") == Some(name))
+            .unwrap_or_else(|| panic!("no assertion row {name}"));
+        assert!(class_has(&row, verdict), "{name}");
+        let win = row
+            .children()
+            .find(|c| c.has_tag_name("rect"))
+            .expect("window");
+        assert!(class_has(&win, "window") && class_has(&win, verdict));
+        assert!((f(&win, "data-from") - from).abs() < 1e-9);
+        assert!((f(&win, "data-to") - to).abs() < 1e-9);
+    }
+
+    // The kill and what the workload did about it, at the times the report recorded.
+    let lane = doc
+        .descendants()
+        .find(|n| n.has_tag_name("g") && n.attribute("data-lane") == Some("w @ a"))
+        .expect("a row for w on a");
+    let kill = lane
+        .children()
+        .find(|c| c.has_tag_name("polygon") && class_has(c, "kill"))
+        .expect("the kill");
+    assert!((f(&kill, "data-t") - applied(4)).abs() < 1e-5);
+    let events: Vec<(String, f64)> = lane
+        .children()
+        .filter(|c| c.has_tag_name("circle"))
+        .map(|c| {
+            let cls = c.attribute("class").unwrap_or("");
+            (
+                cls.rsplit(' ').next().unwrap_or("").to_string(),
+                f(&c, "data-t"),
+            )
+        })
+        .collect();
+    let recorded: Vec<(String, f64)> = report["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().expect("kind").to_string(),
+                e["t"].as_f64().expect("t"),
+            )
+        })
+        .collect();
+    assert_eq!(events.len(), recorded.len());
+    for ((k, t), (rk, rt)) in events.iter().zip(&recorded) {
+        assert_eq!(k, rk);
+        assert!((t - rt).abs() < 1e-5);
+    }
+    for kind in ["started", "signalled", "restarting"] {
+        assert!(events.iter().any(|(k, _)| k == kind), "{kind}: {events:?}");
+    }
+
+    // The facts, and the user's text read back as written.
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("dt") || n.has_tag_name("dd") || n.has_tag_name("p"))
+        .map(|n| n.text().unwrap_or("").to_string())
+        .collect();
+    let fact = |k: &str| {
+        let i = texts
+            .iter()
+            .position(|t| t == k)
+            .unwrap_or_else(|| panic!("no {k}"));
+        texts[i + 1].clone()
+    };
+    assert_eq!(fact("seed"), "5 (scenario)");
+    assert_eq!(fact("target"), "netns");
+    assert!(texts.iter().any(|t| t == "cut <a> & 'b'"), "{texts:?}");
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.has_tag_name("table") && n.attribute("class") == Some("schedule"))
+            .flat_map(|t| t.descendants().filter(|n| n.has_tag_name("tr")))
+            .count()
+            - 1,
+        report["journal"].as_array().expect("journal").len()
+    );
+
+    // And a browser loads it without a word on the console.
+    if edgesim::testing::chromium() {
+        let loaded = edgesim::testing::headless_chromium(&run_html, dir.path(), &["--dump-dom"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.console, Vec::<String>::new());
+        assert!(loaded.stdout.contains(r#"class="timeline""#));
+    }
+}

@@ -39,6 +39,10 @@ pub struct Verdict {
     /// The window judged (`16s..34s`), or the instant of a metric (`at end`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    /// The window judged as offsets in seconds, `[from, to]` (a metric's instant has
+    /// `from == to`): what the HTML timeline draws. `None` when not known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span: Option<[f64; 2]>,
     /// Samples (probe) or series values (metric) the statistic was computed over.
     pub samples: usize,
     /// One line explaining the numbers, and why a verdict failed when it was not the comparison.
@@ -219,6 +223,7 @@ pub fn judge_probe(
         observed_text,
         expected,
         window: Some(win),
+        span: Some([window.0.as_secs_f64(), window.1.as_secs_f64()]),
         samples: st.count,
         detail,
     }
@@ -250,6 +255,7 @@ pub fn judge_metric(
         observed_text: "-".to_string(),
         expected: expect.to_string(),
         window: None,
+        span: None,
         samples: 0,
         detail: String::new(),
     };

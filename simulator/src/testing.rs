@@ -152,6 +152,89 @@ pub fn host_arch() -> &'static str {
     }
 }
 
+/// Gate for tests that load pages in headless Chromium (Debian's `chromium` package).
+pub fn chromium() -> bool {
+    program("chromium", "chromium")
+}
+
+/// What one headless Chromium load of a page gave.
+#[derive(Debug)]
+pub struct Headless {
+    /// Chromium's stdout: the DOM after the load with `--dump-dom`.
+    pub stdout: String,
+    /// Every console message of the page (errors, warnings, CSP violations, failed loads).
+    pub console: Vec<String>,
+}
+
+/// Loads the file `page` in headless Chromium with `args` (`--dump-dom`,
+/// `--screenshot=PATH`, …), a fresh profile under `dir`, and at most 90 s.
+///
+/// Console messages are read from Chromium's own log (`--enable-logging=stderr`), where each
+/// is a line with `:CONSOLE` in its prefix (`INFO:CONSOLE:1] "message", source: URL (1)`):
+/// no DevTools protocol client is needed. A test relying on this must show that it sees a
+/// message on a page that makes one, so a change of the log's format fails the test instead
+/// of passing it.
+pub fn headless_chromium(
+    page: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Result<Headless, String> {
+    use std::time::{Duration, Instant};
+    let page = std::path::absolute(page).map_err(|e| format!("{}: {e}", page.display()))?;
+    let profile = dir.join("chromium-profile");
+    let (out_path, err_path) = (dir.join("chromium.stdout"), dir.join("chromium.stderr"));
+    let file = |p: &std::path::Path| {
+        std::fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()))
+    };
+    let mut child = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            // Tests run as root, where Chromium's sandbox cannot start.
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .stdout(file(&out_path)?)
+        .stderr(file(&err_path)?)
+        .spawn()
+        .map_err(|e| format!("starting chromium: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "chromium did not finish loading {} in 90 s",
+                    page.display()
+                ));
+            }
+            Err(e) => return Err(format!("waiting for chromium: {e}")),
+        }
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let (stdout, stderr) = (read(&out_path), read(&err_path));
+    if !status.success() {
+        return Err(format!("chromium exited with {status}:\n{stderr}"));
+    }
+    let console = stderr
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    Ok(Headless { stdout, console })
+}
+
 static EXCLUSIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Held by the tests in one test binary that measure time (RTT, goodput) or that load every

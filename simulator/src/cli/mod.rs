@@ -103,6 +103,10 @@ pub struct RunArgs {
     /// Write a JUnit XML file with one testcase per assertion.
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    /// Also write the HTML report (timeline of faults, probes and verdicts) here; it is always
+    /// written as `report.html` in the run folder.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Serve Prometheus metrics of the run at this address while it runs, e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

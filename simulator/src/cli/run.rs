@@ -160,17 +160,37 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
     (f, bar)
 }
 
-fn write_reports(
-    report: &mut Report,
-    out_dir: &Path,
+/// The reports a run writes besides the run folder's `report.json` and `report.html`.
+struct ReportFiles {
     json: Option<PathBuf>,
     junit: Option<PathBuf>,
-) {
-    let mut targets = vec![("json", out_dir.join("report.json"))];
-    if let Some(j) = json {
+    html: Option<PathBuf>,
+}
+
+/// How a JSON report at `json` names the HTML report at `html`: its file name when they share
+/// a folder (the run folder's pair), else a path that works from anywhere.
+fn html_link(json: &Path, html: &Path) -> PathBuf {
+    if json.parent() == html.parent()
+        && let Some(name) = html.file_name()
+    {
+        return PathBuf::from(name);
+    }
+    std::path::absolute(html).unwrap_or_else(|_| html.to_path_buf())
+}
+
+fn write_reports(report: &mut Report, out_dir: &Path, extra: ReportFiles) {
+    let run_html = out_dir.join("report.html");
+    let mut targets = vec![
+        ("json", out_dir.join("report.json")),
+        ("html", run_html.clone()),
+    ];
+    if let Some(j) = extra.json {
         targets.push(("json", j));
     }
-    if let Some(j) = junit {
+    if let Some(h) = extra.html {
+        targets.push(("html", h));
+    }
+    if let Some(j) = extra.junit {
         targets.push(("junit", j));
     }
     for (kind, path) in &targets {
@@ -180,10 +200,13 @@ fn write_reports(
         });
     }
     for (kind, path) in targets {
-        let res = if kind == "junit" {
-            report::write_junit(report, &path)
-        } else {
-            report::write_json(report, &path)
+        let res = match kind {
+            "junit" => report::write_junit(report, &path),
+            "html" => report::write_html(report, &path),
+            _ => {
+                report.html = Some(html_link(&path, &run_html));
+                report::write_json(report, &path)
+            }
         };
         if let Err(e) = res {
             errln!("error: {e}");
@@ -285,12 +308,15 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
             write_reports(
                 &mut report,
                 &out_dir,
-                args.report.as_ref().map(|p| per_scenario(p, &name, several)),
-                args.junit.as_ref().map(|p| per_scenario(p, &name, several)),
+                ReportFiles {
+                    json: args.report.as_ref().map(|p| per_scenario(p, &name, several)),
+                    junit: args.junit.as_ref().map(|p| per_scenario(p, &name, several)),
+                    html: args.html.as_ref().map(|p| per_scenario(p, &name, several)),
+                },
             );
             let code = if stop.level() >= StopLevel::Graceful { EXIT_INTERRUPTED } else { report.exit_code as u8 };
             if args.output == Output::Json {
-                outln!("{}", serde_json::json!({"event": "result", "scenario": name, "outcome": report.outcome, "exitCode": code, "report": out_dir.join("report.json")}));
+                outln!("{}", serde_json::json!({"event": "result", "scenario": name, "outcome": report.outcome, "exitCode": code, "report": out_dir.join("report.json"), "html": out_dir.join("report.html")}));
             } else {
                 out!("{}", report::summary(&report, std::io::stdout().is_terminal()));
             }
@@ -488,7 +514,15 @@ fn lab_daemon(
             emulator: Default::default(),
         };
         let mut report = engine::run(Arc::new(plan), resolved, opts).await;
-        write_reports(&mut report, &out_dir, None, None);
+        write_reports(
+            &mut report,
+            &out_dir,
+            ReportFiles {
+                json: None,
+                junit: None,
+                html: None,
+            },
+        );
         Ok(
             if report.error.is_some() && report.error.as_deref() != Some("interrupted") {
                 EXIT_INFRA

@@ -581,10 +581,16 @@ async fn play(
                     .remove(&ai)
                     .unwrap_or_else(|| Err("not read".into()));
                 let mut v = assertion::judge_metric(&a.name, values, *aggregate, &a.expect);
+                let instant = match at {
+                    Bound::At(d) => *d,
+                    Bound::Start => Duration::ZERO,
+                    Bound::End => plan.duration,
+                };
                 v.window = Some(match at {
                     Bound::At(d) => format!("at {}", crate::units::Dur(*d)),
                     _ => "at end".into(),
                 });
+                v.span = Some([instant.as_secs_f64(); 2]);
                 v
             }
         };
@@ -712,6 +718,7 @@ fn play_timeline(
         let res = rt.block_on(lab.apply(&a.kind, prepared));
         let done = Instant::now();
         let entry = JournalEntry::applied(
+            plan,
             a,
             done.saturating_duration_since(t0),
             done - started,

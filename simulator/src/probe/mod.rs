@@ -55,6 +55,39 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
+/// What became of an attempt, as a report draws it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Ok,
+    /// Nothing answered within the timeout: dropped on the way (a partition, loss, a node
+    /// down).
+    Lost,
+    /// Something answered with a failure: refused, unreachable, a wrong HTTP status.
+    Error,
+}
+
+impl Sample {
+    /// Whether the attempt succeeded, got no answer, or got a failure back.
+    pub fn attempt(&self) -> Attempt {
+        match &self.error {
+            _ if self.ok => Attempt::Ok,
+            Some(e) if is_no_answer(e) => Attempt::Lost,
+            _ => Attempt::Error,
+        }
+    }
+}
+
+/// The reason of an attempt that got no `what` within `timeout`; [`is_no_answer`] recognises
+/// it (samples reach the report as text, from this process or a board's agent).
+pub(crate) fn no_answer(what: &str, timeout: Duration) -> String {
+    format!("no {what} within {}", crate::units::Dur(timeout))
+}
+
+/// Whether `error` is a reason [`no_answer`] wrote.
+pub fn is_no_answer(error: &str) -> bool {
+    error.starts_with("no ") && error.contains(" within ")
+}
+
 /// Durations in reports are seconds as a float: easy to plot, exact enough (ns resolution).
 pub(crate) fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
@@ -136,10 +169,7 @@ impl Attempter {
                 match tokio::time::timeout(timeout, net::connect(sockets, *addr)).await {
                     Ok(Ok(_stream)) => Ok(start.elapsed()),
                     Ok(Err(e)) => Err(error_chain(&e)),
-                    Err(_) => Err(format!(
-                        "no connection within {}",
-                        crate::units::Dur(timeout)
-                    )),
+                    Err(_) => Err(no_answer("connection", timeout)),
                 }
             }
             Attempter::Http {
@@ -167,10 +197,7 @@ impl Attempter {
                         }
                     }
                     Ok(Err(e)) => Err(error_chain(&e)),
-                    Err(_) => Err(format!(
-                        "no complete response within {}",
-                        crate::units::Dur(timeout)
-                    )),
+                    Err(_) => Err(no_answer("complete response", timeout)),
                 }
             }
         }

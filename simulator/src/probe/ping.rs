@@ -160,10 +160,7 @@ impl Pinger {
             Ok(Ok(Ok(at))) => Ok(at.saturating_duration_since(sent)),
             Ok(Ok(Err(why))) => Err(why),
             Ok(Err(_)) => Err("echo request superseded".into()),
-            Err(_) => Err(format!(
-                "no echo reply within {}",
-                crate::units::Dur(timeout)
-            )),
+            Err(_) => Err(super::no_answer("echo reply", timeout)),
         }
     }
 

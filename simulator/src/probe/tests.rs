@@ -435,3 +435,26 @@ async fn scrape_reads_a_workload_endpoint_from_the_namespace() {
     assert!(e.to_string().contains("refused"), "{e}");
     server.abort();
 }
+
+#[test]
+fn a_timeout_reads_as_lost_and_an_answered_failure_as_an_error() {
+    let s = |ok: bool, error: Option<String>| Sample {
+        t: Duration::ZERO,
+        ok,
+        rtt: ok.then_some(Duration::from_millis(3)),
+        error,
+    };
+    let timeout = Duration::from_millis(500);
+    assert_eq!(s(true, None).attempt(), Attempt::Ok);
+    for what in ["echo reply", "connection", "complete response"] {
+        let e = no_answer(what, timeout);
+        assert_eq!(e, format!("no {what} within 500ms"));
+        assert_eq!(s(false, Some(e)).attempt(), Attempt::Lost);
+    }
+    let refused = "connecting to 10.0.0.2:80: Connection refused (os error 111)".to_string();
+    assert_eq!(s(false, Some(refused)).attempt(), Attempt::Error);
+    assert_eq!(
+        s(false, Some("status 503, expected 200".into())).attempt(),
+        Attempt::Error
+    );
+}

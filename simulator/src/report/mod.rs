@@ -2,9 +2,10 @@
 //!
 //! Design: the engine fills one [`Report`] as the run goes (phases, the journal of applied
 //! actions, workload events, probe samples, verdicts, teardown) and the writers render it:
-//! [`write_json`] (the complete record, the input of the later HTML/SVG timeline),
-//! [`write_junit`] (one testsuite per scenario, one testcase per assertion, for CI) and
-//! [`summary`] (what a person reads on stdout). Nothing is summarised away in the JSON: every
+//! [`write_json`] (the complete record), [`write_html`] (one self-contained page with an SVG
+//! timeline of faults, probes, workload events and assertion windows, drawn from the same
+//! record), [`write_junit`] (one testsuite per scenario, one testcase per assertion, for CI)
+//! and [`summary`] (what a person reads on stdout). Nothing is summarised away in the JSON: every
 //! action, probe sample and verdict is kept with its timestamp, as an offset in seconds from
 //! the start of the timeline (`t = 0` is when the first action could be applied), so a run
 //! can be replayed or plotted. Wall-clock time appears once, in `started_at` (RFC 3339, UTC).
@@ -12,9 +13,11 @@
 //! Time is written with `chrono`: it is already in the build through `quick-junit` (whose
 //! timestamps are chrono types), so a second date-time crate would add weight for nothing.
 
+mod html;
 mod junit;
 mod summary;
 
+pub use html::{esc, html, timeline_svg, write_html};
 pub use junit::{junit, write_junit};
 pub use summary::summary;
 
@@ -26,7 +29,7 @@ use serde::Serialize;
 
 use crate::assertion::{Verdict, percentile};
 use crate::probe::{Sample, ser_opt_secs, ser_secs};
-use crate::scenario::plan::{LinkParams, Plan, Probe, ProbeKind, SeedSource};
+use crate::scenario::plan::{Action, ActionKind, LinkParams, Plan, Probe, ProbeKind, SeedSource};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -97,13 +100,152 @@ pub struct JournalEntry {
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What it acted on and whether a fault starts or ends there ([`effects`]): what the
+    /// HTML timeline pairs into bands.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub effects: Vec<Effect>,
+}
+
+/// A row of the timeline: one thing a fault can hold.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "on")]
+pub enum Lane {
+    /// A named partition (its groups are in the action's summary).
+    Partition { partition: String },
+    /// A WAN link's impairment.
+    Link { link: String },
+    /// One aspect of a node: `down`, `cpu` or `memory`.
+    Node { node: String, aspect: NodeAspect },
+    /// One instance of a workload.
+    Workload { workload: String, node: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeAspect {
+    Down,
+    Cpu,
+    Memory,
+}
+
+/// What an action did to its lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    /// A fault holds from here (replacing the lane's previous one, if any).
+    Start,
+    /// The lane is back to its baseline.
+    End,
+    /// Something that happens at an instant (a kill, a restart).
+    Instant,
+}
+
+/// One lane an action changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Effect {
+    #[serde(flatten)]
+    pub lane: Lane,
+    pub change: Change,
+}
+
+/// The lanes `action` of `plan` changes, in the plan's names. An impairment that sets a link
+/// back to its baseline (a `for:` window's restore) ends the link's fault; one that leaves it
+/// changed starts a new one, so each setting is a band of its own.
+pub fn effects(plan: &Plan, action: &Action) -> Vec<Effect> {
+    let node = |n: &usize| {
+        plan.nodes
+            .get(*n)
+            .map_or_else(|| format!("node #{n}"), |x| x.name.clone())
+    };
+    let on_nodes = |nodes: &[usize], aspect, change| {
+        nodes
+            .iter()
+            .map(|n| Effect {
+                lane: Lane::Node {
+                    node: node(n),
+                    aspect,
+                },
+                change,
+            })
+            .collect()
+    };
+    let on_instances = |workload: &usize, nodes: &[usize]| {
+        let w = plan
+            .workloads
+            .get(*workload)
+            .map_or_else(|| format!("workload #{workload}"), |w| w.name.clone());
+        nodes
+            .iter()
+            .map(|n| Effect {
+                lane: Lane::Workload {
+                    workload: w.clone(),
+                    node: node(n),
+                },
+                change: Change::Instant,
+            })
+            .collect()
+    };
+    match &action.kind {
+        ActionKind::Partition { name, .. } => vec![Effect {
+            lane: Lane::Partition {
+                partition: name.clone(),
+            },
+            change: Change::Start,
+        }],
+        ActionKind::Heal { names } => names
+            .iter()
+            .map(|n| Effect {
+                lane: Lane::Partition {
+                    partition: n.clone(),
+                },
+                change: Change::End,
+            })
+            .collect(),
+        ActionKind::Impair { link, up, down } => {
+            let Some(l) = plan.links.get(*link) else {
+                return Vec::new();
+            };
+            let baseline = (l.up, l.down) == (*up, *down);
+            vec![Effect {
+                lane: Lane::Link {
+                    link: l.name.clone(),
+                },
+                change: if baseline { Change::End } else { Change::Start },
+            }]
+        }
+        ActionKind::NodeDown { nodes, .. } => on_nodes(nodes, NodeAspect::Down, Change::Start),
+        ActionKind::NodeUp { nodes, .. } => on_nodes(nodes, NodeAspect::Down, Change::End),
+        ActionKind::Cpu { nodes, cores } => on_nodes(
+            nodes,
+            NodeAspect::Cpu,
+            if cores.is_some() {
+                Change::Start
+            } else {
+                Change::End
+            },
+        ),
+        ActionKind::Memory { nodes, limit } => on_nodes(
+            nodes,
+            NodeAspect::Memory,
+            if limit.is_some() {
+                Change::Start
+            } else {
+                Change::End
+            },
+        ),
+        ActionKind::Kill {
+            workload, nodes, ..
+        }
+        | ActionKind::Restart { workload, nodes } => on_instances(workload, nodes),
+    }
 }
 
 impl JournalEntry {
-    /// An entry for an action that had taken effect `applied` into the timeline, after
-    /// applying it took `took`.
+    /// An entry for `action` of `plan` that had taken effect `applied` into the timeline,
+    /// after applying it took `took`.
     pub fn applied(
-        action: &crate::scenario::plan::Action,
+        plan: &Plan,
+        action: &Action,
         applied: Duration,
         took: Duration,
         result: Result<(), String>,
@@ -121,6 +263,7 @@ impl JournalEntry {
             mechanism: None,
             ok: result.is_ok(),
             error: result.err(),
+            effects: effects(plan, action),
         }
     }
 }
@@ -298,6 +441,10 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Where the reports of this run were written.
     pub artifacts: Vec<Artifact>,
+    /// The HTML report of this run, relative to the folder of the JSON file that names it
+    /// (`report.html` beside the run folder's `report.json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub html: Option<PathBuf>,
 }
 
 impl Report {
@@ -329,6 +476,7 @@ impl Report {
             teardown: TeardownSummary::default(),
             notes: Vec::new(),
             artifacts: Vec::new(),
+            html: None,
         }
     }
 
@@ -456,6 +604,12 @@ pub(crate) mod tests {
                 mechanism: Some("nftables".into()),
                 ok: true,
                 error: None,
+                effects: vec![Effect {
+                    lane: Lane::Partition {
+                        partition: "p1".into(),
+                    },
+                    change: Change::Start,
+                }],
             },
             JournalEntry {
                 seq: 1,
@@ -469,6 +623,12 @@ pub(crate) mod tests {
                 mechanism: Some("nftables".into()),
                 ok: true,
                 error: None,
+                effects: vec![Effect {
+                    lane: Lane::Partition {
+                        partition: "p1".into(),
+                    },
+                    change: Change::End,
+                }],
             },
         ];
         let mut r = Report {
@@ -525,6 +685,7 @@ pub(crate) mod tests {
                 kind: "json".into(),
                 path: "out/report.json".into(),
             }],
+            html: None,
         };
         let probe = Probe {
             name: "uplink".into(),
@@ -595,6 +756,16 @@ pub(crate) mod tests {
         assert_eq!(v["assertions"][1]["passed"], false);
         assert_eq!(v["assertions"][1]["window"], "0s..2s");
         assert_eq!(v["assertions"][1]["expected"], "success_rate >= 99%");
+        assert_eq!(v["assertions"][1]["span"], serde_json::json!([0.0, 2.0]));
+        assert_eq!(
+            v["journal"][0]["effects"],
+            serde_json::json!([{"on": "partition", "partition": "p1", "change": "start"}])
+        );
+        assert_eq!(v["journal"][1]["effects"][0]["change"], "end");
+        assert!(
+            v.get("html").is_none(),
+            "no HTML report named until one is written"
+        );
         assert_eq!(v["workloads"][0]["kind"], "started");
         assert_eq!(v["lag"]["p99_ms"], 1.2);
     }

@@ -472,3 +472,56 @@ fn empty_files_and_second_documents_say_so_in_the_users_words() {
     // The first document is 9 lines, the separator line 10: the second starts on line 11.
     assert!(e.contains("t.yaml:11:"), "{e}");
 }
+
+#[test]
+fn effects_pair_each_fault_with_what_ends_it() {
+    use crate::report::{Change, Lane, effects};
+    let p = plan(&format!(
+        "{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, rate: 10mbit}}}}\n  nodes:\n    - {{name: a, site: edge, profile: raspberry-pi-5-4gb}}\n    - {{name: c, site: cloud, profile: cloud-small}}\n  workloads:\n    - {{name: w, nodes: [a], command: sleep 100}}\n  timeline:\n    - {{at: 1s, for: 2s, partition: {{name: cut, between: [[a], [c]]}}}}\n    - {{at: 10s, for: 10s, impair: {{link: edge-uplink, loss: 50%}}}}\n    - {{at: 15s, impair: {{link: edge-uplink, rate: 1mbit}}}}\n    - {{at: 30s, for: 5s, node-down: {{nodes: [a]}}}}\n    - {{at: 40s, for: 5s, cpu: {{nodes: [a], cores: 1}}}}\n    - {{at: 50s, kill: {{workload: w}}}}\n"
+    ));
+    let got: Vec<(u64, String)> = p
+        .actions
+        .iter()
+        .flat_map(|a| {
+            effects(&p, a).into_iter().map(|e| {
+                let lane = match e.lane {
+                    Lane::Partition { partition } => format!("partition {partition}"),
+                    Lane::Link { link } => format!("link {link}"),
+                    Lane::Node { node, aspect } => format!("node {node} {aspect:?}"),
+                    Lane::Workload { workload, node } => format!("workload {workload}@{node}"),
+                };
+                (a.at.as_secs(), format!("{lane} {:?}", e.change))
+            })
+        })
+        .collect();
+    let want: Vec<(u64, String)> = [
+        (1, "partition cut Start"),
+        (3, "partition cut End"),
+        (10, "link edge-uplink Start"),
+        // A second setting starts a new band; the 20s restore of the loss leaves the rate
+        // set at 15s, so the link is still impaired (a new band), never back to baseline.
+        (15, "link edge-uplink Start"),
+        (20, "link edge-uplink Start"),
+        (30, "node a Down Start"),
+        (35, "node a Down End"),
+        (40, "node a Cpu Start"),
+        (45, "node a Cpu End"),
+        (50, "workload w@a Instant"),
+    ]
+    .into_iter()
+    .map(|(t, s)| (t, s.to_string()))
+    .collect();
+    assert_eq!(got, want);
+
+    // A `for:` impairment alone ends where its window restores the baseline.
+    let p = plan(&format!(
+        "{HEAD}  sites:\n    cloud: {{}}\n    edge: {{uplink: {{site: cloud, rate: 10mbit}}}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n  timeline:\n    - {{at: 10s, for: 10s, impair: {{link: edge-uplink, loss: 50%}}}}\n"
+    ));
+    let changes: Vec<Change> = p
+        .actions
+        .iter()
+        .flat_map(|a| effects(&p, a))
+        .map(|e| e.change)
+        .collect();
+    assert_eq!(changes, [Change::Start, Change::End]);
+}
