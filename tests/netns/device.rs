@@ -232,8 +232,10 @@ impl Agent {
         }
     }
 
+    /// The agent in namespace `ns`, in this host's mount namespace (as on a board: `ip netns
+    /// exec` would give it a private one, where a cell's `/run/netns` mount stays hidden).
     pub fn in_ns(ns: &str, state: &Path) -> Agent {
-        Agent::start(&["ip", "netns", "exec", ns], state)
+        Agent::start(&["nsenter", &format!("--net=/run/netns/{ns}"), "--"], state)
     }
 
     /// Sends a request (an object with `op`) and returns its reply.
@@ -452,6 +454,117 @@ fn agent_reverts_when_the_lease_expires_and_after_a_crash() {
     assert_eq!(lan.pings(0, &b, 5), 5);
     again.ok(json!({"op": "bye"}));
     drop(a);
+}
+
+/// A cell (what a board without netem gets): linkem delays what the cell sends, a listener
+/// in the cell is reached at the board's address, the board's own sshd port is not; after
+/// SIGKILL the relay is gone with the agent, and the next agent removes the named cell and
+/// restores `ip_forward`.
+#[test]
+fn agent_cell_carries_delay_and_a_crashed_one_is_removed() {
+    let _g = common::serial();
+    if !common::privileged() {
+        return;
+    }
+    let lan = Lan::new("k", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (a0, b) = (Lan::addr(0), Lan::addr(1));
+    let forward = || {
+        String::from_utf8_lossy(
+            &in_ns(&lan.boards[0], &["sysctl", "-n", "net.ipv4.ip_forward"]).stdout,
+        )
+        .trim()
+        .to_string()
+    };
+    // (A new namespace may inherit forwarding on: the board's is off, as on most boards.)
+    in_ns(&lan.boards[0], &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_eq!(forward(), "0");
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let hello = a.ok(json!({"op": "hello"}));
+    let cell = hello["facts"]["cellNetns"].as_str().unwrap().to_string();
+    assert!(cell.starts_with("edgesim-cell-"), "{hello}");
+    a.ok(
+        json!({"op": "apply", "iface": "eth0", "leaseMs": 60000, "cell": a0, "seed": 3,
+        "peers": [{"addr": b, "params": {"delay": "25ms"}}]}),
+    );
+    assert_eq!(forward(), "1");
+    let ping = |ns: &str| {
+        let o = in_ns(ns, &["ping", "-c", "10", "-i", "0.05", "-q", &b]);
+        let t = String::from_utf8_lossy(&o.stdout).into_owned();
+        t.split("= ")
+            .nth(1)
+            .and_then(|r| r.split('/').nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{ns}: {t} {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let from_cell = ping(&cell);
+    let from_board = ping(&lan.boards[0]);
+    eprintln!(
+        "cell: 25 ms asked, RTT {from_cell:.2} ms from the cell, {from_board:.2} ms from the board itself"
+    );
+    assert!((25.0..40.0).contains(&from_cell), "{from_cell}");
+    assert!(
+        from_board < 10.0,
+        "the board's own traffic is not the cell's: {from_board}"
+    );
+    // A listener in the cell answers at the board's address; port 22 stays the board's.
+    let mut web = Command::new("ip")
+        .args(["netns", "exec", &cell, "python3", "-c",
+            "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8099)); s.listen(); c,_=s.accept(); c.sendall(b'from-the-cell'); c.close()"])
+        .spawn()
+        .unwrap();
+    let got = until(Duration::from_secs(5), || {
+        let o = in_ns(
+            &lan.boards[1],
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket; s=socket.create_connection(('{a0}', 8099), 1); print(s.recv(64).decode())"
+                ),
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).contains("from-the-cell")
+    });
+    assert!(
+        got.is_some(),
+        "a connection to the board's address reaches the cell"
+    );
+    let _ = web.wait();
+    let pid = a.child.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = a.child.wait();
+    // The kernel frees the relay's namespace, and its veth pairs, after its last process.
+    let freed = until(Duration::from_secs(10), || {
+        !lan.leftovers(0).iter().any(|l| l.contains("esc-h"))
+    });
+    eprintln!("the relay's links were gone {freed:?} after the agent's SIGKILL");
+    assert!(freed.is_some(), "the relay went with its agent: {:?}", lan.leftovers(0));
+    let left = lan.leftovers(0);
+    assert!(
+        left.iter().any(|l| l == &format!("netns {cell}")),
+        "{left:?}"
+    );
+    let mut again = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let hello = again.ok(json!({"op": "hello"}));
+    let rec: Vec<&str> = hello["facts"]["recovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        rec.contains(&format!("the cell {cell}").as_str()),
+        "{hello}"
+    );
+    assert!(rec.contains(&"net.ipv4.ip_forward = 0"), "{hello}");
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert_eq!(forward(), "0");
+    again.ok(json!({"op": "bye"}));
 }
 
 #[test]
