@@ -260,8 +260,15 @@ impl Fabric {
                     let master = bridges[plan.nodes[i].site];
                     let fd = fd.as_raw_fd();
                     async move {
-                        link::add_veth_into(&h, &format!("n{i}"), master, NODE_IF, fd, plan.mtu)
-                            .await
+                        link::add_veth_into(
+                            &h,
+                            &format!("n{i}"),
+                            Some(master),
+                            NODE_IF,
+                            fd,
+                            plan.mtu,
+                        )
+                        .await
                     }
                 })
                 .buffered(PARALLEL)

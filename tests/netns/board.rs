@@ -435,6 +435,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         rate: true,
         firewall: true,
         limits: true,
+        userspace: false,
     };
     let fits = check_board("pi5-vm", &facts, &profile("raspberry-pi-5-8gb"), all);
     assert!(fits.is_empty(), "the Pi-shaped board fits: {fits:#?}");

@@ -159,6 +159,18 @@ impl Lan {
                 v.push(l.to_string());
             }
         }
+        let l = in_ns(&self.boards[i], &["ip", "-o", "link", "show"]);
+        for l in String::from_utf8_lossy(&l.stdout).lines() {
+            if l.contains(" esc-") {
+                v.push(l.to_string());
+            }
+        }
+        let n = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        for l in String::from_utf8_lossy(&n.stdout).lines() {
+            if l.starts_with("edgesim-cell-") {
+                v.push(format!("netns {l}"));
+            }
+        }
         let q = in_ns(&self.boards[i], &["tc", "qdisc", "show", "dev", "eth0"]);
         for l in String::from_utf8_lossy(&q.stdout).lines() {
             if l.contains("htb") || l.contains("netem") || l.contains("tbf") {
@@ -220,8 +232,10 @@ impl Agent {
         }
     }
 
+    /// The agent in namespace `ns`, in this host's mount namespace (as on a board: `ip netns
+    /// exec` would give it a private one, where a cell's `/run/netns` mount stays hidden).
     pub fn in_ns(ns: &str, state: &Path) -> Agent {
-        Agent::start(&["ip", "netns", "exec", ns], state)
+        Agent::start(&["nsenter", &format!("--net=/run/netns/{ns}"), "--"], state)
     }
 
     /// Sends a request (an object with `op`) and returns its reply.
@@ -440,6 +454,117 @@ fn agent_reverts_when_the_lease_expires_and_after_a_crash() {
     assert_eq!(lan.pings(0, &b, 5), 5);
     again.ok(json!({"op": "bye"}));
     drop(a);
+}
+
+/// A cell (what a board without netem gets): linkem delays what the cell sends, a listener
+/// in the cell is reached at the board's address, the board's own sshd port is not; after
+/// SIGKILL the relay is gone with the agent, and the next agent removes the named cell and
+/// restores `ip_forward`.
+#[test]
+fn agent_cell_carries_delay_and_a_crashed_one_is_removed() {
+    let _g = common::serial();
+    if !common::privileged() {
+        return;
+    }
+    let lan = Lan::new("k", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let (a0, b) = (Lan::addr(0), Lan::addr(1));
+    let forward = || {
+        String::from_utf8_lossy(
+            &in_ns(&lan.boards[0], &["sysctl", "-n", "net.ipv4.ip_forward"]).stdout,
+        )
+        .trim()
+        .to_string()
+    };
+    // (A new namespace may inherit forwarding on: the board's is off, as on most boards.)
+    in_ns(&lan.boards[0], &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+    assert_eq!(forward(), "0");
+    let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let hello = a.ok(json!({"op": "hello"}));
+    let cell = hello["facts"]["cellNetns"].as_str().unwrap().to_string();
+    assert!(cell.starts_with("edgesim-cell-"), "{hello}");
+    a.ok(
+        json!({"op": "apply", "iface": "eth0", "leaseMs": 60000, "cell": a0, "seed": 3,
+        "peers": [{"addr": b, "params": {"delay": "25ms"}}]}),
+    );
+    assert_eq!(forward(), "1");
+    let ping = |ns: &str| {
+        let o = in_ns(ns, &["ping", "-c", "10", "-i", "0.05", "-q", &b]);
+        let t = String::from_utf8_lossy(&o.stdout).into_owned();
+        t.split("= ")
+            .nth(1)
+            .and_then(|r| r.split('/').nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{ns}: {t} {}", String::from_utf8_lossy(&o.stderr)))
+    };
+    let from_cell = ping(&cell);
+    let from_board = ping(&lan.boards[0]);
+    eprintln!(
+        "cell: 25 ms asked, RTT {from_cell:.2} ms from the cell, {from_board:.2} ms from the board itself"
+    );
+    assert!((25.0..40.0).contains(&from_cell), "{from_cell}");
+    assert!(
+        from_board < 10.0,
+        "the board's own traffic is not the cell's: {from_board}"
+    );
+    // A listener in the cell answers at the board's address; port 22 stays the board's.
+    let mut web = Command::new("ip")
+        .args(["netns", "exec", &cell, "python3", "-c",
+            "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8099)); s.listen(); c,_=s.accept(); c.sendall(b'from-the-cell'); c.close()"])
+        .spawn()
+        .unwrap();
+    let got = until(Duration::from_secs(5), || {
+        let o = in_ns(
+            &lan.boards[1],
+            &[
+                "python3",
+                "-c",
+                &format!(
+                    "import socket; s=socket.create_connection(('{a0}', 8099), 1); print(s.recv(64).decode())"
+                ),
+            ],
+        );
+        String::from_utf8_lossy(&o.stdout).contains("from-the-cell")
+    });
+    assert!(
+        got.is_some(),
+        "a connection to the board's address reaches the cell"
+    );
+    let _ = web.wait();
+    let pid = a.child.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = a.child.wait();
+    // The kernel frees the relay's namespace, and its veth pairs, after its last process.
+    let freed = until(Duration::from_secs(10), || {
+        !lan.leftovers(0).iter().any(|l| l.contains("esc-h"))
+    });
+    eprintln!("the relay's links were gone {freed:?} after the agent's SIGKILL");
+    assert!(freed.is_some(), "the relay went with its agent: {:?}", lan.leftovers(0));
+    let left = lan.leftovers(0);
+    assert!(
+        left.iter().any(|l| l == &format!("netns {cell}")),
+        "{left:?}"
+    );
+    let mut again = Agent::in_ns(&lan.boards[0], &state_file(&dir));
+    let hello = again.ok(json!({"op": "hello"}));
+    let rec: Vec<&str> = hello["facts"]["recovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        rec.contains(&format!("the cell {cell}").as_str()),
+        "{hello}"
+    );
+    assert!(rec.contains(&"net.ipv4.ip_forward = 0"), "{hello}");
+    assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert_eq!(forward(), "0");
+    again.ok(json!({"op": "bye"}));
 }
 
 #[test]
@@ -1385,6 +1510,81 @@ fn the_quickstart_passes_on_boards_as_on_netns() {
         };
         until(Duration::from_secs(5), || others().is_empty())
             .unwrap_or_else(|| panic!("left running in {}: {:?}", lan.boards[i], others()));
+    }
+}
+
+/// `impairment: userspace` on boards: every board's workloads live in a linkem cell (a
+/// namespace behind a veth pair linkem relays, the board's address NATed onto it), so delay,
+/// rate and loss need no sch_netem — what stock Jetson L4T lacks, and this host too. The
+/// workloads' readings cross the cells both ways, the delay is measured from inside a cell,
+/// the partition cuts and heals, and every cell is gone afterwards.
+#[test]
+fn boards_carry_delay_rate_and_loss_in_linkem_cells() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("c", 3);
+    let names = ["sink", "gw-1", "gw-2"];
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &names, dir.path());
+    let profiles = this_host_profile(dir.path());
+    let scenario = dir.path().join("cells.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: cells}\nspec:\n  seed: 11\n  duration: 14s\n  impairment: userspace\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, up: {delay: 30ms, rate: 20mbit, loss: 1%}, down: {rate: 20mbit}}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw, count: 2, site: factory, profile: this-host}\n  workloads:\n    - {name: sink, nodes: [sink], app: cloud-sink}\n    - {name: collector, nodes: [gw-1], app: iot-collector, args: [--devices, \"2\", --rate, \"5\", --max-readings, \"40\"], env: {SINK_URL: \"http://sink:8080\"}, restart: on-failure}\n  timeline:\n    - {at: 4s, partition: {name: uplink-cut, between: [[site/factory], [site/cloud]]}}\n    - {at: 7s, heal: {name: uplink-cut}}\n  probes:\n    - {name: uplink, from: gw-1, ping: sink, every: 100ms}\n    - {name: lan, from: gw-1, ping: gw-2, every: 100ms}\n  assertions:\n    - {name: rtt-is-the-uplink, probe: uplink, during: 0.5s..4s, expect: \"p50 >= 30ms\"}\n    - {name: rtt-not-more, probe: uplink, during: 0.5s..4s, expect: \"p50 < 45ms\"}\n    - {name: cut, probe: uplink, during: 4.5s..7s, expect: \"success_rate == 0%\"}\n    - {name: healed, probe: uplink, during: 8s..end, expect: \"success_rate >= 90%\"}\n    - {name: lan-undelayed, probe: lan, expect: \"p50 < 10ms\"}\n    - {name: no-reading-lost, metric: {workload: sink, name: edgesim_sink_missing_total}, at: end, expect: \"== 0\"}\n    - {name: every-reading-delivered, metric: {workload: sink, name: edgesim_sink_device_unique}, at: end, expect: \"== 80\"}\n",
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let out = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &report,
+        &dir.path().join("out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_APPS_X86_64", bin_dir)
+    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .env("EDGESIM_HOST_SPEED", "1.0")
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{text}\n{log}");
+    assert_eq!(out.status.code(), Some(0), "the scenario passes in cells");
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let verdicts = r["assertions"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 7);
+    assert!(
+        verdicts.iter().all(|v| v["passed"] == true),
+        "{verdicts:#?}"
+    );
+    let p50 = |name: &str| {
+        let samples = r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["samples"].as_array().unwrap().clone())
+            .unwrap_or_default();
+        let mut rtts: Vec<f64> = samples
+            .iter()
+            .filter(|s| s["t"].as_f64().is_some_and(|t| t > 0.5 && t < 4.0))
+            .filter_map(|s| s["rtt"].as_f64().map(|x| x * 1e3))
+            .collect();
+        rtts.sort_by(f64::total_cmp);
+        rtts.get(rtts.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "in cells: uplink RTT p50 {:.2} ms (30 ms asked), LAN p50 {:.2} ms",
+        p50("uplink"),
+        p50("lan")
+    );
+    for i in 0..3 {
+        assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
     }
 }
 

@@ -204,9 +204,28 @@ pub enum Command {
     /// lease, speaking JSON lines on stdin/stdout. Reverts everything when the controller
     /// goes silent for a lease, when the session ends, and at start-up what a dead agent left.
     Agent {
-        /// Where the agent records what is in force.
-        #[arg(long, value_name = "FILE", default_value = edgesim::targets::device::agent::DEFAULT_STATE)]
-        state: PathBuf,
+        /// Where the agent records what is in force [default: one file per network namespace
+        /// under /run/edgesim].
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+    },
+    /// (internal) Run on a board by the device target: this process enters the board's linkem
+    /// cell (and a cgroup), drops the capabilities it was given for that, and runs ARGV.
+    #[command(hide = true)]
+    AgentEnter {
+        /// The cell's network namespace (under /run/netns).
+        #[arg(long, value_name = "PATH")]
+        netns: PathBuf,
+        /// A cgroup directory to join first.
+        #[arg(long, value_name = "DIR")]
+        cgroup: Option<PathBuf>,
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "ARGV"
+        )]
+        argv: Vec<String>,
     },
     /// (internal) The process behind `up`.
     #[command(hide = true)]

@@ -36,7 +36,18 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         } => exec(&name, &node, &command),
         Command::Doctor { output } => doctor(output),
         Command::Cleanup { all } => cleanup(all),
-        Command::Agent { state } => agent(&state),
+        Command::Agent { state } => {
+            agent(&state.unwrap_or_else(edgesim::targets::device::agent::default_state))
+        }
+        Command::AgentEnter {
+            netns,
+            cgroup,
+            argv,
+        } => {
+            let e = edgesim::targets::device::cell::enter(&netns, cgroup.as_deref(), &argv);
+            eprintln!("edgesim agent-enter: {e:#}");
+            Ok(126)
+        }
         Command::Calibrate { save, builtin } => calibrate(save, builtin),
         Command::LabDaemon {
             file,

@@ -98,7 +98,7 @@ pub async fn add_bridge(h: &Handle, name: &str, mtu: u32, txqueuelen: u32) -> Re
     index_of(h, name).await
 }
 
-/// Creates a veth pair: `name` here, enslaved to `master` and up; its peer `peer_name` created
+/// Creates a veth pair: `name` here, enslaved to `master` (when given) and up; its peer `peer_name` created
 /// directly inside the namespace behind `peer_ns` (creating in place avoids the ~16 ms RCU
 /// grace period that moving a device between namespaces costs). The peer stays down: the
 /// kernel refuses (ENOTCONN) to bring up a peer created in another namespace in the same
@@ -106,7 +106,7 @@ pub async fn add_bridge(h: &Handle, name: &str, mtu: u32, txqueuelen: u32) -> Re
 pub async fn add_veth_into(
     h: &Handle,
     name: &str,
-    master: u32,
+    master: Option<u32>,
     peer_name: &str,
     peer_ns: RawFd,
     mtu: u32,
@@ -116,12 +116,13 @@ pub async fn add_veth_into(
         .mtu(mtu)
         .setns_by_fd(peer_ns)
         .build();
-    let msg = LinkVeth::new(name, peer_name)
+    let mut msg = LinkVeth::new(name, peer_name)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .mtu(mtu)
-        .controller(master)
-        .up()
-        .build();
+        .mtu(mtu);
+    if let Some(m) = master {
+        msg = msg.controller(m);
+    }
+    let msg = msg.up().build();
     h.link()
         .add(msg)
         .execute()

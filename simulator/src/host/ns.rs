@@ -157,6 +157,26 @@ pub fn create_many(names: &[String]) -> Result<()> {
     })
 }
 
+/// Creates a namespace that has no name: it lives as long as the returned handle (and any
+/// socket opened inside it), and the kernel frees it, with every interface in it, when the
+/// last one is closed — also when the process holding them is killed.
+///
+/// Assumes: CAP_SYS_ADMIN.
+pub fn create_anonymous(what: &str) -> Result<OwnedFd> {
+    on_thread("creating a namespace", || {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| HostError::NsCreate {
+            name: what.to_string(),
+            source: e.into(),
+        })?;
+        File::open("/proc/thread-self/ns/net")
+            .map(OwnedFd::from)
+            .map_err(|source| HostError::NsOpen {
+                name: what.to_string(),
+                source,
+            })
+    })
+}
+
 /// Deletes namespace `name`. A namespace that does not exist counts as deleted.
 ///
 /// Guarantees: idempotent. The kernel frees the namespace (and the interfaces in it) once the

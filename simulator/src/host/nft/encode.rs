@@ -20,7 +20,10 @@ use netlink_packet_core::{
     NLA_F_NESTED, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
 };
 
-use super::{BRIDGED_MARK, CHAIN, LOSS_SCALE, MANAGEMENT_COMMENT, MARK_COMMENT, Ruleset};
+use super::{
+    BRIDGED_MARK, CELL_COMMENT, CHAIN, CellNat, LOSS_SCALE, MANAGEMENT_COMMENT, MARK_COMMENT,
+    Ruleset,
+};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -55,6 +58,14 @@ const HOOK_LOCAL_IN: u32 = 1;
 const HOOK_FORWARD: u32 = 2;
 /// The base chain of a host's own traffic ([`super::Layout::Host`]).
 pub(super) const INPUT: &str = "input";
+/// `NF_INET_PRE_ROUTING` and `NF_INET_POST_ROUTING`: the NAT of a cell.
+const HOOK_PRE_ROUTING: u32 = 0;
+const HOOK_POST_ROUTING: u32 = 4;
+/// The cell's NAT chains and their priorities (nft's `dstnat` and `srcnat`).
+const CELL_IN: &str = "cell-in";
+const CELL_OUT: &str = "cell-out";
+const PRIORITY_DSTNAT: i32 = -100;
+const PRIORITY_SRCNAT: i32 = 100;
 const NF_ACCEPT: u32 = 1;
 
 pub(super) const NFTA_RULE_TABLE: u16 = 1;
@@ -110,6 +121,13 @@ const NFT_META_NFPROTO: u32 = 15;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_META_L4PROTO: u32 = 16;
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
+const NFT_CMP_NEQ: u32 = 1;
+const NFT_NAT_SNAT: u32 = 0;
+const NFT_NAT_DNAT: u32 = 1;
+/// `IFNAMSIZ`: interface names are compared as 16 bytes, zero-padded.
+const IFNAMSIZ: usize = 16;
 const IPPROTO_TCP: u8 = 6;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_LTE: u32 = 3;
@@ -385,6 +403,19 @@ impl Writer {
     /// `counter` (the kernel starts it at zero)
     fn counter(&mut self) {
         self.expr("counter", |_| {});
+    }
+
+    /// `immediate reg 1 ADDR`, then `nat KIND ip addr_min reg 1`.
+    fn nat(&mut self, kind: u32, to: std::net::Ipv4Addr) {
+        self.expr("immediate", |w| {
+            w.put_u32(1, NFT_REG_1); // NFTA_IMMEDIATE_DREG
+            w.put_data(2, &to.octets()); // NFTA_IMMEDIATE_DATA
+        });
+        self.expr("nat", |w| {
+            w.put_u32(1, kind); // NFTA_NAT_TYPE
+            w.put_u32(2, u32::from(NFPROTO_IPV4)); // NFTA_NAT_FAMILY
+            w.put_u32(3, NFT_REG_1); // NFTA_NAT_REG_ADDR_MIN
+        });
     }
 
     /// `immediate reg 0 VERDICT`
@@ -703,6 +734,18 @@ impl<'a> Batch<'a> {
 
     /// `add chain FAMILY TABLE NAME { type filter hook HOOK priority P; policy accept; }`
     fn add_base_chain(&mut self, family: Family, name: &str, hooknum: u32) {
+        self.add_typed_chain(family, name, "filter", hooknum, family.priority());
+    }
+
+    /// `add chain FAMILY TABLE NAME { type KIND hook … priority PRIORITY; policy accept; }`.
+    fn add_typed_chain(
+        &mut self,
+        family: Family,
+        name: &str,
+        kind: &str,
+        hooknum: u32,
+        priority: i32,
+    ) {
         let m = self.begin(
             NFT_MSG_NEWCHAIN,
             NLM_F_REQUEST | NLM_F_CREATE,
@@ -711,12 +754,11 @@ impl<'a> Batch<'a> {
         );
         self.w.put_str(NFTA_CHAIN_TABLE, self.table);
         self.w.put_str(NFTA_CHAIN_NAME, name);
-        self.w.put_str(NFTA_CHAIN_TYPE, "filter");
+        self.w.put_str(NFTA_CHAIN_TYPE, kind);
         self.w.put_u32(NFTA_CHAIN_POLICY, NF_ACCEPT);
         let hook = self.w.nest(NFTA_CHAIN_HOOK);
         self.w.put_u32(NFTA_HOOK_HOOKNUM, hooknum);
-        self.w
-            .put(NFTA_HOOK_PRIORITY, &family.priority().to_be_bytes());
+        self.w.put(NFTA_HOOK_PRIORITY, &priority.to_be_bytes());
         self.w.end_nest(hook);
         self.end(m);
     }
@@ -926,6 +968,49 @@ impl<'a> Batch<'a> {
         self.end_rule(r, MANAGEMENT_COMMENT);
     }
 
+    /// The cell's three NAT rules (see [`CellNat`]), as nft spells them:
+    /// `iifname IFACE ip daddr BOARD tcp dport != PORT dnat ip to CELL`,
+    /// `iifname IFACE ip daddr BOARD meta l4proto != tcp dnat ip to CELL` and
+    /// `oifname IFACE ip saddr CELL snat ip to BOARD`.
+    fn cell_rules(&mut self, c: &CellNat) {
+        let mut name = [0u8; IFNAMSIZ];
+        name[..c.iface.len()].copy_from_slice(c.iface.as_bytes());
+        for tcp in [true, false] {
+            let r = self.begin_rule_in(Family::Inet, CELL_IN, CELL_COMMENT);
+            self.w.meta_load(NFT_META_IIFNAME);
+            self.w.cmp(NFT_CMP_EQ, &name);
+            self.w.meta_load(NFT_META_NFPROTO);
+            self.w.cmp(NFT_CMP_EQ, &[NFPROTO_IPV4]);
+            self.address(
+                false,
+                Field::Daddr,
+                &Operand::Net(IpNet::from(IpAddr::V4(c.board))),
+            );
+            self.w.meta_load(NFT_META_L4PROTO);
+            if tcp {
+                self.w.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
+                self.w.payload_at(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                self.w.cmp(NFT_CMP_NEQ, &c.keep_port.to_be_bytes());
+            } else {
+                self.w.cmp(NFT_CMP_NEQ, &[IPPROTO_TCP]);
+            }
+            self.w.nat(NFT_NAT_DNAT, c.cell);
+            self.end_rule(r, CELL_COMMENT);
+        }
+        let r = self.begin_rule_in(Family::Inet, CELL_OUT, CELL_COMMENT);
+        self.w.meta_load(NFT_META_OIFNAME);
+        self.w.cmp(NFT_CMP_EQ, &name);
+        self.w.meta_load(NFT_META_NFPROTO);
+        self.w.cmp(NFT_CMP_EQ, &[NFPROTO_IPV4]);
+        self.address(
+            false,
+            Field::Saddr,
+            &Operand::Net(IpNet::from(IpAddr::V4(c.cell))),
+        );
+        self.w.nat(NFT_NAT_SNAT, c.board);
+        self.end_rule(r, CELL_COMMENT);
+    }
+
     /// One drop rule, with its sets before it.
     fn drop_rule(&mut self, family: Family, rule: &DropRule<'a>) {
         self.drop_rule_in(family, CHAIN, rule);
@@ -1016,7 +1101,26 @@ pub(super) fn apply_host<'a>(rs: &'a Ruleset, table: &'a str, first_seq: u32) ->
     let mut b = Batch::new(table, first_seq);
     b.add_table(Family::Inet);
     b.add_base_chain(Family::Inet, INPUT, HOOK_LOCAL_IN);
+    if rs.cell.is_some() {
+        b.add_typed_chain(
+            Family::Inet,
+            CELL_IN,
+            "nat",
+            HOOK_PRE_ROUTING,
+            PRIORITY_DSTNAT,
+        );
+        b.add_typed_chain(
+            Family::Inet,
+            CELL_OUT,
+            "nat",
+            HOOK_POST_ROUTING,
+            PRIORITY_SRCNAT,
+        );
+    }
     b.flush_table(Family::Inet);
+    if let Some(c) = &rs.cell {
+        b.cell_rules(c);
+    }
     for f in &rs.exempt {
         b.flow_rule(INPUT, f.remote, f.local);
     }

@@ -43,6 +43,7 @@ fn fixture(name: &str) -> Vec<u8> {
         "prefixes" => include_str!("golden/prefixes.txt"),
         "delete" => include_str!("golden/delete.txt"),
         "host" => include_str!("golden/host.txt"),
+        "cell" => include_str!("golden/cell.txt"),
         other => panic!("no fixture {other}"),
     };
     let hex: String = text
@@ -357,6 +358,7 @@ fn representative_ruleset_matches_nft() {
             loss("tiny", &[], &[], 0.00005),
         ],
         exempt: vec![],
+        cell: None,
     };
     rs.validate().unwrap();
     check("representative", &encode::apply(&rs, TABLE, 7));
@@ -383,6 +385,7 @@ fn prefix_shapes_match_nft() {
         ],
         losses: vec![],
         exempt: vec![],
+        cell: None,
     };
     check("prefixes", &encode::apply(&rs, TABLE, u32::MAX - 3));
 }
@@ -403,9 +406,25 @@ fn host_layout_matches_nft() {
             flow("192.0.2.9:22", "192.0.2.1:50000"),
             flow("[fd00::9]:2222", "[fd00::1]:40000"),
         ],
+        cell: None,
     };
     rs.validate().unwrap();
     check("host", &encode::apply_host(&rs, TABLE, 3));
+}
+
+#[test]
+fn cell_nat_matches_nft() {
+    let rs = Ruleset {
+        cell: Some(CellNat {
+            iface: "eth0".into(),
+            board: "192.0.2.9".parse().unwrap(),
+            cell: "169.254.237.2".parse().unwrap(),
+            keep_port: 22,
+        }),
+        ..Ruleset::default()
+    };
+    rs.validate().unwrap();
+    check("cell", &encode::apply_host(&rs, TABLE, 7));
 }
 
 #[test]

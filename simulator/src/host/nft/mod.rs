@@ -93,6 +93,22 @@ pub struct Ruleset {
     pub losses: Vec<Loss>,
     /// Connections let through whatever the blocks say ([`Layout::Host`] only).
     pub exempt: Vec<Flow>,
+    /// The NAT of a linkem cell on this host ([`Layout::Host`] only).
+    pub cell: Option<CellNat>,
+}
+
+/// The NAT that puts a board's workloads in a *cell* — a namespace behind a veth pair that
+/// linkem relays, for boards whose kernels lack sch_netem — while the board keeps its own
+/// address on the lab network: every new connection (and every other new flow: UDP, ICMP
+/// echo) that arrives on `iface` for `board`, but for TCP port `keep_port` (its SSH server),
+/// goes to `cell`; what `cell` sends out of `iface` leaves as `board`. Replies follow the
+/// connections' conntrack entries, so the board's own connections are untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellNat {
+    pub iface: String,
+    pub board: std::net::Ipv4Addr,
+    pub cell: std::net::Ipv4Addr,
+    pub keep_port: u16,
 }
 
 /// Which traffic a firewall acts on.
@@ -127,6 +143,8 @@ const MAX_COMMENT: usize = 128;
 const MARK_COMMENT: &str = "edgesim: bridged";
 /// The comment of the accept rules of [`Ruleset::exempt`].
 const MANAGEMENT_COMMENT: &str = "edgesim: management";
+/// The comment of the rules of [`Ruleset::cell`].
+const CELL_COMMENT: &str = "edgesim: cell";
 
 impl Ruleset {
     /// Rejects what the kernel would refuse or nft would misread: empty or over-long names,
@@ -143,12 +161,13 @@ impl Ruleset {
                 || n.contains('\0')
                 || n == MARK_COMMENT
                 || n == MANAGEMENT_COMMENT
+                || n == CELL_COMMENT
             {
                 return Err(HostError::other(
                     "validating",
                     format!("firewall rule `{n}`"),
                     format!(
-                        "names must be 1 to {MAX_COMMENT} bytes without NUL, other than `{MARK_COMMENT}` and `{MANAGEMENT_COMMENT}`"
+                        "names must be 1 to {MAX_COMMENT} bytes without NUL, other than `{MARK_COMMENT}`, `{MANAGEMENT_COMMENT}` and `{CELL_COMMENT}`"
                     ),
                 ));
             }
@@ -161,6 +180,15 @@ impl Ruleset {
                     "both ends must be of one IP family",
                 ));
             }
+        }
+        if let Some(c) = &self.cell
+            && (c.iface.is_empty() || c.iface.len() >= 16 || c.iface.contains('\0'))
+        {
+            return Err(HostError::other(
+                "validating",
+                format!("the cell's interface `{}`", c.iface),
+                "an interface name is 1 to 15 bytes without NUL",
+            ));
         }
         for l in &self.losses {
             if !(0.0..=1.0).contains(&l.probability) {
@@ -367,10 +395,10 @@ impl Firewall {
         rs.validate()?;
         let table = self.inner.table.as_str();
         match self.inner.layout {
-            Layout::Router if !rs.exempt.is_empty() => Err(HostError::other(
+            Layout::Router if !rs.exempt.is_empty() || rs.cell.is_some() => Err(HostError::other(
                 "validating",
                 format!("nftables table {table}"),
-                "exempt connections need a host firewall (Layout::Host)",
+                "exempt connections and a cell's NAT need a host firewall (Layout::Host)",
             )),
             Layout::Router => self.transact("applying", |seq| encode::apply(rs, table, seq)),
             Layout::Host => self.transact("applying", |seq| encode::apply_host(rs, table, seq)),

@@ -49,6 +49,7 @@ fn batch_builds_both_tables_with_named_counted_rules() {
             probability: 0.1,
         }],
         exempt: vec![],
+        cell: None,
     };
     let all = describe(&encode::apply(&rs, "edgesim_x", 1).bytes);
     // Batch begin and end around, per family: add table, add chain, flush table, mark rule,
@@ -525,6 +526,7 @@ fn nft_lists_the_rules_with_comments_and_counters() {
             probability: 0.25,
         }],
         exempt: vec![],
+        cell: None,
     };
     fw.apply(&rs).unwrap();
     const K: u32 = 200;
@@ -713,6 +715,7 @@ fn commit_latency() {
             probability: 0.05,
         }],
         exempt: vec![],
+        cell: None,
     };
     fw.apply(&rs).unwrap();
     // A prepared firewall dropped unused changes nothing.

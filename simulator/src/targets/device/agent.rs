@@ -18,6 +18,10 @@
 //!   under it where delay is asked for; netem's own loss is silent too). Each apply replaces the
 //!   previous state; tc classes that did not change are left alone (a netem queue in flight
 //!   is not flushed by an unrelated partition);
+//!   With `cell` set (boards whose kernel lacks sch_netem or sch_htb, and `impairment:
+//!   userspace`), the board's workloads live in a [linkem cell](super::cell) and linkem carries
+//!   rate, delay and netem's impairments instead of tc; probes, `connect` and `fetch` then
+//!   run from inside the cell, where the workloads are;
 //! - `heartbeat`: nothing but a renewal of the lease (any request renews it);
 //! - `revert`: everything back as it was; `bye`: revert and exit;
 //! - `probes` with a [`ProbeRun`]: ping, TCP and HTTP probes run from the board itself by the
@@ -39,7 +43,7 @@
 //! (code 3): a board is never left impaired by a controller that is gone. When the SSH
 //! session ends (stdin closes), it reverts at once and exits 0.
 //!
-//! What is in force is also written to a state file ([`DEFAULT_STATE`], on tmpfs: rules do
+//! What is in force is also written to a state file ([`default_state`], on tmpfs: rules do
 //! not survive a reboot either) before anything is installed; an agent that starts and finds
 //! one left by an agent that died (SIGKILL, OOM) reverts that first, and says so in `hello`.
 //!
@@ -47,11 +51,12 @@
 //! — is accepted ahead of every block unless `exemptManagement` is false, so a partition
 //! that isolates the board does not cut its controller off.
 //!
-//! The agent needs CAP_NET_ADMIN and nothing on the board but the kernel: no `tc`, no `nft`,
+//! The agent needs CAP_NET_ADMIN (and, for a cell, CAP_SYS_ADMIN and CAP_NET_RAW) and nothing
+//! on the board but the kernel: no `tc`, no `nft`,
 //! no iproute2 data files (netem's jitter tables are computed where they are not installed).
 //! It is the edgesim binary itself, built static for musl (aarch64 and x86_64).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -60,6 +65,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::cell::{self, Cell, CellState};
 use crate::faults::shaping::{loss_in_firewall, netem_of};
 use crate::host::nft::{self, Firewall, Flow, Layout};
 use crate::host::tc::{self, ClassId, Htb, HtbClass, Netem, Parent, Qdisc, U32Match};
@@ -68,13 +74,28 @@ use crate::scenario::plan::LinkParams;
 
 /// The agent's nftables table on the board.
 pub const TABLE: &str = "edgesim_agent";
-/// Where the agent records what is in force (tmpfs on systemd boards).
-pub const DEFAULT_STATE: &str = "/run/edgesim/agent-state.json";
+/// Where the agent records what is in force (tmpfs on systemd boards): one file per network
+/// namespace in this folder ([`default_state`]).
+pub const STATE_DIR: &str = "/run/edgesim";
+
+/// The state file of an agent that is given none: `agent/state-net<inode>.json` in
+/// [`STATE_DIR`], named by the network namespace the agent serves — stable for a board's
+/// whole boot (an agent started after a crash finds its predecessor's), and one per
+/// namespace where boards share a filesystem (the tests' namespace boards), so no agent takes
+/// another's state for a dead predecessor's.
+pub fn default_state() -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata("/proc/self/ns/net") {
+        Ok(m) => PathBuf::from(format!("{STATE_DIR}/agent/state-net{}.json", m.ino())),
+        Err(_) => PathBuf::from(format!("{STATE_DIR}/agent/state.json")),
+    }
+}
+
 /// The lease when the controller names none.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
 /// Version of the line protocol; `hello` reports it. 2: `probes`, `probe-results`,
-/// `incoming`.
-pub const PROTOCOL: u32 = 2;
+/// `incoming`. 3: `cell` (a linkem cell for the board's workloads).
+pub const PROTOCOL: u32 = 3;
 /// Exit code of an agent whose lease expired.
 pub const EXIT_LEASE_EXPIRED: i32 = 3;
 /// Rates above this are treated as unlimited by a delay-only class.
@@ -245,6 +266,9 @@ impl WireSample {
 #[derive(Default)]
 struct Probing {
     sockets: Option<crate::host::ns::SocketFactory>,
+    /// Inside a cell: the board's address, which the cell reaches its own workloads by as
+    /// 127.0.0.1 (the board's address there is the board's, not the cell's).
+    cell: Option<Ipv4Addr>,
     logs: Vec<crate::probe::ProbeLog>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -283,6 +307,31 @@ impl Probing {
         Ok(())
     }
 
+    /// Probes, connections and fetches from now on run in `board`'s cell, if it has one, or
+    /// from the board's own namespace.
+    fn follow(&mut self, board: &Board) -> std::result::Result<(), String> {
+        let now = board.cell.as_ref().map(|c| c.board);
+        if now != self.cell {
+            self.stop();
+            self.sockets = match &board.cell {
+                Some(c) => Some(c.sockets().map_err(|e| e.to_string())?),
+                None => None,
+            };
+            self.cell = now;
+        }
+        Ok(())
+    }
+
+    /// `addr` as the probes' namespace reaches it.
+    fn local(&self, addr: std::net::SocketAddrV4) -> std::net::SocketAddrV4 {
+        match self.cell {
+            Some(b) if *addr.ip() == b => {
+                std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, addr.port())
+            }
+            _ => addr,
+        }
+    }
+
     fn sockets(&mut self) -> std::result::Result<crate::host::ns::SocketFactory, String> {
         if self.sockets.is_none() {
             let fd = std::fs::File::open("/proc/self/ns/net")
@@ -301,6 +350,7 @@ impl Probing {
         timeout: Duration,
     ) -> std::result::Result<(), String> {
         let f = self.sockets()?;
+        let addr = self.local(addr);
         match tokio::time::timeout(timeout, crate::probe::net::connect(&f, addr)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -316,6 +366,7 @@ impl Probing {
     ) -> std::result::Result<String, String> {
         let f = self.sockets()?;
         let host = addr.to_string();
+        let addr = self.local(addr);
         match tokio::time::timeout(timeout, crate::probe::net::get(&f, addr, &host, path)).await {
             Ok(Ok(r)) if r.status.is_success() => Ok(String::from_utf8_lossy(&r.body).into_owned()),
             Ok(Ok(r)) => Err(format!("status {}", r.status.as_u16())),
@@ -365,6 +416,11 @@ pub struct Desired {
     pub exempt_management: bool,
     /// Seed of netem's generator (per peer, mixed with the peer's address).
     pub seed: u64,
+    /// Run the board's workloads in a linkem cell behind this address (the board's own on
+    /// the lab network): linkem, not tc, then carries `peers`, and `incoming` and `blocks`
+    /// are dropped in the cell's relay as well. `None` removes a cell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cell: Option<Ipv4Addr>,
 }
 
 impl Default for Desired {
@@ -377,6 +433,7 @@ impl Default for Desired {
             blocks: Vec::new(),
             exempt_management: true,
             seed: 0,
+            cell: None,
         }
     }
 }
@@ -477,6 +534,14 @@ pub struct Facts {
     pub kernel: String,
     pub euid: u32,
     pub cap_net_admin: bool,
+    /// CAP_SYS_ADMIN and CAP_NET_RAW: what a cell needs beside CAP_NET_ADMIN.
+    #[serde(default)]
+    pub cap_sys_admin: bool,
+    #[serde(default)]
+    pub cap_net_raw: bool,
+    /// The name a cell of this agent gets under `/run/netns` (workloads enter it).
+    #[serde(default)]
+    pub cell_netns: String,
     pub netem: bool,
     pub tbf: bool,
     pub htb: bool,
@@ -500,6 +565,9 @@ struct State {
     table: String,
     /// Interface whose root qdisc the agent replaced.
     qdisc_on: Option<String>,
+    /// The cell, if one was made.
+    #[serde(default)]
+    cell: Option<CellState>,
 }
 
 /// What tc holds for one peer.
@@ -522,6 +590,7 @@ pub struct Board {
     next_minor: u16,
     active: bool,
     recovered: Vec<String>,
+    cell: Option<Cell>,
 }
 
 /// The management connection from `SSH_CONNECTION` ("client port server port").
@@ -567,6 +636,7 @@ impl Board {
             next_minor: 0x100,
             active: false,
             recovered: Vec::new(),
+            cell: None,
         };
         b.recover().await?;
         Ok(b)
@@ -592,6 +662,17 @@ impl Board {
         self.recovered.push(format!(
             "nftables table inet {table} (left by agent pid {pid})"
         ));
+        if let Some(c) = st.as_ref().and_then(|s| s.cell.as_ref()) {
+            let (done, errors) = cell::remove(&self.nl, c).await;
+            if let Some(e) = errors.into_iter().next() {
+                return Err(HostError::other(
+                    "removing",
+                    "a cell left by an agent that died",
+                    e,
+                ));
+            }
+            self.recovered.extend(done);
+        }
         if let Some(iface) = st.and_then(|s| s.qdisc_on)
             && let Ok(idx) = link::index_of(&self.nl, &iface).await
         {
@@ -685,6 +766,9 @@ impl Board {
             kernel,
             euid: nix::unistd::geteuid().as_raw(),
             cap_net_admin: cap_eff & (1 << 12) != 0,
+            cap_sys_admin: cap_eff & (1 << 21) != 0,
+            cap_net_raw: cap_eff & (1 << 13) != 0,
+            cell_netns: cell::netns_name(&self.state_path),
             netem,
             tbf,
             htb,
@@ -703,8 +787,17 @@ impl Board {
             object: "the desired state".into(),
             detail,
         })?;
+        // In a cell linkem shapes what the workloads send; tc is left alone.
+        let tc_d = match d.cell {
+            Some(_) => Desired {
+                peers: Vec::new(),
+                ..d.clone()
+            },
+            None => d.clone(),
+        };
+        let d_tc = &tc_d;
         // Recorded before anything is installed: a crash half-way is recovered too.
-        let wants_tc = d
+        let wants_tc = d_tc
             .peers
             .iter()
             .any(|p| p.params.rate.is_some() || p.params.needs_netem());
@@ -717,17 +810,54 @@ impl Board {
         } else {
             None
         };
+        let cell_state = match (d.cell, &self.cell) {
+            (Some(a), Some(c)) if c.board == a => Some(c.state.clone()),
+            (Some(_), _) => Some(CellState {
+                netns: cell::netns_name(&self.state_path),
+                forward_was: match &self.cell {
+                    Some(c) => c.state.forward_was.clone(),
+                    None => cell::forward_now()?,
+                },
+            }),
+            (None, Some(c)) => Some(c.state.clone()),
+            (None, None) => None,
+        };
         write_state(
             &self.state_path,
             &State {
                 pid: std::process::id(),
                 table: TABLE.to_string(),
                 qdisc_on,
+                cell: cell_state.clone(),
             },
         )?;
         self.active = true;
-        self.fw.apply(&self.ruleset(d))?;
-        self.shape(d).await
+        // A cell for another address (or none wanted): the old one goes first.
+        if let Some(c) = self.cell.take_if(|c| d.cell != Some(c.board)) {
+            self.fw.apply(&self.ruleset(d))?;
+            let (_, errors) = c.destroy(&self.nl).await;
+            if let Some(e) = errors.into_iter().next() {
+                return Err(HostError::other("removing", "the cell", e));
+            }
+        }
+        if let (Some(addr), None, Some(st)) = (d.cell, &self.cell, cell_state) {
+            self.cell = Some(Cell::create(&self.nl, st, addr, d.seed).await?);
+        }
+        let mut rs = self.ruleset(d);
+        if let Some(c) = &self.cell {
+            let ssh = self.management.map_or(22, |f| f.local.port());
+            rs.cell = Some(c.nat(&d.iface, ssh));
+        }
+        self.fw.apply(&rs)?;
+        if let Some(c) = &mut self.cell {
+            c.update(d)?;
+        }
+        self.shape(d_tc).await
+    }
+
+    /// Whether the workloads live in a cell.
+    pub fn cell(&self) -> Option<&Cell> {
+        self.cell.as_ref()
     }
 
     /// The firewall rules for `d`: blocks, and cuts and plain loss from each peer.
@@ -872,6 +1002,11 @@ impl Board {
         match self.fw.delete() {
             Ok(()) => done.push(format!("nftables table inet {TABLE}")),
             Err(e) => errors.push(e.to_string()),
+        }
+        if let Some(c) = self.cell.take() {
+            let (d, e) = c.destroy(&self.nl).await;
+            done.extend(d);
+            errors.extend(e);
         }
         if let Some((name, idx)) = self.shaped.take() {
             match tc::qdisc_delete(&self.nl, idx, Parent::Root).await {
@@ -1037,10 +1172,14 @@ where
                     Ok(()) => reply.applied_us = Some(t.elapsed().as_micros() as u64),
                     Err(e) => reply = Reply::error(msg.id, e.to_string()),
                 }
+                if let Err(e) = probing.follow(board) {
+                    reply = Reply::error(msg.id, e);
+                }
             }
             Request::Revert | Request::Bye => {
                 stop = matches!(msg.request, Request::Bye);
                 let (reverted, errors) = board.revert().await;
+                let _ = probing.follow(board);
                 reply.reverted = reverted;
                 if !errors.is_empty() {
                     reply = Reply {

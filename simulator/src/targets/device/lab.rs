@@ -3,8 +3,8 @@
 //!
 //! - **Resolve** (before anything changes): the inventory is read, every node bound to a
 //!   host (by name, then by profile), every board's address known, an agent binary found for
-//!   every architecture the profiles name; what boards cannot do in this version (workloads,
-//!   metric assertions, the userspace emulator) is refused with the scenario's position.
+//!   every architecture the profiles name; what boards cannot do (container images) is
+//!   refused with the scenario's position.
 //! - **Provision**: every board is reached (in parallel), the agent uploaded (once per
 //!   content hash) and started; its facts are checked against the node's profile and what the
 //!   scenario needs, every mismatch of every board reported at once, before any fault is
@@ -183,15 +183,6 @@ pub async fn resolve(
             ),
         }
     }
-    if plan.uses_emulator() {
-        errors.push(
-            Diagnostic::new(
-                here,
-                "the userspace link emulator does not run on boards: their kernels carry the links",
-            )
-            .hint("set `impairment: kernel` (or leave `auto`): boards are checked for netem before the run"),
-        );
-    }
     let nodes: Vec<(String, String)> = plan
         .nodes
         .iter()
@@ -319,7 +310,10 @@ pub async fn resolve(
 /// (the baseline, then each `impair` in turn): netem or htb where it *sends* on a path that
 /// needs them, nftables where it *receives* drops (loss, cuts, partitions, isolation).
 pub fn needs_of(plan: &Plan, node: usize) -> Needs {
-    let mut needs = Needs::default();
+    let mut needs = Needs {
+        userspace: plan.mechanism == crate::scenario::plan::Mechanism::Userspace,
+        ..Needs::default()
+    };
     let mut links = plan.baseline_links();
     let look = |links: &[(LinkParams, LinkParams)], needs: &mut Needs| {
         let me = plan.nodes[node].site;
@@ -376,6 +370,8 @@ pub struct DeviceLab {
     pub supervisor: Supervisor,
     /// Nodes powered off: isolated, their workloads down.
     powered_off: BTreeSet<usize>,
+    /// Which boards carry their links with linkem in a cell (their workloads live there).
+    cells: Vec<bool>,
 }
 
 /// Shell quoting for a word of a remote command line.
@@ -724,6 +720,18 @@ impl DeviceLab {
                 }
             }
         }
+        let cells: Vec<bool> = boards
+            .iter()
+            .enumerate()
+            .map(|(i, b)| needs_of(&plan, i).cell(&b.facts))
+            .collect();
+        for (b, _) in boards.iter().zip(&cells).filter(|(_, c)| **c) {
+            if plan.mechanism == crate::scenario::plan::Mechanism::Userspace {
+                tracing::info!(board = %b.board.host.name, "linkem carries the board's links, in a cell that holds its workloads");
+            } else {
+                tracing::warn!(board = %b.board.host.name, netem = b.facts.netem, htb = b.facts.htb, "the board's kernel cannot shape these links: linkem carries them, in a cell that holds its workloads");
+            }
+        }
         if !problems.is_empty() {
             return Err(Box::new((
                 format!(
@@ -775,6 +783,7 @@ impl DeviceLab {
             probe_at: Vec::new(),
             supervisor: Supervisor::new(crate::workload::EventLog::default()),
             powered_off: BTreeSet::new(),
+            cells,
         };
         if let Err(e) = lab.push().await {
             let DeviceLab { boards, state, .. } = lab;
@@ -841,7 +850,39 @@ impl DeviceLab {
                 to: vec![],
             });
         }
+        if self.cells[n] {
+            d.cell = Some(self.bound.addrs[n]);
+        }
         d
+    }
+
+    /// The words that put a workload of board `n` in its cell (none: the board has no cell),
+    /// through the board's own agent binary.
+    async fn cell_prefix(&self, n: usize) -> std::result::Result<Vec<String>, String> {
+        if !self.cells[n] {
+            return Ok(Vec::new());
+        }
+        let b = &self.boards[n];
+        let name = &b.board.host.name;
+        let agent = match &self.state.target {
+            TargetState::Device(d) => d.agent_paths.get(name).cloned(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("{name}: no agent path recorded"))?;
+        let privilege = b.board.privilege().await.map_err(|e| e.to_string())?;
+        let mut argv = privilege.argv(&agent, &["cap_sys_admin"]);
+        argv.extend([
+            "agent-enter".to_string(),
+            "--netns".to_string(),
+            format!("/run/netns/{}", b.facts.cell_netns),
+            "--".to_string(),
+        ]);
+        Ok(argv)
+    }
+
+    /// Whether board `n` runs its links (and workloads) in a linkem cell.
+    pub fn in_cell(&self, n: usize) -> bool {
+        self.cells.get(n).copied().unwrap_or(false)
     }
 
     /// Every board gets its whole desired state, in parallel.
@@ -1042,6 +1083,12 @@ impl DeviceLab {
                     }
                     None => return Err(format!("workload `{}`: nothing resolved", w.name)),
                 };
+                let argv: Vec<String> = self
+                    .cell_prefix(ni)
+                    .await?
+                    .into_iter()
+                    .chain(argv)
+                    .collect();
                 let workdir = format!(
                     "{}/{}/{}.data",
                     remote_runs(&board, &self.state.run_id).await?,

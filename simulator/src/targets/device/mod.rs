@@ -1,6 +1,7 @@
 //! The `device` target's pieces: physical boards (Raspberry Pi, Jetson) reached over SSH.
 //!
 //! - [`agent`]: `edgesim agent`, which applies a board's faults under a lease.
+//! - [`cell`]: the workloads of a board without netem in a namespace behind linkem.
 //! - [`transport`]: SSH to boards (the system's OpenSSH), the agent's upload and its protocol.
 //! - [`inventory`]: which boards there are and how to reach them (Ansible's YAML inventory),
 //!   and which scenario node is which board.
@@ -9,6 +10,7 @@
 //! these; see the roadmap in DESIGN.md.
 
 pub mod agent;
+pub mod cell;
 pub mod inventory;
 pub mod lab;
 pub mod transport;
@@ -108,8 +110,8 @@ pub fn desired_for(
 /// htb, nftables) when the run starts, before anything changes.
 pub fn rows(c: &mut crate::caps::Capabilities) {
     use crate::caps::{Feature as F, Support as S};
-    let netem =
-        "tc netem on the sending board (a board without sch_netem is refused before the run)";
+    let netem = "tc netem on the sending board; on a board without sch_netem (stock Jetson L4T), \
+         linkem in a cell that holds the board's workloads (needs CAP_SYS_ADMIN and CAP_NET_RAW)";
     c.set(
         F::Partition,
         S::Exact,
@@ -123,9 +125,9 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
     c.set(
         F::Rate,
         S::Emulated,
-        "htb on each sending board, per destination: a site uplink shared by several boards is \
-         not one bottleneck (each board gets the whole rate), so verdicts that depend on boards \
-         competing for an uplink may differ from netns",
+        "htb (or linkem in a cell) on each sending board, per destination: a site uplink shared \
+         by several boards is not one bottleneck (each board gets the whole rate), so verdicts \
+         that depend on boards competing for an uplink may differ from netns",
     );
     c.set(F::Delay, S::Exact, netem);
     c.set(F::BurstLoss, S::Exact, netem);
@@ -137,8 +139,10 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
     );
     c.set(
         F::Deterministic,
-        S::Unavailable,
-        "boards use their kernels' netem and nftables (seeded, not replayable packet for packet)",
+        S::Emulated,
+        "with `impairment: userspace`: each board's links in a linkem cell, every drop and delay \
+         drawn from the seed (the boards' own timing is not replayed); otherwise the boards' \
+         kernels decide",
     );
     c.set(
         F::NodeIsolate,
@@ -201,6 +205,21 @@ pub struct Needs {
     pub firewall: bool,
     /// CPU and memory limits for the board's workloads (cgroup v2 with cpu and memory).
     pub limits: bool,
+    /// The scenario asks for the userspace link emulator (`impairment: userspace`).
+    pub userspace: bool,
+}
+
+impl Needs {
+    /// Whether the board carries its links with linkem in a [cell](cell): what the scenario
+    /// asks for with `impairment: userspace` (every board with any fault: linkem's seeded
+    /// decisions, loss included), and what a kernel without sch_netem (delay) or sch_htb
+    /// (rate) falls back to. A board whose links are clean needs none.
+    pub fn cell(&self, facts: &Facts) -> bool {
+        if self.userspace {
+            return self.delay || self.rate || self.firewall;
+        }
+        (self.delay && !facts.netem) || (self.rate && !facts.htb)
+    }
 }
 
 /// Checks a board against the profile its scenario node has and what the scenario needs;
@@ -246,15 +265,40 @@ pub fn check_board(host: &str, facts: &Facts, profile: &ProfileSpec, needs: Need
             "{host}: partitions and loss need nftables, which fails: {e}"
         ));
     }
-    if needs.rate && !facts.htb {
-        out.push(format!(
-            "{host}: rate limits need the kernel's sch_htb, which this board lacks"
-        ));
-    }
-    if needs.delay && !facts.netem {
-        out.push(format!(
-            "{host}: delay and jitter need the kernel's sch_netem, which this board lacks (stock Jetson L4T has none); build the kernel module, or leave delay off this board's links"
-        ));
+    if needs.cell(facts) {
+        let why = if needs.userspace {
+            "`impairment: userspace` runs linkem in a cell for the board's workloads".to_string()
+        } else {
+            let lacks: Vec<&str> = [
+                (needs.delay && !facts.netem, "sch_netem (delay)"),
+                (needs.rate && !facts.htb, "sch_htb (rate)"),
+            ]
+            .into_iter()
+            .filter_map(|(l, m)| l.then_some(m))
+            .collect();
+            format!(
+                "the kernel lacks {}, so linkem carries the links in a cell for the board's workloads",
+                lacks.join(" and ")
+            )
+        };
+        if !(facts.cap_sys_admin && facts.cap_net_raw) {
+            out.push(format!(
+                "{host}: {why}, which needs CAP_SYS_ADMIN and CAP_NET_RAW beside CAP_NET_ADMIN; the agent lacks {} (run it as root, or prepare the board with ansible/prepare-board.yml)",
+                [
+                    (!facts.cap_sys_admin, "CAP_SYS_ADMIN"),
+                    (!facts.cap_net_raw, "CAP_NET_RAW"),
+                ]
+                .into_iter()
+                .filter_map(|(l, c)| l.then_some(c))
+                .collect::<Vec<_>>()
+                .join(" and ")
+            ));
+        }
+        if let Some(e) = facts.nftables_error.as_ref().filter(|_| !needs.firewall) {
+            out.push(format!(
+                "{host}: {why}, behind the board's address by nftables NAT, which fails: {e}"
+            ));
+        }
     }
     if needs.limits {
         let ctl: Vec<&str> = facts
@@ -424,6 +468,9 @@ mod tests {
             kernel: "6.6.51+rpt-rpi-2712".into(),
             euid: 0,
             cap_net_admin: true,
+            cap_sys_admin: true,
+            cap_net_raw: true,
+            cell_netns: "edgesim-cell-00000000".into(),
             netem: true,
             tbf: true,
             htb: true,
@@ -450,6 +497,7 @@ mod tests {
             rate: true,
             firewall: true,
             limits: true,
+            userspace: false,
         };
         let pi = profile("raspberry-pi-5-8gb");
         assert_eq!(
@@ -462,6 +510,8 @@ mod tests {
             memory_bytes: 16_000_000_000,
             netem: false,
             cap_net_admin: false,
+            cap_sys_admin: false,
+            cap_net_raw: false,
             cgroup: "v1".into(),
             nftables_error: Some("Operation not permitted".into()),
             ..pi_facts()
@@ -471,7 +521,9 @@ mod tests {
         assert!(p[0].contains("8 CPUs") && p[1].contains("memory"), "{p:#?}");
         assert!(
             p.iter()
-                .any(|m| m.contains("sch_netem") && m.contains("L4T"))
+                .any(|m| m.contains("lacks sch_netem (delay), so linkem")
+                    && m.contains("lacks CAP_SYS_ADMIN and CAP_NET_RAW")),
+            "{p:#?}"
         );
         assert!(p.iter().any(|m| m.contains("CAP_NET_ADMIN")));
         // What the scenario does not need is not asked for.
@@ -490,5 +542,87 @@ mod tests {
             ..pi_facts()
         };
         assert!(check_board("x", &amd, &pi, Needs::default())[0].contains("amd64"));
+    }
+
+    #[test]
+    fn boards_without_netem_or_htb_carry_their_links_in_a_cell() {
+        let delay = Needs {
+            delay: true,
+            firewall: true,
+            ..Needs::default()
+        };
+        let rate = Needs {
+            rate: true,
+            ..Needs::default()
+        };
+        let jetson = Facts {
+            netem: false,
+            ..pi_facts()
+        };
+        let pi = pi_facts();
+        assert!(delay.cell(&jetson) && !delay.cell(&pi));
+        // The Jetson's htb carries a rate alone.
+        assert!(!rate.cell(&jetson));
+        assert!(rate.cell(&Facts {
+            htb: false,
+            ..pi_facts()
+        }));
+        // `impairment: userspace` asks for linkem wherever a board shapes anything.
+        let userspace = Needs {
+            userspace: true,
+            ..delay
+        };
+        assert!(userspace.cell(&pi));
+        assert!(
+            Needs {
+                userspace: true,
+                firewall: true,
+                ..Needs::default()
+            }
+            .cell(&pi)
+        );
+        assert!(
+            !Needs {
+                userspace: true,
+                ..Needs::default()
+            }
+            .cell(&pi)
+        );
+        // Root on a Jetson: nothing to report (its profile's cores and memory aside).
+        let orin = profile("raspberry-pi-5-8gb");
+        assert_eq!(
+            check_board("orin", &jetson, &orin, delay),
+            Vec::<String>::new()
+        );
+        // Without CAP_NET_RAW (linkem's packet sockets) the cell cannot run: said before the run.
+        let p = check_board(
+            "orin",
+            &Facts {
+                cap_net_raw: false,
+                ..jetson.clone()
+            },
+            &orin,
+            delay,
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("lacks CAP_NET_RAW (run it as root"), "{p:#?}");
+        // NAT needs nftables even where the scenario drops nothing.
+        let p = check_board(
+            "orin",
+            &Facts {
+                nftables_error: Some("no nf_tables".into()),
+                ..jetson
+            },
+            &orin,
+            Needs {
+                rate: true,
+                userspace: true,
+                ..Needs::default()
+            },
+        );
+        assert!(
+            p.len() == 1 && p[0].contains("NAT, which fails: no nf_tables"),
+            "{p:#?}"
+        );
     }
 }

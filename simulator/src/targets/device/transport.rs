@@ -178,39 +178,40 @@ impl Board {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// How the board's user gets the agent's privileges: root, or the [`LAUNCHER`] and the
+    /// capabilities it holds (`ansible/prepare-board.yml`: CAP_NET_ADMIN, and CAP_SYS_ADMIN
+    /// with CAP_NET_RAW on boards that need a linkem cell). A user with neither is told how to
+    /// prepare the board.
+    pub async fn privilege(&self) -> Result<Privilege, TransportError> {
+        let probe = format!(
+            "if [ \"$(id -u)\" = 0 ]; then echo root; elif [ -x {LAUNCHER} ]; then echo launcher; {LAUNCHER} --print | sed -n 's/^Current: //p'; else echo none; fi"
+        );
+        let out = self.sh(&probe).await?;
+        let mut lines = out.lines();
+        match lines.next().map(str::trim) {
+            Some("root") => Ok(Privilege::Root),
+            Some("launcher") => Ok(Privilege::Launcher(launcher_caps(lines.next().unwrap_or("")))),
+            _ => Err(self.remote_err(
+                "starting the agent",
+                format!(
+                    "the user is not root and {LAUNCHER} is missing or not theirs to run: prepare the board with ansible/prepare-board.yml (it gives the agent exactly the capabilities it needs)"
+                ),
+            )),
+        }
+    }
+
     /// The command that starts the agent at `path` (from [`Board::upload_agent`]) with its
     /// state file at `state` (the agent's default where `None`): directly when the board's
-    /// user is root, otherwise through the [`LAUNCHER`], which gives it CAP_NET_ADMIN alone. A
-    /// user without either is told how to prepare the board.
+    /// user is root, otherwise through the [`LAUNCHER`], which hands it the capabilities the
+    /// launcher holds, as ambient ones, and nothing more.
     pub async fn agent_command(
         &self,
         path: &str,
         state: Option<&str>,
     ) -> Result<openssh::OwningCommand<std::sync::Arc<Session>>, TransportError> {
-        let probe = format!(
-            "if [ \"$(id -u)\" = 0 ]; then echo root; elif [ -x {LAUNCHER} ]; then echo launcher; else echo none; fi"
-        );
-        let mut cmd = match self.sh(&probe).await?.trim() {
-            "root" => Session::to_command(self.session.clone(), path),
-            "launcher" => {
-                let mut c = Session::to_command(self.session.clone(), LAUNCHER);
-                c.args([
-                    "--inh=cap_net_admin",
-                    "--addamb=cap_net_admin",
-                    &format!("--shell={path}"),
-                    "--",
-                ]);
-                c
-            }
-            _ => {
-                return Err(self.remote_err(
-                    "starting the agent",
-                    format!(
-                        "the user is not root and {LAUNCHER} is missing or not theirs to run: prepare the board with ansible/prepare-board.yml (it gives the agent CAP_NET_ADMIN alone)"
-                    ),
-                ));
-            }
-        };
+        let argv = self.privilege().await?.argv(path, &AGENT_CAPS);
+        let mut cmd = Session::to_command(self.session.clone(), &argv[0]);
+        cmd.args(&argv[1..]);
         cmd.arg("agent");
         if let Some(s) = state {
             cmd.arg("--state").arg(s);
@@ -364,5 +365,83 @@ where
             )));
         }
         Ok(reply)
+    }
+}
+
+/// The capabilities the agent may use (a cell needs the last two).
+pub const AGENT_CAPS: [&str; 3] = ["cap_net_admin", "cap_sys_admin", "cap_net_raw"];
+
+/// How the board's user runs privileged parts of edgesim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Privilege {
+    Root,
+    /// Through the [`LAUNCHER`], which holds these capabilities (capsh spelling).
+    Launcher(Vec<String>),
+}
+
+impl Privilege {
+    /// The words that run the edgesim binary at `path` with those of `caps` this privilege
+    /// has (arguments follow).
+    pub fn argv(&self, path: &str, caps: &[&str]) -> Vec<String> {
+        match self {
+            Privilege::Root => vec![path.to_string()],
+            Privilege::Launcher(held) => {
+                let give: Vec<&str> = caps
+                    .iter()
+                    .copied()
+                    .filter(|c| held.iter().any(|h| h == c))
+                    .collect();
+                let mut v = vec![LAUNCHER.to_string()];
+                if !give.is_empty() {
+                    v.push(format!("--inh={}", give.join(",")));
+                    v.push(format!("--addamb={}", give.join(",")));
+                }
+                v.push(format!("--shell={path}"));
+                v.push("--".to_string());
+                v
+            }
+        }
+    }
+}
+
+/// The capabilities in capsh's `Current:` line (`cap_net_admin,cap_net_raw=p`).
+fn launcher_caps(current: &str) -> Vec<String> {
+    current
+        .split_whitespace()
+        .filter_map(|clause| clause.split_once(['=', '+']).map(|(names, _)| names))
+        .flat_map(|names| names.split(','))
+        .filter(|n| n.starts_with("cap_"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launcher_hands_on_only_what_it_holds() {
+        let held = launcher_caps("cap_net_admin,cap_net_raw,cap_sys_admin=p");
+        assert_eq!(held, ["cap_net_admin", "cap_net_raw", "cap_sys_admin"]);
+        assert_eq!(launcher_caps("cap_net_admin=p"), ["cap_net_admin"]);
+        assert_eq!(launcher_caps("="), Vec::<String>::new());
+        let argv =
+            Privilege::Launcher(vec!["cap_net_admin".into()]).argv("/c/edgesim", &AGENT_CAPS);
+        assert_eq!(
+            argv,
+            [
+                LAUNCHER,
+                "--inh=cap_net_admin",
+                "--addamb=cap_net_admin",
+                "--shell=/c/edgesim",
+                "--"
+            ]
+        );
+        let argv = Privilege::Launcher(held).argv("/c/edgesim", &["cap_sys_admin"]);
+        assert_eq!(argv[1], "--inh=cap_sys_admin");
+        assert_eq!(
+            Privilege::Root.argv("/c/edgesim", &AGENT_CAPS),
+            ["/c/edgesim"]
+        );
     }
 }

@@ -113,3 +113,17 @@ printf '%s\n' 'add table inet edgesim_g' 'delete table inet edgesim_g' \
     echo 'add rule inet edgesim_g input counter drop comment "isolate"'
     echo 'add rule inet edgesim_g input ip saddr 192.0.2.11 numgen random mod 10000 0-499 counter drop comment "loss from orin"'
 } | capture host
+
+# A board whose workloads run in a linkem cell (boards without sch_netem): the host table also
+# carries the cell's NAT — new connections arriving on the lab interface for the board's
+# address, but for its SSH port, go to the cell; what the cell sends leaves as the board.
+{
+    echo 'add table inet edgesim_g'
+    echo 'add chain inet edgesim_g input { type filter hook input priority 0; policy accept; }'
+    echo 'add chain inet edgesim_g cell-in { type nat hook prerouting priority -100; policy accept; }'
+    echo 'add chain inet edgesim_g cell-out { type nat hook postrouting priority 100; policy accept; }'
+    echo 'flush table inet edgesim_g'
+    echo 'add rule inet edgesim_g cell-in iifname "eth0" ip daddr 192.0.2.9 tcp dport != 22 dnat ip to 169.254.237.2 comment "edgesim: cell"'
+    echo 'add rule inet edgesim_g cell-in iifname "eth0" ip daddr 192.0.2.9 meta l4proto != tcp dnat ip to 169.254.237.2 comment "edgesim: cell"'
+    echo 'add rule inet edgesim_g cell-out oifname "eth0" ip saddr 169.254.237.2 snat ip to 192.0.2.9 comment "edgesim: cell"'
+} | capture cell
