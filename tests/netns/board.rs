@@ -9,7 +9,8 @@
 //! connection through the partition; the lease; recovery after SIGKILL; `ansible/prepare-board.yml`
 //! run for real with `ansible-playbook` over SSH, after which the agent runs as the unprivileged
 //! `edgesim` user with CAP_NET_ADMIN alone; and the same board without sch_netem, sch_tbf and
-//! ifb (what stock Jetson L4T lacks), whose delay is refused before a run.
+//! ifb (what stock Jetson L4T lacks), which passes the same scenario with its delay carried by
+//! linkem in a cell on the board.
 //!
 //! Capability `arm64-board` (`EDGESIM_REQUIRE` makes its absence fail): qemu-system-aarch64,
 //! the board's filesystem (built here, cached under target/board/), the aarch64 agent.
@@ -436,6 +437,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         firewall: true,
         limits: true,
         userspace: false,
+        freeze: false,
     };
     let fits = check_board("pi5-vm", &facts, &profile("raspberry-pi-5-8gb"), all);
     assert!(fits.is_empty(), "the Pi-shaped board fits: {fits:#?}");
@@ -460,52 +462,56 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
     // Pi-shaped board passes its own profile's check, its uplink's 40 ms upstream are netem on
     // this arm64 kernel (the sink, this host without netem, sends on an undelayed direction and
     // is not asked for it), and the partition cuts and heals as on netns.
-    let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
-    let d = sshd.dir.path();
-    let inventory = dir.path().join("inventory-run.yaml");
-    std::fs::write(
-        &inventory,
-        format!(
-            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
-            Lan::addr(0),
-            d.join("user_key").display(),
-            d.join("known_hosts").display(),
-            d.join("cache").display(),
-            dir.path().join("user_key").display(),
-            dir.path().join("known_hosts").display(),
-        ),
-    )
-    .expect("test fixture");
-    let scenario = dir.path().join("pi.yaml");
-    std::fs::write(
-        &scenario,
-        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: pi-board}\nspec:\n  duration: 9s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, up: {delay: 40ms, rate: 10mbit}}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: pi, site: factory, profile: raspberry-pi-5-8gb}\n  timeline:\n    - {at: 3s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n    - {at: 6s, heal: {name: cut}}\n  probes:\n    - {name: uplink, from: pi, ping: sink, every: 100ms}\n    - {name: ssh, from: sink, tcp: \"pi:22\", every: 200ms, timeout: 500ms}\n  assertions:\n    - {name: rtt-is-the-uplink, probe: uplink, during: 0s..3s, expect: \"p50 >= 40ms\"}\n    - {name: rtt-not-more, probe: uplink, during: 0s..3s, expect: \"p50 < 55ms\"}\n    - {name: cut, probe: uplink, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: ssh-cut, probe: ssh, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: healed, probe: uplink, during: 7s..end, expect: \"success_rate >= 90%\"}\n",
-    )
-    .expect("test fixture");
-    let profiles = this_host_profile(dir.path());
-    let report = dir.path().join("pi-report.json");
-    let out = device_run(
-        &lan.ctl,
-        &inventory,
-        &profiles,
-        &report,
-        &dir.path().join("pi-out"),
-        &scenario,
-    )
-    .env("EDGESIM_AGENT_AARCH64", &bin)
-    .env("EDGESIM_AGENT_X86_64", BIN)
-    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
-    .env("EDGESIM_HOST_SPEED", "1.0")
-    .output()
-    .expect("edgesim runs");
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the scenario passes on the arm64 board: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(sshd);
+    let run_on_board = |tag: &str, user: &str| {
+        let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
+        let d = sshd.dir.path();
+        let inventory = dir.path().join(format!("inventory-{tag}.yaml"));
+        std::fs::write(
+            &inventory,
+            format!(
+                "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_user: {user}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+                Lan::addr(0),
+                d.join("user_key").display(),
+                d.join("known_hosts").display(),
+                d.join("cache").display(),
+                dir.path().join("user_key").display(),
+                dir.path().join("known_hosts").display(),
+            ),
+        )
+        .expect("test fixture");
+        let scenario = dir.path().join("pi.yaml");
+        std::fs::write(
+            &scenario,
+            "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: pi-board}\nspec:\n  duration: 9s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud, up: {delay: 40ms, rate: 10mbit}}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: pi, site: factory, profile: raspberry-pi-5-8gb}\n  timeline:\n    - {at: 3s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}\n    - {at: 6s, heal: {name: cut}}\n  probes:\n    - {name: uplink, from: pi, ping: sink, every: 100ms}\n    - {name: ssh, from: sink, tcp: \"pi:22\", every: 200ms, timeout: 500ms}\n  assertions:\n    - {name: rtt-is-the-uplink, probe: uplink, during: 0s..3s, expect: \"p50 >= 40ms\"}\n    - {name: rtt-not-more, probe: uplink, during: 0s..3s, expect: \"p50 < 55ms\"}\n    - {name: cut, probe: uplink, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: ssh-cut, probe: ssh, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: healed, probe: uplink, during: 7s..end, expect: \"success_rate >= 90%\"}\n",
+        )
+        .expect("test fixture");
+        let profiles = this_host_profile(dir.path());
+        let report = dir.path().join(format!("{tag}-report.json"));
+        let out = device_run(
+            &lan.ctl,
+            &inventory,
+            &profiles,
+            &report,
+            &dir.path().join(format!("{tag}-out")),
+            &scenario,
+        )
+        .env("EDGESIM_AGENT_AARCH64", &bin)
+        .env("EDGESIM_AGENT_X86_64", BIN)
+        .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+        .env("EDGESIM_HOST_SPEED", "1.0")
+        .output()
+        .expect("edgesim runs");
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the scenario passes on the {tag} board: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        drop(sshd);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    run_on_board("pi", "root");
     assert_eq!(lan.pings(0, VM_ADDR, 5), 5, "the board is clean again");
 
     // The prepare playbook, for real, over SSH as root; then the agent as the `edgesim` user,
@@ -557,7 +563,9 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
     assert_eq!(lan.pings(0, VM_ADDR, 5), 5);
     drop(vm);
 
-    // The same board without sch_netem, sch_tbf and ifb: delay is refused before a run.
+    // The same board without sch_netem, sch_tbf and ifb (a stock Jetson's kernel): the same
+    // scenario passes, its 40 ms carried by linkem in a cell on the board, and the board is
+    // left as it was (no cell, link or table).
     let vm = Qemu::boot(
         &lan,
         dir.path(),
@@ -575,10 +583,56 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         f
     });
     assert!(!facts.netem && !facts.tbf, "{facts:?}");
-    let refused = check_board("jetson-vm", &facts, &profile("raspberry-pi-5-8gb"), all);
+    assert!(all.cell(&facts), "{facts:?}");
+    let fits = check_board("jetson-vm", &facts, &profile("raspberry-pi-5-8gb"), all);
     assert!(
-        refused.iter().any(|p| p.contains("sch_netem")),
-        "{refused:#?}"
+        fits.is_empty(),
+        "root on the Jetson stand-in runs a cell: {fits:#?}"
     );
+    let log = run_on_board("jetson", "root");
+    assert!(
+        log.contains("linkem carries them, in a cell"),
+        "the run says the board's links run in linkem: {log}"
+    );
+    let left = controller(&lan.ctl, async || {
+        let board = transport::connect(&root_host, &ConnectOptions::default())
+            .await
+            .expect("connects");
+        board
+            .sh("ls /run/netns 2>/dev/null; ip -o link show | grep esc- ; nft list tables; cat /proc/sys/net/ipv4/ip_forward")
+            .await
+            .expect("the board answers")
+    });
+    assert_eq!(left.trim(), "0", "the Jetson stand-in is as it was: {left}");
+    // Prepared by the playbook, whose launcher gets what a cell needs on a board without
+    // netem, the same run passes as the unprivileged `edgesim` user.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.ctl, "ansible-playbook", "-i"])
+        .arg(dir.path().join("inventory-root.yaml"))
+        .arg(root().join("ansible/prepare-board.yml"))
+        .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()
+        .expect("ansible-playbook runs");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "prepare-board.yml failed:\n{log}");
+    assert!(
+        log.contains("linkem, in a cell"),
+        "the playbook says what it does: {log}"
+    );
+    let facts = controller(&lan.ctl, async || {
+        let board = transport::connect(&user_host, &ConnectOptions::default())
+            .await
+            .expect("connects as edgesim");
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        let f = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        assert!(agent.call(Request::Bye).await.unwrap().ok);
+        f
+    });
+    assert!(
+        facts.euid != 0 && facts.cap_net_admin && facts.cap_sys_admin && facts.cap_net_raw,
+        "{facts:?}"
+    );
+    run_on_board("jetson-user", "edgesim");
     drop(vm);
 }

@@ -165,10 +165,12 @@ impl Lan {
                 v.push(l.to_string());
             }
         }
-        let n = Command::new("ip").args(["netns", "list"]).output().unwrap();
-        for l in String::from_utf8_lossy(&n.stdout).lines() {
-            if l.starts_with("edgesim-cell-") {
-                v.push(format!("netns {l}"));
+        // Cells of agents with the default state file are pinned beside it.
+        if let Ok(rd) = std::fs::read_dir("/run/edgesim") {
+            for e in rd.flatten() {
+                if e.path().extension().is_some_and(|x| x == "cell") {
+                    v.push(format!("cell {}", e.path().display()));
+                }
             }
         }
         let q = in_ns(&self.boards[i], &["tc", "qdisc", "show", "dev", "eth0"]);
@@ -482,23 +484,39 @@ fn agent_cell_carries_delay_and_a_crashed_one_is_removed() {
     let mut a = Agent::in_ns(&lan.boards[0], &state_file(&dir));
     let hello = a.ok(json!({"op": "hello"}));
     let cell = hello["facts"]["cellNetns"].as_str().unwrap().to_string();
-    assert!(cell.starts_with("edgesim-cell-"), "{hello}");
+    assert_eq!(
+        Path::new(&cell),
+        state_file(&dir).with_extension("cell"),
+        "{hello}"
+    );
+    let in_cell = |cmd: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net={cell}"))
+            .arg("--")
+            .args(cmd)
+            .output()
+            .unwrap()
+    };
     a.ok(
         json!({"op": "apply", "iface": "eth0", "leaseMs": 60000, "cell": a0, "seed": 3,
         "peers": [{"addr": b, "params": {"delay": "25ms"}}]}),
     );
     assert_eq!(forward(), "1");
-    let ping = |ns: &str| {
-        let o = in_ns(ns, &["ping", "-c", "10", "-i", "0.05", "-q", &b]);
+    let ping = |ns: Option<&str>| {
+        let cmd = ["ping", "-c", "10", "-i", "0.05", "-q", &b];
+        let o = match ns {
+            Some(ns) => in_ns(ns, &cmd),
+            None => in_cell(&cmd),
+        };
         let t = String::from_utf8_lossy(&o.stdout).into_owned();
         t.split("= ")
             .nth(1)
             .and_then(|r| r.split('/').nth(1))
             .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{ns}: {t} {}", String::from_utf8_lossy(&o.stderr)))
+            .unwrap_or_else(|| panic!("{ns:?}: {t} {}", String::from_utf8_lossy(&o.stderr)))
     };
-    let from_cell = ping(&cell);
-    let from_board = ping(&lan.boards[0]);
+    let from_cell = ping(None);
+    let from_board = ping(Some(&lan.boards[0]));
     eprintln!(
         "cell: 25 ms asked, RTT {from_cell:.2} ms from the cell, {from_board:.2} ms from the board itself"
     );
@@ -507,30 +525,55 @@ fn agent_cell_carries_delay_and_a_crashed_one_is_removed() {
         from_board < 10.0,
         "the board's own traffic is not the cell's: {from_board}"
     );
-    // A listener in the cell answers at the board's address; port 22 stays the board's.
-    let mut web = Command::new("ip")
-        .args(["netns", "exec", &cell, "python3", "-c",
-            "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8099)); s.listen(); c,_=s.accept(); c.sendall(b'from-the-cell'); c.close()"])
+    // A listener in the cell answers at the board's address; port 22 (the board's sshd,
+    // which the agent's NAT leaves alone) stays the board's.
+    let serve = |port: u16, what: &str| {
+        format!(
+            "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', {port})); s.listen(); c,_=s.accept(); c.sendall(b'{what}'); c.close()"
+        )
+    };
+    let mut web = Command::new("nsenter")
+        .arg(format!("--net={cell}"))
+        .args(["--", "python3", "-c", &serve(8099, "from-the-cell")])
         .spawn()
         .unwrap();
-    let got = until(Duration::from_secs(5), || {
-        let o = in_ns(
-            &lan.boards[1],
-            &[
-                "python3",
-                "-c",
-                &format!(
-                    "import socket; s=socket.create_connection(('{a0}', 8099), 1); print(s.recv(64).decode())"
-                ),
-            ],
-        );
-        String::from_utf8_lossy(&o.stdout).contains("from-the-cell")
-    });
+    let mut ssh = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lan.boards[0],
+            "python3",
+            "-c",
+            &serve(22, "from-the-board"),
+        ])
+        .spawn()
+        .unwrap();
+    let reach = |port: u16, want: &str| {
+        until(Duration::from_secs(5), || {
+            let o = in_ns(
+                &lan.boards[1],
+                &[
+                    "python3",
+                    "-c",
+                    &format!(
+                        "import socket; s=socket.create_connection(('{a0}', {port}), 1); print(s.recv(64).decode())"
+                    ),
+                ],
+            );
+            String::from_utf8_lossy(&o.stdout).contains(want)
+        })
+        .is_some()
+    };
     assert!(
-        got.is_some(),
+        reach(8099, "from-the-cell"),
         "a connection to the board's address reaches the cell"
     );
+    assert!(
+        reach(22, "from-the-board"),
+        "its SSH port is the board's own"
+    );
     let _ = web.wait();
+    let _ = ssh.wait();
     let pid = a.child.id();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -543,12 +586,13 @@ fn agent_cell_carries_delay_and_a_crashed_one_is_removed() {
         !lan.leftovers(0).iter().any(|l| l.contains("esc-h"))
     });
     eprintln!("the relay's links were gone {freed:?} after the agent's SIGKILL");
-    assert!(freed.is_some(), "the relay went with its agent: {:?}", lan.leftovers(0));
-    let left = lan.leftovers(0);
     assert!(
-        left.iter().any(|l| l == &format!("netns {cell}")),
-        "{left:?}"
+        freed.is_some(),
+        "the relay went with its agent: {:?}",
+        lan.leftovers(0)
     );
+    let left = lan.leftovers(0);
+    assert!(Path::new(&cell).exists(), "the cell stays pinned: {left:?}");
     let mut again = Agent::in_ns(&lan.boards[0], &state_file(&dir));
     let hello = again.ok(json!({"op": "hello"}));
     let rec: Vec<&str> = hello["facts"]["recovered"]
@@ -563,6 +607,7 @@ fn agent_cell_carries_delay_and_a_crashed_one_is_removed() {
     );
     assert!(rec.contains(&"net.ipv4.ip_forward = 0"), "{hello}");
     assert_eq!(lan.leftovers(0), Vec::<String>::new());
+    assert!(!Path::new(&cell).exists(), "the cell is gone");
     assert_eq!(forward(), "0");
     again.ok(json!({"op": "bye"}));
 }
@@ -654,16 +699,12 @@ impl Sshd {
         if made_run_sshd {
             std::fs::create_dir_all("/run/sshd").expect("test fixture");
         }
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                board_ns,
-                "/usr/sbin/sshd",
-                "-D",
-                "-e",
-                "-f",
-            ])
+        // In the board's network namespace but this host's mount namespace, as a board's sshd
+        // sees its own /sys (with the cgroup hierarchies) and /run: `ip netns exec` would
+        // give it a private mount namespace with a bare sysfs.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{board_ns}"))
+            .args(["--", "/usr/sbin/sshd", "-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
             .stderr(Stdio::inherit())
             .spawn()
@@ -1584,6 +1625,82 @@ fn boards_carry_delay_rate_and_loss_in_linkem_cells() {
         p50("lan")
     );
     for i in 0..3 {
+        assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
+    }
+}
+
+/// Workloads on boards run in the run's cgroup, which the agent makes: `node-down` with `mode:
+/// freeze` hangs them there (a ticking workload falls silent for the freeze, its probe with
+/// it) and `node-up` thaws them; the cgroup is gone after the run, with the process.
+#[test]
+fn node_down_freeze_hangs_a_boards_workloads_in_their_cgroup() {
+    let _g = common::serial();
+    if !ssh_gate() {
+        return;
+    }
+    let lan = Lan::new("z", 2);
+    let names = ["sink", "gw-1"];
+    let dir = tempfile::tempdir().unwrap();
+    let (_sshds, inventory) = namespace_boards(&lan, &names, dir.path());
+    let profiles = this_host_profile(dir.path());
+    let scenario = dir.path().join("freeze.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: freeze}\nspec:\n  duration: 9s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: gw-1, site: factory, profile: this-host}\n  workloads:\n    - {name: ticker, nodes: [gw-1], command: [sh, -c, \"cat /proc/self/cgroup; while :; do date +%s.%N; sleep 0.05; done\"]}\n  timeline:\n    - {at: 3s, node-down: {nodes: [gw-1], mode: freeze}}\n    - {at: 6s, node-up: {nodes: [gw-1]}}\n  probes:\n    - {name: up, from: sink, ping: gw-1, every: 100ms}\n  assertions:\n    - {name: down, probe: up, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: back, probe: up, during: 6.5s..end, expect: \"success_rate == 100%\"}\n",
+    )
+    .unwrap();
+    let report = dir.path().join("report.json");
+    let out = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &report,
+        &dir.path().join("out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the freeze scenario passes on boards"
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let run = r["run_id"].as_str().unwrap().to_string();
+    let log =
+        std::fs::read_to_string(dir.path().join("out/workloads/ticker/gw-1.stdout.log")).unwrap();
+    let want = format!("edgesim/{run}/gw-1");
+    assert!(
+        log.lines()
+            .take_while(|l| l.contains(':'))
+            .any(|l| l.ends_with(&want)),
+        "the workload runs in {want}: {log}"
+    );
+    let ticks: Vec<f64> = log.lines().filter_map(|l| l.parse().ok()).collect();
+    let gap = ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "ticker: {} ticks, longest silence {gap:.2} s (frozen 3 s)",
+        ticks.len()
+    );
+    assert!(ticks.len() > 60, "{log}");
+    assert!((2.5..4.0).contains(&gap), "frozen for the node-down: {gap}");
+    let leftover: Vec<String> = ["freezer", "cpu", "memory", "pids", "unified", ""]
+        .iter()
+        .map(|h| format!("/sys/fs/cgroup/{h}/edgesim/{run}"))
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "the run's cgroups are removed: {leftover:?}"
+    );
+    for i in 0..2 {
         assert_eq!(lan.leftovers(i), Vec::<String>::new(), "board {i} is clean");
     }
 }

@@ -210,15 +210,15 @@ pub enum Command {
         state: Option<PathBuf>,
     },
     /// (internal) Run on a board by the device target: this process enters the board's linkem
-    /// cell (and a cgroup), drops the capabilities it was given for that, and runs ARGV.
+    /// cell and the run's cgroup, drops the capabilities it was given for that, and runs ARGV.
     #[command(hide = true)]
     AgentEnter {
-        /// The cell's network namespace (under /run/netns).
+        /// The cell's network namespace (where the agent pinned it).
         #[arg(long, value_name = "PATH")]
-        netns: PathBuf,
-        /// A cgroup directory to join first.
-        #[arg(long, value_name = "DIR")]
-        cgroup: Option<PathBuf>,
+        netns: Option<PathBuf>,
+        /// The cgroup to join, relative to the hierarchies' roots (`edgesim/<run>/<node>`).
+        #[arg(long, value_name = "REL")]
+        cgroup: Option<String>,
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,

@@ -44,7 +44,8 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
             cgroup,
             argv,
         } => {
-            let e = edgesim::targets::device::cell::enter(&netns, cgroup.as_deref(), &argv);
+            let e =
+                edgesim::targets::device::cell::enter(netns.as_deref(), cgroup.as_deref(), &argv);
             eprintln!("edgesim agent-enter: {e:#}");
             Ok(126)
         }

@@ -105,7 +105,10 @@ where
 }
 
 fn create_here(name: &str) -> Result<()> {
-    let p = path(name);
+    create_here_at(&path(name), name)
+}
+
+fn create_here_at(p: &Path, name: &str) -> Result<()> {
     let cerr = |source: io::Error| HostError::NsCreate {
         name: name.to_string(),
         source,
@@ -114,13 +117,13 @@ fn create_here(name: &str) -> Result<()> {
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&p)
+        .open(p)
         .map_err(cerr)?;
     let res = unshare(CloneFlags::CLONE_NEWNET)
         .and_then(|()| {
             mount(
                 Some("/proc/thread-self/ns/net"),
-                &p,
+                p,
                 None::<&str>,
                 MsFlags::MS_BIND,
                 None::<&str>,
@@ -128,9 +131,19 @@ fn create_here(name: &str) -> Result<()> {
         })
         .map_err(|e| cerr(e.into()));
     if res.is_err() {
-        let _ = fs::remove_file(&p);
+        let _ = fs::remove_file(p);
     }
     res
+}
+
+/// Creates a namespace pinned at the file `p` (outside `/run/netns`: a folder of the
+/// caller's, where an unprivileged user holding CAP_SYS_ADMIN may create it); fails if `p`
+/// exists. [`delete_at`] removes it.
+///
+/// Guarantees: on error nothing is left behind. Assumes: CAP_SYS_ADMIN, `p`'s folder exists.
+pub fn create_at(p: &Path) -> Result<()> {
+    let name = p.display().to_string();
+    on_thread("creating a namespace", || create_here_at(p, &name))
 }
 
 /// Creates namespace `name` (fails if it exists).
@@ -182,16 +195,20 @@ pub fn create_anonymous(what: &str) -> Result<OwnedFd> {
 /// Guarantees: idempotent. The kernel frees the namespace (and the interfaces in it) once the
 /// last process inside it has exited.
 pub fn delete(name: &str) -> Result<()> {
-    let p = path(name);
+    delete_at(&path(name), name)
+}
+
+/// Deletes the namespace pinned at `p` ([`create_at`]); `name` for errors. Idempotent.
+pub fn delete_at(p: &Path, name: &str) -> Result<()> {
     let derr = |source: io::Error| HostError::NsDelete {
         name: name.to_string(),
         source,
     };
-    match umount2(&p, MntFlags::MNT_DETACH) {
+    match umount2(p, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
         Err(e) => return Err(derr(e.into())),
     }
-    match fs::remove_file(&p) {
+    match fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(derr(e)),
@@ -204,6 +221,16 @@ pub fn open(name: &str) -> Result<OwnedFd> {
         .map(OwnedFd::from)
         .map_err(|source| HostError::NsOpen {
             name: name.to_string(),
+            source,
+        })
+}
+
+/// Opens a handle on the namespace pinned at `p` ([`create_at`]).
+pub fn open_at(p: &Path) -> Result<OwnedFd> {
+    File::open(p)
+        .map(OwnedFd::from)
+        .map_err(|source| HostError::NsOpen {
+            name: p.display().to_string(),
             source,
         })
 }

@@ -67,6 +67,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cell::{self, Cell, CellState};
 use crate::faults::shaping::{loss_in_firewall, netem_of};
+use crate::host::cgroup::{Cgroups, NodeCgroup};
 use crate::host::nft::{self, Firewall, Flow, Layout};
 use crate::host::tc::{self, ClassId, Htb, HtbClass, Netem, Parent, Qdisc, U32Match};
 use crate::host::{HostError, Result, link, ns};
@@ -78,16 +79,17 @@ pub const TABLE: &str = "edgesim_agent";
 /// namespace in this folder ([`default_state`]).
 pub const STATE_DIR: &str = "/run/edgesim";
 
-/// The state file of an agent that is given none: `agent/state-net<inode>.json` in
-/// [`STATE_DIR`], named by the network namespace the agent serves — stable for a board's
+/// The state file of an agent that is given none: `agent-net<inode>.state` in [`STATE_DIR`]
+/// (the folder the prepare playbook gives the agent's user; no folder of its own, which a root
+/// agent would leave root's), named by the network namespace the agent serves — stable for a board's
 /// whole boot (an agent started after a crash finds its predecessor's), and one per
 /// namespace where boards share a filesystem (the tests' namespace boards), so no agent takes
 /// another's state for a dead predecessor's.
 pub fn default_state() -> PathBuf {
     use std::os::unix::fs::MetadataExt as _;
     match std::fs::metadata("/proc/self/ns/net") {
-        Ok(m) => PathBuf::from(format!("{STATE_DIR}/agent/state-net{}.json", m.ino())),
-        Err(_) => PathBuf::from(format!("{STATE_DIR}/agent/state.json")),
+        Ok(m) => PathBuf::from(format!("{STATE_DIR}/agent-net{}.state", m.ino())),
+        Err(_) => PathBuf::from(format!("{STATE_DIR}/agent.state")),
     }
 }
 
@@ -421,6 +423,14 @@ pub struct Desired {
     /// are dropped in the cell's relay as well. `None` removes a cell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cell: Option<Ipv4Addr>,
+    /// The cgroup the board's workloads run in (`edgesim/<run>/<node>`, relative to the
+    /// hierarchies' roots, v2 or v1), made by the agent; on revert whatever still runs in it
+    /// is killed and it is removed. `None` removes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// That cgroup frozen (`node-down` with `mode: freeze`: a hung board).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
 }
 
 impl Default for Desired {
@@ -434,6 +444,8 @@ impl Default for Desired {
             exempt_management: true,
             seed: 0,
             cell: None,
+            cgroup: None,
+            frozen: false,
         }
     }
 }
@@ -539,9 +551,9 @@ pub struct Facts {
     pub cap_sys_admin: bool,
     #[serde(default)]
     pub cap_net_raw: bool,
-    /// The name a cell of this agent gets under `/run/netns` (workloads enter it).
+    /// Where a cell of this agent is pinned (workloads enter it there).
     #[serde(default)]
-    pub cell_netns: String,
+    pub cell_netns: PathBuf,
     pub netem: bool,
     pub tbf: bool,
     pub htb: bool,
@@ -550,6 +562,9 @@ pub struct Facts {
     pub nftables_error: Option<String>,
     /// `v2: cpu memory pids …`, `v1`, or `none`.
     pub cgroup: String,
+    /// Why the agent cannot make a cgroup for the workloads; `None` when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_error: Option<String>,
     pub interfaces: Vec<String>,
     /// The SSH connection the agent speaks over, as seen from the board.
     pub management: Option<Flow>,
@@ -568,6 +583,9 @@ struct State {
     /// The cell, if one was made.
     #[serde(default)]
     cell: Option<CellState>,
+    /// The workloads' cgroup, if one was made.
+    #[serde(default)]
+    cgroup: Option<String>,
 }
 
 /// What tc holds for one peer.
@@ -591,6 +609,9 @@ pub struct Board {
     active: bool,
     recovered: Vec<String>,
     cell: Option<Cell>,
+    /// The workloads' cgroup, and whether it is frozen.
+    cgroup: Option<(Cgroups, NodeCgroup)>,
+    frozen: bool,
 }
 
 /// The management connection from `SSH_CONNECTION` ("client port server port").
@@ -637,6 +658,8 @@ impl Board {
             active: false,
             recovered: Vec::new(),
             cell: None,
+            cgroup: None,
+            frozen: false,
         };
         b.recover().await?;
         Ok(b)
@@ -662,6 +685,11 @@ impl Board {
         self.recovered.push(format!(
             "nftables table inet {table} (left by agent pid {pid})"
         ));
+        if let Some(rel) = st.as_ref().and_then(|s| s.cgroup.as_deref()) {
+            remove_cgroup(&Cgroups::detect()?, rel)?;
+            self.recovered
+                .push(format!("cgroup {rel} and what ran in it"));
+        }
         if let Some(c) = st.as_ref().and_then(|s| s.cell.as_ref()) {
             let (done, errors) = cell::remove(&self.nl, c).await;
             if let Some(e) = errors.into_iter().next() {
@@ -768,12 +796,17 @@ impl Board {
             cap_net_admin: cap_eff & (1 << 12) != 0,
             cap_sys_admin: cap_eff & (1 << 21) != 0,
             cap_net_raw: cap_eff & (1 << 13) != 0,
-            cell_netns: cell::netns_name(&self.state_path),
+            cell_netns: cell::netns_path(&self.state_path),
             netem,
             tbf,
             htb,
             nftables_error,
             cgroup,
+            cgroup_error: if !nix::unistd::geteuid().is_root() {
+                Some("the agent is not root: cgroups are root's to make on a board".into())
+            } else {
+                Cgroups::detect().err().map(|e| e.to_string())
+            },
             interfaces: link::names(&self.nl).await.unwrap_or_default(),
             management: self.management,
             recovered: self.recovered.clone(),
@@ -813,7 +846,7 @@ impl Board {
         let cell_state = match (d.cell, &self.cell) {
             (Some(a), Some(c)) if c.board == a => Some(c.state.clone()),
             (Some(_), _) => Some(CellState {
-                netns: cell::netns_name(&self.state_path),
+                netns: cell::netns_path(&self.state_path),
                 forward_was: match &self.cell {
                     Some(c) => c.state.forward_was.clone(),
                     None => cell::forward_now()?,
@@ -829,6 +862,11 @@ impl Board {
                 table: TABLE.to_string(),
                 qdisc_on,
                 cell: cell_state.clone(),
+                cgroup: d.cgroup.clone().or_else(|| {
+                    self.cgroup
+                        .as_ref()
+                        .map(|(_, c)| c.rel().display().to_string())
+                }),
             },
         )?;
         self.active = true;
@@ -852,7 +890,33 @@ impl Board {
         if let Some(c) = &mut self.cell {
             c.update(d)?;
         }
-        self.shape(d_tc).await
+        self.shape(d_tc).await?;
+        self.place(d)
+    }
+
+    /// The workloads' cgroup as `d` says: made, frozen or thawed, or removed.
+    fn place(&mut self, d: &Desired) -> Result<()> {
+        let same = |c: &NodeCgroup| d.cgroup.as_deref().map(Path::new) == Some(c.rel());
+        if let Some((cgs, c)) = self.cgroup.take_if(|(_, c)| !same(c)) {
+            remove_cgroup(&cgs, &c.rel().display().to_string())?;
+            self.frozen = false;
+        }
+        if let (Some(rel), None) = (&d.cgroup, &self.cgroup) {
+            let cgs = Cgroups::detect()?;
+            let c = cgs.create(rel)?;
+            self.cgroup = Some((cgs, c));
+        }
+        if let Some((_, c)) = &self.cgroup
+            && d.frozen != self.frozen
+        {
+            if d.frozen {
+                c.freeze()?;
+            } else {
+                c.thaw()?;
+            }
+            self.frozen = d.frozen;
+        }
+        Ok(())
     }
 
     /// Whether the workloads live in a cell.
@@ -1003,6 +1067,14 @@ impl Board {
             Ok(()) => done.push(format!("nftables table inet {TABLE}")),
             Err(e) => errors.push(e.to_string()),
         }
+        if let Some((cgs, c)) = self.cgroup.take() {
+            let rel = c.rel().display().to_string();
+            match remove_cgroup(&cgs, &rel) {
+                Ok(()) => done.push(format!("cgroup {rel} and what ran in it")),
+                Err(e) => errors.push(e.to_string()),
+            }
+            self.frozen = false;
+        }
         if let Some(c) = self.cell.take() {
             let (d, e) = c.destroy(&self.nl).await;
             done.extend(d);
@@ -1023,6 +1095,22 @@ impl Board {
         }
         (done, errors)
     }
+}
+
+/// Kills what runs in cgroup `rel` (thawed first), removes it, and its parents (the run's,
+/// `edgesim`) where nothing else uses them.
+fn remove_cgroup(cgs: &Cgroups, rel: &str) -> Result<()> {
+    let c = cgs.open(rel)?;
+    if c.exists() {
+        c.thaw()?;
+    }
+    cgs.remove_tree(rel)?;
+    let mut parent = Path::new(rel).parent();
+    while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+        cgs.remove_if_unused(&p.display().to_string())?;
+        parent = p.parent();
+    }
+    Ok(())
 }
 
 fn addr_bits(a: IpAddr) -> u64 {

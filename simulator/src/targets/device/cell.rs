@@ -4,7 +4,7 @@
 //! userspace` runs on boards.
 //!
 //! ```text
-//!   board (its own namespace)          relay (anonymous)             cell (/run/netns/…)
+//!   board (its own namespace)          relay (anonymous)             cell (pinned by the agent)
 //!   eth0 ── NAT ── esc-h 169.254.237.1 ═ esc-ra ⇄ linkem ⇄ esc-rb ═ esc-c 169.254.237.2
 //! ```
 //!
@@ -19,17 +19,19 @@
 //!   and loss, as the board's input hook would. One-way semantics are those of every board.
 //! - The relay's namespace has no name: only the agent holds it. When the agent dies, the
 //!   kernel frees it, and both veth pairs with it, so a cell cannot outlive its agent's data
-//!   path; a restarted agent removes the rest (the named cell, the NAT table, `ip_forward`) from
-//!   the state file.
+//!   path; a restarted agent removes the rest (the cell, pinned beside the agent's state file
+//!   where an unprivileged agent may create it; the NAT table; `ip_forward`) from the state
+//!   file.
 //! - Workloads enter the cell through `edgesim agent-enter` ([`enter`]), the agent's own
-//!   binary: no `ip netns` or `nsenter` is needed on the board.
+//!   binary: no `ip netns` or `nsenter` is needed on the board. (It also puts every workload
+//!   in the run's cgroup on the board, cell or not.)
 //!
 //! Needs CAP_SYS_ADMIN (namespaces) and CAP_NET_RAW (linkem's packet sockets) beside
 //! CAP_NET_ADMIN: root, or the launcher of `ansible/prepare-board.yml` on boards without netem.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
@@ -58,20 +60,16 @@ const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CellState {
-    /// The cell's name under `/run/netns`.
-    pub netns: String,
+    /// Where the cell's namespace is pinned (a bind mount beside the agent's state file).
+    pub netns: PathBuf,
     /// `ip_forward` before the cell (restored with it).
     pub forward_was: String,
 }
 
-/// The cell's namespace name for an agent whose state lives at `state` (boards that share a
-/// filesystem — namespace boards in tests — get one each).
-pub fn netns_name(state: &Path) -> String {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in state.as_os_str().as_encoded_bytes() {
-        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
-    }
-    format!("edgesim-cell-{h:08x}")
+/// Where the cell of an agent whose state lives at `state` is pinned: beside it (one per
+/// agent where boards share a filesystem, as the tests' namespace boards do).
+pub fn netns_path(state: &Path) -> PathBuf {
+    state.with_extension("cell")
 }
 
 /// A running cell.
@@ -96,10 +94,11 @@ impl Cell {
         seed: u64,
     ) -> Result<Cell> {
         let relay_ns = ns::create_anonymous("the cell's relay")?;
-        ns::delete(&st.netns)?;
-        ns::create(&st.netns)?;
+        let name = st.netns.display().to_string();
+        ns::delete_at(&st.netns, &name)?;
+        ns::create_at(&st.netns)?;
         let made = async {
-            let cell_fd = ns::open(&st.netns)?;
+            let cell_fd = ns::open_at(&st.netns)?;
             let disable_v6 = |_: &str| {
                 for k in ["all", "default"] {
                     std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1")
@@ -114,7 +113,7 @@ impl Cell {
             };
             let mut socks =
                 ns::netlink_sockets_with(&[(&relay_ns, "the cell's relay")], disable_v6)?;
-            socks.extend(ns::netlink_sockets(&[(&cell_fd, st.netns.as_str())])?);
+            socks.extend(ns::netlink_sockets(&[(&cell_fd, name.as_str())])?);
             let mut socks = socks.into_iter().map(ns::handle_from_socket);
             let (Some(relay_nl), Some(cell_nl)) = (socks.next(), socks.next()) else {
                 return Err(HostError::other(
@@ -132,11 +131,11 @@ impl Cell {
             let ra = link::index_of(&relay_nl, RELAY_A).await?;
             link::set_up(&relay_nl, ra, true, RELAY_A).await?;
             link::set_up(&relay_nl, rb, true, RELAY_B).await?;
-            link::loopback_up(&cell_nl, &st.netns).await?;
+            link::loopback_up(&cell_nl, &name).await?;
             let c = link::index_of(&cell_nl, CELL_IF).await?;
             link::add_addr(&cell_nl, c, CELL_ADDR, PREFIX, CELL_IF).await?;
             link::set_up(&cell_nl, c, true, CELL_IF).await?;
-            link::add_default_route(&cell_nl, HOST_ADDR, &st.netns).await?;
+            link::add_default_route(&cell_nl, HOST_ADDR, &name).await?;
             std::fs::write(FORWARD, "1")
                 .map_err(|e| HostError::io("writing", "net.ipv4.ip_forward", e))?;
             let ns = relay_ns
@@ -197,7 +196,7 @@ impl Cell {
     /// A socket factory inside the cell (probes, readiness and metrics from the workloads'
     /// side of the relay).
     pub fn sockets(&self) -> Result<ns::SocketFactory> {
-        ns::SocketFactory::start(ns::open(&self.state.netns)?, &self.state.netns)
+        ns::SocketFactory::start(ns::open_at(&self.state.netns)?, "the cell")
     }
 
     /// Removes the cell; keeps going past errors. Returns what was undone and the errors.
@@ -231,9 +230,9 @@ pub async fn remove(root: &rtnetlink::Handle, st: &CellState) -> (Vec<String>, V
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if ns::exists(&st.netns) {
-        match ns::delete(&st.netns) {
-            Ok(()) => done.push(format!("the cell {}", st.netns)),
+    if st.netns.exists() {
+        match ns::delete_at(&st.netns, "the cell") {
+            Ok(()) => done.push(format!("the cell {}", st.netns.display())),
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -330,21 +329,25 @@ pub fn rules(d: &Desired, board: Ipv4Addr) -> (DirectionConfig, DirectionConfig)
     )
 }
 
-/// `edgesim agent-enter`: this process joins the cell at `netns` (a path under `/run/netns`)
-/// and, when given, the cgroup directory `cgroup`, gives up every capability it was handed for
-/// that (ambient ones: a workload runs with its user's own rights), and becomes `argv`.
-/// Returns only on error.
-pub fn enter(netns: &Path, cgroup: Option<&Path>, argv: &[String]) -> anyhow::Error {
+/// `edgesim agent-enter`: this process joins, where given, the cgroup `cgroup` (relative to
+/// the hierarchies' roots: `edgesim/<run>/<node>`, in every v1 hierarchy) and the cell pinned
+/// at `netns`, gives up every capability it was handed for that (ambient ones: a workload runs
+/// with its user's own rights), and becomes `argv`. Returns only on error.
+pub fn enter(netns: Option<&Path>, cgroup: Option<&str>, argv: &[String]) -> anyhow::Error {
     use anyhow::Context as _;
     use std::os::unix::process::CommandExt as _;
     let joined = (|| -> anyhow::Result<()> {
-        let f =
-            std::fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering {}", netns.display()))?;
-        if let Some(dir) = cgroup {
-            std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
-                .with_context(|| format!("joining the cgroup {}", dir.display()))?;
+        if let Some(rel) = cgroup {
+            let cg = crate::host::cgroup::Cgroups::detect()?.open(rel)?;
+            anyhow::ensure!(cg.exists(), "the cgroup {rel} does not exist");
+            cg.add_pid(std::process::id() as i32)
+                .with_context(|| format!("joining the cgroup {rel}"))?;
+        }
+        if let Some(netns) = netns {
+            let f = std::fs::File::open(netns)
+                .with_context(|| format!("opening {}", netns.display()))?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", netns.display()))?;
         }
         // SAFETY: prctl with integer arguments only.
         let r = unsafe {
@@ -382,11 +385,10 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn each_agent_names_its_own_cell() {
-        let a = netns_name(Path::new("/run/edgesim/a.json"));
-        assert!(a.starts_with("edgesim-cell-") && a.len() == "edgesim-cell-".len() + 8);
-        assert_ne!(a, netns_name(Path::new("/run/edgesim/b.json")));
-        assert_eq!(a, netns_name(Path::new("/run/edgesim/a.json")));
+    fn each_agent_pins_its_own_cell_beside_its_state() {
+        let a = netns_path(Path::new("/run/edgesim/agent-net1.state"));
+        assert_eq!(a, Path::new("/run/edgesim/agent-net1.cell"));
+        assert_ne!(a, netns_path(Path::new("/run/edgesim/agent-net2.state")));
     }
 
     #[test]

@@ -338,7 +338,10 @@ pub fn needs_of(plan: &Plan, node: usize) -> Needs {
             ActionKind::Partition { blocks, .. } => {
                 needs.firewall |= blocks.iter().any(|b| b.to.contains(&node));
             }
-            ActionKind::NodeDown { .. } => needs.firewall = true,
+            ActionKind::NodeDown { nodes, mode } => {
+                needs.firewall = true;
+                needs.freeze |= *mode == DownMode::Freeze && nodes.contains(&node);
+            }
             _ => {}
         }
     }
@@ -372,6 +375,10 @@ pub struct DeviceLab {
     powered_off: BTreeSet<usize>,
     /// Which boards carry their links with linkem in a cell (their workloads live there).
     cells: Vec<bool>,
+    /// Which boards keep their workloads in a cgroup the agent makes (`edgesim/<run>/<node>`).
+    cgroups: Vec<bool>,
+    /// Nodes frozen (`node-down` freeze): isolated, their cgroup frozen.
+    frozen: BTreeSet<usize>,
 }
 
 /// Shell quoting for a word of a remote command line.
@@ -732,6 +739,17 @@ impl DeviceLab {
                 tracing::warn!(board = %b.board.host.name, netem = b.facts.netem, htb = b.facts.htb, "the board's kernel cannot shape these links: linkem carries them, in a cell that holds its workloads");
             }
         }
+        let cgroups: Vec<bool> = boards
+            .iter()
+            .map(|b| b.facts.cgroup_error.is_none())
+            .collect();
+        for (i, b) in boards.iter().enumerate() {
+            if let Some(e) = &b.facts.cgroup_error
+                && plan.workloads.iter().any(|w| w.nodes.contains(&i))
+            {
+                tracing::warn!(board = %b.board.host.name, "its workloads run without a cgroup of the run's ({e}): each in its own process group only");
+            }
+        }
         if !problems.is_empty() {
             return Err(Box::new((
                 format!(
@@ -784,6 +802,8 @@ impl DeviceLab {
             supervisor: Supervisor::new(crate::workload::EventLog::default()),
             powered_off: BTreeSet::new(),
             cells,
+            cgroups,
+            frozen: BTreeSet::new(),
         };
         if let Err(e) = lab.push().await {
             let DeviceLab { boards, state, .. } = lab;
@@ -853,13 +873,22 @@ impl DeviceLab {
         if self.cells[n] {
             d.cell = Some(self.bound.addrs[n]);
         }
+        if self.cgroups[n] {
+            d.cgroup = Some(self.cgroup_of(n));
+            d.frozen = self.frozen.contains(&n);
+        }
         d
     }
 
-    /// The words that put a workload of board `n` in its cell (none: the board has no cell),
-    /// through the board's own agent binary.
-    async fn cell_prefix(&self, n: usize) -> std::result::Result<Vec<String>, String> {
-        if !self.cells[n] {
+    /// Node `n`'s cgroup on its board, relative to the hierarchies' roots.
+    fn cgroup_of(&self, n: usize) -> String {
+        format!("edgesim/{}/{}", self.state.run_id, self.plan.nodes[n].name)
+    }
+
+    /// The words that put a workload of board `n` in its cgroup and its cell, through the
+    /// board's own agent binary (none: the board has neither).
+    async fn enter_prefix(&self, n: usize) -> std::result::Result<Vec<String>, String> {
+        if !self.cells[n] && !self.cgroups[n] {
             return Ok(Vec::new());
         }
         let b = &self.boards[n];
@@ -870,13 +899,24 @@ impl DeviceLab {
         }
         .ok_or_else(|| format!("{name}: no agent path recorded"))?;
         let privilege = b.board.privilege().await.map_err(|e| e.to_string())?;
-        let mut argv = privilege.argv(&agent, &["cap_sys_admin"]);
-        argv.extend([
-            "agent-enter".to_string(),
-            "--netns".to_string(),
-            format!("/run/netns/{}", b.facts.cell_netns),
-            "--".to_string(),
-        ]);
+        // setns(2) needs CAP_SYS_ADMIN; a cgroup is joined by its owner (root).
+        let caps: &[&str] = if self.cells[n] {
+            &["cap_sys_admin"]
+        } else {
+            &[]
+        };
+        let mut argv = privilege.argv(&agent, caps);
+        argv.push("agent-enter".to_string());
+        if self.cgroups[n] {
+            argv.extend(["--cgroup".to_string(), self.cgroup_of(n)]);
+        }
+        if self.cells[n] {
+            argv.extend([
+                "--netns".to_string(),
+                b.facts.cell_netns.display().to_string(),
+            ]);
+        }
+        argv.push("--".to_string());
         Ok(argv)
     }
 
@@ -929,6 +969,14 @@ impl DeviceLab {
             } => self.isolated.extend(nodes.iter().copied()),
             ActionKind::NodeDown {
                 nodes,
+                mode: DownMode::Freeze,
+            } => {
+                // Cable out and the board hung: isolated, its workloads' cgroup frozen.
+                self.isolated.extend(nodes.iter().copied());
+                self.frozen.extend(nodes.iter().copied());
+            }
+            ActionKind::NodeDown {
+                nodes,
                 mode: DownMode::Poweroff,
             } => {
                 // Cable out first, then the board's workloads stop and stay down.
@@ -945,6 +993,7 @@ impl DeviceLab {
                     .collect();
                 for n in nodes {
                     self.isolated.remove(n);
+                    self.frozen.remove(n);
                 }
                 // Network first: a board that powers on finds its cable plugged in.
                 self.push().await?;
@@ -1084,7 +1133,7 @@ impl DeviceLab {
                     None => return Err(format!("workload `{}`: nothing resolved", w.name)),
                 };
                 let argv: Vec<String> = self
-                    .cell_prefix(ni)
+                    .enter_prefix(ni)
                     .await?
                     .into_iter()
                     .chain(argv)

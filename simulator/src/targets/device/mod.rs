@@ -151,8 +151,8 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
     );
     c.set(
         F::NodeFreeze,
-        S::Unavailable,
-        "needs a freezer cgroup of the run's on the board: not yet",
+        S::Exact,
+        "the run's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH; the agent makes the cgroup (root)",
     );
     c.set(
         F::NodePoweroff,
@@ -207,6 +207,8 @@ pub struct Needs {
     pub limits: bool,
     /// The scenario asks for the userspace link emulator (`impairment: userspace`).
     pub userspace: bool,
+    /// `node-down` with `mode: freeze` on this board (its workloads' cgroup frozen).
+    pub freeze: bool,
 }
 
 impl Needs {
@@ -299,6 +301,13 @@ pub fn check_board(host: &str, facts: &Facts, profile: &ProfileSpec, needs: Need
                 "{host}: {why}, behind the board's address by nftables NAT, which fails: {e}"
             ));
         }
+    }
+    if needs.freeze
+        && let Some(e) = &facts.cgroup_error
+    {
+        out.push(format!(
+            "{host}: node-down freeze freezes the run's cgroup on the board, which the agent cannot make: {e} (log in as root)"
+        ));
     }
     if needs.limits {
         let ctl: Vec<&str> = facts
@@ -470,12 +479,13 @@ mod tests {
             cap_net_admin: true,
             cap_sys_admin: true,
             cap_net_raw: true,
-            cell_netns: "edgesim-cell-00000000".into(),
+            cell_netns: "/run/edgesim/agent-net1.cell".into(),
             netem: true,
             tbf: true,
             htb: true,
             nftables_error: None,
             cgroup: "v2: cpuset cpu io memory pids".into(),
+            cgroup_error: None,
             interfaces: vec!["lo".into(), "eth0".into()],
             management: None,
             recovered: vec![],
@@ -498,6 +508,7 @@ mod tests {
             firewall: true,
             limits: true,
             userspace: false,
+            freeze: true,
         };
         let pi = profile("raspberry-pi-5-8gb");
         assert_eq!(
@@ -624,5 +635,24 @@ mod tests {
             p.len() == 1 && p[0].contains("NAT, which fails: no nf_tables"),
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn a_freeze_needs_the_agents_cgroup() {
+        let pi = profile("raspberry-pi-5-8gb");
+        let freeze = Needs {
+            freeze: true,
+            firewall: true,
+            ..Needs::default()
+        };
+        assert!(check_board("pi", &pi_facts(), &pi, freeze).is_empty());
+        let user = Facts {
+            euid: 1001,
+            cgroup_error: Some("the agent is not root".into()),
+            ..pi_facts()
+        };
+        let p = check_board("pi", &user, &pi, freeze);
+        assert!(p.len() == 1 && p[0].contains("node-down freeze"), "{p:#?}");
+        assert!(check_board("pi", &user, &pi, Needs::default()).is_empty());
     }
 }
