@@ -145,6 +145,7 @@ fn validate(files: &[PathBuf], target: TargetArg, dirs: &[PathBuf]) -> Result<u8
             &Overrides {
                 seed: Some(0),
                 impairment: None,
+                live: false,
             },
         )? {
             Some(v) if resolve_plan(target, &v.plan)?.is_none() => code = EXIT_INVALID,
@@ -179,6 +180,7 @@ fn plan(file: &Path, seed: Option<u64>, output: Output, dirs: &[PathBuf]) -> Res
         &Overrides {
             seed,
             impairment: None,
+            live: false,
         },
     )?
     else {

@@ -174,6 +174,35 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Apply a timeline action to a lab that is up, now; `--for` reverts it, `--list` shows
+    /// what is in effect. Journalled into the lab's report; `down` reverts everything.
+    #[command(
+        after_help = "The action and its body are written as in a scenario's timeline \
+(the body in YAML, as after the action's key):\n\n  \
+edgesim fault iot-partition partition '{between: [factory, cloud]}' --for 20s\n  \
+edgesim fault iot-partition impair '{link: factory-uplink, delay: 300ms, loss: 5%}'\n  \
+edgesim fault iot-partition heal p1\n  \
+edgesim fault iot-partition node-down '{nodes: [gw-1]}' --for 10s\n  \
+edgesim fault iot-partition --list"
+    )]
+    Fault {
+        /// Scenario name (or file) of the lab.
+        name: String,
+        /// The action, as a timeline key: partition, heal, impair, flap, trace, node-down,
+        /// node-up, kill, restart, cpu, memory.
+        #[arg(required_unless_present = "list")]
+        action: Option<String>,
+        /// The action's body as in the timeline (YAML), e.g. `{between: [factory, cloud]}`.
+        body: Option<String>,
+        /// Revert it after this long (e.g. `20s`), as a timeline entry's `for`.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// List the faults in effect (and when those with a `for` end).
+        #[arg(long, conflicts_with_all = ["action", "for_"])]
+        list: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Report what this machine can do: kernel features, cgroups, tools, per target.
     Doctor {
         #[arg(long, value_enum, default_value_t)]

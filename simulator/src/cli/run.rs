@@ -34,6 +34,21 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
             node,
             command,
         } => exec(&name, &node, &command),
+        Command::Fault {
+            name,
+            action,
+            body,
+            for_,
+            list,
+            output,
+        } => fault(
+            &name,
+            action.as_deref(),
+            body.as_deref(),
+            for_.as_deref(),
+            list,
+            output,
+        ),
         Command::Doctor { output } => doctor(output),
         Command::Cleanup { all } => cleanup(all),
         Command::Agent { state } => {
@@ -237,6 +252,7 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
         let ov = Overrides {
             seed: args.seed,
             impairment: args.impairment,
+            live: false,
         };
         match load_plan(f, &profiles, &caps, &ov)? {
             Some(p) => match resolve_plan(args.target, &p)? {
@@ -312,6 +328,7 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
                     decision_log_dir: args.decision_log.then(|| out_dir.join("decisions")),
                     busy_poll: args.busy_poll.map(|d| d.0),
                 },
+                control: None,
             };
             let mut report = engine::run(Arc::new(plan), resolved, opts).await;
             if let Some(b) = bar {
@@ -348,7 +365,17 @@ fn up(
 ) -> Result<u8> {
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(target)?;
-    let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
+    let Some(plan) = load_plan(
+        file,
+        &profiles,
+        &caps,
+        &Overrides {
+            seed,
+            impairment,
+            live: true,
+        },
+    )?
+    else {
         return Ok(EXIT_INVALID);
     };
     if resolve_plan(target, &plan)?.is_none() {
@@ -485,7 +512,17 @@ fn lab_daemon(
     };
     let profiles = load_profiles(profile_dirs)?;
     let caps = capabilities(target)?;
-    let Some(plan) = load_plan(file, &profiles, &caps, &Overrides { seed, impairment })? else {
+    let Some(plan) = load_plan(
+        file,
+        &profiles,
+        &caps,
+        &Overrides {
+            seed,
+            impairment,
+            live: true,
+        },
+    )?
+    else {
         report_ready("err invalid scenario".into());
         return Ok(EXIT_INVALID);
     };
@@ -498,10 +535,31 @@ fn lab_daemon(
     };
     let out_dir = out
         .unwrap_or_else(|| PathBuf::from("edgesim-runs").join(format!("{}-{run_id}", plan.name)));
+    // Live faults are checked against the scenario as the lab was built from it.
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let model =
+        edgesim::scenario::validate::parse(file, &text).map_err(|d| anyhow::anyhow!("{d}"))?;
+    let timeline = edgesim::engine::live::LiveTimeline::new(
+        model,
+        text,
+        file.to_path_buf(),
+        profiles,
+        caps,
+        &Overrides {
+            seed,
+            impairment,
+            live: true,
+        },
+        plan.clone(),
+    );
     let rt = runtime()?;
     rt.block_on(async {
         let (stopper, stop) = StopSignal::new();
         engine::stop_on_signals(stopper, |_| {});
+        let (tx, requests) = tokio::sync::mpsc::channel(16);
+        let sock = state::control_path(run_id);
+        let server = serve_control(&sock, tx).await?;
         let opts = RunOptions {
             run_id: run_id.to_string(),
             out_dir: out_dir.clone(),
@@ -524,8 +582,11 @@ fn lab_daemon(
             )),
             grace: Duration::from_secs(3),
             emulator: Default::default(),
+            control: Some(engine::Control { timeline, requests }),
         };
         let mut report = engine::run(Arc::new(plan), resolved, opts).await;
+        server.abort();
+        let _ = std::fs::remove_file(&sock);
         write_reports(
             &mut report,
             &out_dir,
@@ -542,6 +603,167 @@ fn lab_daemon(
                 EXIT_PASS
             },
         )
+    })
+}
+
+/// Listens on the lab's control socket (root only: it lives in the state folder) and hands
+/// each request, one JSON line, to the lab; its reply goes back as one JSON line.
+async fn serve_control(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<engine::ControlMsg>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("listening on {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (rd, mut wr) = conn.into_split();
+                let mut line = String::new();
+                let mut rd = tokio::io::BufReader::new(rd.take(1 << 20));
+                if rd.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let reply = match serde_json::from_str::<edgesim::engine::live::Request>(&line) {
+                    Err(e) => edgesim::engine::live::Reply::Invalid {
+                        errors: vec![format!("bad request: {e}")],
+                    },
+                    Ok(req) => {
+                        let (otx, orx) = tokio::sync::oneshot::channel();
+                        if tx.send((req, otx)).await.is_err() {
+                            return;
+                        }
+                        match orx.await {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        }
+                    }
+                };
+                if let Ok(mut body) = serde_json::to_vec(&reply) {
+                    body.push(b'\n');
+                    let _ = wr.write_all(&body).await;
+                }
+            });
+        }
+    }))
+}
+
+/// `edgesim fault`: one request to the lab's control socket.
+fn fault(
+    name_or_file: &str,
+    action: Option<&str>,
+    body: Option<&str>,
+    for_: Option<&str>,
+    list: bool,
+    output: Output,
+) -> Result<u8> {
+    use edgesim::engine::live::{Reply, Request};
+    require_root("edgesim fault")?;
+    let name = scenario_name(name_or_file);
+    let Some(st) = state::list()
+        .into_iter()
+        .find(|s| s.scenario == name && s.mode == Mode::Lab && s.controller_alive())
+    else {
+        errln!("error: no lab of scenario `{name}` is up (start one with `edgesim up FILE`)");
+        return Ok(EXIT_INVALID);
+    };
+    let req = if list {
+        Request::List
+    } else {
+        let action = action.unwrap_or_default();
+        let mut entry = format!("{action}:");
+        match body {
+            Some(b) => {
+                entry.push('\n');
+                for l in b.lines() {
+                    entry.push_str("  ");
+                    entry.push_str(l);
+                    entry.push('\n');
+                }
+            }
+            None => entry.push('\n'),
+        }
+        if let Some(f) = for_ {
+            entry.push_str(&format!("for: {f}\n"));
+        }
+        Request::Fault { entry }
+    };
+    let sock = state::control_path(&st.run_id);
+    let mut conn = std::os::unix::net::UnixStream::connect(&sock).with_context(|| {
+        format!(
+            "connecting to lab `{name}` at {} (a lab started by an older edgesim takes no live faults)",
+            sock.display()
+        )
+    })?;
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut body = serde_json::to_vec(&req)?;
+    body.push(b'\n');
+    conn.write_all(&body)?;
+    let mut line = String::new();
+    std::io::BufReader::new(conn)
+        .read_to_string(&mut line)
+        .context("reading the lab's answer")?;
+    let reply: Reply = serde_json::from_str(line.trim())
+        .with_context(|| format!("reading the lab's answer {:?}", line.trim()))?;
+    if output == Output::Json {
+        outln!("{}", serde_json::to_string(&reply)?);
+    }
+    let show = |journal: &[edgesim::engine::live::Applied]| {
+        for j in journal {
+            match &j.error {
+                None => outln!(
+                    "applied {} at {:.3}s (took {:.1} ms)",
+                    j.summary,
+                    j.at,
+                    j.apply_ms
+                ),
+                Some(e) => outln!("failed  {} at {:.3}s: {e}", j.summary, j.at),
+            }
+        }
+    };
+    Ok(match reply {
+        Reply::Active { faults } => {
+            if output == Output::Text {
+                out!("{}", edgesim::engine::live::table(&faults));
+            }
+            EXIT_PASS
+        }
+        Reply::Applied { journal, scheduled } => {
+            if output == Output::Text {
+                show(&journal);
+                if scheduled > 0 {
+                    outln!(
+                        "{scheduled} more action{} scheduled (see `edgesim fault {name} --list`)",
+                        if scheduled == 1 { "" } else { "s" }
+                    );
+                }
+            }
+            EXIT_PASS
+        }
+        Reply::Invalid { errors } => {
+            for e in errors {
+                errln!("error: {e}");
+            }
+            errln!("nothing was changed");
+            EXIT_INVALID
+        }
+        Reply::Failed { journal, error } => {
+            if output == Output::Text {
+                show(&journal);
+            }
+            errln!("error: {error}");
+            EXIT_INFRA
+        }
     })
 }
 

@@ -17,6 +17,8 @@
 //!   torn down and a report is produced. A first Ctrl-C (or SIGTERM) stops the run and tears
 //!   down gracefully; a second one makes teardown skip the grace period of workloads.
 
+pub mod live;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -141,6 +143,17 @@ pub struct RunOptions {
     pub grace: Duration,
     /// Captures and decision logs of the userspace link emulator.
     pub emulator: crate::faults::emulator::EmulatorOptions,
+    /// Live faults on a lab (`Mode::Lab`): requests and the means to check them.
+    pub control: Option<Control>,
+}
+
+/// A request of a lab's control channel and where its reply goes.
+pub type ControlMsg = (live::Request, tokio::sync::oneshot::Sender<live::Reply>);
+
+/// The control channel of a lab that is up: live faults ([`live`]).
+pub struct Control {
+    pub timeline: live::LiveTimeline,
+    pub requests: tokio::sync::mpsc::Receiver<ControlMsg>,
 }
 
 struct Ctx {
@@ -370,7 +383,10 @@ async fn play(
         cx.say(Progress::Message {
             text: "lab is up; waiting for `edgesim down`".into(),
         });
-        opts.stop.wait(StopLevel::Graceful).await;
+        match opts.control.take() {
+            Some(control) => serve_lab(&mut lab, control, opts, cx).await,
+            None => opts.stop.wait(StopLevel::Graceful).await,
+        }
         return (Some(lab), Ok(()));
     }
 
@@ -605,6 +621,110 @@ async fn play(
         .collect();
     cx.end("assert", true);
     (Some(lab), Ok(()))
+}
+
+/// Serves a lab's control channel until a stop: live faults applied and journalled, their
+/// reverts and flap steps applied when due. At the stop, the reverts still pending are
+/// applied (journalled as such) before teardown removes the rest.
+async fn serve_lab(lab: &mut Lab, mut control: Control, opts: &mut RunOptions, cx: &mut Ctx) {
+    let t0 = Instant::now();
+    let mut applied: Vec<crate::scenario::plan::Action> = Vec::new();
+    // Actions due later, with the plan they came from (for their journal entries).
+    let mut pending: Vec<(crate::scenario::plan::Action, Arc<Plan>)> = Vec::new();
+    let mut stop = opts.stop.clone();
+    loop {
+        pending.sort_by_key(|(a, _)| a.at);
+        let next = pending
+            .first()
+            .map(|(a, _)| tokio::time::Instant::from_std(t0 + a.at));
+        let due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.wait(StopLevel::Graceful) => break,
+            _ = due => {
+                let (a, plan) = pending.remove(0);
+                let e = apply_live(lab, &plan, &a, t0, cx).await;
+                if e.ok {
+                    applied.push(a);
+                }
+            }
+            msg = control.requests.recv() => {
+                let Some((req, reply)) = msg else {
+                    // Nobody can reach the lab any more: keep it up until the stop.
+                    stop.wait(StopLevel::Graceful).await;
+                    break;
+                };
+                let answer = match req {
+                    live::Request::List => {
+                        let later: Vec<_> = pending.iter().map(|(a, _)| a.clone()).collect();
+                        live::Reply::Active { faults: control.timeline.active(&applied, &later) }
+                    }
+                    live::Request::Fault { entry } => {
+                        match live::LiveTimeline::parse_entry(&entry)
+                            .and_then(|e| control.timeline.accept(e, t0.elapsed()))
+                        {
+                            Err(errors) => live::Reply::Invalid { errors },
+                            Ok(acc) => {
+                                let plan = Arc::new(acc.plan);
+                                let mut journal = Vec::new();
+                                let mut error = None;
+                                for a in &acc.now {
+                                    let e = apply_live(lab, &plan, a, t0, cx).await;
+                                    if e.ok {
+                                        applied.push(a.clone());
+                                    } else if error.is_none() {
+                                        error = e.error.clone();
+                                    }
+                                    journal.push(live::Applied::from(&e));
+                                }
+                                let scheduled = acc.later.len();
+                                pending.extend(acc.later.into_iter().map(|a| (a, plan.clone())));
+                                match error {
+                                    None => live::Reply::Applied { journal, scheduled },
+                                    Some(error) => live::Reply::Failed { journal, error },
+                                }
+                            }
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+    // The stop: what a `for` would revert is reverted now, in order.
+    pending.sort_by_key(|(a, _)| a.at);
+    for (a, plan) in pending.into_iter().filter(|(a, _)| a.revert) {
+        apply_live(lab, &plan, &a, t0, cx).await;
+    }
+}
+
+/// Applies one live action now and journals it (and tells the progress sink).
+async fn apply_live(
+    lab: &mut Lab,
+    plan: &Plan,
+    a: &crate::scenario::plan::Action,
+    t0: Instant,
+    cx: &mut Ctx,
+) -> JournalEntry {
+    let started = Instant::now();
+    let res = lab.apply(&a.kind, None).await;
+    let done = Instant::now();
+    let entry = JournalEntry::applied(
+        plan,
+        a,
+        done.saturating_duration_since(t0),
+        done - started,
+        res.map_err(|e| e.to_string()),
+    );
+    cx.say(Progress::Action {
+        entry: entry.clone(),
+    });
+    cx.report.journal.push(entry.clone());
+    entry
 }
 
 /// Reads the metric of assertion `ai` from every selected instance, from inside each node.

@@ -55,6 +55,9 @@ pub struct Plan {
     pub mechanism: Mechanism,
     /// `spec.emulateArch`: arm64 nodes run arm64 builds under qemu.
     pub emulate_arch: bool,
+    /// A lab that takes live faults: links are ready for any impairment.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
     pub sites: Vec<Site>,
     pub links: Vec<Link>,
     pub nodes: Vec<Node>,
@@ -630,7 +633,7 @@ impl Plan {
 
     /// Whether the userspace link emulator runs.
     pub fn uses_emulator(&self) -> bool {
-        self.mechanism == Mechanism::Userspace && self.has_impairments()
+        self.mechanism == Mechanism::Userspace && (self.live || self.has_impairments())
     }
 
     /// Every link's baseline parameters, as `(up, down)` pairs in link order.

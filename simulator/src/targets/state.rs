@@ -194,8 +194,9 @@ impl RunState {
             .map(|e| format!("removing state file {}: {e}", self.path().display()))
     }
 
-    /// Removes the file; already gone is fine.
+    /// Removes the file (and the lab's control socket); already gone is fine.
     pub fn remove(&self) -> io::Result<()> {
+        let _ = fs::remove_file(control_path(&self.run_id));
         match fs::remove_file(self.path()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -206,6 +207,11 @@ impl RunState {
     pub fn controller_alive(&self) -> bool {
         process_start(self.pid).is_some_and(|s| s == self.pid_start)
     }
+}
+
+/// The Unix socket a lab that is up (`edgesim up`) takes live faults on (`edgesim fault`).
+pub fn control_path(run_id: &str) -> PathBuf {
+    dir().join(format!("{run_id}.sock"))
 }
 
 pub fn path_of(run_id: &str) -> PathBuf {

@@ -41,6 +41,9 @@ pub struct Overrides {
     pub seed: Option<u64>,
     /// `--impairment`: which mechanism carries link impairments.
     pub impairment: Option<model::ImpairmentMode>,
+    /// A lab that takes live faults (`edgesim up`): links are built for any impairment, not
+    /// only the timeline's (the userspace emulator runs even when nothing is impaired yet).
+    pub live: bool,
 }
 
 pub use crate::seed::rng_for;
@@ -396,6 +399,7 @@ impl<'a> Validator<'a> {
             mtu,
             mechanism: self.mechanism,
             emulate_arch: self.sc.spec.emulate_arch,
+            live: ov.live,
             cpu_scale: match &spec.cpu_scale {
                 None => 1.0,
                 Some(x) if x.value > 0.0 && x.value <= 1.0 => x.value,
