@@ -1,6 +1,10 @@
 //! edgesim: a network-partition and hardware-constraint simulator for edge computing.
 //!
-//! The library behind the `edgesim` command, usable on its own (the tests and benches do):
+//! The library behind the `edgesim` command, usable on its own. Start with [`session`]:
+//! [`Scenario`] (from a file, YAML text, or built in Rust), [`Run`] (overrides, then run it
+//! sync or async, or bring a lab up and inject faults by hand through [`LabHandle`]), and the
+//! [`Report`] with [`Report::assert_passed`]. With the `harness` feature, [`harness`] turns a
+//! folder of scenario files into one `cargo test` case each. The parts:
 //! - [`scenario`]: the YAML model, validation with positioned diagnostics, the resolved plan;
 //! - [`profile`]: hardware profiles and their translation to limits; host CPU calibration;
 //! - [`engine`]: a run from provisioning to report, with the timeline's journal and state files;
@@ -26,7 +30,11 @@ pub mod profile;
 pub mod report;
 pub mod scenario;
 pub mod seed;
+pub mod session;
 pub mod targets;
 pub mod testing;
 pub mod units;
 pub mod workload;
+
+pub use report::Report;
+pub use session::{Error, LabHandle, Run, Scenario, Target};

@@ -680,22 +680,7 @@ fn fault(
     let req = if list {
         Request::List
     } else {
-        let action = action.unwrap_or_default();
-        let mut entry = format!("{action}:");
-        match body {
-            Some(b) => {
-                entry.push('\n');
-                for l in b.lines() {
-                    entry.push_str("  ");
-                    entry.push_str(l);
-                    entry.push('\n');
-                }
-            }
-            None => entry.push('\n'),
-        }
-        if let Some(f) = for_ {
-            entry.push_str(&format!("for: {f}\n"));
-        }
+        let entry = edgesim::engine::live::entry_text(action.unwrap_or_default(), body, for_);
         Request::Fault { entry }
     };
     let sock = state::control_path(&st.run_id);

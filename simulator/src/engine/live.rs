@@ -316,6 +316,21 @@ fn describe(d: &Diagnostic) -> String {
     s
 }
 
+/// A timeline entry without `at`, as YAML: `action` is its key, `body` its value (YAML,
+/// indented under the key whatever its style), `for_` its `for`.
+pub fn entry_text(action: &str, body: Option<&str>, for_: Option<&str>) -> String {
+    let mut entry = format!("{action}:\n");
+    for l in body.unwrap_or_default().lines() {
+        entry.push_str("  ");
+        entry.push_str(l);
+        entry.push('\n');
+    }
+    if let Some(f) = for_ {
+        entry.push_str(&format!("for: {f}\n"));
+    }
+    entry
+}
+
 /// Renders `faults` as the table `edgesim fault NAME --list` prints.
 pub fn table(faults: &[Active]) -> String {
     if faults.is_empty() {

@@ -13,6 +13,7 @@
 //! Time is written with `chrono`: it is already in the build through `quick-junit` (whose
 //! timestamps are chrono types), so a second date-time crate would add weight for nothing.
 
+mod account;
 mod html;
 mod junit;
 mod summary;

@@ -348,6 +348,21 @@ pub struct Workload {
     pub ready_timeout: Duration,
     /// Indices of the nodes an instance runs on.
     pub nodes: Vec<usize>,
+    /// A program that replaces what `run` names (set through the library, e.g. a `cargo
+    /// build` artifact): an app's binary, or a command's first word. Its arguments stay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
+}
+
+impl Workload {
+    /// The arguments that follow the program: an app's or image's `args`, a command's words
+    /// after the first.
+    pub fn program_args(&self) -> Vec<String> {
+        match &self.run {
+            Run::App { args, .. } | Run::Image { args, .. } => args.clone(),
+            Run::Command { argv } => argv.iter().skip(1).cloned().collect(),
+        }
+    }
 }
 
 /// What a workload runs, as the scenario says it: no host paths, no image tags.

@@ -1175,6 +1175,7 @@ impl<'a> Validator<'a> {
                     .as_ref()
                     .map_or(Duration::from_secs(10), |d| d.0),
                 nodes,
+                program: None,
             });
         }
         out

@@ -146,6 +146,19 @@ pub async fn resolve(
     };
     let mut programs = BTreeMap::new();
     for (wi, w) in plan.workloads.iter().enumerate() {
+        if let Some(p) = &w.program {
+            // The caller's own build: uploaded as it is (it must suit the boards' arch).
+            for &n in &w.nodes {
+                programs.insert(
+                    (wi, n),
+                    Program::Upload {
+                        local: p.clone(),
+                        args: w.program_args(),
+                    },
+                );
+            }
+            continue;
+        }
         match &w.run {
             crate::scenario::plan::Run::App { app, args } => {
                 let mut failed = BTreeSet::new();

@@ -239,6 +239,24 @@ pub async fn resolve(plan: &Plan) -> std::result::Result<Images, Vec<Diagnostic>
     }
     let mut workloads = Vec::with_capacity(plan.workloads.len());
     for w in &plan.workloads {
+        if let Some(p) = &w.program {
+            errors.push(
+                Diagnostic::new(
+                    w.pos,
+                    format!(
+                        "workload `{}`: the docker target runs images, not the program {}",
+                        w.name,
+                        p.display()
+                    ),
+                )
+                .hint("run it on the netns target, or build it into an image and use `image:`"),
+            );
+            workloads.push(Runs::Container {
+                images: BTreeMap::new(),
+                args: Vec::new(),
+            });
+            continue;
+        }
         match &w.run {
             Run::App { app, args } => {
                 let mut images = BTreeMap::new();

@@ -117,6 +117,25 @@ pub fn resolve(plan: &Plan) -> std::result::Result<Programs, Vec<Diagnostic>> {
     let mut argv = Vec::with_capacity(plan.workloads.len());
     for w in &plan.workloads {
         let mut per_node = BTreeMap::new();
+        if let Some(p) = &w.program {
+            let mut v = vec![p.display().to_string()];
+            v.extend(w.program_args());
+            if !p.is_file() {
+                errors.push(Diagnostic::new(
+                    w.pos,
+                    format!(
+                        "workload `{}`: its program {} does not exist",
+                        w.name,
+                        p.display()
+                    ),
+                ));
+            }
+            for &n in &w.nodes {
+                per_node.insert(n, v.clone());
+            }
+            argv.push(per_node);
+            continue;
+        }
         match &w.run {
             Run::Command { argv: a } => {
                 for &n in &w.nodes {
