@@ -3,7 +3,7 @@
 //! The library behind the `edgesim` command, usable on its own. Start with [`session`]:
 //! [`Scenario`] (from a file, YAML text, or built in Rust), [`Run`] (overrides, then run it
 //! sync or async, or bring a lab up and inject faults by hand through [`LabHandle`]), and the
-//! [`Report`] with [`Report::assert_passed`]. With the `harness` feature, [`harness`] turns a
+//! [`Report`] with [`Report::assert_passed`]. With the `harness` feature, `harness` turns a
 //! folder of scenario files into one `cargo test` case each. The parts:
 //! - [`scenario`]: the YAML model, validation with positioned diagnostics, the resolved plan;
 //! - [`profile`]: hardware profiles and their translation to limits; host CPU calibration;
@@ -22,6 +22,8 @@ pub mod fabric;
 pub mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod host;
 pub mod linkem;
 pub mod metrics;
