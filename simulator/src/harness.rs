@@ -11,17 +11,15 @@
 //! harness = false
 //! ```
 //!
-//! and in `tests/scenarios.rs`:
+//! and in `tests/scenarios.rs`, as its `fn main`:
 //!
 //! ```no_run
-//! fn main() {
-//!     edgesim::harness::Harness::new()
-//!         .folder(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))
-//!         // Your own service as the scenarios' `svc` workload: in a crate with a `svc`
-//!         // binary, `env!("CARGO_BIN_EXE_svc")` (Cargo builds it for the tests).
-//!         .workload_program("svc", "/usr/local/bin/svc")
-//!         .main()
-//! }
+//! edgesim::harness::Harness::new()
+//!     .folder(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))
+//!     // Your own service as the scenarios' `svc` workload: in a crate with a `svc`
+//!     // binary, `env!("CARGO_BIN_EXE_svc")` (Cargo builds it for the tests).
+//!     .workload_program("svc", "/usr/local/bin/svc")
+//!     .main()
 //! ```
 //!
 //! `cargo test` then lists `scenarios/<file stem>` cases and runs them one at a time (pass

@@ -32,6 +32,9 @@ spec:
     - {name: wrongly-expects-no-loss, probe: uplink, expect: 'success_rate == 100%'}
 ";
 
+// `serial()` keeps the kernel tests of this binary one at a time; each test has a runtime of
+// its own, so holding it across awaits blocks no other task.
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn a_scenario_runs_from_an_async_test_and_its_report_reads_from_code() {
     let _g = serial();
@@ -133,6 +136,7 @@ async fn bad_input_is_an_error_before_anything_is_created() {
     assert!(err.to_string().contains("no workload `nope`"), "{err}");
 }
 
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lab_from_the_library_takes_live_faults() {
     let _g = serial();
