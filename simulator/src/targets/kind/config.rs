@@ -34,13 +34,17 @@
 //! left to workloads:
 //!
 //! ```text
-//! kube-reserved   = cpu=100m, memory=256Mi                (kubelet and containerd)
-//! eviction-hard   = memory.available<100Mi               (kubelet's default threshold)
-//! system-reserved = cpu=C − c − 100m, memory=M − m − 256Mi − 100Mi
+//! eviction-hard   = memory.available<100Mi          (kubelet's default threshold)
+//! kube-reserved   = cpu=min(100m, C − c), memory=min(256Mi, M − m − 100Mi)
+//!                                                   (kubelet and containerd)
+//! system-reserved = the rest: cpu=C − c − kube, memory=M − m − 100Mi − kube
 //! ```
 //!
-//! A board that does not fit (a negative `system-reserved`) is an error that names the node,
-//! the resource and both figures. The nodes' allocatable figures may add up to more than the
+//! `kube-reserved` takes what the host has to spare, up to a typical kubelet's share, so a
+//! 4-core board still fits a 4-CPU host (a CI runner): Kind enforces neither reservation
+//! (kubelet enforces node allocatable on pods only), they only size what the scheduler
+//! offers. A board bigger than the host (`c > C`, or `m + 100Mi > M`) is an error that names
+//! the node, the resource and both figures. The nodes' allocatable figures may add up to more than the
 //! host has: each kubelet only knows its own node, so such a cluster is overcommitted, which
 //! the generated header says. `eviction-hard` also keeps Kind's own disk thresholds
 //! (`nodefs`/`imagefs` at 0%, i.e. off: Kind nodes share the host's disk), because the flag
@@ -59,9 +63,9 @@ use crate::units::Bytes;
 pub const API_VERSION: &str = "kind.x-k8s.io/v1alpha4";
 /// Prefix of every label and taint key edgesim sets.
 pub const LABEL_PREFIX: &str = "edgesim.dev/";
-/// CPU kept for kubelet and the container runtime on every worker, in millicores.
+/// CPU kept for kubelet and the container runtime on every worker (at most), in millicores.
 pub const KUBE_RESERVED_CPU_MILLI: u64 = 100;
-/// Memory kept for kubelet and the container runtime on every worker.
+/// Memory kept for kubelet and the container runtime on every worker (at most).
 pub const KUBE_RESERVED_MEMORY: u64 = 256 << 20;
 /// kubelet's default hard eviction threshold for `memory.available`, set explicitly because
 /// the reservation arithmetic depends on it.
@@ -103,7 +107,7 @@ impl Host {
 #[derive(Debug, thiserror::Error)]
 pub enum KindConfigError {
     #[error(
-        "node `{node}` (profile `{profile}`) needs {need} {resource} allocatable plus {overhead} for kubelet, but the host has {host}: a Kind node cannot advertise more than the host it runs on (use a larger host, or a smaller profile)"
+        "node `{node}` (profile `{profile}`) needs {need} {resource} allocatable{overhead}, but the host has {host}: a Kind node cannot advertise more than the host it runs on (use a larger host, or a smaller profile)"
     )]
     ProfileTooBig {
         node: String,
@@ -181,45 +185,39 @@ pub fn reservation(
     let memory = spec.workload_memory().0;
     let host_cpu = u64::from(host.cpus) * 1000;
     let too_big =
-        |resource, need: String, overhead: String, have: String| KindConfigError::ProfileTooBig {
+        |resource, need: String, overhead: &str, have: String| KindConfigError::ProfileTooBig {
             node: node.into(),
             profile: profile.into(),
             resource,
             need,
-            overhead,
+            overhead: overhead.into(),
             host: have,
         };
-    let system_cpu_milli = host_cpu
-        .checked_sub(cpu + KUBE_RESERVED_CPU_MILLI)
-        .ok_or_else(|| {
-            too_big(
-                "CPUs",
-                millicores(cpu),
-                millicores(KUBE_RESERVED_CPU_MILLI),
-                millicores(host_cpu),
-            )
-        })?;
-    let system_memory = host
+    // What the host has beyond the board: kubelet's share first, the rest for the system.
+    let spare_cpu = host_cpu
+        .checked_sub(cpu)
+        .ok_or_else(|| too_big("CPUs", millicores(cpu), "", millicores(host_cpu)))?;
+    let spare_memory = host
         .memory
-        .checked_sub(memory + KUBE_RESERVED_MEMORY + EVICTION_MEMORY)
+        .checked_sub(memory + EVICTION_MEMORY)
         .ok_or_else(|| {
             too_big(
                 "memory",
                 Bytes(memory).to_string(),
-                format!(
-                    "{} (kube-reserved {} and the eviction threshold {})",
-                    Bytes(KUBE_RESERVED_MEMORY + EVICTION_MEMORY),
-                    Bytes(KUBE_RESERVED_MEMORY),
+                &format!(
+                    " plus kubelet's eviction threshold of {}",
                     Bytes(EVICTION_MEMORY)
                 ),
                 Bytes(host.memory).to_string(),
             )
         })?;
+    let kube_cpu_milli = spare_cpu.min(KUBE_RESERVED_CPU_MILLI);
+    let kube_memory = spare_memory.min(KUBE_RESERVED_MEMORY);
     Ok(Reservation {
-        kube_cpu_milli: KUBE_RESERVED_CPU_MILLI,
-        kube_memory: KUBE_RESERVED_MEMORY,
-        system_cpu_milli,
-        system_memory,
+        kube_cpu_milli,
+        kube_memory,
+        system_cpu_milli: spare_cpu - kube_cpu_milli,
+        system_memory: spare_memory - kube_memory,
         eviction_memory: EVICTION_MEMORY,
         allocatable_cpu_milli: cpu,
         allocatable_memory: memory,
@@ -577,34 +575,63 @@ spec:
             e.contains("node `orin` (profile `jetson-agx-orin-64gb`)"),
             "{e}"
         );
-        assert!(e.contains("needs 62976Mi memory"), "{e}");
+        assert!(
+            e.contains(
+                "needs 62976Mi memory allocatable plus kubelet's eviction threshold of 100Mi"
+            ),
+            "{e}"
+        );
         assert!(e.contains("the host has 32Gi"), "{e}");
-        // CPU: 12 cores plus kubelet's 100m do not fit in 12 CPUs, although the memory would.
+        // CPU: 12 cores do not fit in 8 CPUs, although the memory would.
         let e = reservation(
             "orin",
             "jetson-agx-orin-64gb",
             &agx,
             &Host {
-                cpus: 12,
+                cpus: 8,
                 memory: 128 * GI,
             },
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("needs 12 CPUs allocatable plus 100m"), "{e}");
-        assert!(e.contains("the host has 12"), "{e}");
-        // Exactly enough is enough.
+        assert!(
+            e.contains("needs 12 CPUs allocatable, but the host has 8"),
+            "{e}"
+        );
+        // Exactly enough is enough: kubelet's share shrinks to what is spare (none here).
         let fits = Host {
-            cpus: 13,
-            memory: agx.workload_memory().0 + KUBE_RESERVED_MEMORY + EVICTION_MEMORY,
+            cpus: 12,
+            memory: agx.workload_memory().0 + EVICTION_MEMORY,
         };
         let r = reservation("orin", "jetson-agx-orin-64gb", &agx, &fits).unwrap();
-        assert_eq!((r.system_cpu_milli, r.system_memory), (900, 0));
+        assert_eq!(
+            (
+                r.kube_cpu_milli,
+                r.kube_memory,
+                r.system_cpu_milli,
+                r.system_memory
+            ),
+            (0, 0, 0, 0)
+        );
+        // A 4-core Pi on a 4-CPU runner with 16 GB: fits, kubelet gets no CPU share.
+        let pi = spec("raspberry-pi-5-8gb");
+        let r = reservation(
+            "gw",
+            "raspberry-pi-5-8gb",
+            &pi,
+            &Host {
+                cpus: 4,
+                memory: 16 * GI,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.kube_reserved(), "cpu=0,memory=256Mi");
+        assert_eq!(r.system_reserved(), "cpu=0,memory=8476Mi");
         // And generate reports the first node that does not fit.
         let e = generate(
             &plan(SCENARIO),
             &Host {
-                cpus: 4,
+                cpus: 2,
                 memory: 64 * GI,
             },
         )
