@@ -10,6 +10,10 @@
 //! `../shared/schemas/flux` beside the checkout; where that folder is absent the schema test
 //! says so and returns (it is not a capability CI requires).
 
+// The helpers below are parts of the tests: a failure in them is a failed test, so they unwrap
+// as the tests do (clippy's allow-unwrap-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

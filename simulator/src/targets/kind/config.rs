@@ -106,16 +106,14 @@ impl Host {
 /// A failure to generate a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum KindConfigError {
+    /// `need` says what the board needs and what the host has.
     #[error(
-        "node `{node}` (profile `{profile}`) needs {need} {resource} allocatable{overhead}, but the host has {host}: a Kind node cannot advertise more than the host it runs on (use a larger host, or a smaller profile)"
+        "node `{node}` (profile `{profile}`) {need}: a Kind node cannot advertise more than the host it runs on (use a larger host, or a smaller profile)"
     )]
     ProfileTooBig {
         node: String,
         profile: String,
-        resource: &'static str,
         need: String,
-        overhead: String,
-        host: String,
     },
     #[error(
         "the Kind cluster name `{name}` is too long: its node `{name}-control-plane` must be at most {MAX_NODE_NAME} characters (shorten the scenario's name)"
@@ -184,15 +182,13 @@ pub fn reservation(
     let cpu = u64::from(spec.cpu.cores) * 1000;
     let memory = spec.workload_memory().0;
     let host_cpu = u64::from(host.cpus) * 1000;
-    let too_big =
-        |resource, need: String, overhead: &str, have: String| KindConfigError::ProfileTooBig {
+    let too_big = |resource: &str, need: String, overhead: &str, have: String| {
+        KindConfigError::ProfileTooBig {
             node: node.into(),
             profile: profile.into(),
-            resource,
-            need,
-            overhead: overhead.into(),
-            host: have,
-        };
+            need: format!("needs {need} {resource} allocatable{overhead}, but the host has {have}"),
+        }
+    };
     // What the host has beyond the board: kubelet's share first, the rest for the system.
     let spare_cpu = host_cpu
         .checked_sub(cpu)
