@@ -71,17 +71,7 @@ fn kind_examples_are_what_kind_config_generates() {
     for example in &examples {
         let stem = example.file_stem().unwrap().to_str().unwrap();
         let scenario = format!("scenarios/{stem}.yaml");
-        let out = bin()
-            .args(["kind-config", &scenario])
-            .args(EXAMPLE_HOST)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kind-config {scenario}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = run(bin().args(["kind-config", &scenario]).args(EXAMPLE_HOST));
         if std::env::var_os("EDGESIM_BLESS").is_some() {
             std::fs::write(example, &text).unwrap();
             continue;
@@ -97,11 +87,9 @@ fn kind_examples_are_what_kind_config_generates() {
         // JoinConfiguration patch that parses and labels the node.
         let cfg: Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(cfg["apiVersion"], "kind.x-k8s.io/v1alpha4");
-        let plan = bin()
-            .args(["plan", &scenario, "--output", "json"])
-            .output()
-            .unwrap();
-        let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+        let plan: Value =
+            serde_json::from_str(&run(bin().args(["plan", &scenario, "--output", "json"])))
+                .unwrap();
         let nodes = cfg["nodes"].as_array().unwrap();
         let scenario_nodes = plan["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), scenario_nodes.len() + 1, "{stem}");
@@ -125,18 +113,7 @@ fn kind_examples_are_what_kind_config_generates() {
     }
     // Every shipped scenario gets a configuration for that host.
     for s in yaml_files(&repo("scenarios")) {
-        let out = bin()
-            .arg("kind-config")
-            .arg(&s)
-            .args(EXAMPLE_HOST)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            s.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(bin().arg("kind-config").arg(&s).args(EXAMPLE_HOST));
     }
 }
 
@@ -172,18 +149,7 @@ fn kustomize_dirs() -> Vec<PathBuf> {
 }
 
 fn kustomize(dir: &Path) -> Vec<Value> {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    documents(&String::from_utf8(out.stdout).unwrap(), dir)
+    documents(&run(Command::new("kubectl").arg("kustomize").arg(dir)), dir)
 }
 
 /// The workloads of images/ (each a crate with a Dockerfile), bar the node image.
