@@ -725,7 +725,7 @@ spec:
             patch["nodeRegistration"]["kubeletExtraArgs"]["system-reserved"],
             g.workers[0].reservation.system_reserved()
         );
-        // Not overcommitted at 16 CPUs (2 + 4 + 4 + 8 = 18 > 16): said so.
+        // The workers advertise 2 + 4 + 4 + 8 = 18 CPUs on a 16-CPU host: the header says so.
         assert!(
             text.contains("# Overcommitted: the workers advertise 18 CPUs"),
             "{text}"
