@@ -30,6 +30,11 @@ pub fn dispatch(cli: Cli) -> u8 {
         Command::Plan { file, seed, output } => plan(&file, seed, output, &profile_dirs),
         Command::Profiles { output } => profiles(output, &profile_dirs),
         Command::Schema => schema(),
+        Command::KindConfig {
+            file,
+            host_cpus,
+            host_memory,
+        } => kind_config(&file, host_cpus, host_memory.map(|b| b.0), &profile_dirs),
         other => super::run::dispatch(other, &profile_dirs),
     };
     match res {
@@ -442,5 +447,50 @@ fn profiles(output: Output, dirs: &[PathBuf]) -> Result<u8> {
 fn schema() -> Result<u8> {
     let s = schemars::schema_for!(edgesim::scenario::model::Scenario);
     outln!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(EXIT_PASS)
+}
+
+/// `edgesim kind-config`: the scenario's Kind configuration on stdout. Validated as for a
+/// machine that can do everything (the configuration does not depend on this machine's
+/// kernel); the host's figures default to this machine's.
+fn kind_config(
+    file: &Path,
+    cpus: Option<u32>,
+    memory: Option<u64>,
+    dirs: &[PathBuf],
+) -> Result<u8> {
+    use edgesim::targets::kind::config;
+    let profiles = load_profiles(dirs)?;
+    let caps = Capabilities::all("kind");
+    let Some(p) = load_plan(file, &profiles, &caps, &Overrides::default())? else {
+        return Ok(EXIT_INVALID);
+    };
+    let host = match (cpus, memory) {
+        (Some(cpus), Some(memory)) => config::Host { cpus, memory },
+        _ => {
+            let here = config::Host::detect().context(
+                "reading this machine's CPUs and memory (give --host-cpus and --host-memory)",
+            )?;
+            config::Host {
+                cpus: cpus.unwrap_or(here.cpus),
+                memory: memory.unwrap_or(here.memory),
+            }
+        }
+    };
+    let generated = match config::generate(&p, &host) {
+        Ok(g) => g,
+        Err(e) => {
+            errln!("error: {}: {e}", file.display());
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let command = format!(
+        "edgesim kind-config {} --host-cpus {} --host-memory {}",
+        file.display(),
+        host.cpus,
+        edgesim::units::Bytes(host.memory)
+    );
+    let text = generated.to_yaml(&file.display().to_string(), &command)?;
+    outln!("{}", text.trim_end());
     Ok(EXIT_PASS)
 }

@@ -256,6 +256,19 @@ edgesim fault iot-partition --list"
         )]
         argv: Vec<String>,
     },
+    /// (in progress: the `kind` target) Print the Kind cluster configuration of a scenario:
+    /// a control plane and one worker per node, each advertising its profile's CPU and memory.
+    #[command(hide = true)]
+    KindConfig {
+        file: PathBuf,
+        /// The host's CPUs, as kubelet counts them [default: this machine's online CPUs].
+        #[arg(long, value_name = "N")]
+        host_cpus: Option<u32>,
+        /// The host's memory (`MemTotal`), e.g. `68719476736` or `64Gi` [default: this
+        /// machine's].
+        #[arg(long, value_name = "BYTES")]
+        host_memory: Option<edgesim::units::Bytes>,
+    },
     /// (internal) The process behind `up`.
     #[command(hide = true)]
     LabDaemon {

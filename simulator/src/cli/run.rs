@@ -86,6 +86,7 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         Command::Validate { .. }
         | Command::Plan { .. }
         | Command::Profiles { .. }
+        | Command::KindConfig { .. }
         | Command::Schema => {
             unreachable!("handled in commands::dispatch")
         }

@@ -605,6 +605,17 @@ pub fn online_cpus() -> u32 {
         .unwrap_or(1)
 }
 
+/// `MemTotal` of `/proc/meminfo` in bytes: the memory the kernel manages (installed memory
+/// less what firmware and the kernel's image keep), which is also what kubelet reports.
+pub fn mem_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
 fn cpu_model() -> Option<String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     cpuinfo

@@ -6,6 +6,8 @@
 //!   workloads are containers and processes inside the node containers.
 //! - [`device`]: physical boards from an inventory, over SSH, each with its own agent that
 //!   applies the board's share of the faults under a lease ([`device::lab`]).
+//! - [`kind`] (in progress, not a target of the enum yet): Kind cluster configurations
+//!   generated from a scenario.
 //!
 //! What every target shares lives outside them: the network ([`crate::fabric`]), the faults
 //! and their journal ([`crate::faults`]), workload supervision ([`crate::workload`]), the
@@ -20,6 +22,7 @@
 
 pub mod device;
 pub mod docker;
+pub mod kind;
 pub mod netns;
 pub mod state;
 

@@ -767,14 +767,7 @@ impl Board {
             .find_map(|l| l.strip_prefix("CapEff:"))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(0);
-        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .map_or(0, |kb| kb * 1024);
+        let memory_bytes = crate::profile::calibrate::mem_total().unwrap_or(0);
         let cgroup = match std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
             Ok(c) => format!("v2: {}", c.trim()),
             Err(_) if Path::new("/sys/fs/cgroup/cpu").exists() => "v1".to_string(),

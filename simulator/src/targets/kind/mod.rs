@@ -1,0 +1,34 @@
+//! The `kind` target, in progress: what exists is the generation of Kind cluster
+//! configurations from a scenario ([`config`]); the target itself (provisioning the nodes,
+//! shaping them with Docker limits, delivering workloads through Flux, faults inside the node
+//! containers) is not wired into [`super::TargetKind`] or the engine yet.
+//!
+//! # Design
+//!
+//! A Kind node is a container on the host's Docker Engine, and every kubelet in it sees the
+//! whole host: its capacity is the host's CPUs and memory, whatever limits the container has
+//! (cAdvisor ignores the container's cgroup, google/cadvisor#2698). What a scheduler works
+//! with, though, is a node's *allocatable* resources, which kubelet computes as
+//!
+//! ```text
+//! allocatable = capacity − kube-reserved − system-reserved − hard eviction threshold
+//! ```
+//!
+//! so [`config`] reserves the difference between the host and the profile and the node
+//! advertises exactly the board's cores and the memory the board leaves its workloads
+//! (`memory.total − memory.reserved`, what the `netns` target gives a node). The figures
+//! depend on the host, so they are parameters ([`config::Host`]), and the checked-in examples
+//! under `kind/` state the host they were generated for.
+//!
+//! Per-node kubelet settings go through a `JoinConfiguration` patch of each worker
+//! (`nodeRegistration.kubeletExtraArgs`), not through a `KubeletConfiguration` patch: kubeadm
+//! reads `KubeletConfiguration` only from the first node it configures and applies it to all
+//! nodes (kind#3923, caused by kubeadm#3008), so per-node `KubeletConfiguration` patches all
+//! end up with the first node's values. Kubelet flags take precedence over its config file.
+//!
+//! Architecture: a Kind node runs the host's architecture (Kind cannot run arm64 nodes under
+//! qemu, kind#2735), so an arm64 board becomes an amd64 node. The generator never sets
+//! `kubernetes.io/arch`, which kubelet owns and resets; the board's architecture is in
+//! `edgesim.dev/arch`, beside `edgesim.dev/profile`, `edgesim.dev/site` and `edgesim.dev/node`,
+//! the labels the manifests of `flux/` select nodes by, on Kind and on real clusters alike.
+pub mod config;
