@@ -108,8 +108,27 @@ impl Scenario {
         Self::parse(PathBuf::from("<scenario>"), text.to_string())
     }
 
-    /// A scenario built in Rust, e.g. with [`model::Scenario`]'s fields or deserialized from
-    /// a `serde_json::json!` value (`serde_json::from_value`).
+    /// A scenario built in Rust as data, e.g. with `serde_json::json!`: any value that
+    /// serializes to a scenario document (read as its JSON text, which is YAML; diagnostics
+    /// point into that text).
+    ///
+    /// ```
+    /// let sc = edgesim::Scenario::from_value(&serde_json::json!({
+    ///     "apiVersion": "edgesim.dev/v1alpha1", "kind": "Scenario",
+    ///     "metadata": {"name": "built-in-rust"},
+    ///     "spec": {"duration": "5s", "sites": {"cloud": {}},
+    ///              "nodes": [{"name": "a", "site": "cloud", "profile": "cloud-small"}]},
+    /// }))?;
+    /// assert_eq!(sc.name(), "built-in-rust");
+    /// # Ok::<(), edgesim::Error>(())
+    /// ```
+    pub fn from_value(value: &impl serde::Serialize) -> Result<Self, Error> {
+        let text = serde_json::to_string_pretty(value).map_err(other)?;
+        Self::parse(PathBuf::from("<scenario>"), text)
+    }
+
+    /// A scenario built in Rust with the types of [`model`] (values made with
+    /// [`Loc::bare`](crate::scenario::loc::Loc::bare)).
     pub fn from_model(model: model::Scenario) -> Self {
         let text = serde_saphyr::to_string(&model).unwrap_or_default();
         Scenario {

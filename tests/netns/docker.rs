@@ -216,6 +216,20 @@ nodes:
         (0.85..=1.08).contains(&back),
         "sink -> gw ratio {back:.3} through the symmetric 8mbit link"
     );
+    // A live fault on a docker lab: the same path as on netns (`edgesim fault`).
+    let out = crate::live::fault(
+        &lab.name,
+        &["partition", "{between: [[gw], [sink]]}", "--for", "3s"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    assert_eq!(ping(&lab.name, "gw", "sink", 2), 0, "partitioned live");
+    std::thread::sleep((t + Duration::from_millis(3500)).saturating_duration_since(Instant::now()));
+    assert_eq!(ping(&lab.name, "gw", "sink", 2), 2, "healed by its `for`");
     lab.down();
 }
 

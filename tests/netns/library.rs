@@ -134,6 +134,32 @@ async fn bad_input_is_an_error_before_anything_is_created() {
         .await
         .expect_err("unknown workload");
     assert!(err.to_string().contains("no workload `nope`"), "{err}");
+
+    // Built in Rust, as data: validated the same way, errors included.
+    let doc = |profile: &str| {
+        serde_json::json!({
+            "apiVersion": "edgesim.dev/v1alpha1", "kind": "Scenario",
+            "metadata": {"name": "built-in-rust"},
+            "spec": {
+                "duration": "5s",
+                "sites": {"cloud": {}, "edge": {"uplink": {"site": "cloud", "delay": "5ms"}}},
+                "nodes": [
+                    {"name": "a", "site": "cloud", "profile": "cloud-small"},
+                    {"name": "b", "count": 2, "site": "edge", "profile": profile},
+                ],
+            },
+        })
+    };
+    let plan = Run::new(Scenario::from_value(&doc("raspberry-pi-5-4gb")).expect("parses"))
+        .plan()
+        .await
+        .expect("valid");
+    assert_eq!((plan.nodes.len(), plan.links.len()), (3, 1));
+    let err = Run::new(Scenario::from_value(&doc("pi-6")).expect("parses"))
+        .plan()
+        .await
+        .expect_err("unknown profile");
+    assert!(err.to_string().contains("pi-6"), "{err}");
 }
 
 #[allow(clippy::await_holding_lock)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-fn fault(name: &str, args: &[&str]) -> Output {
+pub fn fault(name: &str, args: &[&str]) -> Output {
     edgesim()
         .args(["fault", name])
         .args(args)
