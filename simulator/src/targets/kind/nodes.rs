@@ -400,7 +400,7 @@ fn desired(addrs: &[Ipv4Addr], f: &NodeFaults) -> Result<Vec<Want>> {
             });
         }
         if !p.cut && (p.rate.is_some() || p.needs_netem()) {
-            want[a + 1].shapes.insert(b, (addrs[b + 1], p.clone()));
+            want[a + 1].shapes.insert(b, (addrs[b + 1], *p));
         }
     }
     Ok(want)
