@@ -40,7 +40,7 @@ fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn inspect(container: &str) -> Value {
+pub fn inspect(container: &str) -> Value {
     let out = Command::new("docker")
         .args(["inspect", container])
         .output()

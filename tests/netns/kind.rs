@@ -17,11 +17,10 @@ use edgesim::host::ns::SocketFactory;
 use edgesim::scenario::plan::LinkParams;
 use edgesim::targets::kind::nodes::{KindFaults, KindNodes, Member, NodeFaults};
 use edgesim::targets::state::{self, Mode};
-use serde_json::Value;
 use socket2::{Domain, Protocol, Type};
 
 use crate::common::*;
-use crate::docker::{docker_ready, tcp_goodput};
+use crate::docker::{docker_ready, inspect, tcp_goodput};
 
 const SPEC: &str = "\
 apiVersion: edgesim.dev/v1alpha1
@@ -202,11 +201,6 @@ fn assert_clean(nodes: &KindNodes, when: &str) {
         let qd = inside(*pid, &["tc", "qdisc", "show", "dev", "eth0"]);
         assert!(!qd.contains("htb"), "{when}: {name} still shaped:\n{qd}");
     }
-}
-
-fn inspect(container: &str) -> Value {
-    let v: Value = serde_json::from_str(&docker(&["inspect", container])).expect("JSON");
-    v[0].clone()
 }
 
 // `serial()` keeps the kernel tests of this binary one at a time; holding it across awaits
@@ -428,7 +422,16 @@ async fn kind_nodes_shaped_and_impaired_from_inside_with_the_api_server_exempt()
     assert!(pings(&w0, &w1), "open after cleanup");
     assert_clean(&nodes, "after cleanup from the state file");
     assert!(!state::path_of(&run2).exists(), "state file left");
+    let network = cluster.network.clone();
     drop(cluster);
+    let nets = docker(&[
+        "network",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={network}"),
+    ]);
+    assert!(nets.is_empty(), "network {network} left");
     let left = docker(&[
         "ps",
         "-aq",
