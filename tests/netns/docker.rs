@@ -18,7 +18,7 @@ use crate::common::*;
 
 /// The gates of every docker test: those of the netns tests, and a Docker Engine with the
 /// node image and `images`' apps `apps` for this machine (built here when missing).
-fn docker_ready(apps: &[&str]) -> bool {
+pub fn docker_ready(apps: &[&str]) -> bool {
     if !privileged()
         || !edgesim::testing::gate(
             "docker",
@@ -40,7 +40,7 @@ fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn inspect(container: &str) -> Value {
+pub fn inspect(container: &str) -> Value {
     let out = Command::new("docker")
         .args(["inspect", container])
         .output()
@@ -107,7 +107,7 @@ fn docker_loss_drops_the_configured_fraction() {
 }
 
 /// TCP goodput from `from` to `to` over `secs`, in bit/s, measured by the receiver.
-fn tcp_goodput(from: &Peer, to: &Peer, secs: f64) -> f64 {
+pub fn tcp_goodput(from: &Peer, to: &Peer, secs: f64) -> f64 {
     use std::io::{Read, Write};
     let port = 5301;
     let lsock = to

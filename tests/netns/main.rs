@@ -16,6 +16,7 @@ mod cgroups;
 mod device;
 mod docker;
 mod impairments;
+mod kind;
 mod library;
 mod live;
 mod nodes;

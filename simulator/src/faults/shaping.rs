@@ -35,7 +35,7 @@ use crate::scenario::plan::{Block, LinkParams};
 /// nftables table of a run (inside the fabric namespace, so the name need not be unique).
 pub const TABLE: &str = "edgesim";
 /// Rates above this are treated as unlimited by the htb class of a delay-only path.
-const UNLIMITED_BPS: u64 = 10_000_000_000;
+pub(crate) const UNLIMITED_BPS: u64 = 10_000_000_000;
 
 /// Firewall work started ahead of an action's scheduled instant.
 pub struct Prepared(Pending);

@@ -7,7 +7,8 @@
 //! - [`device`]: physical boards from an inventory, over SSH, each with its own agent that
 //!   applies the board's share of the faults under a lease ([`device::lab`]).
 //! - [`kind`] (in progress, not a target of the enum yet): Kind cluster configurations
-//!   generated from a scenario.
+//!   generated from a scenario; a cluster's node containers shaped to their boards and
+//!   impaired from inside, the kubelet ↔ API server traffic exempt.
 //!
 //! What every target shares lives outside them: the network ([`crate::fabric`]), the faults
 //! and their journal ([`crate::faults`]), workload supervision ([`crate::workload`]), the
@@ -635,6 +636,7 @@ pub async fn cleanup(state: &RunState) -> Vec<String> {
         TargetState::Netns(_) => netns::cleanup_state(state).await,
         TargetState::Docker(_) => docker::cleanup_state(state).await,
         TargetState::Device(_) => device::lab::cleanup_state(state).await,
+        TargetState::Kind(_) => kind::nodes::cleanup_state(state).await,
     }
 }
 
@@ -658,6 +660,11 @@ pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32>
             "running a command on",
             state.nodes[node].name.clone(),
             "use ssh to reach a board",
+        )),
+        TargetState::Kind(_) => Err(HostError::other(
+            "running a command on",
+            state.nodes[node].name.clone(),
+            "use `kubectl exec` into a pod, or `docker exec` into the node container",
         )),
     }
 }

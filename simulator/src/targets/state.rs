@@ -48,6 +48,7 @@ pub enum TargetState {
     Netns(super::netns::NetnsState),
     Docker(super::docker::DockerState),
     Device(super::device::lab::DeviceState),
+    Kind(super::kind::nodes::KindState),
 }
 
 impl TargetState {
@@ -56,6 +57,7 @@ impl TargetState {
             TargetState::Netns(_) => "netns",
             TargetState::Docker(_) => "docker",
             TargetState::Device(_) => "device",
+            TargetState::Kind(_) => "kind",
         }
     }
 }
@@ -319,6 +321,17 @@ mod tests {
                 fabric_namespace: "edgesim-a1b2c3-fabric".into(),
                 containers: vec!["edgesim-a1b2c3-gw-1".into()],
                 cgroup: None,
+            }),
+            TargetState::Kind(super::super::kind::nodes::KindState {
+                cluster: "edgesim-t".into(),
+                network: "kind".into(),
+                table: "edgesim-a1b2c3".into(),
+                containers: vec![super::super::kind::nodes::NodeRecord {
+                    container: "edgesim-t-control-plane".into(),
+                    addr: "172.18.0.2".parse().unwrap(),
+                    table: true,
+                    qdisc: false,
+                }],
             }),
         ];
         for target in targets {

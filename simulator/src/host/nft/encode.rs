@@ -946,7 +946,8 @@ impl<'a> Batch<'a> {
     }
 
     /// `add rule inet TABLE CHAIN ip saddr A ip daddr B tcp sport P tcp dport Q accept`: one
-    /// direction of a TCP connection let through ahead of every drop rule.
+    /// direction of a TCP connection (or, with a port 0, of every connection of a service)
+    /// let through ahead of every drop rule.
     fn flow_rule(&mut self, chain: &str, from: std::net::SocketAddr, to: std::net::SocketAddr) {
         let r = self.begin_rule_in(Family::Inet, chain, MANAGEMENT_COMMENT);
         let v6 = from.is_ipv6();
@@ -959,11 +960,26 @@ impl<'a> Batch<'a> {
         }
         self.w.meta_load(NFT_META_L4PROTO);
         self.w.cmp(NFT_CMP_EQ, &[IPPROTO_TCP]);
-        // nft merges the adjacent port matches into one 4-byte load.
-        self.w.payload_at(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 4);
-        let mut ports = from.port().to_be_bytes().to_vec();
-        ports.extend_from_slice(&to.port().to_be_bytes());
-        self.w.cmp(NFT_CMP_EQ, &ports);
+        // Port 0 is no TCP port: it stands for any (a service's every connection, see
+        // [`super::Flow`]), and only the other port is matched.
+        match (from.port(), to.port()) {
+            (0, 0) => {}
+            (sport, 0) => {
+                self.w.payload_at(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 2);
+                self.w.cmp(NFT_CMP_EQ, &sport.to_be_bytes());
+            }
+            (0, dport) => {
+                self.w.payload_at(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2);
+                self.w.cmp(NFT_CMP_EQ, &dport.to_be_bytes());
+            }
+            (sport, dport) => {
+                // nft merges the adjacent port matches into one 4-byte load.
+                self.w.payload_at(NFT_PAYLOAD_TRANSPORT_HEADER, 0, 4);
+                let mut ports = sport.to_be_bytes().to_vec();
+                ports.extend_from_slice(&dport.to_be_bytes());
+                self.w.cmp(NFT_CMP_EQ, &ports);
+            }
+        }
         self.w.verdict(NF_ACCEPT as i32);
         self.end_rule(r, MANAGEMENT_COMMENT);
     }

@@ -80,6 +80,10 @@ pub struct Loss {
 /// One TCP connection, seen from this host: `local` is this end. In a
 /// [`Layout::Host`] firewall both directions are accepted ahead of every drop rule (the
 /// device agent's management SSH connection survives a partition of its board).
+///
+/// A port 0 (never a real TCP port) matches any port, so one flow stands for every
+/// connection of a service: `local: node:0, remote: apiserver:6443` lets in whatever the API
+/// server at 6443 sends to this node, whichever ephemeral port the node's end took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Flow {
     pub local: std::net::SocketAddr,

@@ -674,8 +674,13 @@ const EINVAL: i32 = libc::EINVAL;
 /// An rtnetlink handle acting inside namespace `name`, with extended acks on so that kernel
 /// refusals come with the kernel's explanation (prefer it to [`ns::netlink`] for tc).
 pub fn netlink(name: &str) -> Result<rtnetlink::Handle> {
-    let fd = ns::open(name)?;
-    let mut socks = ns::netlink_sockets(&[(&fd, name)])?;
+    netlink_fd(&ns::open(name)?, name)
+}
+
+/// [`netlink`] for the namespace behind `fd` (a container's `/proc/<pid>/ns/net`); `name`
+/// names it in errors.
+pub fn netlink_fd(fd: &std::os::fd::OwnedFd, name: &str) -> Result<rtnetlink::Handle> {
+    let mut socks = ns::netlink_sockets(&[(fd, name)])?;
     let sock = socks
         .pop()
         .ok_or_else(|| HostError::other("opening a netlink socket in", name, "no socket"))?;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -241,15 +242,22 @@ impl Docker {
 
     /// The limits a container holds, as the Engine reports them.
     pub async fn read_limits(&self, name: &str) -> Result<NodeLimits> {
+        Ok(self.limits_held(name).await?.0)
+    }
+
+    /// [`Docker::read_limits`], with the container's `memory_swap` (memory plus swap; `None`
+    /// when unset).
+    pub async fn limits_held(&self, name: &str) -> Result<(NodeLimits, Option<u64>)> {
         let i = self
             .api
             .inspect_container(name, None)
             .await
             .map_err(|e| err("inspecting container", name, e))?;
         let h = i.host_config.unwrap_or_default();
+        let swap = h.memory_swap.filter(|m| *m > 0).map(|m| m as u64);
         let period = 100_000u64;
         let nano = h.nano_cpus.filter(|n| *n > 0).map(|n| n as u64);
-        Ok(NodeLimits {
+        let limits = NodeLimits {
             cpu_quota_us: nano.map(|n| n * period / 1_000_000_000),
             cpu_period_us: period,
             effective_cores: nano.map_or(0.0, |n| n as f64 / 1e9),
@@ -262,7 +270,47 @@ impl Docker {
                 .filter(|v| !v.is_empty())
                 .and_then(|v| u32::try_from(v.len()).ok()),
             cpus: h.cpuset_cpus.filter(|c| !c.is_empty()),
-        })
+        };
+        Ok((limits, swap))
+    }
+
+    /// The IPv4 address of a running container on Docker network `network`, and its init's
+    /// host pid.
+    pub async fn addr_and_pid(&self, name: &str, network: &str) -> Result<(Ipv4Addr, i64)> {
+        let i = self
+            .api
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| err("inspecting container", name, e))?;
+        let pid = match i.state.and_then(|s| s.pid) {
+            Some(p) if p > 0 => p,
+            _ => return Err(err("inspecting container", name, "it is not running")),
+        };
+        let nets = i
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        let Some(ep) = nets.get(network) else {
+            let mut on: Vec<&String> = nets.keys().collect();
+            on.sort();
+            return Err(err(
+                "finding the address of",
+                name,
+                format!("it is not on Docker network `{network}` (it is on: {on:?})"),
+            ));
+        };
+        let addr = ep
+            .ip_address
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                err(
+                    "finding the address of",
+                    name,
+                    format!("it has no IPv4 address on `{network}`"),
+                )
+            })?;
+        Ok((addr, pid))
     }
 
     /// Starts a workload container (created on first use, started again afterwards, so its

@@ -30,7 +30,7 @@
 //! - **Cleanup** by label: `edgesim cleanup` removes every container labelled with the run,
 //!   its fabric namespace and its cgroups, from the state file alone.
 
-mod api;
+pub(crate) mod api;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,13 @@ fn node_arch(plan: &Plan, n: usize) -> Arch {
     } else {
         host
     }
+}
+
+/// The limits node `n` of `plan` holds on `host` (already scaled by the plan's `cpuScale`):
+/// the profile's quota arithmetic of `netns`, pinned to the node's share of the `allowed`
+/// host CPUs. The Kind target holds its worker containers to the same limits.
+pub(crate) fn node_limits(plan: &Plan, n: usize, host: &HostCpu, allowed: &[u32]) -> NodeLimits {
+    limits(&plan.nodes[n].profile, host).pinned(n, allowed)
 }
 
 /// The docker rows of the capability table.
@@ -539,7 +546,7 @@ impl DockerLab {
             journal.push(Created::Cgroup(cg.clone()));
             for (i, n) in plan.nodes.iter().enumerate() {
                 let c = tri!(cgroups.create(&format!("{cg}/{}", n.name)));
-                tri!(c.apply(&limits(&n.profile, &host).pinned(i, &allowed)));
+                tri!(c.apply(&node_limits(&plan, i, &host, &allowed)));
                 parents.push(Some(c));
             }
         } else {
@@ -564,7 +571,7 @@ impl DockerLab {
                 platform: format!("linux/{}", arch_name(node_arch(&plan, i))),
                 hostname: n.name.clone(),
                 labels: labels(&plan, run_id, &n.name),
-                limits: limits(&n.profile, &host).pinned(i, &allowed),
+                limits: node_limits(&plan, i, &host, &allowed),
                 throttle: storage
                     .as_ref()
                     .and_then(|d| api::Throttle::of(&n.profile, d)),
@@ -658,8 +665,12 @@ impl DockerLab {
                                 l.push(("edgesim.workload".into(), w.name.clone()));
                                 l
                             },
-                            limits: limits(&node.profile, &host)
-                                .pinned(ni, &crate::host::cgroup::allowed_cpus()),
+                            limits: node_limits(
+                                &plan,
+                                ni,
+                                &host,
+                                &crate::host::cgroup::allowed_cpus(),
+                            ),
                             throttle: self
                                 .nodes
                                 .storage

@@ -3,7 +3,8 @@
 //! # What a generated configuration holds
 //!
 //! - One control-plane node. It runs the API server and, later, Flux and the artifact
-//!   registry, so faults never touch it; it keeps kubeadm's
+//!   registry, so it is never shaped nor impaired by links (a partition may cut it off, but
+//!   for the API server's own traffic: see [`super::nodes`]); it keeps kubeadm's
 //!   `node-role.kubernetes.io/control-plane:NoSchedule` taint (set explicitly, so that a
 //!   change of kubeadm's defaults does not put workloads on it) and carries
 //!   `edgesim.dev/role=control-plane`.

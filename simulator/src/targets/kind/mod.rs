@@ -1,7 +1,10 @@
 //! The `kind` target, in progress: what exists is the generation of Kind cluster
-//! configurations from a scenario ([`config`]); the target itself (provisioning the nodes,
-//! shaping them with Docker limits, delivering workloads through Flux, faults inside the node
-//! containers) is not wired into [`super::TargetKind`] or the engine yet.
+//! configurations from a scenario ([`config`]) and, on a running cluster, the work on its node
+//! containers through the Docker Engine ([`nodes`]): the workers held to their boards' CPU and
+//! memory, and partitions, loss, rate and delay installed inside the node containers with the
+//! kubelet ↔ API server traffic always exempt (so a partitioned node stays Ready: see
+//! [`nodes`]). The target itself (creating the cluster, delivering workloads through Flux,
+//! driving the timeline) is not wired into [`super::TargetKind`] or the engine yet.
 //!
 //! # Design
 //!
@@ -32,3 +35,4 @@
 //! `edgesim.dev/arch`, beside `edgesim.dev/profile`, `edgesim.dev/site` and `edgesim.dev/node`,
 //! the labels the manifests of `flux/` select nodes by, on Kind and on real clusters alike.
 pub mod config;
+pub mod nodes;
