@@ -32,3 +32,5 @@
 //! `edgesim.dev/arch`, beside `edgesim.dev/profile`, `edgesim.dev/site` and `edgesim.dev/node`,
 //! the labels the manifests of `flux/` select nodes by, on Kind and on real clusters alike.
 pub mod config;
+#[cfg(feature = "kube")]
+pub mod kube;
