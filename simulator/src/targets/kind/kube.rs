@@ -980,3 +980,1004 @@ pub async fn verify_allocatable(
         .map_err(call_error("listing", "the Nodes"))?;
     Ok(allocatable_mismatches(&nodes.items, expected, tolerance))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    /// A request the mock API server received.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        method: String,
+        path: String,
+        query: Vec<(String, String)>,
+        content_type: String,
+        body: Value,
+    }
+
+    impl Seen {
+        fn call(&self) -> String {
+            format!("{} {}", self.method, self.path)
+        }
+
+        fn query(&self, key: &str) -> Option<&str> {
+            self.query
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// kube's tower-test double of the API server: `route` answers every request with a
+    /// status code and a JSON body; the task returns the requests seen once the client is
+    /// dropped.
+    fn mock(
+        mut route: impl FnMut(&Seen) -> (u16, Value) + Send + 'static,
+    ) -> (Client, tokio::task::JoinHandle<Vec<Seen>>) {
+        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                let s = Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts
+                        .uri
+                        .query()
+                        .unwrap_or("")
+                        .split('&')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                            (k.to_string(), v.to_string())
+                        })
+                        .collect(),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default(),
+                    body: if bytes.is_empty() {
+                        Value::Null
+                    } else {
+                        serde_json::from_slice(&bytes).unwrap()
+                    },
+                };
+                let (status, answer) = route(&s);
+                seen.push(s);
+                let response = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap();
+                send.send_response(response);
+            }
+            seen
+        });
+        (Client::new(svc, "default"), task)
+    }
+
+    fn not_found(what: &str) -> (u16, Value) {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{what} not found"), "reason": "NotFound", "code": 404,
+        });
+        (404, status)
+    }
+
+    /// An `APIResourceList` as `GET /api/v1` or `/apis/<group>/<version>` answers it.
+    fn resources(group_version: &str, list: &[(&str, &str, bool)]) -> (u16, Value) {
+        let resources: Vec<Value> = list
+            .iter()
+            .map(|(plural, kind, namespaced)| {
+                json!({
+                    "name": plural, "singularName": "", "namespaced": namespaced, "kind": kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                })
+            })
+            .collect();
+        (
+            200,
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
+        )
+    }
+
+    const CRD_NAME: &str = "kustomizations.kustomize.toolkit.fluxcd.io";
+
+    fn crd(established: &str) -> Value {
+        json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": CRD_NAME, "generation": 1, "resourceVersion": "812"},
+            "spec": {"group": "kustomize.toolkit.fluxcd.io", "scope": "Namespaced",
+                     "names": {"kind": "Kustomization", "plural": "kustomizations"}, "versions": []},
+            "status": {"conditions": [
+                {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                 "message": "no conflicts found", "lastTransitionTime": "2026-12-04T10:00:00Z"},
+                {"type": "Established", "status": established, "reason": "Installing",
+                 "message": "the initial names have been accepted", "lastTransitionTime": "2026-12-04T10:00:00Z"},
+            ]},
+        })
+    }
+
+    /// What `flux install --export` looks like, cut down: a Namespace, a CRD, an object of the
+    /// CRD's kind, an empty document and a Deployment without a namespace.
+    const INSTALL: &str = r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: flux-system
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: kustomizations.kustomize.toolkit.fluxcd.io
+spec:
+  group: kustomize.toolkit.fluxcd.io
+  names: {kind: Kustomization, plural: kustomizations}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+---
+# nothing but a comment
+---
+apiVersion: kustomize.toolkit.fluxcd.io/v1
+kind: Kustomization
+metadata:
+  name: edgesim-cluster
+  namespace: flux-system
+spec:
+  interval: 1m
+  path: ./clusters/local
+  prune: true
+  sourceRef: {kind: OCIRepository, name: edgesim}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: kustomize-controller
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: kustomize-controller}}
+  template:
+    metadata: {labels: {app: kustomize-controller}}
+    spec: {containers: [{name: manager, image: "ghcr.io/fluxcd/kustomize-controller:v1.7.0"}]}
+"#;
+
+    /// An API server that has the Flux kinds only once their CRD reads Established, which it
+    /// does on the `established_on`-th read (never when 0).
+    fn install_server(established_on: usize) -> impl FnMut(&Seen) -> (u16, Value) + Send + 'static {
+        let mut crd_reads = 0;
+        move |s| match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/api/v1") => resources("v1", &[("namespaces", "Namespace", false)]),
+            ("GET", "/apis/apps/v1") => {
+                resources("apps/v1", &[("deployments", "Deployment", true)])
+            }
+            ("GET", "/apis/apiextensions.k8s.io/v1") => resources(
+                "apiextensions.k8s.io/v1",
+                &[(
+                    "customresourcedefinitions",
+                    "CustomResourceDefinition",
+                    false,
+                )],
+            ),
+            ("GET", "/apis/kustomize.toolkit.fluxcd.io/v1")
+                if established_on > 0 && crd_reads >= established_on =>
+            {
+                resources(
+                    "kustomize.toolkit.fluxcd.io/v1",
+                    &[("kustomizations", "Kustomization", true)],
+                )
+            }
+            ("GET", "/apis/kustomize.toolkit.fluxcd.io/v1") => {
+                not_found("the server could not find the requested resource")
+            }
+            ("GET", p) if p.ends_with(CRD_NAME) => {
+                crd_reads += 1;
+                let established = if established_on > 0 && crd_reads >= established_on {
+                    "True"
+                } else {
+                    "False"
+                };
+                (200, crd(established))
+            }
+            ("PATCH", _) => (200, s.body.clone()),
+            _ => panic!("unexpected request {}", s.call()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_puts_crds_first_waits_for_established_then_applies_the_rest() {
+        let (client, server) = mock(install_server(2));
+        let applied = apply(&client, INSTALL, "edgesim").await.unwrap();
+        drop(client);
+        let seen = server.await.unwrap();
+
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        let calls: Vec<String> = seen.iter().map(Seen::call).collect();
+        assert_eq!(
+            calls,
+            [
+                "GET /apis/apiextensions.k8s.io/v1".to_string(),
+                format!("PATCH {crds}/{CRD_NAME}"),
+                format!("GET {crds}/{CRD_NAME}"),
+                format!("GET {crds}/{CRD_NAME}"),
+                "GET /api/v1".into(),
+                "PATCH /api/v1/namespaces/flux-system".into(),
+                "GET /apis/kustomize.toolkit.fluxcd.io/v1".into(),
+                "PATCH /apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations/edgesim-cluster".into(),
+                "GET /apis/apps/v1".into(),
+                "PATCH /apis/apps/v1/namespaces/default/deployments/kustomize-controller".into(),
+            ]
+        );
+        for patch in seen.iter().filter(|s| s.method == "PATCH") {
+            assert_eq!(
+                patch.content_type,
+                "application/apply-patch+yaml",
+                "{}",
+                patch.call()
+            );
+            assert_eq!(
+                patch.query("fieldManager"),
+                Some("edgesim"),
+                "{}",
+                patch.call()
+            );
+            assert_eq!(patch.query("force"), Some("true"), "{}", patch.call());
+            assert!(
+                patch
+                    .path
+                    .ends_with(patch.body["metadata"]["name"].as_str().unwrap())
+            );
+            assert!(patch.body["apiVersion"].is_string() && patch.body["kind"].is_string());
+        }
+        let deployment = seen.last().unwrap();
+        assert_eq!(
+            deployment.body["spec"]["template"]["spec"]["containers"][0]["name"],
+            "manager"
+        );
+
+        let shown: Vec<String> = applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                format!("CustomResourceDefinition {CRD_NAME}"),
+                "Namespace flux-system".into(),
+                "Kustomization flux-system/edgesim-cluster".into(),
+                "Deployment default/kustomize-controller".into(),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_gives_up_on_a_crd_that_is_never_established_and_says_why() {
+        let (client, server) = mock(install_server(0));
+        let err = apply(&client, INSTALL, "edgesim").await.unwrap_err();
+        drop(client);
+        let seen = server.await.unwrap();
+        let text = err.to_string();
+        assert!(
+            text.contains(CRD_NAME) && text.contains("not Established after 60"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Established=False (Installing): the initial names have been accepted"),
+            "{text}"
+        );
+        // Nothing of the CRD's kind (nor after it) was applied.
+        assert_eq!(seen.iter().filter(|s| s.method == "PATCH").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn apply_names_the_object_the_api_server_refuses() {
+        let (client, server) = mock(|s| match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/apis/apps/v1") => {
+                resources("apps/v1", &[("deployments", "Deployment", true)])
+            }
+            ("PATCH", _) => (
+                422,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422,
+                       "message": "Deployment.apps \"web\" is invalid: spec.template.metadata.labels: Invalid value"}),
+            ),
+            _ => panic!("unexpected request {}", s.call()),
+        });
+        let yaml = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: edge}\nspec: {}\n";
+        let err = apply(&client, yaml, "edgesim").await.unwrap_err();
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(err.to_string(), "applying Deployment edge/web");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(
+            cause.contains("spec.template.metadata.labels: Invalid value"),
+            "{cause}"
+        );
+
+        let (client, _server) = mock(|s| panic!("unexpected request {}", s.call()));
+        let err = apply(&client, "---\nmetadata: {name: x}\n", "edgesim")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "manifest document 1: no apiVersion and kind"
+        );
+    }
+
+    const WANT: &str = "local@sha256:9f2c";
+    const OLD: &str = "local@sha256:1a0b";
+    const REQUEST: &str = "2026-12-04T10:15:00.123456789Z";
+
+    fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: i64) -> Value {
+        json!({"type": type_, "status": status, "reason": reason, "message": message,
+               "observedGeneration": generation, "lastTransitionTime": "2026-12-04T10:15:01Z"})
+    }
+
+    fn flux_object(kind: &str, name: &str, generation: i64, status: Value) -> DynamicObject {
+        let api_version = if kind == "Kustomization" {
+            "kustomize.toolkit.fluxcd.io/v1"
+        } else {
+            "source.toolkit.fluxcd.io/v1"
+        };
+        serde_json::from_value(json!({
+            "apiVersion": api_version, "kind": kind,
+            "metadata": {"name": name, "namespace": "flux-system", "generation": generation},
+            "spec": {"interval": "1m", "prune": true, "path": "./apps/overlays/cloud"},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// A Kustomization at generation 2 whose status is `status`.
+    fn ks(status: Value) -> DynamicObject {
+        flux_object("Kustomization", "edgesim-apps-cloud", 2, status)
+    }
+
+    fn ks_status(
+        ready: Value,
+        applied: &str,
+        attempted: &str,
+        handled: &str,
+        extra: &[Value],
+    ) -> Value {
+        let mut conditions = vec![ready];
+        conditions.extend(extra.iter().cloned());
+        json!({
+            "observedGeneration": 2, "conditions": conditions,
+            "lastAppliedRevision": applied, "lastAttemptedRevision": attempted,
+            "lastHandledReconcileAt": handled,
+            "inventory": {"entries": [{"id": "edgesim_edge-web_apps_Deployment", "v": "v1"}]},
+        })
+    }
+
+    fn succeeded(generation: i64) -> Value {
+        condition(
+            "Ready",
+            "True",
+            "ReconciliationSucceeded",
+            &format!("Applied revision: {WANT}"),
+            generation,
+        )
+    }
+
+    #[test]
+    fn kustomization_health_follows_kustomize_controllers_predicate() {
+        let health_check_failed = condition(
+            "Ready",
+            "False",
+            "HealthCheckFailed",
+            "health check failed after 3m0s: timeout waiting for: [Deployment/edgesim/edge-web status: 'InProgress']",
+            2,
+        );
+        let retrying = condition(
+            "Reconciling",
+            "True",
+            "ProgressingWithRetry",
+            "Detecting drift for revision",
+            2,
+        );
+        let mut stale_status = ks_status(succeeded(2), WANT, WANT, REQUEST, &[]);
+        stale_status["observedGeneration"] = json!(1);
+        let failed = |condition: &str, reason: &str, message: &str| Health::Failed {
+            kind: "Kustomization".into(),
+            name: "edgesim-apps-cloud".into(),
+            condition: condition.into(),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        // (what, object, our request, expected health or the words its reason contains)
+        let cases: Vec<(&str, DynamicObject, Option<&str>, Result<Health, &str>)> = vec![
+            (
+                "ready at our revision",
+                ks(ks_status(succeeded(2), WANT, WANT, REQUEST, &[])),
+                Some(REQUEST),
+                Ok(Health::Ready {
+                    revision: WANT.into(),
+                }),
+            ),
+            (
+                "Ready left from the previous generation",
+                ks(ks_status(succeeded(1), WANT, WANT, REQUEST, &[])),
+                Some(REQUEST),
+                Err("Ready=True is for generation 1, the object is at generation 2"),
+            ),
+            (
+                "status.observedGeneration behind",
+                ks(stale_status),
+                None,
+                Err("status.observedGeneration 1 is behind metadata.generation 2"),
+            ),
+            (
+                "ready at the old revision",
+                ks(ks_status(succeeded(2), OLD, OLD, REQUEST, &[])),
+                Some(REQUEST),
+                Err("Ready at revision local@sha256:1a0b, waiting for local@sha256:9f2c"),
+            ),
+            (
+                "attempting ours, the old one applied",
+                ks(ks_status(succeeded(2), OLD, WANT, REQUEST, &[])),
+                Some(REQUEST),
+                Err("attempting revision local@sha256:9f2c while local@sha256:1a0b is applied"),
+            ),
+            (
+                "ProgressingWithRetry after our request",
+                ks(ks_status(
+                    health_check_failed.clone(),
+                    OLD,
+                    WANT,
+                    REQUEST,
+                    &[retrying.clone()],
+                )),
+                Some(REQUEST),
+                Ok(failed(
+                    "Ready",
+                    "HealthCheckFailed",
+                    health_check_failed["message"].as_str().unwrap(),
+                )),
+            ),
+            (
+                "the same failure, from before our request",
+                ks(ks_status(
+                    health_check_failed.clone(),
+                    OLD,
+                    WANT,
+                    "2026-12-04T09:00:00Z",
+                    &[retrying.clone()],
+                )),
+                Some(REQUEST),
+                Err("condition Ready=False (HealthCheckFailed): health check failed after 3m0s"),
+            ),
+            (
+                "the same failure when we asked for no reconcile",
+                ks(ks_status(
+                    health_check_failed.clone(),
+                    OLD,
+                    WANT,
+                    REQUEST,
+                    &[retrying],
+                )),
+                None,
+                Err("HealthCheckFailed"),
+            ),
+            (
+                "BuildFailed after our request",
+                ks(ks_status(
+                    condition(
+                        "Ready",
+                        "False",
+                        "BuildFailed",
+                        "kustomize build failed: accumulating resources",
+                        2,
+                    ),
+                    OLD,
+                    WANT,
+                    REQUEST,
+                    &[],
+                )),
+                Some(REQUEST),
+                Ok(failed(
+                    "Ready",
+                    "BuildFailed",
+                    "kustomize build failed: accumulating resources",
+                )),
+            ),
+            (
+                "Stalled",
+                ks(ks_status(
+                    condition(
+                        "Ready",
+                        "False",
+                        "InvalidPath",
+                        "path ./apps/overlays/clod not found",
+                        2,
+                    ),
+                    OLD,
+                    WANT,
+                    "2026-12-04T09:00:00Z",
+                    &[condition(
+                        "Stalled",
+                        "True",
+                        "InvalidPath",
+                        "path ./apps/overlays/clod not found",
+                        2,
+                    )],
+                )),
+                None,
+                Ok(failed(
+                    "Stalled",
+                    "InvalidPath",
+                    "path ./apps/overlays/clod not found",
+                )),
+            ),
+            (
+                "DependencyNotReady, even after our request",
+                ks(ks_status(
+                    condition(
+                        "Ready",
+                        "False",
+                        "DependencyNotReady",
+                        "dependency 'flux-system/edgesim-infrastructure' is not ready",
+                        2,
+                    ),
+                    OLD,
+                    OLD,
+                    REQUEST,
+                    &[],
+                )),
+                Some(REQUEST),
+                Err(
+                    "DependencyNotReady): dependency 'flux-system/edgesim-infrastructure' is not ready",
+                ),
+            ),
+            (
+                "no status yet",
+                ks(json!({})),
+                Some(REQUEST),
+                Err("no Ready condition yet"),
+            ),
+        ];
+        for (what, obj, request, want) in cases {
+            let got = kustomization_health(&obj, WANT, request);
+            match want {
+                Ok(health) => assert_eq!(got, health, "{what}"),
+                Err(words) => match &got {
+                    Health::Progressing { reason } => {
+                        assert!(reason.contains(words), "{what}: {reason}")
+                    }
+                    other => panic!("{what}: {other:?}, expected Progressing with {words:?}"),
+                },
+            }
+        }
+    }
+
+    fn oci(artifact: &str, ready: Value, handled: &str, extra: &[Value]) -> DynamicObject {
+        let mut conditions = vec![ready];
+        conditions.extend(extra.iter().cloned());
+        flux_object(
+            "OCIRepository",
+            "edgesim",
+            1,
+            json!({
+                "observedGeneration": 1, "conditions": conditions, "lastHandledReconcileAt": handled,
+                "artifact": {"revision": artifact, "digest": "sha256:77aa", "path": "ocirepository/flux-system/edgesim/77aa.tar.gz",
+                             "url": "http://source-controller.flux-system.svc.cluster.local./ocirepository/flux-system/edgesim/77aa.tar.gz"},
+            }),
+        )
+    }
+
+    #[test]
+    fn source_health_wants_the_pushed_artifact() {
+        let stored = |rev: &str| {
+            condition(
+                "Ready",
+                "True",
+                "Succeeded",
+                &format!("stored artifact for digest '{rev}'"),
+                1,
+            )
+        };
+        assert_eq!(
+            source_health(&oci(WANT, stored(WANT), REQUEST, &[]), WANT, Some(REQUEST)),
+            Health::Ready {
+                revision: WANT.into()
+            }
+        );
+        let old = source_health(&oci(OLD, stored(OLD), REQUEST, &[]), WANT, Some(REQUEST));
+        assert!(
+            matches!(&old, Health::Progressing { reason } if reason.contains("waiting for local@sha256:9f2c")),
+            "{old:?}"
+        );
+        let pull_failed = condition(
+            "Ready",
+            "False",
+            "OCIArtifactPullFailed",
+            "failed to pull artifact from 'oci://edgesim-registry:5000/edgesim/flux': connection refused",
+            1,
+        );
+        let retrying = condition(
+            "Reconciling",
+            "True",
+            "ProgressingWithRetry",
+            "processing object: new generation",
+            1,
+        );
+        let failed = source_health(
+            &oci(OLD, pull_failed, REQUEST, &[retrying]),
+            WANT,
+            Some(REQUEST),
+        );
+        assert!(
+            matches!(&failed, Health::Failed { kind, condition, reason, message, .. }
+                if kind == "OCIRepository" && condition == "Ready" && reason == "OCIArtifactPullFailed" && message.contains("connection refused")),
+            "{failed:?}"
+        );
+    }
+
+    const KS_PATH: &str =
+        "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations";
+    const OCI_PATH: &str =
+        "/apis/source.toolkit.fluxcd.io/v1/namespaces/flux-system/ocirepositories";
+
+    #[tokio::test]
+    async fn reconcile_requests_merge_patch_the_annotation_source_first() {
+        let (client, server) = mock(|s| (200, s.body.clone()));
+        let at = request_reconcile(
+            &client,
+            &kustomization_resource(),
+            "flux-system",
+            "edgesim-apps-cloud",
+        )
+        .await
+        .unwrap();
+        let source = SourceRef {
+            kind: SourceKind::OciRepository,
+            namespace: "flux-system".into(),
+            name: "edgesim".into(),
+        };
+        let together = request_reconcile_with_source(
+            &client,
+            &source,
+            &[
+                ("flux-system", "edgesim-infrastructure"),
+                ("flux-system", "edgesim-apps-cloud"),
+            ],
+        )
+        .await
+        .unwrap();
+        drop(client);
+        let seen = server.await.unwrap();
+
+        // RFC 3339 with nanoseconds, in UTC, as the Flux CLI writes it.
+        let parsed = chrono::DateTime::parse_from_rfc3339(&at).unwrap();
+        assert!(
+            at.ends_with('Z') && at.split('.').nth(1).unwrap().len() == 10,
+            "{at}"
+        );
+        assert!((chrono::Utc::now() - parsed.to_utc()).num_seconds().abs() < 60);
+        assert_ne!(at, together, "every request is a new value");
+
+        let calls: Vec<String> = seen.iter().map(Seen::call).collect();
+        assert_eq!(
+            calls,
+            [
+                format!("PATCH {KS_PATH}/edgesim-apps-cloud"),
+                format!("PATCH {OCI_PATH}/edgesim"),
+                format!("PATCH {KS_PATH}/edgesim-infrastructure"),
+                format!("PATCH {KS_PATH}/edgesim-apps-cloud"),
+            ]
+        );
+        for (s, value) in seen.iter().zip([&at, &together, &together, &together]) {
+            assert_eq!(s.content_type, "application/merge-patch+json");
+            assert_eq!(
+                s.body,
+                json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": value}}})
+            );
+        }
+    }
+
+    /// Flux objects as the API server has them: the source ready at `WANT`,
+    /// `edgesim-infrastructure` ready, and `edgesim-apps-cloud` from `apps` (called with how
+    /// many times it has been read).
+    fn flux_server(
+        mut apps: impl FnMut(usize) -> Value + Send + 'static,
+    ) -> impl FnMut(&Seen) -> (u16, Value) + Send + 'static {
+        let mut reads = 0;
+        move |s| {
+            assert_eq!(s.method, "GET");
+            if s.path == format!("{OCI_PATH}/edgesim") {
+                let ready = condition("Ready", "True", "Succeeded", "stored artifact", 1);
+                return (
+                    200,
+                    serde_json::to_value(oci(WANT, ready, REQUEST, &[])).unwrap(),
+                );
+            }
+            let name = s
+                .path
+                .strip_prefix(&format!("{KS_PATH}/"))
+                .unwrap_or_else(|| panic!("unexpected {}", s.call()));
+            let status = match name {
+                "edgesim-infrastructure" => ks_status(succeeded(2), WANT, WANT, REQUEST, &[]),
+                "edgesim-apps-cloud" => {
+                    reads += 1;
+                    apps(reads)
+                }
+                _ => return not_found(name),
+            };
+            (
+                200,
+                serde_json::to_value(flux_object("Kustomization", name, 2, status)).unwrap(),
+            )
+        }
+    }
+
+    fn oci_source() -> SourceRef {
+        SourceRef {
+            kind: SourceKind::OciRepository,
+            namespace: "flux-system".into(),
+            name: "edgesim".into(),
+        }
+    }
+
+    const KUSTOMIZATIONS: &[(&str, &str)] = &[
+        ("flux-system", "edgesim-infrastructure"),
+        ("flux-system", "edgesim-apps-cloud"),
+    ];
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_deployed_returns_how_long_convergence_took() {
+        // edgesim-apps-cloud becomes ready on the third round.
+        let (client, server) = mock(flux_server(|reads| {
+            if reads < 3 {
+                let progressing = condition(
+                    "Ready",
+                    "Unknown",
+                    "Progressing",
+                    "Reconciliation in progress",
+                    2,
+                );
+                ks_status(progressing, OLD, WANT, REQUEST, &[])
+            } else {
+                ks_status(succeeded(2), WANT, WANT, REQUEST, &[])
+            }
+        }));
+        let took = wait_deployed(
+            &client,
+            KUSTOMIZATIONS,
+            &oci_source(),
+            WANT,
+            Some(REQUEST),
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap();
+        drop(client);
+        assert_eq!(took, 2 * DEPLOY_POLL);
+        assert_eq!(
+            server.await.unwrap().len(),
+            3 * 3,
+            "three rounds of three objects"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_deployed_times_out_naming_the_kustomization_and_its_condition() {
+        let message = "dependency 'flux-system/edgesim-infrastructure' revision is not up to date";
+        let (client, server) = mock(flux_server(move |_| {
+            ks_status(
+                condition("Ready", "False", "DependencyNotReady", message, 2),
+                OLD,
+                OLD,
+                REQUEST,
+                &[],
+            )
+        }));
+        let timeout = Duration::from_secs(30);
+        let diagnosis = wait_deployed(
+            &client,
+            KUSTOMIZATIONS,
+            &oci_source(),
+            WANT,
+            Some(REQUEST),
+            timeout,
+        )
+        .await
+        .unwrap_err();
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(diagnosis.timed_out, Some(timeout));
+        assert_eq!(diagnosis.objects.len(), 1, "{diagnosis}");
+        assert_eq!(
+            diagnosis.to_string(),
+            format!(
+                "Flux did not deploy revision {WANT} within 30s: Kustomization flux-system/edgesim-apps-cloud is \
+                 condition Ready=False (DependencyNotReady): {message}."
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_deployed_stops_at_a_failure_after_our_request() {
+        let (client, server) = mock(flux_server(|_| {
+            let failed = condition(
+                "Ready",
+                "False",
+                "HealthCheckFailed",
+                "timeout waiting for: [Deployment/edgesim/edge-web]",
+                2,
+            );
+            let retrying = condition("Reconciling", "True", "ProgressingWithRetry", "", 2);
+            ks_status(failed, OLD, WANT, REQUEST, &[retrying])
+        }));
+        let diagnosis = wait_deployed(
+            &client,
+            KUSTOMIZATIONS,
+            &oci_source(),
+            WANT,
+            Some(REQUEST),
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap_err();
+        drop(client);
+        assert_eq!(server.await.unwrap().len(), 3, "one round");
+        assert_eq!(diagnosis.timed_out, None);
+        let text = diagnosis.to_string();
+        assert!(
+            text.contains("Kustomization flux-system/edgesim-apps-cloud is failed: condition Ready, reason HealthCheckFailed: timeout waiting for: [Deployment/edgesim/edge-web]"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn advertise_gpu_patches_capacity_and_allocatable_of_the_node_status() {
+        let (client, server) = mock(|_| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edgesim-quickstart-worker3"}}),
+            )
+        });
+        advertise_gpu(&client, "edgesim-quickstart-worker3", 1)
+            .await
+            .unwrap();
+        drop(client);
+        let seen = server.await.unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].call(),
+            "PATCH /api/v1/nodes/edgesim-quickstart-worker3/status"
+        );
+        assert_eq!(seen[0].content_type, "application/json-patch+json");
+        assert_eq!(
+            seen[0].body,
+            json!([
+                {"op": "add", "path": "/status/capacity/nvidia.com~1gpu", "value": "1"},
+                {"op": "add", "path": "/status/allocatable/nvidia.com~1gpu", "value": "1"},
+            ])
+        );
+    }
+
+    #[test]
+    fn quantities_parse_as_the_api_server_writes_them() {
+        let gi = 1i128 << 30;
+        for (q, milli) in [
+            ("4", Some(4000)),
+            ("3500m", Some(3500)),
+            ("0.5", Some(500)),
+            ("1.5Gi", Some(3 * gi / 2 * 1000)),
+            ("7Gi", Some(7 * gi * 1000)),
+            ("8012345Ki", Some(8_012_345 * 1024 * 1000)),
+            ("129e6", Some(129_000_000_000)),
+            ("12M", Some(12_000_000_000)),
+            ("100n", Some(1)),
+            ("-2", Some(-2000)),
+            ("", None),
+            ("Gi", None),
+            ("1.2.3", None),
+            ("4 cores", None),
+            ("5Xi", None),
+            ("2e", None),
+            ("9Ei", Some(9 * (1i128 << 60) * 1000)),
+            ("99999999999999999999999999999999999E", None),
+        ] {
+            assert_eq!(quantity_milli(q), milli, "{q:?}");
+        }
+    }
+
+    fn node(name: &str, label: &str, allocatable: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"edgesim.dev/node": label, "kubernetes.io/arch": "amd64"}},
+            "status": {"capacity": {"cpu": "16", "memory": "65823876Ki", "pods": "110"}, "allocatable": allocatable},
+        })
+    }
+
+    #[tokio::test]
+    async fn verify_allocatable_reports_every_mismatch_at_once() {
+        let (client, server) = mock(|s| {
+            assert_eq!(s.call(), "GET /api/v1/nodes");
+            let items = vec![
+                node(
+                    "edgesim-quickstart-worker",
+                    "cloud",
+                    json!({"cpu": "4", "memory": "7Gi", "pods": "110"}),
+                ),
+                node(
+                    "edgesim-quickstart-worker2",
+                    "gw-1",
+                    json!({"cpu": "3500m", "memory": "8012345Ki"}),
+                ),
+                node("edgesim-quickstart-worker3", "gw-2", json!({"cpu": "4"})),
+            ];
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1042"}, "items": items}),
+            )
+        });
+        let gw_memory = 8_012_345 * 1024;
+        let expected = [
+            ("cloud", 4000, 7 << 30),
+            ("edgesim-quickstart-worker2", 4000, gw_memory + 512 * 1024),
+            ("gw-2", 4000, 4 << 30),
+            ("gw-3", 4000, 4 << 30),
+        ];
+        let tolerance = Tolerance {
+            cpu_millicores: 0,
+            memory_bytes: 1 << 20,
+        };
+        let found = verify_allocatable(&client, &expected, tolerance)
+            .await
+            .unwrap();
+        drop(client);
+        server.await.unwrap();
+        assert_eq!(
+            found,
+            [
+                Mismatch::Differs {
+                    node: "edgesim-quickstart-worker2".into(),
+                    resource: Resource::Cpu,
+                    expected: 4000,
+                    actual: 3500
+                },
+                Mismatch::Unreadable {
+                    node: "gw-2".into(),
+                    resource: Resource::Memory,
+                    quantity: None
+                },
+                Mismatch::Missing {
+                    node: "gw-3".into()
+                },
+            ]
+        );
+        assert_eq!(
+            found[0].to_string(),
+            "node edgesim-quickstart-worker2: allocatable cpu is 3500m, the profile's is 4000m"
+        );
+        // Outside the tolerance, the half-mebibyte difference of worker2's memory counts too.
+        let nodes: Vec<Node> = vec![
+            serde_json::from_value(node(
+                "edgesim-quickstart-worker2",
+                "gw-1",
+                json!({"cpu": "4", "memory": "8012345Ki"}),
+            ))
+            .unwrap(),
+        ];
+        assert_eq!(
+            allocatable_mismatches(
+                &nodes,
+                &[("gw-1", 4000, gw_memory + 512 * 1024)],
+                Tolerance::default()
+            ),
+            [Mismatch::Differs {
+                node: "gw-1".into(),
+                resource: Resource::Memory,
+                expected: gw_memory + 512 * 1024,
+                actual: gw_memory
+            }]
+        );
+    }
+}
