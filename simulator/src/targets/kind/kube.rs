@@ -130,35 +130,49 @@ impl fmt::Display for AppliedRef {
     }
 }
 
+/// One document of the manifests, with the fields every object needs.
+struct Manifest {
+    api_version: String,
+    kind: String,
+    name: String,
+    object: DynamicObject,
+}
+
 /// Reads multi-document YAML as objects, skipping empty documents.
-fn documents(yaml: &str) -> Result<Vec<DynamicObject>, KubeApiError> {
+fn documents(yaml: &str) -> Result<Vec<Manifest>, KubeApiError> {
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(yaml).map_err(|e| KubeApiError::Yaml(Box::new(e)))?;
     docs.into_iter()
         .filter(|d| !d.is_null())
         .enumerate()
         .map(|(i, doc)| {
-            let problem = |problem: String| KubeApiError::Document {
+            let problem = |problem: &str| KubeApiError::Document {
                 index: i + 1,
-                problem,
+                problem: problem.to_string(),
             };
-            let obj: DynamicObject =
-                serde_json::from_value(doc).map_err(|e| problem(e.to_string()))?;
-            if obj.types.is_none() {
-                return Err(problem("no apiVersion and kind".into()));
-            }
-            if obj.metadata.name.is_none() {
-                return Err(problem("no metadata.name".into()));
-            }
-            Ok(obj)
+            let object: DynamicObject =
+                serde_json::from_value(doc).map_err(|e| problem(&e.to_string()))?;
+            let types = object
+                .types
+                .clone()
+                .ok_or_else(|| problem("no apiVersion and kind"))?;
+            let name = object
+                .metadata
+                .name
+                .clone()
+                .ok_or_else(|| problem("no metadata.name"))?;
+            Ok(Manifest {
+                api_version: types.api_version,
+                kind: types.kind,
+                name,
+                object,
+            })
         })
         .collect()
 }
 
-fn is_crd(obj: &DynamicObject) -> bool {
-    obj.types.as_ref().is_some_and(|t| {
-        t.kind == "CustomResourceDefinition" && t.api_version.starts_with("apiextensions.k8s.io/")
-    })
+fn is_crd(m: &Manifest) -> bool {
+    m.kind == "CustomResourceDefinition" && m.api_version.starts_with("apiextensions.k8s.io/")
 }
 
 /// Kinds resolved through discovery, one request per group version.
@@ -204,22 +218,16 @@ impl<'a> Resolver<'a> {
 
     async fn apply(
         &mut self,
-        obj: &DynamicObject,
+        m: &Manifest,
         field_manager: &str,
     ) -> Result<AppliedRef, KubeApiError> {
-        // `documents` only returns objects with both.
-        let (Some(types), Some(name)) = (&obj.types, &obj.metadata.name) else {
-            return Err(KubeApiError::Document {
-                index: 0,
-                problem: "no apiVersion, kind or name".into(),
-            });
-        };
-        let (ar, caps) = self.resolve(&types.api_version, &types.kind).await?;
+        let (ar, caps) = self.resolve(&m.api_version, &m.kind).await?;
         let client = self.client.clone();
         let (api, namespace): (Api<DynamicObject>, _) = match caps.scope {
             Scope::Cluster => (Api::all_with(client, &ar), None),
             Scope::Namespaced => {
-                let ns = obj
+                let ns = m
+                    .object
                     .metadata
                     .namespace
                     .clone()
@@ -228,15 +236,15 @@ impl<'a> Resolver<'a> {
             }
         };
         let applied = AppliedRef {
-            api_version: types.api_version.clone(),
-            kind: types.kind.clone(),
+            api_version: m.api_version.clone(),
+            kind: m.kind.clone(),
             namespace,
-            name: name.clone(),
+            name: m.name.clone(),
         };
         api.patch(
-            name,
+            &m.name,
             &PatchParams::apply(field_manager).force(),
-            &Patch::Apply(obj),
+            &Patch::Apply(&m.object),
         )
         .await
         .map_err(call_error("applying", &applied))?;
@@ -1365,6 +1373,15 @@ spec:
         )
     }
 
+    /// What, the object, our request, and the health expected (`Err`: Progressing, with a
+    /// reason that contains those words).
+    type Case = (
+        &'static str,
+        DynamicObject,
+        Option<&'static str>,
+        Result<Health, &'static str>,
+    );
+
     #[test]
     fn kustomization_health_follows_kustomize_controllers_predicate() {
         let health_check_failed = condition(
@@ -1390,8 +1407,7 @@ spec:
             reason: reason.into(),
             message: message.into(),
         };
-        // (what, object, our request, expected health or the words its reason contains)
-        let cases: Vec<(&str, DynamicObject, Option<&str>, Result<Health, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "ready at our revision",
                 ks(ks_status(succeeded(2), WANT, WANT, REQUEST, &[])),
@@ -1431,7 +1447,7 @@ spec:
                     OLD,
                     WANT,
                     REQUEST,
-                    &[retrying.clone()],
+                    std::slice::from_ref(&retrying),
                 )),
                 Some(REQUEST),
                 Ok(failed(
@@ -1447,7 +1463,7 @@ spec:
                     OLD,
                     WANT,
                     "2026-12-04T09:00:00Z",
-                    &[retrying.clone()],
+                    std::slice::from_ref(&retrying),
                 )),
                 Some(REQUEST),
                 Err("condition Ready=False (HealthCheckFailed): health check failed after 3m0s"),

@@ -1,7 +1,12 @@
 //! The `kind` target, in progress: what exists is the generation of Kind cluster
-//! configurations from a scenario ([`config`]); the target itself (provisioning the nodes,
-//! shaping them with Docker limits, delivering workloads through Flux, faults inside the node
-//! containers) is not wired into [`super::TargetKind`] or the engine yet.
+//! configurations from a scenario ([`config`]) and, behind the default `kube` feature, the
+//! Kubernetes API client logic the target needs (`kube`: server-side apply of manifests with
+//! CRDs first, Flux's "revision deployed and healthy" predicate, reconcile requests, waiting
+//! for a delivery with a diagnosis on timeout, a fake `nvidia.com/gpu` on GPU nodes, and the
+//! check of every node's allocatable CPU and memory), tested against kube's mock only. The
+//! target itself (provisioning the nodes, shaping them with Docker limits, driving Flux
+//! delivery, faults inside the node containers) is not wired into [`super::TargetKind`] or the
+//! engine yet.
 //!
 //! # Design
 //!
