@@ -406,8 +406,8 @@ pub enum Health {
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Health::Ready { revision } => write!(f, "ready at {revision}"),
-            Health::Progressing { reason } => write!(f, "{reason}"),
+            Health::Ready { revision } => write!(f, "is ready at {revision}"),
+            Health::Progressing { reason } => write!(f, "is not ready: {reason}"),
             Health::Failed {
                 condition,
                 reason,
@@ -416,7 +416,7 @@ impl fmt::Display for Health {
             } => {
                 write!(
                     f,
-                    "failed: condition {condition}, reason {reason}: {message}"
+                    "failed (condition {condition}, reason {reason}): {message}"
                 )
             }
         }
@@ -520,7 +520,7 @@ fn health(obj: &DynamicObject, want: &str, requested_at: Option<&str>, flavour: 
     {
         return failed(ready);
     }
-    progressing(format!("condition {ready}"))
+    progressing(ready.to_string())
 }
 
 /// A Flux source kind.
@@ -658,11 +658,7 @@ impl fmt::Display for Diagnosis {
         }
         for (i, o) in self.objects.iter().enumerate() {
             let sep = if i == 0 { ": " } else { "; " };
-            write!(
-                f,
-                "{sep}{} {}/{} is {}",
-                o.kind, o.namespace, o.name, o.health
-            )?;
+            write!(f, "{sep}{} {}/{} {}", o.kind, o.namespace, o.name, o.health)?;
         }
         write!(f, ".")
     }
@@ -1466,7 +1462,7 @@ spec:
                     std::slice::from_ref(&retrying),
                 )),
                 Some(REQUEST),
-                Err("condition Ready=False (HealthCheckFailed): health check failed after 3m0s"),
+                Err("Ready=False (HealthCheckFailed): health check failed after 3m0s"),
             ),
             (
                 "the same failure when we asked for no reconcile",
@@ -1744,107 +1740,104 @@ spec:
         ("flux-system", "edgesim-apps-cloud"),
     ];
 
+    /// Runs [`wait_deployed`] for `KUSTOMIZATIONS` of the OCI source against [`flux_server`]
+    /// with `apps`, as if we had requested `REQUEST`; also returns how many reads it made.
+    async fn wait_with(
+        apps: impl FnMut(usize) -> Value + Send + 'static,
+        timeout: Duration,
+    ) -> (Result<Duration, Diagnosis>, usize) {
+        let (client, server) = mock(flux_server(apps));
+        let source = oci_source();
+        let result = wait_deployed(
+            &client,
+            KUSTOMIZATIONS,
+            &source,
+            WANT,
+            Some(REQUEST),
+            timeout,
+        )
+        .await;
+        drop(client);
+        (result, server.await.unwrap().len())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wait_deployed_returns_how_long_convergence_took() {
         // edgesim-apps-cloud becomes ready on the third round.
-        let (client, server) = mock(flux_server(|reads| {
-            if reads < 3 {
-                let progressing = condition(
-                    "Ready",
-                    "Unknown",
-                    "Progressing",
-                    "Reconciliation in progress",
-                    2,
-                );
-                ks_status(progressing, OLD, WANT, REQUEST, &[])
-            } else {
-                ks_status(succeeded(2), WANT, WANT, REQUEST, &[])
-            }
-        }));
-        let took = wait_deployed(
-            &client,
-            KUSTOMIZATIONS,
-            &oci_source(),
-            WANT,
-            Some(REQUEST),
+        let (took, reads) = wait_with(
+            |reads| {
+                if reads < 3 {
+                    let progressing = condition(
+                        "Ready",
+                        "Unknown",
+                        "Progressing",
+                        "Reconciliation in progress",
+                        2,
+                    );
+                    ks_status(progressing, OLD, WANT, REQUEST, &[])
+                } else {
+                    ks_status(succeeded(2), WANT, WANT, REQUEST, &[])
+                }
+            },
             Duration::from_secs(300),
         )
-        .await
-        .unwrap();
-        drop(client);
-        assert_eq!(took, 2 * DEPLOY_POLL);
-        assert_eq!(
-            server.await.unwrap().len(),
-            3 * 3,
-            "three rounds of three objects"
-        );
+        .await;
+        assert_eq!(took.unwrap(), 2 * DEPLOY_POLL);
+        assert_eq!(reads, 3 * 3, "three rounds of three objects");
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_deployed_times_out_naming_the_kustomization_and_its_condition() {
         let message = "dependency 'flux-system/edgesim-infrastructure' revision is not up to date";
-        let (client, server) = mock(flux_server(move |_| {
-            ks_status(
-                condition("Ready", "False", "DependencyNotReady", message, 2),
-                OLD,
-                OLD,
-                REQUEST,
-                &[],
-            )
-        }));
         let timeout = Duration::from_secs(30);
-        let diagnosis = wait_deployed(
-            &client,
-            KUSTOMIZATIONS,
-            &oci_source(),
-            WANT,
-            Some(REQUEST),
+        let (result, _) = wait_with(
+            move |_| {
+                ks_status(
+                    condition("Ready", "False", "DependencyNotReady", message, 2),
+                    OLD,
+                    OLD,
+                    REQUEST,
+                    &[],
+                )
+            },
             timeout,
         )
-        .await
-        .unwrap_err();
-        drop(client);
-        server.await.unwrap();
+        .await;
+        let diagnosis = result.unwrap_err();
         assert_eq!(diagnosis.timed_out, Some(timeout));
         assert_eq!(diagnosis.objects.len(), 1, "{diagnosis}");
         assert_eq!(
             diagnosis.to_string(),
             format!(
                 "Flux did not deploy revision {WANT} within 30s: Kustomization flux-system/edgesim-apps-cloud is \
-                 condition Ready=False (DependencyNotReady): {message}."
+                 not ready: Ready=False (DependencyNotReady): {message}."
             )
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn wait_deployed_stops_at_a_failure_after_our_request() {
-        let (client, server) = mock(flux_server(|_| {
-            let failed = condition(
-                "Ready",
-                "False",
-                "HealthCheckFailed",
-                "timeout waiting for: [Deployment/edgesim/edge-web]",
-                2,
-            );
-            let retrying = condition("Reconciling", "True", "ProgressingWithRetry", "", 2);
-            ks_status(failed, OLD, WANT, REQUEST, &[retrying])
-        }));
-        let diagnosis = wait_deployed(
-            &client,
-            KUSTOMIZATIONS,
-            &oci_source(),
-            WANT,
-            Some(REQUEST),
+        let (result, reads) = wait_with(
+            |_| {
+                let failed = condition(
+                    "Ready",
+                    "False",
+                    "HealthCheckFailed",
+                    "timeout waiting for: [Deployment/edgesim/edge-web]",
+                    2,
+                );
+                let retrying = condition("Reconciling", "True", "ProgressingWithRetry", "", 2);
+                ks_status(failed, OLD, WANT, REQUEST, &[retrying])
+            },
             Duration::from_secs(300),
         )
-        .await
-        .unwrap_err();
-        drop(client);
-        assert_eq!(server.await.unwrap().len(), 3, "one round");
+        .await;
+        let diagnosis = result.unwrap_err();
+        assert_eq!(reads, 3, "one round");
         assert_eq!(diagnosis.timed_out, None);
         let text = diagnosis.to_string();
         assert!(
-            text.contains("Kustomization flux-system/edgesim-apps-cloud is failed: condition Ready, reason HealthCheckFailed: timeout waiting for: [Deployment/edgesim/edge-web]"),
+            text.contains("Kustomization flux-system/edgesim-apps-cloud failed (condition Ready, reason HealthCheckFailed): timeout waiting for: [Deployment/edgesim/edge-web]"),
             "{text}"
         );
     }
