@@ -1313,6 +1313,35 @@ spec:
         );
     }
 
+    #[test]
+    fn the_local_cluster_folder_reads_as_the_objects_apply_sends() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../flux/clusters/local");
+        let mut names = Vec::new();
+        for file in [
+            "source.yaml",
+            "sync.yaml",
+            "infrastructure.yaml",
+            "apps.yaml",
+        ] {
+            let yaml = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+            for m in documents(&yaml).unwrap() {
+                assert!(!is_crd(&m));
+                assert_eq!(m.object.metadata.namespace.as_deref(), Some("flux-system"));
+                names.push(format!("{} {}", m.kind, m.name));
+            }
+        }
+        assert_eq!(
+            names,
+            [
+                "OCIRepository edgesim",
+                "Kustomization edgesim-cluster",
+                "Kustomization edgesim-infrastructure",
+                "Kustomization edgesim-apps-cloud",
+                "Kustomization edgesim-apps-raspberry-pi-5",
+            ]
+        );
+    }
+
     const WANT: &str = "local@sha256:9f2c";
     const OLD: &str = "local@sha256:1a0b";
     const REQUEST: &str = "2026-12-04T10:15:00.123456789Z";
