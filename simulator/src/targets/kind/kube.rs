@@ -261,7 +261,7 @@ impl<'a> Resolver<'a> {
 /// Stops at the first object the API server refuses; the objects before it stay applied.
 /// Assumes the namespaces of namespaced objects exist or come earlier in the YAML; objects
 /// without a namespace go to the client's default namespace.
-#[instrument(skip_all, fields(field_manager))]
+#[instrument(skip_all, fields(field_manager = %field_manager))]
 pub async fn apply(
     client: &Client,
     yaml: &str,
@@ -693,7 +693,7 @@ async fn observe(
 /// and returns how long that took. `requested_at` is what
 /// [`request_reconcile_with_source`] returned, if a reconcile was requested: failures count
 /// only once it has been handled. Fails at the first failure, or after `timeout`.
-#[instrument(skip_all, fields(revision, source = %source.name))]
+#[instrument(skip_all, fields(revision = %revision, source = %source.name))]
 pub async fn wait_deployed(
     client: &Client,
     kustomizations: &[(&str, &str)],
@@ -752,6 +752,7 @@ pub async fn wait_deployed(
 ///
 /// Guarantees: idempotent (`add` replaces an existing value). Assumption: nothing on the node
 /// advertises the resource for real; kubelet leaves extended resources it does not manage alone.
+#[instrument(skip(client))]
 pub async fn advertise_gpu(client: &Client, node: &str, count: u32) -> Result<(), KubeApiError> {
     let key = GPU_RESOURCE.replace('/', "~1");
     let ops = json!([
@@ -973,6 +974,7 @@ pub fn allocatable_mismatches(
 
 /// Reads the cluster's Nodes and reports, all at once, every node of `expected` whose
 /// allocatable CPU or memory is not the profile's (within `tolerance`), or that is missing.
+#[instrument(skip_all, fields(nodes = expected.len()))]
 pub async fn verify_allocatable(
     client: &Client,
     expected: &[(&str, u64, u64)],
