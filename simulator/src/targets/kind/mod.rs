@@ -1,10 +1,15 @@
 //! The `kind` target, in progress: what exists is the generation of Kind cluster
-//! configurations from a scenario ([`config`]) and, on a running cluster, the work on its node
+//! configurations from a scenario ([`config`]); on a running cluster, the work on its node
 //! containers through the Docker Engine ([`nodes`]): the workers held to their boards' CPU and
 //! memory, and partitions, loss, rate and delay installed inside the node containers with the
 //! kubelet ↔ API server traffic always exempt (so a partitioned node stays Ready: see
-//! [`nodes`]). The target itself (creating the cluster, delivering workloads through Flux,
-//! driving the timeline) is not wired into [`super::TargetKind`] or the engine yet.
+//! [`nodes`]); and, behind the default `kube` feature, the Kubernetes API client logic the
+//! target needs (`kube`: server-side apply of manifests with CRDs first, Flux's "revision
+//! deployed and healthy" predicate, reconcile requests, waiting for a delivery with a
+//! diagnosis on timeout, a fake `nvidia.com/gpu` on GPU nodes, and the check of every node's
+//! allocatable CPU and memory), tested against kube's mock only. The target itself (creating
+//! the cluster, delivering workloads through Flux, driving the timeline) is not wired into
+//! [`super::TargetKind`] or the engine yet.
 //!
 //! # Design
 //!
@@ -35,4 +40,6 @@
 //! `edgesim.dev/arch`, beside `edgesim.dev/profile`, `edgesim.dev/site` and `edgesim.dev/node`,
 //! the labels the manifests of `flux/` select nodes by, on Kind and on real clusters alike.
 pub mod config;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod nodes;
