@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cell;
 pub mod inventory;
 pub mod lab;
+pub mod scope;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -486,6 +487,7 @@ mod tests {
             nftables_error: None,
             cgroup: "v2: cpuset cpu io memory pids".into(),
             cgroup_error: None,
+            systemd: None,
             interfaces: vec!["lo".into(), "eth0".into()],
             management: None,
             recovered: vec![],
