@@ -102,7 +102,14 @@ impl Drop for VmNet {
 
 impl Qemu {
     fn boot(lan: &Lan, dir: &Path, board: &Path, key_pub: &Path, jetson: bool) -> Qemu {
-        Qemu::boot_as(lan, dir, board, key_pub, jetson, if jetson { "jetson" } else { "pi" })
+        Qemu::boot_as(
+            lan,
+            dir,
+            board,
+            key_pub,
+            jetson,
+            if jetson { "jetson" } else { "pi" },
+        )
     }
 
     fn boot_as(
@@ -754,7 +761,11 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(0), "the scenario passes on the systemd board");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the scenario passes on the systemd board"
+    );
     drop(sshd);
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).expect("a report")).expect("JSON");
@@ -776,8 +787,14 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
     );
     let quota = limits.cpu_quota_us.expect("a quota");
     let mem = limits.memory_bytes.expect("a memory limit");
-    assert!(head.contains(&format!("cpu.max {quota} 100000").as_str()), "{head:?}");
-    assert!(head.contains(&format!("memory.max {mem}").as_str()), "{head:?}");
+    assert!(
+        head.contains(&format!("cpu.max {quota} 100000").as_str()),
+        "{head:?}"
+    );
+    assert!(
+        head.contains(&format!("memory.max {mem}").as_str()),
+        "{head:?}"
+    );
     assert!(head.contains(&"memory.swap.max 0"), "{head:?}");
     let ticks: Vec<f64> = log.lines().filter_map(|l| l.parse().ok()).collect();
     let gap = ticks
@@ -795,11 +812,17 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         let board = transport::connect(&root_host, &ConnectOptions::default())
             .await
             .expect("connects");
-        let after_run = board.sh(SYSTEMD_LEFTOVERS).await.expect("the board answers");
+        let after_run = board
+            .sh(SYSTEMD_LEFTOVERS)
+            .await
+            .expect("the board answers");
         let (child, mut agent) = start_agent(&board, &bin).await;
         let facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
         assert!(
-            facts.systemd.as_deref().is_some_and(|v| v.starts_with("systemd 252")),
+            facts
+                .systemd
+                .as_deref()
+                .is_some_and(|v| v.starts_with("systemd 252")),
             "{facts:?}"
         );
         let remote = board.upload_agent(&bin).await.expect("uploads");
@@ -828,7 +851,10 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         assert!(!pid.trim().is_empty(), "the ticker runs");
         let _ = child.wait().await;
         drop(agent);
-        let after_lease = board.sh(SYSTEMD_LEFTOVERS).await.expect("the board answers");
+        let after_lease = board
+            .sh(SYSTEMD_LEFTOVERS)
+            .await
+            .expect("the board answers");
         // SIGKILL of the agent itself (not the scope's keeper, the same binary): the next
         // agent stops the scope its state file names.
         let (_child, mut agent) = start_agent(&board, &bin).await;
@@ -843,13 +869,22 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         let (_child, mut agent) = start_agent(&board, &bin).await;
         let hello = agent.call(Request::Hello).await.unwrap().facts.unwrap();
         assert!(agent.call(Request::Bye).await.unwrap().ok);
-        let after_recovery = board.sh(SYSTEMD_LEFTOVERS).await.expect("the board answers");
+        let after_recovery = board
+            .sh(SYSTEMD_LEFTOVERS)
+            .await
+            .expect("the board answers");
         (after_run, after_lease, hello.recovered, after_recovery)
     });
-    assert_eq!(after_run.trim(), "", "nothing of the run is left on the board");
+    assert_eq!(
+        after_run.trim(),
+        "",
+        "nothing of the run is left on the board"
+    );
     assert_eq!(after_lease.trim(), "", "the lease's revert leaves nothing");
     assert!(
-        recovered.iter().any(|r| r.contains("systemd scope edgesim-t1-pi.scope")),
+        recovered
+            .iter()
+            .any(|r| r.contains("systemd scope edgesim-t1-pi.scope")),
         "{recovered:?}"
     );
     assert_eq!(after_recovery.trim(), "", "recovery leaves nothing");

@@ -946,9 +946,8 @@ impl Board {
         }
         if let (Some(rel), None, None) = (want, &self.cgroup, &self.scope) {
             if self.systemd.is_some() {
-                let agent = std::env::current_exe().map_err(|e| {
-                    HostError::io("finding", "the agent's own binary", e)
-                })?;
+                let agent = std::env::current_exe()
+                    .map_err(|e| HostError::io("finding", "the agent's own binary", e))?;
                 match Scope::start(&scope::unit_of(rel), d.limits.as_ref(), &agent) {
                     Ok(s) => self.scope = Some(s),
                     Err(e) => tracing::warn!(
@@ -992,13 +991,9 @@ impl Board {
                 scope::workloads_of(&s.unit)
             ));
         }
-        self.cgroup.as_ref().map(|(cgs, c)| {
-            format!(
-                "agent cgroup {} (v{})",
-                c.rel().display(),
-                cgs.version()
-            )
-        })
+        self.cgroup
+            .as_ref()
+            .map(|(cgs, c)| format!("agent cgroup {} (v{})", c.rel().display(), cgs.version()))
     }
 
     /// Whether the workloads live in a cell.

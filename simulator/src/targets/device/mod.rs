@@ -153,7 +153,7 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
     c.set(
         F::NodeFreeze,
         S::Exact,
-        "the run's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH; the agent makes the cgroup (root)",
+        "the node's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH: the systemd scope edgesim-<run>-<node>.scope where systemd is the board's init, else a cgroup the agent makes (root)",
     );
     c.set(
         F::NodePoweroff,
@@ -169,7 +169,7 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
         c.set(
             f,
             S::Unavailable,
-            "a board's CPU, memory and storage are its own: checked against the profile before the run, not changed",
+            "a board's CPU, memory and storage are its own: checked against the profile before the run, not changed (on a systemd board the node's scope holds the profile's cores, workload memory and tasks as a ceiling)",
         );
     }
     c.set(

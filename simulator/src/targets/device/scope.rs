@@ -190,10 +190,7 @@ impl Scope {
             }
             // The keeper is in the scope once systemd-run has exec'd it.
             let procs = std::fs::read_to_string(scope_dir.join("cgroup.procs")).unwrap_or_default();
-            if procs
-                .lines()
-                .any(|l| l.trim() == keeper.id().to_string())
-            {
+            if procs.lines().any(|l| l.trim() == keeper.id().to_string()) {
                 break;
             }
             if t.elapsed() > START_TIMEOUT {
@@ -218,7 +215,11 @@ impl Scope {
             Err(e) => {
                 let _ = stop(unit);
                 let _ = keeper.wait();
-                return Err(HostError::io("creating cgroup", dir.display().to_string(), e));
+                return Err(HostError::io(
+                    "creating cgroup",
+                    dir.display().to_string(),
+                    e,
+                ));
             }
         }
         Ok(Scope {
@@ -289,12 +290,19 @@ pub fn stop(unit: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if dir.exists() {
-        errors.push(format!("{} still exists after stopping {unit}", dir.display()));
+        errors.push(format!(
+            "{} still exists after stopping {unit}",
+            dir.display()
+        ));
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(HostError::other("stopping", unit.to_string(), errors.join("; ")))
+        Err(HostError::other(
+            "stopping",
+            unit.to_string(),
+            errors.join("; "),
+        ))
     }
 }
 
