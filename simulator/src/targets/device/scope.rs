@@ -114,7 +114,7 @@ pub fn properties(l: &NodeLimits) -> Vec<String> {
     let mut p = vec!["Delegate=yes".to_string()];
     if let Some(q) = l.cpu_quota_us {
         let hundredths = (q as u128 * 10_000) / u128::from(l.cpu_period_us.max(1));
-        let pct = if hundredths % 100 == 0 {
+        let pct = if hundredths.is_multiple_of(100) {
             format!("{}", hundredths / 100)
         } else {
             format!("{}.{:02}", hundredths / 100, hundredths % 100)
