@@ -14,6 +14,11 @@
 //!
 //! Capability `arm64-board` (`EDGESIM_REQUIRE` makes its absence fail): qemu-system-aarch64,
 //! the board's filesystem (built here, cached under target/board/), the aarch64 agent.
+//!
+//! Capability `systemd-board`: the same board with systemd as PID 1 (`tests/board/arm64.sh
+//! systemd`), where a node's workloads run in the transient scope `edgesim-<run>-<node>.scope`
+//! in `edgesim.slice`, under the profile's limits, frozen by `node-down` freeze, and stopped
+//! after the run, on a lease's revert and by the next agent after a SIGKILLed one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
