@@ -7,8 +7,9 @@
 # the board's dpkg database so Ansible's apt module finds them installed.
 #
 #   tests/board/arm64.sh            # builds target/board/arm64/ (cached: a second run is instant)
+#   tests/board/arm64.sh systemd    # the same board with systemd as PID 1: target/board/arm64-systemd/
 #
-# Output, under target/board/arm64/:
+# Output, under target/board/arm64/ (or arm64-systemd/):
 #   vmlinuz, initrd.cpio   the kernel and the board's whole filesystem
 #   host_ed25519.pub       the board's SSH host key (the private half is inside the initrd)
 #   version                what was built (the kernel's package version)
@@ -19,14 +20,24 @@
 #   edgesim.jetson=1          no sch_netem, sch_tbf or ifb (what stock Jetson L4T kernels lack):
 #                             the modules are removed before anything can load them
 #
+# With `systemd`, /init brings up the virtio modules and the controller's key and hands PID 1
+# to Debian 12's systemd (252), which mounts the cgroup2 hierarchy itself and starts eth0 and
+# sshd from units of ours (board-net.service, board-sshd.service); what cannot work on a
+# RAM-only board without udev, D-Bus or a tty login (logind, gettys, firstboot) is masked.
+#
 # Needs: apt-get (Debian's lists; arm64 is added as a foreign architecture if missing), dpkg,
 # cpio, ssh-keygen, depmod. Nothing is installed on the host: everything stays under target/.
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-OUT="$ROOT/target/board/arm64"
+INIT=${1:-busybox}
 PACKAGES=(dash busybox-static openssh-server openssh-sftp-server nftables iproute2 python3 python3-apt
   passwd libpam-cap libcap2-bin kmod apt)
+case "$INIT" in
+  busybox) OUT="$ROOT/target/board/arm64" ;;
+  systemd) OUT="$ROOT/target/board/arm64-systemd"; PACKAGES+=(systemd) ;;
+  *) echo "arm64 board: unknown init $INIT (busybox or systemd)" >&2; exit 2 ;;
+esac
 # Dependencies a board without maintainer scripts does not need (perl, debconf front ends,
 # init systems, keyrings).
 EXCLUDE='^(perl|perl-base|perl-modules-5.36|libperl5.36|cdebconf|libdebian-installer4|libnewt0.52|libslang2|libtextwrap1|adduser|ucf|runit-helper|usrmerge|usr-is-merged|init-system-helpers|libfile-find-rule-perl|libnumber-compare-perl|libtext-glob-perl|debian-archive-keyring|gpgv|gpgv1|gpgv2|install-info|sensible-utils|lsb-base|sysvinit-utils|libelogind0|mailcap|debconf|distro-info-data|readline-common)$'
@@ -55,7 +66,7 @@ KPKG=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0
 KVER=$(apt-cache show "$KPKG:arm64" | awk '/^Version:/ {print $2; exit}')
 WANT="$KPKG $KVER $(printf '%s\n' "${PACKAGES[@]}" "$EXCLUDE" "$(sha256sum "$0" | cut -c1-16)" | sha256sum | cut -c1-16)"
 if [ -f "$OUT/version" ] && [ "$(cat "$OUT/version")" = "$WANT" ] && [ -f "$OUT/initrd.cpio" ]; then
-  echo "arm64 board: $OUT is up to date ($KPKG $KVER)"
+  echo "arm64 board ($INIT): $OUT is up to date ($KPKG $KVER)"
   exit 0
 fi
 t0=$(date +%s)
@@ -168,6 +179,85 @@ done
 cp "$M"/modules.{order,builtin,builtin.modinfo} "$RFS/lib/modules/$KREL/" 2>/dev/null || true
 depmod -b "$RFS" "$KREL"
 
+if [ "$INIT" = systemd ]; then
+  # (base-files, which ships it, is not unpacked.)
+  printf 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm), edgesim test board"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n' >"$RFS/usr/lib/os-release"
+  ln -sfn ../usr/lib/os-release "$RFS/etc/os-release"
+  # A first boot would run systemd-firstboot and write one.
+  printf '5ed9e5b0a7d14c0e9d0c1a2b3c4d5e6f\n' >"$RFS/etc/machine-id"
+  S="$RFS/etc/systemd/system"
+  mkdir -p "$S/multi-user.target.wants"
+  ln -sfn /lib/systemd/system/multi-user.target "$S/default.target"
+  # No D-Bus (logind), no udev, no tty logins, no clock daemon: masked, not failed.
+  for u in systemd-logind.service getty.target getty@.service serial-getty@.service \
+    console-getty.service systemd-networkd-wait-online.service systemd-firstboot.service \
+    systemd-timesyncd.service systemd-pstore.service systemd-udevd.service \
+    systemd-hwdb-update.service ldconfig.service systemd-journal-catalog-update.service; do
+    ln -sfn /dev/null "$S/$u"
+  done
+  cat >"$S/board-net.service" <<'EOF'
+[Unit]
+Description=edgesim test board: eth0 from the kernel command line
+DefaultDependencies=no
+Before=network.target board-sshd.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'ip link set lo up; ip addr add "$(cat /etc/edgesim-addr)" dev eth0; ip link set eth0 up'
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  cat >"$S/board-sshd.service" <<'EOF'
+[Unit]
+Description=edgesim test board: sshd
+After=board-net.service
+Requires=board-net.service
+
+[Service]
+ExecStartPre=/bin/mkdir -p /run/sshd
+ExecStart=/usr/sbin/sshd -D -E /run/sshd.log
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  # The test waits for this line on the console: sshd listens.
+  cat >"$S/board-ready.service" <<'EOF'
+[Unit]
+Description=edgesim test board: say when sshd listens
+After=board-sshd.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'until ss -Hltn "sport = :22" | grep -q .; do sleep 0.2; done; echo "edgesim-board: sshd up on $(cat /etc/edgesim-addr) (systemd $(systemctl --version | head -1 | cut -d" " -f2) as PID 1)" >/dev/console'
+
+[Install]
+WantedBy=multi-user.target
+EOF
+  ln -sfn ../board-ready.service "$S/multi-user.target.wants/board-ready.service"
+  ln -sfn ../board-net.service "$S/multi-user.target.wants/board-net.service"
+  ln -sfn ../board-sshd.service "$S/multi-user.target.wants/board-sshd.service"
+  cat >"$RFS/init" <<'EOF'
+#!/bin/sh
+# The systemd test board's first process: what the kernel command line says (eth0's address,
+# the controller's key, a Jetson's missing modules), then PID 1 goes to systemd.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
+if [ "$(arg edgesim.jetson)" = 1 ]; then
+  find /lib/modules -name 'sch_netem.ko*' -o -name 'sch_tbf.ko*' -o -name 'ifb.ko*' | xargs rm -f
+fi
+modprobe virtio_pci; modprobe virtio_net
+arg edgesim.addr >/etc/edgesim-addr
+mkdir -p /root/.ssh
+chmod 700 /root/.ssh
+echo "ssh-ed25519 $(arg edgesim.key) controller" >/root/.ssh/authorized_keys
+exec /lib/systemd/systemd
+EOF
+else
 cat >"$RFS/init" <<'EOF'
 #!/bin/sh
 # The test board's PID 1: mounts, network, sshd; powers off when sshd is told to stop.
@@ -195,9 +285,10 @@ echo "edgesim-board: sshd up on $(arg edgesim.addr)"
 # Stay PID 1; the test powers the board off through qemu.
 while :; do sleep 3600; done
 EOF
+fi
 chmod 755 "$RFS/init"
 
 (cd "$RFS" && find . | cpio -o -H newc --quiet >"$OUT/initrd.cpio")
 rm -rf "$RFS" "$OUT/kernel" "$OUT/debs"
 echo "$WANT" >"$OUT/version"
-echo "arm64 board: built $OUT in $(($(date +%s) - t0)) s ($KPKG $KVER, initrd $(du -h "$OUT/initrd.cpio" | cut -f1))"
+echo "arm64 board ($INIT): built $OUT in $(($(date +%s) - t0)) s ($KPKG $KVER, initrd $(du -h "$OUT/initrd.cpio" | cut -f1))"

@@ -14,6 +14,11 @@
 //!
 //! Capability `arm64-board` (`EDGESIM_REQUIRE` makes its absence fail): qemu-system-aarch64,
 //! the board's filesystem (built here, cached under target/board/), the aarch64 agent.
+//!
+//! Capability `systemd-board`: the same board with systemd as PID 1 (`tests/board/arm64.sh
+//! systemd`), where a node's workloads run in the transient scope `edgesim-<run>-<node>.scope`
+//! in `edgesim.slice`, under the profile's limits, frozen by `node-down` freeze, and stopped
+//! after the run, on a lease's revert and by the next agent after a SIGKILLed one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -102,7 +107,24 @@ impl Drop for VmNet {
 
 impl Qemu {
     fn boot(lan: &Lan, dir: &Path, board: &Path, key_pub: &Path, jetson: bool) -> Qemu {
-        let tag = if jetson { "jetson" } else { "pi" };
+        Qemu::boot_as(
+            lan,
+            dir,
+            board,
+            key_pub,
+            jetson,
+            if jetson { "jetson" } else { "pi" },
+        )
+    }
+
+    fn boot_as(
+        lan: &Lan,
+        dir: &Path,
+        board: &Path,
+        key_pub: &Path,
+        jetson: bool,
+        tag: &str,
+    ) -> Qemu {
         let ns = format!("{}-vm{tag}", lan.prefix());
         let port = format!("p{tag}");
         let run = |args: &[&str]| {
@@ -184,7 +206,7 @@ impl Qemu {
             std::fs::read_to_string(&q.log).unwrap_or_default()
         );
         eprintln!(
-            "arm64 board{} up with sshd after {:.1} s",
+            "arm64 board{} ({tag}) up with sshd after {:.1} s",
             if jetson { " (Jetson stand-in)" } else { "" },
             t.elapsed().as_secs_f64()
         );
@@ -634,5 +656,242 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         "{facts:?}"
     );
     run_on_board("jetson-user", "edgesim");
+    drop(vm);
+}
+
+/// The systemd board, or `None` (skipped, or failed where `systemd-board` is required).
+fn systemd_gate() -> Option<(PathBuf, PathBuf)> {
+    if !common::privileged() || !edgesim::testing::program("ssh", "ssh") {
+        return None;
+    }
+    let qemu = edgesim::testing::have_program("qemu-system-aarch64");
+    let agent = arm64_agent();
+    if !edgesim::testing::gate(
+        "systemd-board",
+        qemu && agent.is_some(),
+        "needs qemu-system-aarch64 (Debian qemu-system-arm) and the aarch64 agent (.ci/agent-static)",
+    ) {
+        return None;
+    }
+    let out = Command::new(root().join("tests/board/arm64.sh"))
+        .arg("systemd")
+        .output()
+        .expect("tests/board/arm64.sh runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success(),
+        "building the systemd board: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((
+        root().join("target/board/arm64-systemd"),
+        agent.expect("gated above"),
+    ))
+}
+
+/// What of the agent's is left on the systemd board: `edgesim-*` units (any state), scope
+/// cgroups in edgesim.slice, the agent's own cgroups, and the ticker (empty: nothing).
+const SYSTEMD_LEFTOVERS: &str = "systemctl list-units 'edgesim-*' --all --no-legend --plain; \
+    ls -d /sys/fs/cgroup/edgesim.slice/edgesim-* /sys/fs/cgroup/edgesim 2>/dev/null; \
+    pgrep -f 'tmp/tick[s]' || true";
+
+/// Capability `systemd-board`: on an arm64 board whose PID 1 is Debian 12's systemd, a node's
+/// workloads run in the transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice`,
+/// with the profile's limits as its unit properties; `node-down` freeze hangs them there;
+/// the scope is stopped after the run, when the lease of a silent controller runs out, and by
+/// the next agent after a SIGKILLed one.
+#[test]
+fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
+    let _g = common::serial();
+    let Some((board_dir, bin)) = systemd_gate() else {
+        return;
+    };
+    let lan = Lan::new("y", 1);
+    let dir = tempfile::tempdir().expect("test fixture");
+    keygen(&dir.path().join("user_key"));
+    let vm = Qemu::boot_as(
+        &lan,
+        dir.path(),
+        &board_dir,
+        &dir.path().join("user_key.pub"),
+        false,
+        "systemd",
+    );
+    let root_host = host(dir.path(), &board_dir, "root");
+    let pi5 = profile("raspberry-pi-5-8gb");
+    let limits = edgesim::targets::device::lab::board_limits(&pi5);
+
+    // The scenario: a ticking workload on the board, frozen from 3 s to 6 s. It prints its
+    // cgroup and its scope's limits first.
+    let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
+    let d = sshd.dir.path();
+    let inventory = dir.path().join("inventory-systemd.yaml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            Lan::addr(0),
+            d.join("user_key").display(),
+            d.join("known_hosts").display(),
+            d.join("cache").display(),
+            dir.path().join("user_key").display(),
+            dir.path().join("known_hosts").display(),
+        ),
+    )
+    .expect("test fixture");
+    let scenario = dir.path().join("freeze.yaml");
+    std::fs::write(
+        &scenario,
+        "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: systemd-freeze}\nspec:\n  duration: 9s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: pi, site: factory, profile: raspberry-pi-5-8gb}\n  workloads:\n    - {name: ticker, nodes: [pi], command: [sh, -c, \"cat /proc/self/cgroup; s=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/..; echo cpu.max $(cat $s/cpu.max); echo memory.max $(cat $s/memory.max); echo memory.swap.max $(cat $s/memory.swap.max); echo pids.max $(cat $s/pids.max); while :; do read t _ </proc/uptime; echo $t; sleep 0.05; done\"]}\n  timeline:\n    - {at: 3s, node-down: {nodes: [pi], mode: freeze}}\n    - {at: 6s, node-up: {nodes: [pi]}}\n  probes:\n    - {name: up, from: sink, ping: pi, every: 100ms}\n  assertions:\n    - {name: down, probe: up, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: back, probe: up, during: 6.5s..end, expect: \"success_rate >= 90%\"}\n",
+    )
+    .expect("test fixture");
+    let profiles = this_host_profile(dir.path());
+    let report = dir.path().join("report.json");
+    let out = device_run(
+        &lan.ctl,
+        &inventory,
+        &profiles,
+        &report,
+        &dir.path().join("out"),
+        &scenario,
+    )
+    .env("EDGESIM_AGENT_AARCH64", &bin)
+    .env("EDGESIM_AGENT_X86_64", BIN)
+    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .env("EDGESIM_HOST_SPEED", "1.0")
+    .output()
+    .expect("edgesim runs");
+    eprintln!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the scenario passes on the systemd board"
+    );
+    drop(sshd);
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("a report")).expect("JSON");
+    let run = r["run_id"].as_str().expect("a run id").to_string();
+    let unit = format!("edgesim-{run}-pi.scope");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains(&format!("workloads in systemd scope {unit}")),
+        "the report says where the workloads ran: {notes}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("out/workloads/ticker/pi.stdout.log"))
+        .expect("the ticker's output");
+    let head: Vec<&str> = log.lines().take(5).collect();
+    eprintln!("ticker on the systemd board: {head:?}");
+    assert_eq!(
+        head.first().copied(),
+        Some(format!("0::/edgesim.slice/{unit}/workloads").as_str()),
+        "the workload runs in the node's scope: {log}"
+    );
+    let quota = limits.cpu_quota_us.expect("a quota");
+    let mem = limits.memory_bytes.expect("a memory limit");
+    assert!(
+        head.contains(&format!("cpu.max {quota} 100000").as_str()),
+        "{head:?}"
+    );
+    assert!(
+        head.contains(&format!("memory.max {mem}").as_str()),
+        "{head:?}"
+    );
+    assert!(head.contains(&"memory.swap.max 0"), "{head:?}");
+    let ticks: Vec<f64> = log.lines().filter_map(|l| l.parse().ok()).collect();
+    let gap = ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "ticker: {} ticks, longest silence {gap:.2} s (frozen 3 s)",
+        ticks.len()
+    );
+    assert!(ticks.len() > 30, "{log}");
+    assert!((2.5..4.5).contains(&gap), "frozen for the node-down: {gap}");
+
+    let (after_run, after_lease, recovered, after_recovery) = controller(&lan.ctl, async || {
+        let board = transport::connect(&root_host, &ConnectOptions::default())
+            .await
+            .expect("connects");
+        let after_run = board
+            .sh(SYSTEMD_LEFTOVERS)
+            .await
+            .expect("the board answers");
+        let (child, mut agent) = start_agent(&board, &bin).await;
+        let facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        assert!(
+            facts
+                .systemd
+                .as_deref()
+                .is_some_and(|v| v.starts_with("systemd 252")),
+            "{facts:?}"
+        );
+        let remote = board.upload_agent(&bin).await.expect("uploads");
+        let scoped = |lease_ms| {
+            Request::Apply(Desired {
+                iface: "eth0".into(),
+                lease_ms,
+                cgroup: Some("edgesim/t1/pi".into()),
+                limits: Some(limits.clone()),
+                ..Desired::default()
+            })
+        };
+        let ticker = format!(
+            "setsid {remote} agent-enter --cgroup edgesim/t1/pi -- sh -c 'while :; do date >>/tmp/ticks; sleep 0.1; done' </dev/null >/dev/null 2>&1 & sleep 0.5; pgrep -f 'tmp/tick[s]'"
+        );
+        // The controller falls silent (SIGKILLed, or cut off): the lease runs out and the
+        // agent stops the scope with what ran in it.
+        let r = ok(&mut agent, scoped(1500)).await;
+        assert!(
+            r.workloads
+                .as_deref()
+                .is_some_and(|w| w.starts_with("systemd scope edgesim-t1-pi.scope")),
+            "{r:?}"
+        );
+        let pid = board.sh(&ticker).await.expect("the ticker starts");
+        assert!(!pid.trim().is_empty(), "the ticker runs");
+        let _ = child.wait().await;
+        drop(agent);
+        let after_lease = board
+            .sh(SYSTEMD_LEFTOVERS)
+            .await
+            .expect("the board answers");
+        // SIGKILL of the agent itself (not the scope's keeper, the same binary): the next
+        // agent stops the scope its state file names.
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        assert!(agent.call(Request::Hello).await.unwrap().ok);
+        ok(&mut agent, scoped(30_000)).await;
+        board.sh(&ticker).await.expect("the ticker starts");
+        board
+            .sh("for p in $(pidof edgesim); do grep -q agent-hold /proc/$p/cmdline || kill -KILL $p; done")
+            .await
+            .expect("kills the agent");
+        drop(agent);
+        let (_child, mut agent) = start_agent(&board, &bin).await;
+        let hello = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        assert!(agent.call(Request::Bye).await.unwrap().ok);
+        let after_recovery = board
+            .sh(SYSTEMD_LEFTOVERS)
+            .await
+            .expect("the board answers");
+        (after_run, after_lease, hello.recovered, after_recovery)
+    });
+    assert_eq!(
+        after_run.trim(),
+        "",
+        "nothing of the run is left on the board"
+    );
+    assert_eq!(after_lease.trim(), "", "the lease's revert leaves nothing");
+    assert!(
+        recovered
+            .iter()
+            .any(|r| r.contains("systemd scope edgesim-t1-pi.scope")),
+        "{recovered:?}"
+    );
+    assert_eq!(after_recovery.trim(), "", "recovery leaves nothing");
     drop(vm);
 }

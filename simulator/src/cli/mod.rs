@@ -256,6 +256,10 @@ edgesim fault iot-partition --list"
         )]
         argv: Vec<String>,
     },
+    /// (internal) The keeper of a node's systemd scope on a board: sleeps until the agent
+    /// stops the scope.
+    #[command(hide = true)]
+    AgentHold,
     /// (in progress: the `kind` target) Print the Kind cluster configuration of a scenario:
     /// a control plane and one worker per node, each advertising its profile's CPU and memory.
     #[command(hide = true)]

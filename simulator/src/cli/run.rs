@@ -64,6 +64,7 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
             eprintln!("edgesim agent-enter: {e:#}");
             Ok(126)
         }
+        Command::AgentHold => edgesim::targets::device::scope::hold(),
         Command::Calibrate { save, builtin } => calibrate(save, builtin),
         Command::LabDaemon {
             file,

@@ -66,8 +66,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cell::{self, Cell, CellState};
+use super::scope::{self, Scope};
 use crate::faults::shaping::{loss_in_firewall, netem_of};
-use crate::host::cgroup::{Cgroups, NodeCgroup};
+use crate::host::cgroup::{Cgroups, NodeCgroup, NodeLimits};
 use crate::host::nft::{self, Firewall, Flow, Layout};
 use crate::host::tc::{self, ClassId, Htb, HtbClass, Netem, Parent, Qdisc, U32Match};
 use crate::host::{HostError, Result, link, ns};
@@ -423,11 +424,18 @@ pub struct Desired {
     /// are dropped in the cell's relay as well. `None` removes a cell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cell: Option<Ipv4Addr>,
-    /// The cgroup the board's workloads run in (`edgesim/<run>/<node>`, relative to the
-    /// hierarchies' roots, v2 or v1), made by the agent; on revert whatever still runs in it
-    /// is killed and it is removed. `None` removes it.
+    /// The cgroup the board's workloads run in: on a board whose init is systemd, the
+    /// transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice` ([scope]); elsewhere
+    /// (or where systemd-run fails) `edgesim/<run>/<node>` as named here, relative to the
+    /// hierarchies' roots, v2 or v1, made by the agent. On revert whatever still runs in it is
+    /// killed and it is removed. `None` removes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The limits of that cgroup (the node's profile), when it is a systemd scope: its unit
+    /// properties (`CPUQuota=`, `MemoryMax=`, `MemorySwapMax=0`, `TasksMax=`). Set when the
+    /// cgroup is made; an agent cgroup does not take them (yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<NodeLimits>,
     /// That cgroup frozen (`node-down` with `mode: freeze`: a hung board).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub frozen: bool,
@@ -445,6 +453,7 @@ impl Default for Desired {
             seed: 0,
             cell: None,
             cgroup: None,
+            limits: None,
             frozen: false,
         }
     }
@@ -520,6 +529,10 @@ pub struct Reply {
     /// After `fetch`: the response body (UTF-8, lossy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// After `apply`: where the workloads run (`systemd scope edgesim-….scope …` or `agent
+    /// cgroup edgesim/…`), when they have a cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<String>,
 }
 
 /// A line the agent writes unasked, just before it exits.
@@ -565,6 +578,10 @@ pub struct Facts {
     /// Why the agent cannot make a cgroup for the workloads; `None` when it can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_error: Option<String>,
+    /// `systemd 252 (…)` where systemd is the board's init (with the v2 hierarchy): the
+    /// workloads then run in a systemd scope; `None`: in a cgroup the agent makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd: Option<String>,
     pub interfaces: Vec<String>,
     /// The SSH connection the agent speaks over, as seen from the board.
     pub management: Option<Flow>,
@@ -586,6 +603,9 @@ struct State {
     /// The workloads' cgroup, if one was made.
     #[serde(default)]
     cgroup: Option<String>,
+    /// The workloads' systemd scope (unit name), if one was (or is being) started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
 /// What tc holds for one peer.
@@ -611,7 +631,11 @@ pub struct Board {
     cell: Option<Cell>,
     /// The workloads' cgroup, and whether it is frozen.
     cgroup: Option<(Cgroups, NodeCgroup)>,
+    /// Or their systemd scope.
+    scope: Option<Scope>,
     frozen: bool,
+    /// `systemd …` where systemd is the board's init ([`scope::detect`]).
+    systemd: Option<String>,
 }
 
 /// The management connection from `SSH_CONNECTION` ("client port server port").
@@ -659,7 +683,9 @@ impl Board {
             recovered: Vec::new(),
             cell: None,
             cgroup: None,
+            scope: None,
             frozen: false,
+            systemd: scope::detect(),
         };
         b.recover().await?;
         Ok(b)
@@ -685,7 +711,14 @@ impl Board {
         self.recovered.push(format!(
             "nftables table inet {table} (left by agent pid {pid})"
         ));
-        if let Some(rel) = st.as_ref().and_then(|s| s.cgroup.as_deref()) {
+        if let Some(unit) = st.as_ref().and_then(|s| s.scope.as_deref()) {
+            scope::stop(unit)?;
+            self.recovered
+                .push(format!("systemd scope {unit} and what ran in it"));
+        }
+        if let Some(rel) = st.as_ref().and_then(|s| s.cgroup.as_deref())
+            && Cgroups::detect()?.open(rel)?.exists()
+        {
             remove_cgroup(&Cgroups::detect()?, rel)?;
             self.recovered
                 .push(format!("cgroup {rel} and what ran in it"));
@@ -800,6 +833,7 @@ impl Board {
             } else {
                 Cgroups::detect().err().map(|e| e.to_string())
             },
+            systemd: self.systemd.clone(),
             interfaces: link::names(&self.nl).await.unwrap_or_default(),
             management: self.management,
             recovered: self.recovered.clone(),
@@ -860,6 +894,13 @@ impl Board {
                         .as_ref()
                         .map(|(_, c)| c.rel().display().to_string())
                 }),
+                // Recorded before systemd-run: a crash while it starts is recovered too.
+                scope: self.scope.as_ref().map(|s| s.unit.clone()).or_else(|| {
+                    d.cgroup
+                        .as_deref()
+                        .filter(|_| self.systemd.is_some())
+                        .map(scope::unit_of)
+                }),
             },
         )?;
         self.active = true;
@@ -887,19 +928,45 @@ impl Board {
         self.place(d)
     }
 
-    /// The workloads' cgroup as `d` says: made, frozen or thawed, or removed.
+    /// The workloads' cgroup as `d` says: made (a systemd scope where systemd is the init,
+    /// else the agent's own cgroup), frozen or thawed, or removed.
     fn place(&mut self, d: &Desired) -> Result<()> {
-        let same = |c: &NodeCgroup| d.cgroup.as_deref().map(Path::new) == Some(c.rel());
+        let want = d.cgroup.as_deref();
+        let same = |c: &NodeCgroup| want.map(Path::new) == Some(c.rel());
         if let Some((cgs, c)) = self.cgroup.take_if(|(_, c)| !same(c)) {
             remove_cgroup(&cgs, &c.rel().display().to_string())?;
             self.frozen = false;
         }
-        if let (Some(rel), None) = (&d.cgroup, &self.cgroup) {
-            let cgs = Cgroups::detect()?;
-            let c = cgs.create(rel)?;
-            self.cgroup = Some((cgs, c));
+        if let Some(s) = self
+            .scope
+            .take_if(|s| want.map(scope::unit_of).as_deref() != Some(s.unit.as_str()))
+        {
+            s.stop()?;
+            self.frozen = false;
         }
-        if let Some((_, c)) = &self.cgroup
+        if let (Some(rel), None, None) = (want, &self.cgroup, &self.scope) {
+            if self.systemd.is_some() {
+                let agent = std::env::current_exe()
+                    .map_err(|e| HostError::io("finding", "the agent's own binary", e))?;
+                match Scope::start(&scope::unit_of(rel), d.limits.as_ref(), &agent) {
+                    Ok(s) => self.scope = Some(s),
+                    Err(e) => tracing::warn!(
+                        "a systemd scope for the workloads failed ({e}): the agent makes their cgroup {rel} itself"
+                    ),
+                }
+            }
+            if self.scope.is_none() {
+                let cgs = Cgroups::detect()?;
+                let c = cgs.create(rel)?;
+                self.cgroup = Some((cgs, c));
+            }
+        }
+        let node = self
+            .scope
+            .as_ref()
+            .map(|s| &s.cgroup)
+            .or(self.cgroup.as_ref().map(|(_, c)| c));
+        if let Some(c) = node
             && d.frozen != self.frozen
         {
             if d.frozen {
@@ -910,6 +977,23 @@ impl Board {
             self.frozen = d.frozen;
         }
         Ok(())
+    }
+
+    /// Where the workloads run: `systemd scope edgesim-….scope in edgesim.slice (…)` or
+    /// `agent cgroup edgesim/… (v2)`; `None` without a cgroup.
+    pub fn workloads(&self) -> Option<String> {
+        if let Some(s) = &self.scope {
+            return Some(format!(
+                "systemd scope {} in {} ({}; cgroup /{})",
+                s.unit,
+                scope::SLICE,
+                self.systemd.as_deref().unwrap_or("systemd"),
+                scope::workloads_of(&s.unit)
+            ));
+        }
+        self.cgroup
+            .as_ref()
+            .map(|(cgs, c)| format!("agent cgroup {} (v{})", c.rel().display(), cgs.version()))
     }
 
     /// Whether the workloads live in a cell.
@@ -1064,6 +1148,14 @@ impl Board {
             let rel = c.rel().display().to_string();
             match remove_cgroup(&cgs, &rel) {
                 Ok(()) => done.push(format!("cgroup {rel} and what ran in it")),
+                Err(e) => errors.push(e.to_string()),
+            }
+            self.frozen = false;
+        }
+        if let Some(s) = self.scope.take() {
+            let unit = s.unit.clone();
+            match s.stop() {
+                Ok(()) => done.push(format!("systemd scope {unit} and what ran in it")),
                 Err(e) => errors.push(e.to_string()),
             }
             self.frozen = false;
@@ -1250,7 +1342,10 @@ where
                 lease = Duration::from_millis(d.lease_ms.max(100));
                 let t = Instant::now();
                 match board.apply(&d).await {
-                    Ok(()) => reply.applied_us = Some(t.elapsed().as_micros() as u64),
+                    Ok(()) => {
+                        reply.applied_us = Some(t.elapsed().as_micros() as u64);
+                        reply.workloads = board.workloads();
+                    }
                     Err(e) => reply = Reply::error(msg.id, e.to_string()),
                 }
                 if let Err(e) = probing.follow(board) {
@@ -1293,6 +1388,7 @@ impl Reply {
             reverted: Vec::new(),
             samples: None,
             body: None,
+            workloads: None,
         }
     }
 

@@ -329,7 +329,8 @@ pub fn rules(d: &Desired, board: Ipv4Addr) -> (DirectionConfig, DirectionConfig)
     )
 }
 
-/// `edgesim agent-enter`: this process joins, where given, the cgroup `cgroup` (relative to
+/// `edgesim agent-enter`: this process joins, where given, the cgroup of `cgroup` (the node's
+/// systemd scope's `workloads` where the agent started one, else `cgroup` itself relative to
 /// the hierarchies' roots: `edgesim/<run>/<node>`, in every v1 hierarchy) and the cell pinned
 /// at `netns`, gives up every capability it was handed for that (ambient ones: a workload runs
 /// with its user's own rights), and becomes `argv`. Returns only on error.
@@ -338,7 +339,14 @@ pub fn enter(netns: Option<&Path>, cgroup: Option<&str>, argv: &[String]) -> any
     use std::os::unix::process::CommandExt as _;
     let joined = (|| -> anyhow::Result<()> {
         if let Some(rel) = cgroup {
-            let cg = crate::host::cgroup::Cgroups::detect()?.open(rel)?;
+            let cgs = crate::host::cgroup::Cgroups::detect()?;
+            let in_scope = super::scope::workloads_of(&super::scope::unit_of(rel));
+            let rel = match cgs.open(&in_scope) {
+                Ok(c) if cgs.version() == 2 && c.exists() => in_scope,
+                _ => rel.to_string(),
+            };
+            let rel = rel.as_str();
+            let cg = cgs.open(rel)?;
             anyhow::ensure!(cg.exists(), "the cgroup {rel} does not exist");
             cg.add_pid(std::process::id() as i32)
                 .with_context(|| format!("joining the cgroup {rel}"))?;

@@ -392,6 +392,25 @@ pub struct DeviceLab {
     cgroups: Vec<bool>,
     /// Nodes frozen (`node-down` freeze): isolated, their cgroup frozen.
     frozen: BTreeSet<usize>,
+    /// Where each board's agent said its workloads run (a systemd scope or its own cgroup).
+    workloads: Vec<Option<String>>,
+}
+
+/// The limits of a node's workloads on a board of profile `spec` (a systemd scope's unit
+/// properties): the profile's cores as a quota (no tighter than a board that fits the profile,
+/// which has that many), its workload memory (total less what the profile reserves for the
+/// system) with no swap, its task limit.
+pub fn board_limits(spec: &crate::profile::ProfileSpec) -> crate::host::cgroup::NodeLimits {
+    let period = crate::profile::CPU_PERIOD_US;
+    crate::host::cgroup::NodeLimits {
+        cpu_quota_us: Some(u64::from(spec.cpu.cores) * period),
+        cpu_period_us: period,
+        effective_cores: f64::from(spec.cpu.cores),
+        memory_bytes: Some(spec.workload_memory().0),
+        pids_max: spec.pids,
+        max_cpus: None,
+        cpus: None,
+    }
 }
 
 /// Shell quoting for a word of a remote command line.
@@ -815,6 +834,7 @@ impl DeviceLab {
             supervisor: Supervisor::new(crate::workload::EventLog::default()),
             powered_off: BTreeSet::new(),
             cells,
+            workloads: vec![None; cgroups.len()],
             cgroups,
             frozen: BTreeSet::new(),
         };
@@ -889,6 +909,9 @@ impl DeviceLab {
         if self.cgroups[n] {
             d.cgroup = Some(self.cgroup_of(n));
             d.frozen = self.frozen.contains(&n);
+            if self.boards[n].facts.systemd.is_some() {
+                d.limits = Some(board_limits(&self.plan.nodes[n].profile));
+            }
         }
         d
     }
@@ -945,18 +968,27 @@ impl DeviceLab {
             let (d, agent, name) = (self.desired(n), b.agent.clone(), b.board.host.name.clone());
             set.spawn(async move {
                 let r = agent.lock().await.call(Request::Apply(d)).await;
-                check(r, &name, "applying faults on")
+                let workloads = r.as_ref().ok().and_then(|r| r.workloads.clone());
+                (n, check(r, &name, "applying faults on").map(|()| workloads))
             });
         }
         let mut first = Ok(());
         while let Some(r) = set.join_next().await {
-            let r = r.unwrap_or_else(|e| {
-                Err(crate::host::HostError::other(
+            let r = match r {
+                Ok((n, Ok(w))) => {
+                    if w.is_some() && w != self.workloads[n] {
+                        tracing::info!(board = %self.boards[n].board.host.name, workloads = w.as_deref().unwrap_or_default(), "the node's workloads run there");
+                        self.workloads[n] = w;
+                    }
+                    Ok(())
+                }
+                Ok((_, Err(e))) => Err(e),
+                Err(e) => Err(crate::host::HostError::other(
                     "applying faults",
                     "a board",
                     e.to_string(),
-                ))
-            });
+                )),
+            };
             if first.is_ok() {
                 first = r;
             }
@@ -1079,7 +1111,19 @@ impl DeviceLab {
 
     /// The probes' samples from the boards, into `logs` (one per plan probe).
     pub async fn collect_probes(&mut self, logs: &[crate::probe::ProbeLog]) -> Vec<String> {
-        let mut errors = Vec::new();
+        // Where each node's workloads ran, for the report.
+        let mut errors: Vec<String> = self
+            .workloads
+            .iter()
+            .enumerate()
+            .filter_map(|(n, w)| {
+                let w = w.as_ref()?;
+                Some(format!(
+                    "{} ({}): workloads in {w}",
+                    self.plan.nodes[n].name, self.boards[n].board.host.name
+                ))
+            })
+            .collect();
         let mut got: BTreeMap<usize, Vec<Vec<super::agent::WireSample>>> = BTreeMap::new();
         for &(n, _) in &self.probe_at {
             if got.contains_key(&n) {

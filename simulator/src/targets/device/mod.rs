@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cell;
 pub mod inventory;
 pub mod lab;
+pub mod scope;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -152,7 +153,7 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
     c.set(
         F::NodeFreeze,
         S::Exact,
-        "the run's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH; the agent makes the cgroup (root)",
+        "the node's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH: the systemd scope edgesim-<run>-<node>.scope where systemd is the board's init, else a cgroup the agent makes (root)",
     );
     c.set(
         F::NodePoweroff,
@@ -168,7 +169,7 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
         c.set(
             f,
             S::Unavailable,
-            "a board's CPU, memory and storage are its own: checked against the profile before the run, not changed",
+            "a board's CPU, memory and storage are its own: checked against the profile before the run, not changed (on a systemd board the node's scope holds the profile's cores, workload memory and tasks as a ceiling)",
         );
     }
     c.set(
@@ -486,6 +487,7 @@ mod tests {
             nftables_error: None,
             cgroup: "v2: cpuset cpu io memory pids".into(),
             cgroup_error: None,
+            systemd: None,
             interfaces: vec!["lo".into(), "eth0".into()],
             management: None,
             recovered: vec![],
