@@ -357,6 +357,31 @@ fn run(args: RunArgs, profile_dirs: &[PathBuf]) -> Result<u8> {
     })
 }
 
+/// The plan of a lab (`up`), checked as one that takes live faults, with the profiles and
+/// capabilities it was checked with; `None` when invalid (the diagnostics are printed).
+fn lab_plan(
+    file: &Path,
+    target: TargetArg,
+    impairment: Option<ImpairmentMode>,
+    seed: Option<u64>,
+    profile_dirs: &[PathBuf],
+) -> Result<
+    Option<(
+        edgesim::profile::ProfileSet,
+        edgesim::scenario::Capabilities,
+        Plan,
+    )>,
+> {
+    let profiles = load_profiles(profile_dirs)?;
+    let caps = capabilities(target)?;
+    let ov = Overrides {
+        seed,
+        impairment,
+        live: true,
+    };
+    Ok(load_plan(file, &profiles, &caps, &ov)?.map(|p| (profiles, caps, p)))
+}
+
 fn up(
     file: &Path,
     target: TargetArg,
@@ -365,19 +390,7 @@ fn up(
     out: Option<PathBuf>,
     profile_dirs: &[PathBuf],
 ) -> Result<u8> {
-    let profiles = load_profiles(profile_dirs)?;
-    let caps = capabilities(target)?;
-    let Some(plan) = load_plan(
-        file,
-        &profiles,
-        &caps,
-        &Overrides {
-            seed,
-            impairment,
-            live: true,
-        },
-    )?
-    else {
+    let Some((_, _, plan)) = lab_plan(file, target, impairment, seed, profile_dirs)? else {
         return Ok(EXIT_INVALID);
     };
     if resolve_plan(target, &plan)?.is_none() {
@@ -512,18 +525,7 @@ fn lab_daemon(
             let _ = f.write_all(msg.as_bytes());
         }
     };
-    let profiles = load_profiles(profile_dirs)?;
-    let caps = capabilities(target)?;
-    let Some(plan) = load_plan(
-        file,
-        &profiles,
-        &caps,
-        &Overrides {
-            seed,
-            impairment,
-            live: true,
-        },
-    )?
+    let Some((profiles, caps, plan)) = lab_plan(file, target, impairment, seed, profile_dirs)?
     else {
         report_ready("err invalid scenario".into());
         return Ok(EXIT_INVALID);
