@@ -488,28 +488,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| other(format!("starting the run's runtime: {e}")))
 }
 
-/// `report.json` (which links `report.html`) and `report.html` in the run's folder; a
-/// report that cannot be written is noted in the report.
+/// The run folder's reports; one that cannot be written is noted in the report.
 fn write_reports(report: &mut Report, out_dir: &Path) {
-    let json = out_dir.join("report.json");
-    let html = out_dir.join("report.html");
-    for (kind, path) in [("json", &json), ("html", &html)] {
-        report.artifacts.push(crate::report::Artifact {
-            kind: kind.into(),
-            path: path.clone(),
-        });
-    }
-    report.html = Some(PathBuf::from("report.html"));
-    if let Err(e) = crate::report::write_html(report, &html) {
-        report
-            .notes
-            .push(format!("writing {}: {e}", html.display()));
-    }
-    if let Err(e) = crate::report::write_json(report, &json) {
-        report
-            .notes
-            .push(format!("writing {}: {e}", json.display()));
-    }
+    let errors = crate::report::write_run_reports(report, out_dir, &Default::default());
+    report.notes.extend(errors);
 }
 
 struct StopOnDrop(Option<Stopper>);

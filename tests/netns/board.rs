@@ -30,7 +30,7 @@ use edgesim::targets::device::transport::{self, AgentConn, Board, ConnectOptions
 use edgesim::targets::device::{Needs, check_board};
 
 use super::common;
-use super::common::BIN;
+use super::common::{BIN, ticker_silence};
 use super::device::{Lan, Sshd, controller, device_run, in_ns, keygen, this_host_profile, until};
 
 const VM_ADDR: &str = "10.201.0.31";
@@ -488,19 +488,7 @@ fn an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook() {
         let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
         let d = sshd.dir.path();
         let inventory = dir.path().join(format!("inventory-{tag}.yaml"));
-        std::fs::write(
-            &inventory,
-            format!(
-                "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_user: {user}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
-                Lan::addr(0),
-                d.join("user_key").display(),
-                d.join("known_hosts").display(),
-                d.join("cache").display(),
-                dir.path().join("user_key").display(),
-                dir.path().join("known_hosts").display(),
-            ),
-        )
-        .expect("test fixture");
+        sink_and_pi_inventory(&inventory, d, dir.path(), user);
         let scenario = dir.path().join("pi.yaml");
         std::fs::write(
             &scenario,
@@ -726,19 +714,7 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
     let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
     let d = sshd.dir.path();
     let inventory = dir.path().join("inventory-systemd.yaml");
-    std::fs::write(
-        &inventory,
-        format!(
-            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
-            Lan::addr(0),
-            d.join("user_key").display(),
-            d.join("known_hosts").display(),
-            d.join("cache").display(),
-            dir.path().join("user_key").display(),
-            dir.path().join("known_hosts").display(),
-        ),
-    )
-    .expect("test fixture");
+    sink_and_pi_inventory(&inventory, d, dir.path(), "root");
     let scenario = dir.path().join("freeze.yaml");
     std::fs::write(
         &scenario,
@@ -801,16 +777,8 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         "{head:?}"
     );
     assert!(head.contains(&"memory.swap.max 0"), "{head:?}");
-    let ticks: Vec<f64> = log.lines().filter_map(|l| l.parse().ok()).collect();
-    let gap = ticks
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0_f64, f64::max);
-    eprintln!(
-        "ticker: {} ticks, longest silence {gap:.2} s (frozen 3 s)",
-        ticks.len()
-    );
-    assert!(ticks.len() > 30, "{log}");
+    let (ticks, gap) = ticker_silence(&log);
+    assert!(ticks > 30, "{log}");
     assert!((2.5..4.5).contains(&gap), "frozen for the node-down: {gap}");
 
     let (after_run, after_lease, recovered, after_recovery) = controller(&lan.ctl, async || {
@@ -894,4 +862,22 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
     );
     assert_eq!(after_recovery.trim(), "", "recovery leaves nothing");
     drop(vm);
+}
+
+/// Writes an inventory of two boards: `sink`, the namespace board whose sshd keeps its keys in
+/// `sshd_dir`, and `pi`, the qemu board (keys in `board_keys`), reached as `pi_user`.
+fn sink_and_pi_inventory(path: &Path, sshd_dir: &Path, board_keys: &Path, pi_user: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "all:\n  vars: {{ansible_user: root}}\n  hosts:\n    sink:\n      ansible_host: {}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_cache_dir: {}\n      edgesim_profile: this-host\n    pi:\n      ansible_host: {VM_ADDR}\n      ansible_user: {pi_user}\n      ansible_ssh_private_key_file: {}\n      edgesim_known_hosts_file: {}\n      edgesim_profile: raspberry-pi-5-8gb\n",
+            Lan::addr(0),
+            sshd_dir.join("user_key").display(),
+            sshd_dir.join("known_hosts").display(),
+            sshd_dir.join("cache").display(),
+            board_keys.join("user_key").display(),
+            board_keys.join("known_hosts").display(),
+        ),
+    )
+    .expect("test fixture");
 }

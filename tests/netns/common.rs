@@ -1108,3 +1108,18 @@ pub fn kill_lab_daemon(st: &RunState) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A ticker workload's log (one uptime reading per line, other lines ignored): how many ticks
+/// it holds and its longest silence in seconds (printed: what a 3 s freeze looks like).
+pub fn ticker_silence(log: &str) -> (usize, f64) {
+    let ticks: Vec<f64> = log.lines().filter_map(|l| l.parse().ok()).collect();
+    let gap = ticks
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0_f64, f64::max);
+    eprintln!(
+        "ticker: {} ticks, longest silence {gap:.2} s (frozen 3 s)",
+        ticks.len()
+    );
+    (ticks.len(), gap)
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{self, BIN};
+use crate::common::{self, BIN, ticker_silence};
 
 /// A LAN namespace with a bridge, and boards on it (`10.201.0.<11+i>/24`), plus a controller
 /// namespace (`10.201.0.1`). Removed on drop.
@@ -1680,16 +1680,8 @@ fn node_down_freeze_hangs_a_boards_workloads_in_their_cgroup() {
             .any(|l| l.ends_with(&want)),
         "the workload runs in {want}: {log}"
     );
-    let ticks: Vec<f64> = log.lines().filter_map(|l| l.parse().ok()).collect();
-    let gap = ticks
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .fold(0.0_f64, f64::max);
-    eprintln!(
-        "ticker: {} ticks, longest silence {gap:.2} s (frozen 3 s)",
-        ticks.len()
-    );
-    assert!(ticks.len() > 60, "{log}");
+    let (ticks, gap) = ticker_silence(&log);
+    assert!(ticks > 60, "{log}");
     assert!((2.5..4.0).contains(&gap), "frozen for the node-down: {gap}");
     let leftover: Vec<String> = ["freezer", "cpu", "memory", "pids", "unified", ""]
         .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use edgesim::engine::{self, Progress, ProgressFn, RunOptions, StopLevel, StopSignal};
-use edgesim::report::{self, Report};
+use edgesim::report::{self, Report, ReportFiles};
 use edgesim::scenario::model::ImpairmentMode;
 use edgesim::scenario::{Overrides, Plan};
 use edgesim::targets::state::{self, Mode, RunState};
@@ -189,57 +189,10 @@ fn progress_sink(output: Output) -> (ProgressFn, Option<indicatif::ProgressBar>)
     (f, bar)
 }
 
-/// The reports a run writes besides the run folder's `report.json` and `report.html`.
-struct ReportFiles {
-    json: Option<PathBuf>,
-    junit: Option<PathBuf>,
-    html: Option<PathBuf>,
-}
-
-/// How a JSON report at `json` names the HTML report at `html`: its file name when they share
-/// a folder (the run folder's pair), else a path that works from anywhere.
-fn html_link(json: &Path, html: &Path) -> PathBuf {
-    if json.parent() == html.parent()
-        && let Some(name) = html.file_name()
-    {
-        return PathBuf::from(name);
-    }
-    std::path::absolute(html).unwrap_or_else(|_| html.to_path_buf())
-}
-
+/// Writes the run's reports (`report::write_run_reports`), printing what could not be.
 fn write_reports(report: &mut Report, out_dir: &Path, extra: ReportFiles) {
-    let run_html = out_dir.join("report.html");
-    let mut targets = vec![
-        ("json", out_dir.join("report.json")),
-        ("html", run_html.clone()),
-    ];
-    if let Some(j) = extra.json {
-        targets.push(("json", j));
-    }
-    if let Some(h) = extra.html {
-        targets.push(("html", h));
-    }
-    if let Some(j) = extra.junit {
-        targets.push(("junit", j));
-    }
-    for (kind, path) in &targets {
-        report.artifacts.push(report::Artifact {
-            kind: kind.to_string(),
-            path: path.clone(),
-        });
-    }
-    for (kind, path) in targets {
-        let res = match kind {
-            "junit" => report::write_junit(report, &path),
-            "html" => report::write_html(report, &path),
-            _ => {
-                report.html = Some(html_link(&path, &run_html));
-                report::write_json(report, &path)
-            }
-        };
-        if let Err(e) = res {
-            errln!("error: {e}");
-        }
+    for e in report::write_run_reports(report, out_dir, &extra) {
+        errln!("error: {e}");
     }
 }
 

@@ -544,6 +544,61 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     res.map_err(err)
 }
 
+/// The reports a run writes besides the run folder's `report.json` and `report.html`
+/// (`--report`, `--junit`, `--html`).
+#[derive(Debug, Clone, Default)]
+pub struct ReportFiles {
+    pub json: Option<PathBuf>,
+    pub junit: Option<PathBuf>,
+    pub html: Option<PathBuf>,
+}
+
+/// How a JSON report at `json` names the HTML report at `html`: its file name when they share
+/// a folder, else its absolute path.
+fn html_link(json: &Path, html: &Path) -> PathBuf {
+    if json.parent() == html.parent()
+        && let Some(name) = html.file_name()
+    {
+        return PathBuf::from(name);
+    }
+    std::path::absolute(html).unwrap_or_else(|_| html.to_path_buf())
+}
+
+/// Writes a run's reports: `report.json` (which links `report.html`) and `report.html` in
+/// `out_dir`, and the `extra` files; each is listed in `artifacts`. Returns what could not be
+/// written.
+pub fn write_run_reports(report: &mut Report, out_dir: &Path, extra: &ReportFiles) -> Vec<String> {
+    let run_html = out_dir.join("report.html");
+    let mut targets = vec![
+        ("json", out_dir.join("report.json")),
+        ("html", run_html.clone()),
+    ];
+    targets.extend(extra.json.clone().map(|j| ("json", j)));
+    targets.extend(extra.html.clone().map(|h| ("html", h)));
+    targets.extend(extra.junit.clone().map(|j| ("junit", j)));
+    for (kind, path) in &targets {
+        report.artifacts.push(Artifact {
+            kind: kind.to_string(),
+            path: path.clone(),
+        });
+    }
+    let mut errors = Vec::new();
+    for (kind, path) in targets {
+        let res = match kind {
+            "junit" => write_junit(report, &path),
+            "html" => write_html(report, &path),
+            _ => {
+                report.html = Some(html_link(&path, &run_html));
+                write_json(report, &path)
+            }
+        };
+        if let Err(e) = res {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
 /// Writes the complete report as pretty-printed JSON.
 pub fn write_json(report: &Report, path: &Path) -> Result<(), ReportError> {
     let mut bytes = serde_json::to_vec_pretty(report)?;
