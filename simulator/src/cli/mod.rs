@@ -75,6 +75,9 @@ pub enum TargetArg {
     Docker,
     /// Physical boards over SSH, from `--inventory` (each runs edgesim's agent).
     Device,
+    /// A Kind cluster made for the run, workloads delivered by Flux (needs root, a Docker
+    /// daemon, `kind` and `flux`).
+    Kind,
 }
 
 impl TargetArg {
@@ -83,6 +86,7 @@ impl TargetArg {
             TargetArg::Netns => edgesim::targets::TargetKind::Netns,
             TargetArg::Docker => edgesim::targets::TargetKind::Docker,
             TargetArg::Device => edgesim::targets::TargetKind::Device,
+            TargetArg::Kind => edgesim::targets::TargetKind::Kind,
         }
     }
 }

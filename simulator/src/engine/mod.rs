@@ -387,6 +387,7 @@ async fn play(
             Some(control) => serve_lab(&mut lab, control, opts, cx).await,
             None => opts.stop.wait(StopLevel::Graceful).await,
         }
+        cx.report.notes.extend(lab.take_notes());
         return (Some(lab), Ok(()));
     }
 
@@ -435,7 +436,7 @@ async fn play(
         };
         let log = ProbeLog::new();
         logs.push(log.clone());
-        let p = p.clone();
+        let p = lab.localize(p);
         let until = plan.duration;
         let metrics = opts.metrics.clone();
         probe_tasks.push(tokio::spawn(async move {
@@ -517,6 +518,7 @@ async fn play(
     };
     cx.report.journal = journal;
     let mut lab = lab;
+    cx.report.notes.extend(lab.take_notes());
     if remote {
         if !interrupted {
             // The last attempts end at most one timeout after the timeline.

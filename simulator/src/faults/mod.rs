@@ -61,6 +61,41 @@ pub enum Active {
     Limits { node: usize },
 }
 
+/// The limits a `cpu` or `memory` action holds node `n` to (`None` for other actions): from
+/// `base`, the limits it started with, and `current`, those it holds now; a `cpu` action keeps
+/// the current memory limit and a `memory` action the current CPU. `host` is the CPU the
+/// profile's quota is computed for, `allowed` the host CPUs nodes are pinned to.
+pub(crate) fn resized(
+    action: &ActionKind,
+    n: usize,
+    base: &NodeLimits,
+    current: &NodeLimits,
+    spec: &crate::profile::ProfileSpec,
+    host: &HostCpu,
+    allowed: &[u32],
+) -> Option<NodeLimits> {
+    match action {
+        ActionKind::Cpu { cores, .. } => {
+            let l = match cores {
+                Some(c) => base
+                    .clone()
+                    .with_cpu_cores(*c, spec, host)
+                    .pinned(n, allowed),
+                None => base.clone(),
+            };
+            Some(NodeLimits {
+                memory_bytes: current.memory_bytes,
+                ..l
+            })
+        }
+        ActionKind::Memory { limit, .. } => Some(NodeLimits {
+            memory_bytes: limit.or(base.memory_bytes),
+            ..current.clone()
+        }),
+        _ => None,
+    }
+}
+
 /// The live fault state of a run and its journal.
 pub struct Faults {
     plan: Arc<Plan>,
@@ -251,32 +286,20 @@ impl Faults {
                 workload,
                 nodes: ns,
             } => nodes.restart(*workload, ns).await,
-            ActionKind::Cpu { nodes: ns, cores } => {
+            ActionKind::Cpu { nodes: ns, .. } | ActionKind::Memory { nodes: ns, .. } => {
                 for &n in ns {
-                    let spec = &self.plan.nodes[n].profile;
-                    let base = self.base_limits(n);
-                    let l = match cores {
-                        Some(c) => base
-                            .with_cpu_cores(*c, spec, &self.host)
-                            .pinned(n, &self.allowed),
-                        None => base,
-                    };
-                    let l = NodeLimits {
-                        memory_bytes: self.limits[n].memory_bytes,
-                        ..l
-                    };
-                    self.set_limits(n, l, nodes).await?;
-                }
-                Ok(())
-            }
-            ActionKind::Memory { nodes: ns, limit } => {
-                for &n in ns {
-                    let base = self.base_limits(n);
-                    let l = NodeLimits {
-                        memory_bytes: limit.or(base.memory_bytes),
-                        ..self.limits[n].clone()
-                    };
-                    self.set_limits(n, l, nodes).await?;
+                    let l = resized(
+                        action,
+                        n,
+                        &self.base_limits(n),
+                        &self.limits[n],
+                        &self.plan.nodes[n].profile,
+                        &self.host,
+                        &self.allowed,
+                    );
+                    if let Some(l) = l {
+                        self.set_limits(n, l, nodes).await?;
+                    }
                 }
                 Ok(())
             }

@@ -511,6 +511,21 @@ pub struct Probe {
     pub timeout: Duration,
 }
 
+impl Probe {
+    /// The probe aimed at the address `real` gives for its target's scenario address: where a
+    /// target's nodes have addresses of their own (boards, Kind nodes), not the plan's.
+    pub fn with_addrs(&self, real: impl Fn(Ipv4Addr) -> Ipv4Addr) -> Probe {
+        let mut p = self.clone();
+        match &mut p.kind {
+            ProbeKind::Ping { addr, .. } => *addr = real(*addr),
+            ProbeKind::Tcp { addr, .. } | ProbeKind::Http { addr, .. } => {
+                addr.set_ip(real(*addr.ip()));
+            }
+        }
+        p
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "type")]
 pub enum Subject {

@@ -6,9 +6,10 @@
 //!   workloads are containers and processes inside the node containers.
 //! - [`device`]: physical boards from an inventory, over SSH, each with its own agent that
 //!   applies the board's share of the faults under a lease ([`device::lab`]).
-//! - [`kind`] (in progress, not a target of the enum yet): Kind cluster configurations
-//!   generated from a scenario; a cluster's node containers shaped to their boards and
-//!   impaired from inside, the kubelet ↔ API server traffic exempt.
+//! - [`kind`]: a Kind cluster made for the run, its worker containers shaped to their boards,
+//!   workloads delivered as pods by Flux from an artifact the run pushes, faults installed
+//!   inside the node containers with the kubelet ↔ API server traffic exempt
+//!   ([`kind::lab`], behind the default `kube` feature).
 //!
 //! What every target shares lives outside them: the network ([`crate::fabric`]), the faults
 //! and their journal ([`crate::faults`]), workload supervision ([`crate::workload`]), the
@@ -55,16 +56,23 @@ pub enum TargetKind {
     Netns,
     Docker,
     Device,
+    Kind,
 }
 
 impl TargetKind {
-    pub const ALL: [TargetKind; 3] = [TargetKind::Netns, TargetKind::Docker, TargetKind::Device];
+    pub const ALL: [TargetKind; 4] = [
+        TargetKind::Netns,
+        TargetKind::Docker,
+        TargetKind::Device,
+        TargetKind::Kind,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Netns => "netns",
             TargetKind::Docker => "docker",
             TargetKind::Device => "device",
+            TargetKind::Kind => "kind",
         }
     }
 }
@@ -178,7 +186,7 @@ pub async fn probe_for(kind: Option<TargetKind>) -> HostProbe {
     let binfmt_arm64 = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64")
         .is_ok_and(|s| s.lines().next() == Some("enabled"));
     let docker = match kind {
-        None | Some(TargetKind::Docker) => docker::probe().await,
+        None | Some(TargetKind::Docker | TargetKind::Kind) => docker::probe().await,
         Some(TargetKind::Netns | TargetKind::Device) => Err("not probed (not a docker run)".into()),
     };
     HostProbe {
@@ -275,6 +283,7 @@ pub fn capabilities(kind: TargetKind, p: &HostProbe) -> Capabilities {
             docker::rows(&mut c, p);
         }
         TargetKind::Device => device::rows(&mut c),
+        TargetKind::Kind => kind::nodes::rows(&mut c, p.netem),
     }
     c
 }
@@ -366,6 +375,13 @@ pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
         TargetKind::Docker => base && p.docker.is_ok(),
         // The controller needs ssh; what each board can do is checked against it at the run.
         TargetKind::Device => crate::testing::have_program("ssh"),
+        TargetKind::Kind => {
+            cfg!(feature = "kube")
+                && base
+                && p.docker.is_ok()
+                && crate::testing::have_program("kind")
+                && crate::testing::have_program("flux")
+        }
     }
 }
 
@@ -379,6 +395,8 @@ pub enum Resolved {
     Netns(netns::Programs),
     Docker(docker::Images),
     Device(device::lab::Bound),
+    #[cfg(feature = "kube")]
+    Kind(Box<kind::lab::Bound>),
 }
 
 impl Resolved {
@@ -387,6 +405,8 @@ impl Resolved {
             Resolved::Netns(_) => TargetKind::Netns,
             Resolved::Docker(_) => TargetKind::Docker,
             Resolved::Device(_) => TargetKind::Device,
+            #[cfg(feature = "kube")]
+            Resolved::Kind(_) => TargetKind::Kind,
         }
     }
 }
@@ -411,6 +431,15 @@ pub async fn resolve(
         TargetKind::Device => device::lab::resolve(plan, opts.inventory.as_deref())
             .await
             .map(Resolved::Device),
+        #[cfg(feature = "kube")]
+        TargetKind::Kind => kind::lab::resolve(plan)
+            .await
+            .map(|b| Resolved::Kind(Box::new(b))),
+        #[cfg(not(feature = "kube"))]
+        TargetKind::Kind => Err(vec![Diagnostic::new(
+            crate::scenario::loc::Pos::UNKNOWN,
+            "this edgesim was built without the `kube` feature: it cannot drive a Kind cluster",
+        )]),
     }
 }
 
@@ -419,6 +448,8 @@ pub enum Lab {
     Netns(Box<netns::NetnsLab>),
     Docker(Box<docker::DockerLab>),
     Device(Box<device::lab::DeviceLab>),
+    #[cfg(feature = "kube")]
+    Kind(Box<kind::lab::KindLab>),
 }
 
 /// A provisioning failure: the error, and what was created (the caller tears it down).
@@ -432,6 +463,8 @@ pub enum Partial {
     Netns(netns::Partial),
     Docker(docker::Partial),
     Device(device::lab::Partial),
+    #[cfg(feature = "kube")]
+    Kind(kind::lab::Partial),
 }
 
 impl Partial {
@@ -440,6 +473,8 @@ impl Partial {
             Partial::Netns(p) => p.teardown().await,
             Partial::Docker(p) => p.teardown().await,
             Partial::Device(p) => p.teardown().await,
+            #[cfg(feature = "kube")]
+            Partial::Kind(p) => p.teardown().await,
         }
     }
 }
@@ -453,13 +488,15 @@ pub struct LabOptions {
 }
 
 /// The targets whose network is a [`crate::fabric`] on this host (netns, docker); `$other`
-/// for the device target.
+/// for the device target; `$kind` for the kind target.
 macro_rules! each {
-    ($self:expr, $l:ident => $e:expr, $d:ident => $other:expr) => {
+    ($self:expr, $l:ident => $e:expr, $d:ident => $other:expr, $k:ident => $kind:expr) => {
         match $self {
             Lab::Netns($l) => $e,
             Lab::Docker($l) => $e,
             Lab::Device($d) => $other,
+            #[cfg(feature = "kube")]
+            Lab::Kind($k) => $kind,
         }
     };
 }
@@ -516,6 +553,19 @@ impl Lab {
                         })
                     })
             }
+            #[cfg(feature = "kube")]
+            Resolved::Kind(bound) => {
+                kind::lab::KindLab::provision(plan, *bound, run_id, mode, out_dir)
+                    .await
+                    .map(|l| Lab::Kind(Box::new(l)))
+                    .map_err(|e| {
+                        let (error, partial) = *e;
+                        Box::new(ProvisionFailure {
+                            error,
+                            partial: Partial::Kind(partial),
+                        })
+                    })
+            }
         }
     }
 
@@ -524,17 +574,19 @@ impl Lab {
             Lab::Netns(_) => TargetKind::Netns,
             Lab::Docker(_) => TargetKind::Docker,
             Lab::Device(_) => TargetKind::Device,
+            #[cfg(feature = "kube")]
+            Lab::Kind(_) => TargetKind::Kind,
         }
     }
 
     pub fn state(&self) -> &RunState {
-        each!(self, l => &l.state, d => &d.state)
+        each!(self, l => &l.state, d => &d.state, k => k.state())
     }
 
     /// The run's network on this host (namespace handles and interface indexes); none for
-    /// boards.
+    /// boards and Kind nodes.
     pub fn fabric(&self) -> Option<&crate::fabric::Fabric> {
-        each!(self, l => Some(&l.fabric), _d => None)
+        each!(self, l => Some(&l.fabric), _d => None, _k => None)
     }
 
     /// Starts every workload and waits until each has launched (so the pids in the state
@@ -546,12 +598,24 @@ impl Lab {
             l.nodes.supervisor.launched().await;
             let (fabric, sockets) = (&l.fabric, &mut l.sockets);
             wait_ports(&l.plan, |n| crate::fabric::node_sockets(fabric, sockets, n)).await
-        }, d => d.deploy(out_dir).await)
+        }, d => d.deploy(out_dir).await, k => k.deploy(out_dir).await)
     }
 
     /// Marks the lab ready in its state file (for `up`, `exec`).
     pub fn mark_ready(&mut self) -> Result<()> {
-        each!(self, l => l.mark_ready(), d => d.mark_ready())
+        each!(self, l => l.mark_ready(), d => d.mark_ready(), k => k.mark_ready())
+    }
+
+    /// Probe `p` as this lab runs it: aimed at the address its target node has here (boards
+    /// and Kind nodes have addresses of their own).
+    pub fn localize(&self, p: &crate::scenario::plan::Probe) -> crate::scenario::plan::Probe {
+        each!(self, _l => p.clone(), _d => p.clone(), k => p.with_addrs(|a| k.real_addr(a)))
+    }
+
+    /// What the lab has to add to the report's notes (Flux's delivery and convergence times on
+    /// kind).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        each!(self, _l => Vec::new(), _d => Vec::new(), k => k.take_notes())
     }
 
     /// Whether probes run on the nodes themselves ([`Lab::start_probes`]) rather than from
@@ -563,40 +627,41 @@ impl Lab {
     /// A socket factory inside node `node`'s network namespace, for probes and scrapes.
     pub fn sockets(&mut self, node: usize) -> Result<SocketFactory> {
         each!(self, l => crate::fabric::node_sockets(&l.fabric, &mut l.sockets, node),
-            _d => Err(HostError::other("opening sockets in", format!("node {node}"), "a board's probes run on the board")))
+            _d => Err(HostError::other("opening sockets in", format!("node {node}"), "a board's probes run on the board")),
+            k => k.sockets(node))
     }
 
     /// Reads workloads' metrics through the boards' agents (device only).
     pub fn fetcher(&self) -> Option<device::lab::Fetcher> {
-        each!(self, _l => None, d => Some(d.fetcher()))
+        each!(self, _l => None, d => Some(d.fetcher()), _k => None)
     }
 
     /// Starts the probes on the nodes (remote probes only), on a grid from `t0`.
     pub async fn start_probes(&mut self, t0: tokio::time::Instant) -> Result<()> {
-        each!(self, _l => Ok(()), d => d.start_probes(t0).await)
+        each!(self, _l => Ok(()), d => d.start_probes(t0).await, _k => Ok(()))
     }
 
     /// The samples of remote probes, into `logs` (one per plan probe); problems as notes.
     pub async fn collect_probes(&mut self, logs: &[crate::probe::ProbeLog]) -> Vec<String> {
-        each!(self, _l => Vec::new(), d => d.collect_probes(logs).await)
+        each!(self, _l => Vec::new(), d => d.collect_probes(logs).await, _k => Vec::new())
     }
 
     /// Work to do before an action's scheduled instant (see [`Faults::prepare`]).
     pub fn prepare(&mut self, action: &ActionKind) -> Option<Prepared> {
-        each!(self, l => l.faults.prepare(action), _d => None)
+        each!(self, l => l.faults.prepare(action), _d => None, _k => None)
     }
 
     /// Applies one timeline action: the fault module, on the lab's fabric and its target's
     /// node operations (on boards: their agents).
     pub async fn apply(&mut self, action: &ActionKind, prepared: Option<Prepared>) -> Result<()> {
         each!(self, l => l.faults.apply(action, prepared, &l.fabric, &mut l.nodes).await,
-            d => d.apply(action).await)
+            d => d.apply(action).await, k => k.apply(action).await)
     }
 
     /// The fault state of a lab on this host: what is in force, link statistics of the
-    /// userspace emulator (none for boards).
+    /// userspace emulator (none for boards and Kind nodes).
     pub fn faults(&self) -> Option<&Faults> {
-        each!(self, l => Some(&l.faults), _d => None)
+        each!(self, l => Some(&l.faults), _d => None, _k => None)
     }
 
     /// Whether the userspace link emulator carries the links.
@@ -606,7 +671,7 @@ impl Lab {
 
     /// The workloads' event log (starts, exits, restarts, signals).
     pub fn events(&self) -> EventLog {
-        each!(self, l => l.nodes.supervisor.log.clone(), d => d.supervisor.log.clone())
+        each!(self, l => l.nodes.supervisor.log.clone(), d => d.supervisor.log.clone(), k => k.events.clone())
     }
 
     /// Limits node `n` is held to now, read back from the kernel (or the daemon).
@@ -619,12 +684,14 @@ impl Lab {
                 format!("node {n}"),
                 "a board's resources are its own",
             )),
+            #[cfg(feature = "kube")]
+            Lab::Kind(k) => k.read_limits(n).await,
         }
     }
 
     /// Reverts every fault, stops workloads, removes everything. Keeps going past errors.
     pub async fn teardown(self, grace: Duration) -> Vec<String> {
-        each!(self, l => l.teardown(grace).await, d => d.teardown(grace).await)
+        each!(self, l => l.teardown(grace).await, d => d.teardown(grace).await, k => k.teardown().await)
     }
 }
 
@@ -661,11 +728,20 @@ pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32>
             state.nodes[node].name.clone(),
             "use ssh to reach a board",
         )),
-        TargetState::Kind(_) => Err(HostError::other(
-            "running a command on",
-            state.nodes[node].name.clone(),
-            "use `kubectl exec` into a pod, or `docker exec` into the node container",
-        )),
+        TargetState::Kind(k) => {
+            // The node container: its network is the node's pods' (hostNetwork).
+            let c = k.containers.get(node + 1).ok_or_else(|| {
+                HostError::other(
+                    "running a command on",
+                    state.nodes[node].name.clone(),
+                    "no such Kind node",
+                )
+            })?;
+            let docker = docker::api::Docker::connect().await?;
+            docker
+                .exec_interactive(&c.container, argv, &state.node_env(node))
+                .await
+        }
     }
 }
 

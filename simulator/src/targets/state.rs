@@ -332,6 +332,9 @@ mod tests {
                     table: true,
                     qdisc: false,
                 }],
+                created: true,
+                kubeconfig: Some("/tmp/out/kubeconfig".into()),
+                registry: Some("edgesim-a1b2c3-registry".into()),
             }),
         ];
         for target in targets {

@@ -140,6 +140,12 @@ impl EventLog {
     fn push(&self, e: Event) {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).push(e);
     }
+    /// Records `e` as happening now (its `t` is set), for targets whose workloads something
+    /// else supervises (Kubernetes on kind): what they were seen to do.
+    pub fn record_now(&self, mut e: Event) {
+        e.t = self.now();
+        self.push(e);
+    }
     pub fn snapshot(&self) -> Vec<Event> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -32,7 +32,7 @@ use tokio::sync::Mutex;
 use crate::scenario::Plan;
 use crate::scenario::diag::Diagnostic;
 use crate::scenario::model::DownMode;
-use crate::scenario::plan::{ActionKind, Block, LinkParams, ProbeKind};
+use crate::scenario::plan::{ActionKind, Block, LinkParams};
 use crate::targets::state::{Mode, RunState, TargetState};
 use crate::workload::{BoxFuture, Launch, LaunchSpec, Process, Supervisor};
 
@@ -1082,13 +1082,7 @@ impl DeviceLab {
         let mut per: Vec<Vec<WireProbe>> = vec![Vec::new(); self.boards.len()];
         self.probe_at.clear();
         for p in &self.plan.probes {
-            let mut p = p.clone();
-            match &mut p.kind {
-                ProbeKind::Ping { addr, .. } => *addr = real(*addr),
-                ProbeKind::Tcp { addr, .. } | ProbeKind::Http { addr, .. } => {
-                    addr.set_ip(real(*addr.ip()));
-                }
-            }
+            let p = p.with_addrs(real);
             self.probe_at.push((p.from, per[p.from].len()));
             per[p.from].push(WireProbe::of(&p));
         }

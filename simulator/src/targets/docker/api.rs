@@ -509,6 +509,120 @@ impl Docker {
         }
     }
 
+    /// Whether a container named `name` exists (running or not).
+    pub async fn container_exists(&self, name: &str) -> bool {
+        self.api.inspect_container(name, None).await.is_ok()
+    }
+
+    /// Pulls `image` unless the Engine has it.
+    pub async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.api.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let opts = bollard::query_parameters::CreateImageOptionsBuilder::new()
+            .from_image(image)
+            .build();
+        let mut pull = self.api.create_image(Some(opts), None, None);
+        while let Some(step) = pull.next().await {
+            step.map_err(|e| err("pulling image", image, e))?;
+        }
+        Ok(())
+    }
+
+    /// Starts container `name` from `image` on Docker network `network`, labelled `labels`,
+    /// with its TCP port `port` published on 127.0.0.1 at a port the Engine picks; returns
+    /// that host port.
+    pub async fn start_published(
+        &self,
+        name: &str,
+        image: &str,
+        network: &str,
+        labels: &[(String, String)],
+        port: u16,
+    ) -> Result<u16> {
+        let key = format!("{port}/tcp");
+        let bindings = HashMap::from([(
+            key.clone(),
+            Some(vec![bollard::models::PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            }]),
+        )]);
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            labels: Some(labels.iter().cloned().collect()),
+            exposed_ports: Some(vec![key.clone()]),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.to_string()),
+                port_bindings: Some(bindings),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        self.api
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| err("creating container", name, e))?;
+        self.api
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| err("starting container", name, e))?;
+        let i = self
+            .api
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| err("inspecting container", name, e))?;
+        i.network_settings
+            .and_then(|n| n.ports)
+            .and_then(|p| p.get(&key).cloned().flatten())
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port?.parse().ok()))
+            .ok_or_else(|| {
+                err(
+                    "publishing a port of",
+                    name,
+                    format!("no host port for {key}"),
+                )
+            })
+    }
+
+    /// Runs `argv` in container `container` to its end; its exit code and its output
+    /// (stdout and stderr together).
+    pub async fn exec_output(&self, container: &str, argv: &[String]) -> Result<(i64, String)> {
+        let cfg = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(argv.to_vec()),
+            ..Default::default()
+        };
+        let id = self
+            .api
+            .create_exec(container, cfg)
+            .await
+            .map_err(|e| err("exec in", container, e))?
+            .id;
+        let started = self
+            .api
+            .start_exec(&id, None)
+            .await
+            .map_err(|e| err("exec in", container, e))?;
+        let mut out = Vec::new();
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+            while let Some(Ok(o)) = output.next().await {
+                out.extend_from_slice(&o.into_bytes());
+            }
+        }
+        let i = self
+            .api
+            .inspect_exec(&id)
+            .await
+            .map_err(|e| err("exec in", container, e))?;
+        Ok((
+            i.exit_code.unwrap_or(-1),
+            String::from_utf8_lossy(&out).into_owned(),
+        ))
+    }
+
     /// Removes every container of run `run` (and its anonymous volumes). Errors, if any.
     pub async fn remove_run(&self, run: &str) -> Vec<String> {
         let ids = self.labelled(&format!("edgesim.run={run}")).await;

@@ -79,6 +79,8 @@ pub const MIN_PODS: u64 = 8;
 pub const MAX_PODS: u64 = 110;
 /// The taint of workers whose board has a GPU.
 pub const GPU_TAINT: &str = "nvidia.com/gpu=present:NoSchedule";
+/// The extended resource a GPU board's node advertises (and the key of its taint).
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
 /// Longest name Kind gives a node container: `<cluster>-control-plane` must be a DNS label.
 const MAX_NODE_NAME: usize = 63;
 

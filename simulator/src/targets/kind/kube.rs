@@ -54,8 +54,7 @@ pub const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 const CRD_POLL: Duration = Duration::from_millis(500);
 /// How often [`wait_deployed`] reads the Flux objects.
 pub const DEPLOY_POLL: Duration = Duration::from_secs(2);
-/// The extended resource a GPU board's node advertises.
-pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+pub use super::config::GPU_RESOURCE;
 
 /// Reasons of a `Ready=False` condition that mean the attempt failed (kustomize-controller's
 /// `meta` reasons), as opposed to `DependencyNotReady` or `Progressing`, which are waits.

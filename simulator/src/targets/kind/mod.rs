@@ -42,4 +42,8 @@
 pub mod config;
 #[cfg(feature = "kube")]
 pub mod kube;
+#[cfg(feature = "kube")]
+pub mod lab;
+pub mod manifests;
 pub mod nodes;
+pub mod tools;

@@ -149,6 +149,15 @@ pub struct KindState {
     /// The control plane, then the workers in the plan's order (not `nodes`, which the
     /// state file's target-neutral part holds).
     pub containers: Vec<NodeRecord>,
+    /// The run created the cluster (`kind create cluster`), so it deletes it.
+    #[serde(default)]
+    pub created: bool,
+    /// The cluster's kubeconfig (in the run's folder for a cluster the run created).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The artifact registry container the run started beside the cluster.
+    #[serde(default)]
+    pub registry: Option<String>,
 }
 
 /// The node containers of a running Kind cluster.
@@ -441,23 +450,52 @@ impl KindFaults {
         out_dir: PathBuf,
     ) -> Result<KindFaults> {
         nodes.check_workers(plan)?;
-        let table = format!("edgesim-{run_id}");
         let ks = KindState {
             cluster: nodes.cluster.clone(),
             network: nodes.network.clone(),
-            table: table.clone(),
-            containers: nodes
-                .nodes
-                .iter()
-                .map(|(c, a, _)| NodeRecord {
-                    container: c.clone(),
-                    addr: *a,
-                    table: false,
-                    qdisc: false,
-                })
-                .collect(),
+            created: false,
+            kubeconfig: None,
+            registry: None,
+            table: format!("edgesim-{run_id}"),
+            containers: Vec::new(),
         };
         let state = RunState::new(plan, run_id, mode, out_dir, TargetState::Kind(ks));
+        Self::attach(state, nodes)
+    }
+
+    /// Takes over run `state` (a kind run's, whose table name it keeps) on `nodes`: records
+    /// the node containers in it, saves it (nothing is installed yet) and opens each node's
+    /// network namespace.
+    pub fn attach(mut state: RunState, nodes: &KindNodes) -> Result<KindFaults> {
+        if state.nodes.len() + 1 != nodes.nodes.len() {
+            return Err(HostError::other(
+                "matching",
+                format!("Kind cluster {}", nodes.cluster),
+                format!(
+                    "it has {} workers for {} scenario nodes",
+                    nodes.nodes.len() - 1,
+                    state.nodes.len()
+                ),
+            ));
+        }
+        let Some(ks) = kind_state(&mut state) else {
+            return Err(HostError::other(
+                "opening the node faults of",
+                state.run_id.clone(),
+                "not a kind run",
+            ));
+        };
+        ks.containers = nodes
+            .nodes
+            .iter()
+            .map(|(c, a, _)| NodeRecord {
+                container: c.clone(),
+                addr: *a,
+                table: false,
+                qdisc: false,
+            })
+            .collect();
+        let table = ks.table.clone();
         state.save_or_err()?;
         let mut live = Vec::with_capacity(nodes.nodes.len());
         for (c, _, pid) in &nodes.nodes {
@@ -473,16 +511,21 @@ impl KindFaults {
             });
         }
         Ok(KindFaults {
+            seed: state.seed,
             state,
             addrs: nodes.nodes.iter().map(|n| n.1).collect(),
             live,
-            seed: plan.seed,
         })
     }
 
     /// The run's state (what the state file says).
     pub fn state(&self) -> &RunState {
         &self.state
+    }
+
+    /// The run's state, to change (save it after).
+    pub fn state_mut(&mut self) -> &mut RunState {
+        &mut self.state
     }
 
     /// Makes the nodes hold exactly `f`, the exemption ahead of every rule.
@@ -620,7 +663,7 @@ impl KindFaults {
     }
 
     /// Removes everything installed, keeps the state file (its records cleared).
-    async fn clear(&mut self) -> Vec<String> {
+    pub(crate) async fn clear(&mut self) -> Vec<String> {
         for l in &mut self.live {
             l.installed = Want::default();
         }
@@ -642,7 +685,7 @@ impl KindFaults {
     }
 }
 
-fn open_ns(container: &str, pid: i64) -> Result<OwnedFd> {
+pub(crate) fn open_ns(container: &str, pid: i64) -> Result<OwnedFd> {
     let path = format!("/proc/{pid}/ns/net");
     std::fs::File::open(&path).map(OwnedFd::from).map_err(|e| {
         HostError::io(
@@ -654,7 +697,7 @@ fn open_ns(container: &str, pid: i64) -> Result<OwnedFd> {
 }
 
 /// Deletes what the records of `state` say is installed, clearing each record that is gone.
-async fn remove_installed(state: &mut RunState) -> Vec<String> {
+pub(crate) async fn remove_installed(state: &mut RunState) -> Vec<String> {
     let Some(ks) = kind_state(state) else {
         return vec![format!("run {} is not a kind run", state.run_id)];
     };
@@ -710,14 +753,29 @@ async fn remove_installed(state: &mut RunState) -> Vec<String> {
     errors
 }
 
-/// Removes what a kind run installed in the node containers, from its state file alone
-/// (`edgesim cleanup` after a SIGKILL), and the state file.
+/// Removes what a kind run installed, from its state file alone (`edgesim cleanup` after a
+/// SIGKILL): its faults inside the node containers, the registry container it started, the
+/// cluster when the run created it (`kind delete cluster`), and the state file.
 ///
-/// Guarantees: idempotent; keeps going past errors; "already gone" is success. The cluster
-/// itself and the workers' limits stay: they belong to the cluster, not to the run.
+/// Guarantees: idempotent; keeps going past errors; "already gone" is success. A cluster the
+/// run did not create stays, with its workers' limits: it belongs to its owner.
 pub async fn cleanup_state(state: &RunState) -> Vec<String> {
     let mut st = state.clone();
     let mut errors = remove_installed(&mut st).await;
+    let run_id = st.run_id.clone();
+    if let Some(ks) = kind_state(&mut st) {
+        if ks.registry.is_some() {
+            match Docker::connect().await {
+                Ok(d) => errors.extend(d.remove_run(&run_id).await),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if ks.created
+            && let Err(e) = super::tools::kind_delete(&ks.cluster, ks.kubeconfig.as_deref()).await
+        {
+            errors.push(e.to_string());
+        }
+    }
     errors.extend(st.remove_or_msg());
     errors
 }
@@ -736,8 +794,8 @@ pub fn rows(c: &mut Capabilities, netem: bool) {
     );
     c.set(
         Feature::Rate,
-        Support::Exact,
-        "tc htb on the sending node container's eth0 (traffic to the control plane exempt)",
+        Support::Emulated,
+        "tc htb on the sending node container's eth0, per destination node (traffic to the control plane exempt): a site uplink shared by several nodes is not one bottleneck (each node gets the whole rate), so verdicts that depend on nodes competing for an uplink may differ from netns",
     );
     let netem_row = if netem {
         (
@@ -757,6 +815,66 @@ pub fn rows(c: &mut Capabilities, netem: bool) {
     let shape = "docker update of the worker container (kubelet still reports the host's capacity: the configuration's reservations make allocatable the board's)";
     c.set(Feature::Cpu, Support::Exact, shape);
     c.set(Feature::Memory, Support::Exact, shape);
+    c.set(
+        Feature::FlapTrace,
+        if netem {
+            Support::Exact
+        } else {
+            Support::Emulated
+        },
+        "the same mechanisms, changed on schedule (steps that need delay need netem)",
+    );
+    c.set(
+        Feature::Deterministic,
+        Support::Unavailable,
+        "the userspace link emulator does not run inside Kind's node containers: drops and delays are the kernel's (use netns or docker for a replayable run)",
+    );
+    c.set(
+        Feature::NodeIsolate,
+        Support::Emulated,
+        "everything to and from the node container dropped inside the nodes, but kubelet ↔ API server traffic: the node stays Ready",
+    );
+    c.set(
+        Feature::NodeFreeze,
+        Support::Exact,
+        "docker pause of the node container: its pods and its kubelet hang (the node goes NotReady after 40 s, as a hung board's would)",
+    );
+    c.set(
+        Feature::NodePoweroff,
+        Support::Emulated,
+        "the node isolated and its pods deleted; node-up creates them again from the delivered manifests (their /data, an emptyDir, starts empty)",
+    );
+    c.set(
+        Feature::KillRestart,
+        Support::Exact,
+        "kill: the signal to the pod's container through containerd in its node (kubelet then applies the restart policy); restart: the pod deleted and created again",
+    );
+    c.set(
+        Feature::BlockIo,
+        Support::Unavailable,
+        "Kind nodes share the host's disk; the docker target throttles block IO",
+    );
+    c.set(
+        Feature::AppWorkload,
+        Support::Exact,
+        "the app's image for this host's architecture, loaded into the nodes (`kind load`), run as a pod on the node's network, delivered by Flux",
+    );
+    c.set(
+        Feature::ImageWorkload,
+        Support::Exact,
+        "a pod of the image: loaded into the nodes when the Docker Engine has it, else pulled by them",
+    );
+    c.set(
+        Feature::CommandWorkload,
+        Support::Unavailable,
+        "a Kubernetes cluster runs images: use `app:` or `image:` (or the netns and docker targets)",
+    );
+    c.set(
+        Feature::Arm64Emulation,
+        Support::Unavailable,
+        "Kind cannot run arm64 nodes under qemu (kind#2718): arm64 boards are nodes of this host's architecture labelled edgesim.dev/arch=arm64",
+    );
+    c.netem_hint = NO_NETEM.into();
 }
 
 #[cfg(test)]
