@@ -547,6 +547,96 @@ fn the_flake_parses_and_offers_its_shells() {
     );
 }
 
+/// What `--target kind` delivers for the scenarios of the checked-in Kind examples
+/// (`edgesim kind-delivery`): the artifact builds with kustomize into the run's namespace
+/// and one pod per instance, each pinned to its node on the node's network, and the run's
+/// Flux objects validate against Flux's CRD schemas.
+#[test]
+fn what_the_kind_target_delivers_builds_and_validates() {
+    let schema_dir = repo("../shared/schemas/flux");
+    let schemas = (schema_dir.is_dir() && edgesim::testing::python_yaml())
+        .then(|| crd_schemas(&schema_dir));
+    if schemas.is_none() {
+        eprintln!(
+            "the Flux objects are not validated: no CRD schemas at {} (or no python3 jsonschema)",
+            schema_dir.display()
+        );
+    }
+    let kubectl = edgesim::testing::program("kubectl", "kubectl");
+    for scenario in ["quickstart", "iot-partition", "inference-constrained"] {
+        let file = format!("scenarios/{scenario}.yaml");
+        let plan: Value =
+            serde_json::from_str(&run(bin().args(["plan", &file, "--output", "json"]))).unwrap();
+        let instances: usize = plan["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["nodes"].as_array().unwrap().len())
+            .sum();
+        let dir = tempfile::tempdir().unwrap();
+        run(bin()
+            .args(["kind-delivery", &file, "--out"])
+            .arg(dir.path()));
+        let artifact = dir.path().join("artifact");
+        let objects = if kubectl {
+            kustomize(&artifact)
+        } else {
+            // What kustomize would build: the files its kustomization lists.
+            let k = &documents(
+                &std::fs::read_to_string(artifact.join("kustomization.yaml")).unwrap(),
+                &artifact,
+            )[0];
+            k["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| {
+                    let f = artifact.join(r.as_str().unwrap());
+                    documents(&std::fs::read_to_string(&f).unwrap(), &f)
+                })
+                .collect()
+        };
+        let pods: Vec<&Value> = objects.iter().filter(|o| o["kind"] == "Pod").collect();
+        assert_eq!(pods.len(), instances, "{scenario}: one pod per instance");
+        assert_eq!(
+            objects.iter().filter(|o| o["kind"] == "Namespace").count(),
+            1,
+            "{scenario}"
+        );
+        let nodes: BTreeSet<&str> = plan["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        for p in &pods {
+            let spec = &p["spec"];
+            assert_eq!(spec["hostNetwork"], true, "{scenario}: {p}");
+            let node = spec["nodeSelector"]["edgesim.dev/node"].as_str().unwrap();
+            assert!(nodes.contains(node), "{scenario}: pod on unknown node {node}");
+            assert_eq!(p["metadata"]["namespace"], "edgesim-preview");
+        }
+        let flux_file = dir.path().join("flux.yaml");
+        let flux = documents(&std::fs::read_to_string(&flux_file).unwrap(), &flux_file);
+        let kinds: Vec<&str> = flux.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["OCIRepository", "Kustomization"], "{scenario}");
+        if let Some(schemas) = &schemas {
+            for (o, errors) in flux.iter().zip(validate(schemas, &flux)) {
+                assert!(
+                    errors.is_empty(),
+                    "{scenario}: {} {}: {errors:?}",
+                    o["kind"],
+                    o["metadata"]["name"]
+                );
+            }
+            // The validator finds a misspelt field: a pass means something.
+            let mut bad = flux[1].clone();
+            bad["spec"]["prunne"] = Value::Bool(true);
+            assert!(!validate(schemas, &[bad])[0].is_empty());
+        }
+    }
+}
+
 /// Runs a program to success, returning its stdout; panics with its stderr otherwise.
 fn run(cmd: &mut Command) -> String {
     let out = cmd

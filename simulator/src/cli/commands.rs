@@ -35,6 +35,7 @@ pub fn dispatch(cli: Cli) -> u8 {
             host_cpus,
             host_memory,
         } => kind_config(&file, host_cpus, host_memory.map(|b| b.0), &profile_dirs),
+        Command::KindDelivery { file, out } => kind_delivery(&file, &out, &profile_dirs),
         other => super::run::dispatch(other, &profile_dirs),
     };
     match res {
@@ -492,5 +493,56 @@ fn kind_config(
     );
     let text = generated.to_yaml(&file.display().to_string(), &command)?;
     outln!("{}", text.trim_end());
+    Ok(EXIT_PASS)
+}
+
+/// `edgesim kind-delivery`: what the kind target would deliver for a scenario, written to
+/// `out` (see the command's help).
+fn kind_delivery(file: &Path, out: &Path, dirs: &[PathBuf]) -> Result<u8> {
+    use edgesim::targets::kind::{manifests, nodes::KindState};
+    use edgesim::targets::state::{Mode, RunState, TargetState};
+    let profiles = load_profiles(dirs)?;
+    let caps = Capabilities::all("kind");
+    let Some(p) = load_plan(file, &profiles, &caps, &Overrides::default())? else {
+        return Ok(EXIT_INVALID);
+    };
+    let run_id = "preview";
+    let state = RunState::new(
+        &p,
+        run_id,
+        Mode::Run,
+        out.to_path_buf(),
+        TargetState::Kind(KindState {
+            cluster: edgesim::targets::kind::config::cluster_name(&p),
+            network: edgesim::targets::kind::nodes::network(),
+            table: format!("edgesim-{run_id}"),
+            containers: Vec::new(),
+            created: true,
+            kubeconfig: None,
+            registry: None,
+        }),
+    );
+    let images: Vec<manifests::PodImage> = p
+        .workloads
+        .iter()
+        .map(|w| manifests::PodImage {
+            image: match &w.run {
+                edgesim::scenario::plan::Run::App { app, .. } => manifests::app_image(app),
+                edgesim::scenario::plan::Run::Image { image, .. } => image.clone(),
+                edgesim::scenario::plan::Run::Command { argv } => {
+                    argv.first().cloned().unwrap_or_default()
+                }
+            },
+            pull_policy: "Never",
+        })
+        .collect();
+    let delivery = manifests::render(&p, &state, &images, std::time::Duration::from_secs(5));
+    delivery
+        .write(&out.join("artifact"))
+        .with_context(|| format!("writing the artifact under {}", out.display()))?;
+    let timeout = manifests::delivery_timeout(&p, std::time::Duration::ZERO);
+    let flux = manifests::flux_objects(&p, run_id, "edgesim-preview-registry:5000", timeout);
+    std::fs::write(out.join("flux.yaml"), flux)
+        .with_context(|| format!("writing {}", out.join("flux.yaml").display()))?;
     Ok(EXIT_PASS)
 }

@@ -264,8 +264,8 @@ edgesim fault iot-partition --list"
     /// stops the scope.
     #[command(hide = true)]
     AgentHold,
-    /// (in progress: the `kind` target) Print the Kind cluster configuration of a scenario:
-    /// a control plane and one worker per node, each advertising its profile's CPU and memory.
+    /// Print the Kind cluster configuration of a scenario (what `--target kind` creates): a
+    /// control plane and one worker per node, each advertising its profile's CPU and memory.
     #[command(hide = true)]
     KindConfig {
         file: PathBuf,
@@ -276,6 +276,16 @@ edgesim fault iot-partition --list"
         /// machine's].
         #[arg(long, value_name = "BYTES")]
         host_memory: Option<edgesim::units::Bytes>,
+    },
+    /// Write what `--target kind` delivers through Flux for a scenario into DIR: the
+    /// artifact (`artifact/`: a namespace and one pod per instance, with its
+    /// `kustomization.yaml`) and the run's Flux objects (`flux.yaml`), for run id `preview`
+    /// and the scenario's own addresses (a run uses its cluster's).
+    #[command(hide = true)]
+    KindDelivery {
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
     /// (internal) The process behind `up`.
     #[command(hide = true)]

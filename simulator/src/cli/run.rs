@@ -88,6 +88,7 @@ pub fn dispatch(cmd: Command, profile_dirs: &[PathBuf]) -> Result<u8> {
         | Command::Plan { .. }
         | Command::Profiles { .. }
         | Command::KindConfig { .. }
+        | Command::KindDelivery { .. }
         | Command::Schema => {
             unreachable!("handled in commands::dispatch")
         }

@@ -177,6 +177,17 @@ pub enum Arch {
     Arm64,
 }
 
+impl Arch {
+    /// The architecture this edgesim runs on.
+    pub fn host() -> Arch {
+        if std::env::consts::ARCH == "aarch64" {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        }
+    }
+}
+
 impl fmt::Display for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -78,15 +78,10 @@ fn arch_name(a: Arch) -> &'static str {
 /// The architecture node `n` runs as: the profile's when the scenario emulates
 /// architectures, else this host's (as on `netns`).
 fn node_arch(plan: &Plan, n: usize) -> Arch {
-    let host = if std::env::consts::ARCH == "aarch64" {
-        Arch::Arm64
-    } else {
-        Arch::Amd64
-    };
     if plan.emulate_arch {
         plan.nodes[n].profile.arch
     } else {
-        host
+        Arch::host()
     }
 }
 

@@ -54,7 +54,7 @@ use crate::scenario::loc::Pos;
 use crate::scenario::model::DownMode;
 use crate::scenario::plan::{ActionKind, Block, LinkParams, Run};
 use crate::targets::docker::api::Docker;
-use crate::targets::docker::{image_tag, node_limits};
+use crate::targets::docker::node_limits;
 use crate::targets::state::{Mode, RunState, TargetState};
 use crate::workload::{Event, EventKind, EventLog};
 
@@ -82,14 +82,6 @@ pub struct Bound {
     pub images: Vec<PodImage>,
     /// Images of this Engine to load into the nodes.
     pub load: Vec<String>,
-}
-
-fn host_arch() -> Arch {
-    if std::env::consts::ARCH == "aarch64" {
-        Arch::Arm64
-    } else {
-        Arch::Amd64
-    }
 }
 
 /// The kind target's validation of a plan; nothing is created.
@@ -192,7 +184,7 @@ pub async fn resolve(plan: &Plan) -> std::result::Result<Bound, Vec<Diagnostic>>
             (None, Run::App { app, .. }) => {
                 // Kind nodes run this host's architecture (Kind cannot run arm64 nodes under
                 // qemu): every app runs its build for this host.
-                let tag = image_tag(app, host_arch());
+                let tag = manifests::app_image(app);
                 if let Some(d) = &docker
                     && d.image(&tag).await.is_err()
                 {
@@ -203,7 +195,7 @@ pub async fn resolve(plan: &Plan) -> std::result::Result<Bound, Vec<Diagnostic>>
                         )
                         .hint(format!(
                             "build it with `images/build.sh --arch {} --only {app}` (no registry is needed)",
-                            host_arch()
+                            Arch::host()
                         )),
                     );
                 }
@@ -459,7 +451,15 @@ impl KindLab {
             // kubelet reads capacity in KiB.
             memory_bytes: 1 << 10,
         };
-        let wrong = tri!(k::verify_allocatable(&client, &expected, tolerance).await);
+        // Workers register with the API server as they join; give late ones a minute.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let wrong = loop {
+            let wrong = tri!(k::verify_allocatable(&client, &expected, tolerance).await);
+            if wrong.is_empty() || tokio::time::Instant::now() >= deadline {
+                break wrong;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
         if !wrong.is_empty() {
             let msg = wrong
                 .iter()
@@ -599,13 +599,7 @@ impl KindLab {
         .await
         .map_err(|e| e.to_string())?;
         let revision = format!("{run_id}@{digest}");
-        let timeout = plan
-            .workloads
-            .iter()
-            .map(|w| w.ready_timeout)
-            .max()
-            .unwrap_or_default()
-            + DELIVERY_MARGIN;
+        let timeout = manifests::delivery_timeout(&plan, DELIVERY_MARGIN);
         let objects = manifests::flux_objects(
             &plan,
             &run_id,

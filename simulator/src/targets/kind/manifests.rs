@@ -76,6 +76,23 @@ pub fn artifact_repository(plan: &Plan) -> String {
     format!("edgesim/{}", plan.name)
 }
 
+/// The image app `app` runs as on a Kind node: its build for this host's architecture (Kind's
+/// nodes run the host's; an arm64 board is a node labelled `edgesim.dev/arch=arm64`).
+pub fn app_image(app: &str) -> String {
+    crate::targets::docker::image_tag(app, crate::profile::Arch::host())
+}
+
+/// How long Flux gets to deliver a run's workloads: the longest `readyTimeout` of its
+/// workloads and `margin` for the controllers to start, pull the artifact and apply it.
+pub fn delivery_timeout(plan: &Plan, margin: Duration) -> Duration {
+    plan.workloads
+        .iter()
+        .map(|w| w.ready_timeout)
+        .max()
+        .unwrap_or_default()
+        + margin
+}
+
 /// What one workload runs on the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodImage {
@@ -455,6 +472,32 @@ spec:
         let c = &spec["containers"][0];
         assert_eq!(c["imagePullPolicy"], "IfNotPresent");
         assert!(c.get("readinessProbe").is_none(), "{c}");
+    }
+
+    /// Kubernetes' own types drop what they do not know: an object that comes back the same
+    /// through them has no misspelt or misplaced field.
+    #[cfg(feature = "kube")]
+    #[test]
+    fn every_object_reads_back_the_same_through_kubernetes_own_types() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
+        let p = plan();
+        let d = docs(&render(&p, &state(&p), &images(), Duration::from_secs(5)));
+        let mut pods = 0;
+        for (file, v) in &d {
+            let back = match v["kind"].as_str() {
+                Some("Pod") => {
+                    pods += 1;
+                    serde_json::to_value(serde_json::from_value::<Pod>(v.clone()).unwrap())
+                }
+                Some("Namespace") => {
+                    serde_json::to_value(serde_json::from_value::<Namespace>(v.clone()).unwrap())
+                }
+                _ => continue,
+            }
+            .unwrap();
+            assert_eq!(&back, v, "{file}");
+        }
+        assert_eq!(pods, 4);
     }
 
     #[test]
