@@ -1,9 +1,11 @@
 //! The `kind` target's assets: the generated Kind configurations (`kind/`, golden;
 //! `EDGESIM_BLESS=1` rewrites them), the Flux repository (`flux/`: every folder builds with
 //! `kubectl kustomize`, every Flux object validates against the published CRD schemas, its
-//! references resolve), the Nix flake (parses), and, `#[ignore]`d, a real Kind cluster from
-//! the quickstart scenario with Flux delivering `flux/clusters/local` (the nightly workflow
-//! runs it: `cargo test -p edgesim --test kind -- --ignored`).
+//! references resolve), what `--target kind` delivers (builds, validates), the Nix flake
+//! (parses), and, `#[ignore]`d, a real Kind cluster from the quickstart scenario with Flux
+//! delivering `flux/clusters/local`, and the quickstart scenario run end to end with `edgesim
+//! run --target kind` (the nightly workflow runs them: `cargo test -p edgesim --test kind --
+//! --ignored`).
 //!
 //! Gates: `kubectl` (kubectl v1.32 with its built-in kustomize), `python` (python3 with
 //! jsonschema, for the CRD schemas), `nix` (`nix-instantiate`). The CRD schemas are read from
@@ -944,4 +946,67 @@ fn kind_cluster_from_quickstart_comes_up() {
     );
     assert_eq!(placed["cloud-sink"], set(&["sink"]), "{placed:?}");
     drop(cluster);
+}
+
+/// The quickstart scenario on a Kind cluster that edgesim creates, delivers to through Flux,
+/// impairs and deletes: every assertion holds as on netns, Flux's delivery and post-heal
+/// convergence are reported, and nothing is left (no cluster, no registry, no state file).
+#[test]
+#[ignore = "needs kind and flux"]
+fn quickstart_passes_on_the_kind_target() {
+    for p in ["kind", "flux", "docker"] {
+        assert!(edgesim::testing::have_program(p), "needs `{p}`");
+    }
+    let arch = edgesim::testing::host_arch();
+    edgesim::testing::ensure_images(&repo("."), arch, &["cloud-sink", "iot-collector"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let out = bin()
+        .args(["run", "--target", "kind", "scenarios/quickstart.yaml", "--report"])
+        .arg(&report)
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_else(|e| {
+        panic!(
+            "no report ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{:#}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        r["assertions"]
+    );
+    assert_eq!(r["target"], "kind");
+    for a in r["assertions"].as_array().unwrap() {
+        assert_eq!(a["passed"], true, "{a}");
+    }
+    let notes: Vec<&str> = r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(notes.iter().any(|n| n.starts_with("Flux delivered")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("Flux converged")), "{notes:?}");
+    // The workloads' output was collected from the pods.
+    let log = dir.path().join("workloads/sink/sink.stdout.log");
+    assert!(std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), "{}", log.display());
+    // Nothing is left.
+    let left = run(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=edgesim.run={}", r["run_id"].as_str().unwrap()),
+        "-q",
+    ]));
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    let clusters = run(Command::new("kind").args(["get", "clusters"]));
+    assert!(!clusters.contains("edgesim-quickstart"), "{clusters}");
 }

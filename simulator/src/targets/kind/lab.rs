@@ -590,14 +590,26 @@ impl KindLab {
             self.registry.host_port,
             manifests::artifact_repository(&plan)
         );
-        let digest = tools::flux_push(
-            &url,
-            &dir,
-            &format!("edgesim/{}", plan.name),
-            &format!("{run_id}@sha1:{}", tree_hash(&delivery)),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        // A registry container that has just started may not listen yet: a few tries.
+        let mut tries = 0;
+        let digest = loop {
+            match tools::flux_push(
+                &url,
+                &dir,
+                &format!("edgesim/{}", plan.name),
+                &format!("{run_id}@sha1:{}", tree_hash(&delivery)),
+            )
+            .await
+            {
+                Ok(d) => break d,
+                Err(e) if tries >= 10 => return Err(e.to_string()),
+                Err(e) => {
+                    tracing::debug!("pushing the artifact, try {tries}: {e}");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
         let revision = format!("{run_id}@{digest}");
         let timeout = manifests::delivery_timeout(&plan, DELIVERY_MARGIN);
         let objects = manifests::flux_objects(
