@@ -1,15 +1,11 @@
-//! The `kind` target, in progress: what exists is the generation of Kind cluster
-//! configurations from a scenario ([`config`]); on a running cluster, the work on its node
-//! containers through the Docker Engine ([`nodes`]): the workers held to their boards' CPU and
-//! memory, and partitions, loss, rate and delay installed inside the node containers with the
-//! kubelet ↔ API server traffic always exempt (so a partitioned node stays Ready: see
-//! [`nodes`]); and, behind the default `kube` feature, the Kubernetes API client logic the
-//! target needs (`kube`: server-side apply of manifests with CRDs first, Flux's "revision
-//! deployed and healthy" predicate, reconcile requests, waiting for a delivery with a
-//! diagnosis on timeout, a fake `nvidia.com/gpu` on GPU nodes, and the check of every node's
-//! allocatable CPU and memory), tested against kube's mock only. The target itself (creating
-//! the cluster, delivering workloads through Flux, driving the timeline) is not wired into
-//! [`super::TargetKind`] or the engine yet.
+//! The `kind` target: a Kind cluster made for the run ([`lab`]), its configuration generated
+//! from the scenario ([`config`]), its node containers held to their boards and impaired from
+//! inside with the kubelet ↔ API server traffic always exempt ([`nodes`]), the workloads
+//! delivered as pods by Flux from an artifact the run pushes ([`manifests`], [`tools`]), through
+//! the Kubernetes API client logic of [`kube`] (server-side apply with CRDs first, Flux's
+//! "revision deployed and healthy" predicate, reconcile requests, the fake `nvidia.com/gpu`,
+//! the allocatable check). [`lab`] and [`kube`] need the default `kube` feature; the agents,
+//! built without it, keep the rest.
 //!
 //! # Design
 //!
