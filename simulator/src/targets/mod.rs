@@ -464,7 +464,7 @@ pub enum Partial {
     Docker(docker::Partial),
     Device(device::lab::Partial),
     #[cfg(feature = "kube")]
-    Kind(kind::lab::Partial),
+    Kind(Box<kind::lab::Partial>),
 }
 
 impl Partial {
@@ -562,7 +562,7 @@ impl Lab {
                         let (error, partial) = *e;
                         Box::new(ProvisionFailure {
                             error,
-                            partial: Partial::Kind(partial),
+                            partial: Partial::Kind(Box::new(partial)),
                         })
                     })
             }
