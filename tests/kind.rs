@@ -556,8 +556,8 @@ fn the_flake_parses_and_offers_its_shells() {
 #[test]
 fn what_the_kind_target_delivers_builds_and_validates() {
     let schema_dir = repo("../shared/schemas/flux");
-    let schemas = (schema_dir.is_dir() && edgesim::testing::python_yaml())
-        .then(|| crd_schemas(&schema_dir));
+    let schemas =
+        (schema_dir.is_dir() && edgesim::testing::python_yaml()).then(|| crd_schemas(&schema_dir));
     if schemas.is_none() {
         eprintln!(
             "the Flux objects are not validated: no CRD schemas at {} (or no python3 jsonschema)",
@@ -615,7 +615,10 @@ fn what_the_kind_target_delivers_builds_and_validates() {
             let spec = &p["spec"];
             assert_eq!(spec["hostNetwork"], true, "{scenario}: {p}");
             let node = spec["nodeSelector"]["edgesim.dev/node"].as_str().unwrap();
-            assert!(nodes.contains(node), "{scenario}: pod on unknown node {node}");
+            assert!(
+                nodes.contains(node),
+                "{scenario}: pod on unknown node {node}"
+            );
             assert_eq!(p["metadata"]["namespace"], "edgesim-preview");
         }
         let flux_file = dir.path().join("flux.yaml");
@@ -962,7 +965,13 @@ fn quickstart_passes_on_the_kind_target() {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let out = bin()
-        .args(["run", "--target", "kind", "scenarios/quickstart.yaml", "--report"])
+        .args([
+            "run",
+            "--target",
+            "kind",
+            "scenarios/quickstart.yaml",
+            "--report",
+        ])
         .arg(&report)
         .arg("--out")
         .arg(dir.path())
@@ -993,11 +1002,21 @@ fn quickstart_passes_on_the_kind_target() {
         .iter()
         .map(|n| n.as_str().unwrap())
         .collect();
-    assert!(notes.iter().any(|n| n.starts_with("Flux delivered")), "{notes:?}");
-    assert!(notes.iter().any(|n| n.starts_with("Flux converged")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.starts_with("Flux delivered")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.starts_with("Flux converged")),
+        "{notes:?}"
+    );
     // The workloads' output was collected from the pods.
     let log = dir.path().join("workloads/sink/sink.stdout.log");
-    assert!(std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), "{}", log.display());
+    assert!(
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),
+        "{}",
+        log.display()
+    );
     // Nothing is left.
     let left = run(Command::new("docker").args([
         "ps",

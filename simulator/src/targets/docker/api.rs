@@ -509,6 +509,38 @@ impl Docker {
         }
     }
 
+    /// Removes every container of run `run` (and its anonymous volumes). Errors, if any.
+    pub async fn remove_run(&self, run: &str) -> Vec<String> {
+        let ids = self.labelled(&format!("edgesim.run={run}")).await;
+        futures::stream::iter(ids)
+            .map(|(id, _)| async move { self.remove(&id).await })
+            .buffer_unordered(8)
+            .filter_map(|e| async move { e })
+            .collect()
+            .await
+    }
+
+    /// Removes containers of runs not in `live`. How many, and errors.
+    pub async fn remove_orphans(&self, live: &[String]) -> (usize, Vec<String>) {
+        let mut n = 0;
+        let mut errors = Vec::new();
+        for (id, run) in self.labelled("edgesim.run").await {
+            if live.contains(&run) {
+                continue;
+            }
+            match self.remove(&id).await {
+                None => n += 1,
+                Some(e) => errors.push(e),
+            }
+        }
+        (n, errors)
+    }
+}
+
+/// What the kind target asks of the Engine beyond the docker target: its cluster's registry
+/// and commands inside Kind's node containers.
+#[cfg(feature = "kube")]
+impl Docker {
     /// Whether a container named `name` exists (running or not).
     pub async fn container_exists(&self, name: &str) -> bool {
         self.api.inspect_container(name, None).await.is_ok()
@@ -621,33 +653,6 @@ impl Docker {
             i.exit_code.unwrap_or(-1),
             String::from_utf8_lossy(&out).into_owned(),
         ))
-    }
-
-    /// Removes every container of run `run` (and its anonymous volumes). Errors, if any.
-    pub async fn remove_run(&self, run: &str) -> Vec<String> {
-        let ids = self.labelled(&format!("edgesim.run={run}")).await;
-        futures::stream::iter(ids)
-            .map(|(id, _)| async move { self.remove(&id).await })
-            .buffer_unordered(8)
-            .filter_map(|e| async move { e })
-            .collect()
-            .await
-    }
-
-    /// Removes containers of runs not in `live`. How many, and errors.
-    pub async fn remove_orphans(&self, live: &[String]) -> (usize, Vec<String>) {
-        let mut n = 0;
-        let mut errors = Vec::new();
-        for (id, run) in self.labelled("edgesim.run").await {
-            if live.contains(&run) {
-                continue;
-            }
-            match self.remove(&id).await {
-                None => n += 1,
-                Some(e) => errors.push(e),
-            }
-        }
-        (n, errors)
     }
 }
 
