@@ -171,7 +171,7 @@ pub struct Run {
     programs: BTreeMap<String, PathBuf>,
     out_dir: Option<PathBuf>,
     profile_dirs: Vec<PathBuf>,
-    inventory: Option<PathBuf>,
+    target_options: crate::targets::ResolveOptions,
     grace: Duration,
 }
 
@@ -186,7 +186,7 @@ impl Run {
             programs: BTreeMap::new(),
             out_dir: None,
             profile_dirs: Vec::new(),
-            inventory: None,
+            target_options: Default::default(),
             grace: Duration::from_secs(3),
         }
     }
@@ -239,7 +239,15 @@ impl Run {
 
     /// The Ansible inventory of the boards (the `device` target).
     pub fn inventory(mut self, path: impl Into<PathBuf>) -> Self {
-        self.inventory = Some(path.into());
+        self.target_options.inventory = Some(path.into());
+        self
+    }
+
+    /// The `kind` target on a cluster of your own: its kubeconfig, and the registry its
+    /// nodes pull the run's artifact and images from (like `--kubeconfig`, `--registry`).
+    pub fn cluster(mut self, kubeconfig: impl Into<PathBuf>, registry: impl Into<String>) -> Self {
+        self.target_options.kubeconfig = Some(kubeconfig.into());
+        self.target_options.registry = Some(registry.into());
         self
     }
 
@@ -318,10 +326,7 @@ impl Run {
         let profiles = self.profile_set()?;
         let caps = crate::targets::capabilities_here(self.target).await;
         let (plan, model) = self.plan_with(&profiles, &caps, live)?;
-        let opts = crate::targets::ResolveOptions {
-            inventory: self.inventory.clone(),
-        };
-        let resolved = crate::targets::resolve(self.target, &plan, &opts)
+        let resolved = crate::targets::resolve(self.target, &plan, &self.target_options)
             .await
             .map_err(|items| {
                 Error::Refused(Diagnostics::new(

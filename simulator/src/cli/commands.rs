@@ -9,16 +9,21 @@ use edgesim::scenario::{self, Capabilities, LoadError, Overrides, Plan, Validate
 
 use super::{Cli, Command, EXIT_INFRA, EXIT_INVALID, EXIT_PASS, Output, TargetArg};
 
-/// `--inventory`, for the device target's validation.
-static INVENTORY: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+/// `--inventory`, `--kubeconfig` and `--registry`, for the targets' validation.
+static TARGET_OPTIONS: std::sync::OnceLock<edgesim::targets::ResolveOptions> =
+    std::sync::OnceLock::new();
 
-/// The `--inventory` this process was given.
-pub fn inventory() -> Option<PathBuf> {
-    INVENTORY.get().cloned().flatten()
+/// The target options (`--inventory`, `--kubeconfig`, `--registry`) this process was given.
+pub fn target_options() -> edgesim::targets::ResolveOptions {
+    TARGET_OPTIONS.get().cloned().unwrap_or_default()
 }
 
 pub fn dispatch(cli: Cli) -> u8 {
-    let _ = INVENTORY.set(cli.inventory.clone());
+    let _ = TARGET_OPTIONS.set(edgesim::targets::ResolveOptions {
+        inventory: cli.inventory.clone(),
+        kubeconfig: cli.kubeconfig.clone(),
+        registry: cli.registry.clone(),
+    });
     let profile_dirs: Vec<PathBuf> = cli
         .profile_dirs
         .iter()
@@ -68,9 +73,7 @@ pub fn resolve_plan(target: TargetArg, plan: &Plan) -> Result<Option<edgesim::ta
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let opts = edgesim::targets::ResolveOptions {
-        inventory: INVENTORY.get().cloned().flatten(),
-    };
+    let opts = target_options();
     match rt.block_on(edgesim::targets::resolve(target.kind(), plan, &opts)) {
         Ok(r) => Ok(Some(r)),
         Err(items) => {
@@ -522,21 +525,17 @@ fn kind_delivery(file: &Path, out: &Path, dirs: &[PathBuf]) -> Result<u8> {
             registry: None,
         }),
     );
-    let images: Vec<manifests::PodImage> = p
-        .workloads
-        .iter()
-        .map(|w| manifests::PodImage {
-            image: match &w.run {
-                edgesim::scenario::plan::Run::App { app, .. } => manifests::app_image(app),
-                edgesim::scenario::plan::Run::Image { image, .. } => image.clone(),
-                edgesim::scenario::plan::Run::Command { argv } => {
-                    argv.first().cloned().unwrap_or_default()
-                }
-            },
-            pull_policy: "Never",
-        })
-        .collect();
-    let delivery = manifests::render(&p, &state, &images, std::time::Duration::from_secs(5));
+    let image = |wi: usize, _ni: usize| manifests::PodImage {
+        image: match &p.workloads[wi].run {
+            edgesim::scenario::plan::Run::App { app, .. } => manifests::app_image(app),
+            edgesim::scenario::plan::Run::Image { image, .. } => image.clone(),
+            edgesim::scenario::plan::Run::Command { argv } => {
+                argv.first().cloned().unwrap_or_default()
+            }
+        },
+        pull_policy: "Never",
+    };
+    let delivery = manifests::render(&p, &state, image, std::time::Duration::from_secs(5));
     delivery
         .write(&out.join("artifact"))
         .with_context(|| format!("writing the artifact under {}", out.display()))?;

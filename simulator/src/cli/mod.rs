@@ -53,6 +53,14 @@ pub struct Cli {
     /// `edgesim_profile`).
     #[arg(long, global = true, value_name = "FILE")]
     pub inventory: Option<PathBuf>,
+    /// The `kind` target on a cluster of your own (K3s on the boards, a cloud cluster)
+    /// instead of a Kind cluster it makes: its kubeconfig. Needs `--registry`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// With `--kubeconfig`: the registry this machine pushes the run's artifact and images
+    /// to and the cluster's nodes pull from (`host[:port][/path]`; `http://…` for plain HTTP).
+    #[arg(long, global = true, value_name = "REF")]
+    pub registry: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

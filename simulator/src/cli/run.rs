@@ -381,9 +381,17 @@ fn up(
     for d in profile_dirs {
         cmd.arg("--profiles").arg(d);
     }
-    if let Some(inv) = super::commands::inventory() {
-        cmd.arg("--inventory")
-            .arg(std::fs::canonicalize(&inv).unwrap_or(inv));
+    let opts = super::commands::target_options();
+    for (flag, path) in [
+        ("--inventory", opts.inventory),
+        ("--kubeconfig", opts.kubeconfig),
+    ] {
+        if let Some(p) = path {
+            cmd.arg(flag).arg(std::fs::canonicalize(&p).unwrap_or(p));
+        }
+    }
+    if let Some(r) = opts.registry {
+        cmd.arg("--registry").arg(r);
     }
     if let Some(s) = seed {
         cmd.args(["--seed", &s.to_string()]);

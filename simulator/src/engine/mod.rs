@@ -733,7 +733,7 @@ async fn apply_live(
 async fn scrape_for(
     plan: &Plan,
     factories: &BTreeMap<usize, crate::host::ns::SocketFactory>,
-    fetcher: Option<&crate::targets::device::lab::Fetcher>,
+    fetcher: Option<&crate::targets::Fetcher>,
     ai: usize,
 ) -> Result<Vec<f64>, String> {
     let Subject::Metric {

@@ -215,6 +215,46 @@ pub async fn names(h: &Handle) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The IPv4 addresses of the interfaces in the handle's namespace, with their interface's name.
+pub async fn ipv4_addrs(h: &Handle) -> Result<Vec<(String, Ipv4Addr)>> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let links: Vec<_> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| HostError::netlink("listing", "interfaces", e))?;
+    let name_of = |index: u32| {
+        links
+            .iter()
+            .find(|m| m.header.index == index)
+            .and_then(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            })
+    };
+    let addrs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| HostError::netlink("listing", "addresses", e))?;
+    Ok(addrs
+        .iter()
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some((name_of(m.header.index)?, ip))
+        })
+        .collect())
+}
+
 /// Writes a sysctl of the namespace behind `ns` (`/proc/sys/...` resolves per network
 /// namespace for the thread that opens it).
 pub fn sysctl_in(ns: &std::os::fd::OwnedFd, what: &str, key: &str, value: &str) -> Result<()> {

@@ -411,10 +411,36 @@ impl Resolved {
     }
 }
 
-/// What resolving needs beyond the plan: the device target's inventory.
+/// What resolving needs beyond the plan: the device target's inventory; the kind target's
+/// cluster of your own and its registry.
 #[derive(Debug, Clone, Default)]
 pub struct ResolveOptions {
     pub inventory: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    pub registry: Option<String>,
+}
+
+/// Reads workloads' metrics where probes run on the nodes themselves: through the boards'
+/// agents over SSH, or a cluster's agents.
+#[derive(Clone)]
+pub enum Fetcher {
+    Boards(device::lab::Fetcher),
+    Agents(device::fleet::Fetcher),
+}
+
+impl Fetcher {
+    /// The body of `http://127.0.0.1:<port><path>` on node `node`.
+    pub async fn fetch(
+        &self,
+        node: usize,
+        port: u16,
+        path: &str,
+    ) -> std::result::Result<String, String> {
+        match self {
+            Fetcher::Boards(f) => f.fetch(node, port, path).await,
+            Fetcher::Agents(f) => f.fetch(node, port, path).await,
+        }
+    }
 }
 
 /// The target's own validation of a plan: every workload resolved to what it runs (a host
@@ -432,9 +458,15 @@ pub async fn resolve(
             .await
             .map(Resolved::Device),
         #[cfg(feature = "kube")]
-        TargetKind::Kind => kind::lab::resolve(plan)
-            .await
-            .map(|b| Resolved::Kind(Box::new(b))),
+        TargetKind::Kind => kind::lab::resolve(
+            plan,
+            &kind::lab::Options {
+                kubeconfig: opts.kubeconfig.clone(),
+                registry: opts.registry.clone(),
+            },
+        )
+        .await
+        .map(|b| Resolved::Kind(Box::new(b))),
         #[cfg(not(feature = "kube"))]
         TargetKind::Kind => Err(vec![Diagnostic::new(
             crate::scenario::loc::Pos::UNKNOWN,
@@ -621,7 +653,7 @@ impl Lab {
     /// Whether probes run on the nodes themselves ([`Lab::start_probes`]) rather than from
     /// this process through [`Lab::sockets`].
     pub fn remote_probes(&self) -> bool {
-        matches!(self, Lab::Device(_))
+        each!(self, _l => false, _d => true, k => k.remote_probes())
     }
 
     /// A socket factory inside node `node`'s network namespace, for probes and scrapes.
@@ -631,19 +663,19 @@ impl Lab {
             k => k.sockets(node))
     }
 
-    /// Reads workloads' metrics through the boards' agents (device only).
-    pub fn fetcher(&self) -> Option<device::lab::Fetcher> {
-        each!(self, _l => None, d => Some(d.fetcher()), _k => None)
+    /// Reads workloads' metrics through the nodes' agents (boards, a cluster of your own).
+    pub fn fetcher(&self) -> Option<Fetcher> {
+        each!(self, _l => None, d => Some(Fetcher::Boards(d.fetcher())), k => k.fetcher().map(Fetcher::Agents))
     }
 
     /// Starts the probes on the nodes (remote probes only), on a grid from `t0`.
     pub async fn start_probes(&mut self, t0: tokio::time::Instant) -> Result<()> {
-        each!(self, _l => Ok(()), d => d.start_probes(t0).await, _k => Ok(()))
+        each!(self, _l => Ok(()), d => d.start_probes(t0).await, k => k.start_probes(t0).await)
     }
 
     /// The samples of remote probes, into `logs` (one per plan probe); problems as notes.
     pub async fn collect_probes(&mut self, logs: &[crate::probe::ProbeLog]) -> Vec<String> {
-        each!(self, _l => Vec::new(), d => d.collect_probes(logs).await, _k => Vec::new())
+        each!(self, _l => Vec::new(), d => d.collect_probes(logs).await, k => k.collect_probes(logs).await)
     }
 
     /// Work to do before an action's scheduled instant (see [`Faults::prepare`]).
@@ -671,7 +703,7 @@ impl Lab {
 
     /// The workloads' event log (starts, exits, restarts, signals).
     pub fn events(&self) -> EventLog {
-        each!(self, l => l.nodes.supervisor.log.clone(), d => d.supervisor.log.clone(), k => k.events.clone())
+        each!(self, l => l.nodes.supervisor.log.clone(), d => d.supervisor.log.clone(), k => k.workloads.events.clone())
     }
 
     /// Limits node `n` is held to now, read back from the kernel (or the daemon).
@@ -703,7 +735,16 @@ pub async fn cleanup(state: &RunState) -> Vec<String> {
         TargetState::Netns(_) => netns::cleanup_state(state).await,
         TargetState::Docker(_) => docker::cleanup_state(state).await,
         TargetState::Device(_) => device::lab::cleanup_state(state).await,
-        TargetState::Kind(_) => kind::nodes::cleanup_state(state).await,
+        TargetState::Kind(_) => {
+            // A cluster of your own first: its API client needs the state that the node
+            // containers' cleanup then removes.
+            #[cfg(feature = "kube")]
+            let mut errors = kind::lab::cleanup_existing(state).await;
+            #[cfg(not(feature = "kube"))]
+            let mut errors = Vec::new();
+            errors.extend(kind::nodes::cleanup_state(state).await);
+            errors
+        }
     }
 }
 
@@ -727,6 +768,14 @@ pub async fn exec(state: &RunState, node: usize, argv: &[String]) -> Result<i32>
             "running a command on",
             state.nodes[node].name.clone(),
             "use ssh to reach a board",
+        )),
+        TargetState::Kind(k) if !k.created => Err(HostError::other(
+            "running a command on",
+            state.nodes[node].name.clone(),
+            format!(
+                "on a cluster of your own, use `kubectl exec` into its pods (namespace edgesim-{})",
+                state.run_id
+            ),
         )),
         TargetState::Kind(k) => {
             // The node container: its network is the node's pods' (hostNetwork).

@@ -115,6 +115,9 @@ pub struct Message {
 /// What the controller asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
+// `Apply` carries a board's whole desired state and dwarfs the other requests; one request
+// is in flight per agent, so boxing it would only cost clarity.
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     Hello,
     Heartbeat,
@@ -417,6 +420,11 @@ pub struct Desired {
     pub blocks: Vec<WireBlock>,
     /// Keep the management SSH connection out of every block.
     pub exempt_management: bool,
+    /// More connections kept out of every block (a cluster node's kubelet ↔ API server
+    /// traffic, which carries the agent's own session when it runs in a pod). Port 0 stands
+    /// for any port.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exempt: Vec<Flow>,
     /// Seed of netem's generator (per peer, mixed with the peer's address).
     pub seed: u64,
     /// Run the board's workloads in a linkem cell behind this address (the board's own on
@@ -450,6 +458,7 @@ impl Default for Desired {
             incoming: Vec::new(),
             blocks: Vec::new(),
             exempt_management: true,
+            exempt: Vec::new(),
             seed: 0,
             cell: None,
             cgroup: None,
@@ -583,6 +592,10 @@ pub struct Facts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub systemd: Option<String>,
     pub interfaces: Vec<String>,
+    /// The IPv4 addresses of those interfaces (`[interface, address]`), so a controller that
+    /// knows the board by address finds the interface to shape.
+    #[serde(default)]
+    pub addrs: Vec<(String, Ipv4Addr)>,
     /// The SSH connection the agent speaks over, as seen from the board.
     pub management: Option<Flow>,
     /// Reverted at start-up, left by an agent that died.
@@ -835,6 +848,7 @@ impl Board {
             },
             systemd: self.systemd.clone(),
             interfaces: link::names(&self.nl).await.unwrap_or_default(),
+            addrs: link::ipv4_addrs(&self.nl).await.unwrap_or_default(),
             management: self.management,
             recovered: self.recovered.clone(),
         }
@@ -1031,6 +1045,7 @@ impl Board {
         if d.exempt_management {
             rs.exempt.extend(self.management);
         }
+        rs.exempt.extend(d.exempt.iter().copied());
         rs
     }
 

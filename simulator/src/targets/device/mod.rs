@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod cell;
+pub mod fleet;
 pub mod inventory;
 pub mod lab;
 pub mod scope;
@@ -489,6 +490,7 @@ mod tests {
             cgroup_error: None,
             systemd: None,
             interfaces: vec!["lo".into(), "eth0".into()],
+            addrs: vec![("eth0".into(), std::net::Ipv4Addr::new(192, 168, 1, 20))],
             management: None,
             recovered: vec![],
         }

@@ -618,6 +618,35 @@ impl Docker {
             })
     }
 
+    /// Tags local image `local` as `remote` (`registry/repository:tag`) and pushes it. The
+    /// registry must take it without credentials (a registry on the lab's network, or one the
+    /// Engine is logged in to through its own configuration).
+    pub async fn push(&self, local: &str, remote: &str) -> Result<()> {
+        let (repo, tag) = match remote.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, t),
+            _ => (remote, "latest"),
+        };
+        let opts = bollard::query_parameters::TagImageOptionsBuilder::new()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.api
+            .tag_image(local, Some(opts))
+            .await
+            .map_err(|e| err("tagging image", local, e))?;
+        let opts = bollard::query_parameters::PushImageOptionsBuilder::new()
+            .tag(tag)
+            .build();
+        let mut push = self.api.push_image(repo, Some(opts), None);
+        while let Some(step) = push.next().await {
+            let step = step.map_err(|e| err("pushing image", remote, e))?;
+            if let Some(e) = step.error_detail.and_then(|d| d.message) {
+                return Err(err("pushing image", remote, e));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `argv` in container `container` to its end; its exit code and its output
     /// (stdout and stderr together).
     pub async fn exec_output(&self, container: &str, argv: &[String]) -> Result<(i64, String)> {

@@ -1,50 +1,63 @@
-//! The `kind` target's lab: a Kind cluster made for the run, shaped like the scenario's boards,
-//! its workloads delivered by Flux from an artifact the run pushes, its faults installed inside
-//! the node containers.
+//! The `kind` target's lab: its workloads delivered by Flux from an artifact the run pushes
+//! ([`super::delivery`]), on one of two clusters:
 //!
-//! - **Resolve** (before anything is created): `kind` and `flux` on PATH, the Docker Engine,
-//!   the cluster configuration for this host (a board larger than the host is refused), no
-//!   cluster of the scenario's name already, every workload's image (`app:` → the image
-//!   `images/build.sh` builds for this host's architecture, loaded into the nodes; `image:`
-//!   → loaded when the Engine has it, else pulled by the nodes); `command:` is refused (a
-//!   cluster runs images).
-//! - **Provision**, each step recorded in the state file before it is taken: `kind create
-//!   cluster` from [`super::config`] (kubeconfig in the run's folder), the workers held to their
-//!   boards ([`super::nodes::KindNodes::shape`]), the fake `nvidia.com/gpu` on GPU boards,
+//! - **A Kind cluster made for the run** (the default): shaped like the scenario's boards, its
+//!   faults installed inside the node containers ([`super::nodes`]), deleted at the end.
+//! - **A cluster of your own** (`--kubeconfig FILE --registry REF`): K3s on the boards, or a
+//!   cloud cluster, its nodes bound to the scenario's by label, their shape checked and not
+//!   changed, their faults applied by edgesim's agent delivered as a DaemonSet
+//!   ([`super::existing`]).
+//!
+//! - **Resolve** (before anything is created): for a Kind cluster, `kind` and `flux` on PATH,
+//!   the Docker Engine, the cluster configuration for this host (a board larger than the host is
+//!   refused), no cluster of the scenario's name already, every workload's image (`app:` → the
+//!   image `images/build.sh` builds for this host's architecture, loaded into the nodes;
+//!   `image:` → loaded when the Engine has it, else pulled by the nodes). For a cluster of your
+//!   own, `flux`, the Engine (it pushes the apps' and the agent's images), a readable
+//!   kubeconfig, a registry, and no action the agents cannot do (freeze, kill, cpu, memory).
+//!   `command:` is refused on both (a cluster runs images).
+//! - **Provision**, each step recorded in the state file before it is taken. Kind: `kind
+//!   create cluster` from [`super::config`] (kubeconfig in the run's folder), the workers held to
+//!   their boards ([`super::nodes::KindNodes::shape`]), the fake `nvidia.com/gpu` on GPU boards,
 //!   every node's allocatable checked against its profile, the images loaded (`kind load`), a
-//!   `registry:2` container beside the nodes, Flux's source and kustomize controllers
-//!   installed on the control plane, and the links' baseline impairments.
-//! - **Deploy**: the workloads rendered as pods ([`super::manifests`]), pushed as an OCI
-//!   artifact (tag = the run id), an `OCIRepository` and a `Kustomization` applied, a reconcile
-//!   requested, and the run waits until Flux reports *that* revision deployed and healthy
-//!   (every pod Ready: `readyPort`s accept connections), with Flux's diagnosis on failure.
+//!   `registry:2` container beside the nodes, Flux's source and kustomize controllers installed
+//!   on the control plane, and the links' baseline impairments. Your own cluster: the nodes
+//!   bound and checked (allocatable, architecture), Flux's CRDs found, the images pushed, the
+//!   artifact pushed and the agents delivered by Flux, each agent reached (exec into its pod)
+//!   and its node checked against its profile and the scenario's needs, every problem at once,
+//!   then the baseline.
+//! - **Deploy**: the workloads rendered as pods ([`super::manifests`]) and Flux waited for until
+//!   the pushed revision is deployed and healthy (every pod Ready: `readyPort`s accept
+//!   connections), with Flux's diagnosis on failure.
 //! - **Faults**: the lab keeps the live link parameters, partitions and isolated nodes and,
-//!   after each action, makes the node containers hold exactly what they imply
-//!   ([`super::nodes::KindFaults`]; kubelet ↔ API server traffic exempt). Freeze pauses the
-//!   node container (kubelet included: the node goes NotReady after 40 s, as a hung board's);
-//!   poweroff isolates the node and deletes its pods, node-up creates them again from the
-//!   delivered manifests; kill signals a pod's container through containerd in its node
-//!   (`ctr task kill`), restart deletes the pod and creates it again; cpu and memory update
-//!   the node container. After a heal the lab asks Flux to reconcile and reports how long
-//!   until the revision is deployed and healthy again.
-//! - **Probes and metrics** run from inside the node containers' network namespaces, where the
-//!   pods' ports are (`hostNetwork`), aimed at the nodes' cluster addresses.
-//! - **Workloads' events** come from the pods' container statuses (polled), their output from
-//!   the pods' logs at the end (`<node>.stdout.log`: stdout and stderr together, the previous
-//!   container's first when it restarted).
-//! - **Teardown** collects the logs, reverts the node faults, removes the registry and deletes
-//!   the cluster; `edgesim cleanup` does the same from the state file after a SIGKILL.
+//!   after each action, makes the nodes hold exactly what they imply (kubelet ↔ API server
+//!   traffic exempt). Kind: freeze pauses the node container (kubelet included: the node goes
+//!   NotReady after 40 s, as a hung board's); kill signals a pod's container through containerd
+//!   in its node (`ctr task kill`); cpu and memory update the node container. Both: poweroff
+//!   isolates the node and deletes its pods, node-up creates them again from the delivered
+//!   manifests; restart deletes the pod and creates it again. After a heal the lab asks Flux to
+//!   reconcile and reports how long until the revision is deployed and healthy again.
+//! - **Probes and metrics**: on Kind from inside the node containers' network namespaces,
+//!   where the pods' ports are (`hostNetwork`); on your own cluster from the nodes, through the
+//!   agents. Both aim at the nodes' cluster addresses.
+//! - **Teardown** collects the pods' logs and reverts the faults; Kind: removes the registry and
+//!   deletes the cluster; your own cluster: the agents revert and exit, the run's Flux objects
+//!   are deleted (Flux prunes the pods, the agents and their namespaces). `edgesim cleanup` does
+//!   the same from the state file after a SIGKILL (the agents revert by themselves when their
+//!   controller's stream ends).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, LogParams};
+use kube::api::{Api, AttachParams, ListParams};
 
+use crate::host::nft::Flow;
 use crate::host::ns::SocketFactory;
 use crate::host::{HostError, Result};
 use crate::profile::{Arch, HostCpu, NodeLimits};
@@ -53,106 +66,133 @@ use crate::scenario::diag::Diagnostic;
 use crate::scenario::loc::Pos;
 use crate::scenario::model::DownMode;
 use crate::scenario::plan::{ActionKind, Block, LinkParams, Run};
+use crate::targets::device::agent::{Desired, Facts, Request};
+use crate::targets::device::fleet::{self, Fleet};
 use crate::targets::docker::api::Docker;
-use crate::targets::docker::node_limits;
+use crate::targets::docker::{IMAGE_VERSION, image_tag, node_limits};
 use crate::targets::state::{Mode, RunState, TargetState};
-use crate::workload::{Event, EventKind, EventLog};
 
 use super::config::{self, Generated};
+use super::delivery::{self, Workloads};
+use super::existing::{self, ClusterNode, RegistryRef};
 use super::kube as k;
-use super::manifests::{self, FIELD_MANAGER, FLUX_NAMESPACE, PodImage, RUN_LABEL};
+use super::manifests::{self, FIELD_MANAGER, PodImage};
 use super::nodes::{self, Cut, KindFaults, KindNodes, KindState, Member, NodeFaults};
 use super::tools;
 
-/// How long pods get between SIGTERM and SIGKILL.
-const POD_GRACE: Duration = Duration::from_secs(5);
-/// How often the pods' statuses are read for the workloads' events.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How long Flux may take to deliver beyond the workloads' own `readyTimeout`: the
 /// controllers start, pull the artifact, apply it and wait.
 const DELIVERY_MARGIN: Duration = Duration::from_secs(180);
-/// How long the lab waits for Flux to converge after a heal.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the agents of a cluster of your own may take to be delivered and start.
+const AGENTS_TIMEOUT: Duration = Duration::from_secs(300);
+/// The lease of the agents of a cluster of your own, and how often it is renewed.
+const LEASE: Duration = Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a teardown waits for Flux to prune a run from a cluster of your own.
+const PRUNE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Which cluster a kind run uses.
+#[derive(Debug, Clone)]
+pub enum Cluster {
+    /// A Kind cluster the run makes from this configuration.
+    Create(Box<Generated>),
+    /// A cluster of your own.
+    Existing {
+        kubeconfig: PathBuf,
+        registry: RegistryRef,
+    },
+}
 
 /// What a kind run will use, resolved before anything is created.
 #[derive(Debug, Clone)]
 pub struct Bound {
-    pub config: Generated,
-    /// What each workload runs.
-    pub images: Vec<PodImage>,
-    /// Images of this Engine to load into the nodes.
+    pub cluster: Cluster,
+    /// Per workload: the app it runs, or the image.
+    pub runs: Vec<Runs>,
+    /// Images of this Engine to load into a Kind cluster's nodes.
     pub load: Vec<String>,
 }
 
+/// What a workload runs, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runs {
+    App(String),
+    /// A user's image, and whether the Engine has it (then it is loaded into Kind's nodes).
+    Image {
+        image: String,
+        local: bool,
+    },
+}
+
+/// What the kind target needs beyond the plan: a cluster of your own, if one.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub kubeconfig: Option<PathBuf>,
+    pub registry: Option<String>,
+}
+
+fn program_diag(program: &str, hint: &str) -> Option<Diagnostic> {
+    (!crate::testing::have_program(program)).then(|| {
+        Diagnostic::new(
+            Pos::UNKNOWN,
+            format!("the kind target needs `{program}` on PATH"),
+        )
+        .hint(hint.to_string())
+    })
+}
+
+const FLUX_HINT: &str = "install the Flux CLI (https://fluxcd.io/flux/installation/; 2.8 is what edgesim is tested with), or `nix develop .#sim`";
+
 /// The kind target's validation of a plan; nothing is created.
-pub async fn resolve(plan: &Plan) -> std::result::Result<Bound, Vec<Diagnostic>> {
+pub async fn resolve(plan: &Plan, opts: &Options) -> std::result::Result<Bound, Vec<Diagnostic>> {
     let here = Pos::UNKNOWN;
-    let mut errors = Vec::new();
-    for (program, hint) in [
-        (
-            "kind",
-            "install kind (https://kind.sigs.k8s.io; v0.32 is what edgesim is tested with), or `nix develop .#sim`",
-        ),
-        (
-            "flux",
-            "install the Flux CLI (https://fluxcd.io/flux/installation/; 2.8 is what edgesim is tested with), or `nix develop .#sim`",
-        ),
-    ] {
-        if !crate::testing::have_program(program) {
-            errors.push(
-                Diagnostic::new(here, format!("the kind target needs `{program}` on PATH"))
-                    .hint(hint),
-            );
-        }
-    }
+    let mut errors: Vec<Diagnostic> = Vec::new();
+    errors.extend(program_diag("flux", FLUX_HINT));
     let docker = match Docker::connect().await {
         Ok(d) => Some(d),
         Err(e) => {
             errors.push(
                 Diagnostic::new(here, format!("the kind target needs a Docker Engine: {e}"))
-                    .hint("start dockerd (Kind's nodes are containers)"),
+                    .hint("start dockerd (Kind's nodes are containers; a cluster of your own gets its images pushed from it)"),
             );
             None
         }
     };
-    let config = match config::Host::detect() {
-        None => {
-            errors.push(Diagnostic::new(
-                here,
-                "cannot read this host's CPUs and memory (what each Kind node's kubelet sees)",
-            ));
-            None
-        }
-        Some(host) => match config::generate(plan, &host) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                errors.push(Diagnostic::new(here, e.to_string()));
-                None
-            }
-        },
-    };
-    if let (Some(d), Some(g)) = (&docker, &config) {
-        let cp = nodes::container_name(&g.cluster.name, 0);
-        if d.container_exists(&cp).await {
+    let cluster = match (&opts.kubeconfig, &opts.registry) {
+        (None, Some(_)) => {
             errors.push(
                 Diagnostic::new(
                     here,
-                    format!(
-                        "a Kind cluster named `{}` exists already (container {cp})",
-                        g.cluster.name
-                    ),
+                    "--registry is for a cluster of your own: give --kubeconfig too",
                 )
-                .hint(format!(
-                    "another run of this scenario is using it, or one left it: `edgesim cleanup`, or `kind delete cluster --name {}`",
-                    g.cluster.name
-                )),
+                .hint("a Kind cluster that edgesim makes gets a registry of its own"),
             );
+            None
         }
+        (None, None) => {
+            errors.extend(program_diag(
+                "kind",
+                "install kind (https://kind.sigs.k8s.io; v0.32 is what edgesim is tested with), or `nix develop .#sim`",
+            ));
+            resolve_kind_cluster(plan, docker.as_ref(), &mut errors).await
+        }
+        (Some(kc), registry) => resolve_existing(plan, kc, registry.as_deref(), &mut errors),
+    };
+    if plan.mechanism == crate::scenario::plan::Mechanism::Userspace {
+        errors.push(
+            Diagnostic::new(
+                here,
+                "the scenario's links need the userspace link emulator (`impairment: userspace`, `deterministic: true`, or delay on a kernel without netem), which does not run on a cluster's nodes",
+            )
+            .hint("use `impairment: kernel` on a kernel with sch_netem, or run it on netns or docker"),
+        );
     }
-    let mut images = Vec::with_capacity(plan.workloads.len());
+    let existing = matches!(cluster, Some(Cluster::Existing { .. }));
+    let mut runs = Vec::with_capacity(plan.workloads.len());
     let mut load = Vec::new();
+    let mut archs: BTreeSet<String> = BTreeSet::new();
     for w in &plan.workloads {
-        let image = match (&w.program, &w.run) {
+        let r = match (&w.program, &w.run) {
             (Some(p), _) => {
                 errors.push(
                     Diagnostic::new(
@@ -182,88 +222,246 @@ pub async fn resolve(plan: &Plan) -> std::result::Result<Bound, Vec<Diagnostic>>
                 None
             }
             (None, Run::App { app, .. }) => {
-                // Kind nodes run this host's architecture (Kind cannot run arm64 nodes under
-                // qemu): every app runs its build for this host.
-                let tag = manifests::app_image(app);
-                if let Some(d) = &docker
-                    && d.image(&tag).await.is_err()
-                {
-                    errors.push(
-                        Diagnostic::new(
-                            w.pos,
-                            format!("app `{app}`: the image {tag} is not in the Docker Engine"),
-                        )
-                        .hint(format!(
-                            "build it with `images/build.sh --arch {} --only {app}` (no registry is needed)",
-                            Arch::host()
-                        )),
-                    );
+                // On Kind every node runs this host's architecture (Kind cannot run arm64
+                // nodes under qemu); on your own cluster each node its profile's (checked).
+                let tags: Vec<(String, Arch)> = if existing {
+                    w.nodes
+                        .iter()
+                        .map(|&n| plan.nodes[n].profile.arch)
+                        .map(|a| (image_tag(app, a), a))
+                        .collect()
+                } else {
+                    vec![(manifests::app_image(app), Arch::host())]
+                };
+                for (tag, arch) in tags {
+                    if !archs.insert(tag.clone()) {
+                        continue;
+                    }
+                    if let Some(d) = &docker
+                        && d.image(&tag).await.is_err()
+                    {
+                        errors.push(
+                            Diagnostic::new(
+                                w.pos,
+                                format!("app `{app}`: the image {tag} is not in the Docker Engine"),
+                            )
+                            .hint(format!(
+                                "build it with `images/build.sh --arch {arch} --only {app}` (no registry is needed)"
+                            )),
+                        );
+                    }
+                    if !existing {
+                        load.push(tag);
+                    }
                 }
-                if !load.contains(&tag) {
-                    load.push(tag.clone());
-                }
-                Some(PodImage {
-                    image: tag,
-                    pull_policy: "Never",
-                })
+                Some(Runs::App(app.clone()))
             }
             (None, Run::Image { image, .. }) => {
                 let local = match &docker {
                     Some(d) => d.image(image).await.is_ok(),
                     None => false,
                 };
-                if local && !load.contains(image) {
+                if local && !existing && !load.contains(image) {
                     load.push(image.clone());
                 }
-                Some(PodImage {
+                Some(Runs::Image {
                     image: image.clone(),
-                    pull_policy: if local { "Never" } else { "IfNotPresent" },
+                    local,
                 })
             }
         };
-        images.push(image.unwrap_or(PodImage {
+        runs.push(r.unwrap_or(Runs::Image {
             image: String::new(),
-            pull_policy: "Never",
+            local: false,
         }));
     }
-    match config {
-        Some(config) if errors.is_empty() => Ok(Bound {
-            config,
-            images,
+    if existing && let Some(d) = &docker {
+        // The agent's image for every architecture the scenario's boards have.
+        let mut need: Vec<Arch> = plan.nodes.iter().map(|n| n.profile.arch).collect();
+        need.sort_by_key(|a| a.to_string());
+        need.dedup();
+        for arch in need {
+            let tag = image_tag("agent", arch);
+            if d.image(&tag).await.is_err() {
+                errors.push(
+                    Diagnostic::new(
+                        here,
+                        format!("the agent's image {tag} is not in the Docker Engine"),
+                    )
+                    .hint(format!(
+                        "build it with `images/build.sh --arch {arch} --only agent`"
+                    )),
+                );
+            }
+        }
+    }
+    match cluster {
+        Some(cluster) if errors.is_empty() => Ok(Bound {
+            cluster,
+            runs,
             load,
         }),
         _ => Err(errors),
     }
 }
 
-/// What provisioning created, newest last (reverted in reverse).
+async fn resolve_kind_cluster(
+    plan: &Plan,
+    docker: Option<&Docker>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Cluster> {
+    let here = Pos::UNKNOWN;
+    let Some(host) = config::Host::detect() else {
+        errors.push(Diagnostic::new(
+            here,
+            "cannot read this host's CPUs and memory (what each Kind node's kubelet sees)",
+        ));
+        return None;
+    };
+    let g = match config::generate(plan, &host) {
+        Ok(g) => g,
+        Err(e) => {
+            errors.push(Diagnostic::new(here, e.to_string()));
+            return None;
+        }
+    };
+    let cp = nodes::container_name(&g.cluster.name, 0);
+    if let Some(d) = docker
+        && d.container_exists(&cp).await
+    {
+        errors.push(
+            Diagnostic::new(
+                here,
+                format!(
+                    "a Kind cluster named `{}` exists already (container {cp})",
+                    g.cluster.name
+                ),
+            )
+            .hint(format!(
+                "another run of this scenario is using it, or one left it: `edgesim cleanup`, or `kind delete cluster --name {}`",
+                g.cluster.name
+            )),
+        );
+    }
+    Some(Cluster::Create(Box::new(g)))
+}
+
+/// What a cluster of your own cannot do, action by action.
+fn existing_refusal(a: &ActionKind) -> Option<&'static str> {
+    match a {
+        ActionKind::NodeDown {
+            mode: DownMode::Freeze,
+            ..
+        } => {
+            Some("`node-down` with `mode: freeze` (a node of a cluster of your own is not paused)")
+        }
+        ActionKind::Kill { .. } => {
+            Some("`kill` (a pod's container cannot be signalled from outside it; `restart` works)")
+        }
+        ActionKind::Cpu { .. } | ActionKind::Memory { .. } => Some(
+            "`cpu` and `memory` (a cluster's nodes are their own: their shape is checked, not changed)",
+        ),
+        _ => None,
+    }
+}
+
+fn resolve_existing(
+    plan: &Plan,
+    kubeconfig: &Path,
+    registry: Option<&str>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Cluster> {
+    let here = Pos::UNKNOWN;
+    for a in &plan.actions {
+        if let Some(why) = existing_refusal(&a.kind) {
+            errors.push(
+                Diagnostic::new(
+                    here,
+                    format!(
+                        "timeline at {}: {why} is not available on a cluster of your own",
+                        crate::units::Dur(a.at)
+                    ),
+                )
+                .hint("run this scenario on a Kind cluster edgesim makes (leave --kubeconfig out), or on netns, docker or device"),
+            );
+        }
+    }
+    if let Err(e) = kube::config::Kubeconfig::read_from(kubeconfig) {
+        errors.push(Diagnostic::new(
+            here,
+            format!("--kubeconfig {}: {e}", kubeconfig.display()),
+        ));
+    }
+    let registry = match registry.map(RegistryRef::parse) {
+        None => {
+            errors.push(
+                Diagnostic::new(
+                    here,
+                    "a cluster of your own needs --registry: where edgesim pushes the run's artifact and images, and the nodes pull them",
+                )
+                .hint("e.g. --registry registry.lan:5000 (a registry both this machine and the nodes reach; http://… for plain HTTP)"),
+            );
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(Diagnostic::new(here, e));
+            None
+        }
+        Some(Ok(r)) => Some(r),
+    }?;
+    Some(Cluster::Existing {
+        kubeconfig: std::path::absolute(kubeconfig).unwrap_or_else(|_| kubeconfig.to_path_buf()),
+        registry,
+    })
+}
+
+/// What provisioning created on a Kind cluster, newest last (reverted in reverse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Created {
     StateFile,
     Cluster,
     Registry,
+    /// The run's Flux objects on a cluster of your own.
+    FluxObjects,
 }
 
 /// What a failed provisioning left.
 pub struct Partial {
     state: RunState,
     faults: Option<KindFaults>,
+    fleet: Option<Fleet>,
+    client: Option<Client>,
     journal: Vec<Created>,
 }
 
 impl Partial {
+    fn new(state: RunState) -> Partial {
+        Partial {
+            state,
+            faults: None,
+            fleet: None,
+            client: None,
+            journal: Vec::new(),
+        }
+    }
+
     pub async fn teardown(self) -> Vec<String> {
         let Partial {
             mut state,
             faults,
+            fleet,
+            client,
             journal,
         } = self;
         let mut errors = Vec::new();
+        if let Some(mut f) = fleet {
+            errors.extend(f.bye().await);
+        }
         if let Some(mut f) = faults {
             errors.extend(f.clear().await);
             state = f.state().clone();
         }
-        errors.extend(revert(&journal, &state).await);
+        errors.extend(revert(&journal, &state, client.as_ref()).await);
         errors
     }
 }
@@ -276,7 +474,7 @@ fn kind_state(st: &RunState) -> Option<&KindState> {
 }
 
 /// Reverts a provisioning journal in reverse order.
-async fn revert(journal: &[Created], state: &RunState) -> Vec<String> {
+async fn revert(journal: &[Created], state: &RunState, client: Option<&Client>) -> Vec<String> {
     let mut errors = Vec::new();
     let Some(ks) = kind_state(state) else {
         return vec![format!("run {} is not a kind run", state.run_id)];
@@ -292,53 +490,28 @@ async fn revert(journal: &[Created], state: &RunState) -> Vec<String> {
                     errors.push(e.to_string());
                 }
             }
+            Created::FluxObjects => match client {
+                Some(c) => errors
+                    .extend(delivery::remove_flux_objects(c, &state.run_id, PRUNE_TIMEOUT).await),
+                None => errors.push("no API client to remove the run's Flux objects".into()),
+            },
             Created::StateFile => errors.extend(state.remove_or_msg()),
         }
     }
     errors
 }
 
-/// The registry the run's artifact goes to.
-struct Registry {
-    /// Its container, which the cluster reaches by name on Kind's network.
-    container: String,
-    /// Where this host reaches it.
-    host_port: u16,
-}
-
-/// The pods' statuses as last seen, per pod: its running container and the containers whose
-/// exit was recorded.
-#[derive(Default)]
-struct Seen {
-    running: Option<String>,
-    exited: BTreeSet<String>,
-}
-
-/// A lab on a Kind cluster.
-pub struct KindLab {
-    pub plan: Arc<Plan>,
-    faults: KindFaults,
-    nodes: KindNodes,
-    client: Client,
-    docker: Docker,
-    bound: Bound,
-    registry: Registry,
-    journal: Vec<Created>,
-    links: Vec<(LinkParams, LinkParams)>,
-    partitions: BTreeMap<String, Vec<Block>>,
-    isolated: BTreeSet<usize>,
-    frozen: BTreeSet<usize>,
-    powered_off: BTreeSet<usize>,
-    host: HostCpu,
-    allowed: Vec<u32>,
-    limits: Vec<NodeLimits>,
-    sockets: Vec<Option<SocketFactory>>,
-    pub events: EventLog,
-    watcher: Option<tokio::task::JoinHandle<()>>,
-    /// The revision Flux delivered, and the rendered artifact (restarts recreate its pods).
-    delivered: Option<(String, manifests::Delivery)>,
-    notes: Arc<Mutex<Vec<String>>>,
-    converging: Vec<tokio::task::JoinHandle<()>>,
+/// Removes what a run left on a cluster of your own, from its state file alone (`edgesim
+/// cleanup` after a SIGKILL): its Flux objects (Flux prunes its pods, agents and namespaces;
+/// the agents reverted by themselves when the controller's streams ended).
+pub async fn cleanup_existing(state: &RunState) -> Vec<String> {
+    let Some(kc) = kind_state(state).and_then(|k| k.kubeconfig.clone()) else {
+        return Vec::new();
+    };
+    match client_of(&kc).await {
+        Ok(c) => delivery::remove_flux_objects(&c, &state.run_id, PRUNE_TIMEOUT).await,
+        Err(e) => vec![e.to_string()],
+    }
 }
 
 /// A Kubernetes client for the cluster of `kubeconfig`.
@@ -357,12 +530,66 @@ async fn client_of(kubeconfig: &Path) -> Result<Client> {
     Client::try_from(cfg).map_err(|e| what(&e))
 }
 
+/// The registry container beside a Kind cluster.
+struct Registry {
+    /// Its name, by which the cluster reaches it on Kind's network.
+    container: String,
+    /// Where this host reaches it.
+    host_port: u16,
+}
+
+/// A Kind cluster the run made: its node containers, the faults inside them.
+struct Local {
+    faults: KindFaults,
+    nodes: KindNodes,
+    docker: Docker,
+    registry: Registry,
+    journal: Vec<Created>,
+    frozen: BTreeSet<usize>,
+    host: HostCpu,
+    allowed: Vec<u32>,
+    limits: Vec<NodeLimits>,
+    sockets: Vec<Option<SocketFactory>>,
+}
+
+/// A cluster of your own: its nodes, and the agents on them.
+struct Remote {
+    state: RunState,
+    nodes: Vec<ClusterNode>,
+    registry: RegistryRef,
+    fleet: Fleet,
+    /// The exec streams the agents speak over (dropped, they end the agents' sessions).
+    _execs: Vec<kube::api::AttachedProcess>,
+    /// Per node: the interface holding its cluster address, the connections exempt from
+    /// faults.
+    ifaces: Vec<String>,
+    exempt: Vec<Vec<Flow>>,
+    journal: Vec<Created>,
+}
+
+enum Net {
+    Local(Box<Local>),
+    Remote(Box<Remote>),
+}
+
+/// A lab on a Kubernetes cluster.
+pub struct KindLab {
+    pub plan: Arc<Plan>,
+    bound: Bound,
+    net: Net,
+    pub workloads: Workloads,
+    links: Vec<(LinkParams, LinkParams)>,
+    partitions: BTreeMap<String, Vec<Block>>,
+    isolated: BTreeSet<usize>,
+    powered_off: BTreeSet<usize>,
+}
+
 impl KindLab {
-    /// Builds the cluster of `plan` and everything around it (see the module docs). The
-    /// workloads are delivered separately ([`KindLab::deploy`]).
+    /// Builds the lab of `plan` on its cluster (see the module docs). The workloads are
+    /// delivered separately ([`KindLab::deploy`]).
     ///
-    /// Guarantees: the state file names the cluster and the registry before they exist; on
-    /// error everything created is described by the returned [`Partial`].
+    /// Guarantees: the state file names what is created before it exists; on error everything
+    /// created is described by the returned [`Partial`].
     pub async fn provision(
         plan: Arc<Plan>,
         bound: Bound,
@@ -370,7 +597,29 @@ impl KindLab {
         mode: Mode,
         out_dir: PathBuf,
     ) -> std::result::Result<KindLab, Box<(String, Partial)>> {
-        let cluster = bound.config.cluster.name.clone();
+        match bound.cluster.clone() {
+            Cluster::Create(g) => {
+                Self::provision_kind(plan, bound, *g, run_id, mode, out_dir).await
+            }
+            Cluster::Existing {
+                kubeconfig,
+                registry,
+            } => {
+                Self::provision_existing(plan, bound, kubeconfig, registry, run_id, mode, out_dir)
+                    .await
+            }
+        }
+    }
+
+    async fn provision_kind(
+        plan: Arc<Plan>,
+        bound: Bound,
+        config: Generated,
+        run_id: &str,
+        mode: Mode,
+        out_dir: PathBuf,
+    ) -> std::result::Result<KindLab, Box<(String, Partial)>> {
+        let cluster = config.cluster.name.clone();
         let kubeconfig = std::path::absolute(out_dir.join("kubeconfig"))
             .unwrap_or_else(|_| out_dir.join("kubeconfig"));
         let registry_name = format!("edgesim-{run_id}-registry");
@@ -383,11 +632,13 @@ impl KindLab {
             kubeconfig: Some(kubeconfig.clone()),
             registry: Some(registry_name.clone()),
         };
-        let mut partial = Partial {
-            state: RunState::new(&plan, run_id, mode, out_dir.clone(), TargetState::Kind(ks)),
-            faults: None,
-            journal: Vec::new(),
-        };
+        let mut partial = Partial::new(RunState::new(
+            &plan,
+            run_id,
+            mode,
+            out_dir.clone(),
+            TargetState::Kind(ks),
+        ));
         macro_rules! tri {
             ($e:expr) => {
                 match $e {
@@ -402,7 +653,7 @@ impl KindLab {
 
         // 1. The cluster.
         let config_file = out_dir.join("kind.yaml");
-        let yaml = tri!(bound.config.to_yaml(
+        let yaml = tri!(config.to_yaml(
             &plan.file.display().to_string(),
             &format!("edgesim kind-config {}", plan.file.display())
         ));
@@ -434,8 +685,7 @@ impl KindLab {
                 tri!(k::advertise_gpu(&client, &kn.nodes[i + 1].0, 1).await);
             }
         }
-        let expected: Vec<(&str, u64, u64)> = bound
-            .config
+        let expected: Vec<(&str, u64, u64)> = config
             .workers
             .iter()
             .map(|w| {
@@ -461,15 +711,10 @@ impl KindLab {
             tokio::time::sleep(Duration::from_secs(2)).await;
         };
         if !wrong.is_empty() {
-            let msg = wrong
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ");
             tri!(Err(HostError::other(
                 "checking the allocatable resources of",
                 format!("Kind cluster {cluster}"),
-                msg
+                joined(&wrong)
             )));
         }
 
@@ -505,8 +750,7 @@ impl KindLab {
 
         // 5. The links' baseline.
         let baseline = plan.baseline_links();
-        let none = BTreeMap::new();
-        let f = node_faults(&plan, &baseline, &none, &BTreeSet::new());
+        let f = node_faults(&plan, &baseline, &BTreeMap::new(), &BTreeSet::new());
         if let Some(faults) = partial.faults.as_mut() {
             tri!(faults.apply(&f).await);
         }
@@ -518,37 +762,323 @@ impl KindLab {
         };
         let n = plan.nodes.len();
         Ok(KindLab {
-            host: plan.scaled_host(&HostCpu::detect()),
+            workloads: Workloads::new(client, plan.clone(), run_id),
             links: baseline,
+            net: Net::Local(Box::new(Local {
+                host: plan.scaled_host(&HostCpu::detect()),
+                faults,
+                nodes: kn,
+                docker,
+                registry: Registry {
+                    container: registry_name,
+                    host_port,
+                },
+                journal: partial.journal,
+                frozen: BTreeSet::new(),
+                allowed: crate::host::cgroup::allowed_cpus(),
+                limits,
+                sockets: vec![None; n],
+            })),
             plan,
-            faults,
-            nodes: kn,
-            client,
-            docker,
             bound,
-            registry: Registry {
-                container: registry_name,
-                host_port,
-            },
-            journal: partial.journal,
             partitions: BTreeMap::new(),
             isolated: BTreeSet::new(),
-            frozen: BTreeSet::new(),
             powered_off: BTreeSet::new(),
-            allowed: crate::host::cgroup::allowed_cpus(),
-            limits,
-            sockets: vec![None; n],
-            events: EventLog::default(),
-            watcher: None,
-            delivered: None,
-            notes: Arc::default(),
-            converging: Vec::new(),
         })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn provision_existing(
+        plan: Arc<Plan>,
+        bound: Bound,
+        kubeconfig: PathBuf,
+        registry: RegistryRef,
+        run_id: &str,
+        mode: Mode,
+        out_dir: PathBuf,
+    ) -> std::result::Result<KindLab, Box<(String, Partial)>> {
+        let client = match client_of(&kubeconfig).await {
+            Ok(c) => c,
+            Err(e) => {
+                let state = RunState::new(
+                    &plan,
+                    run_id,
+                    mode,
+                    out_dir,
+                    TargetState::Kind(KindState::default()),
+                );
+                return Err(Box::new((e.to_string(), Partial::new(state))));
+            }
+        };
+        // 1. The cluster as it is: nodes bound and checked, Flux there. Nothing changes yet.
+        let problems = |p: Vec<String>| {
+            format!(
+                "{} problem{} with the cluster; nothing was changed:\n  {}",
+                p.len(),
+                if p.len() == 1 { "" } else { "s" },
+                p.join("\n  ")
+            )
+        };
+        let ks = KindState {
+            cluster: kubeconfig.display().to_string(),
+            network: String::new(),
+            table: format!("edgesim-{run_id}"),
+            containers: Vec::new(),
+            created: false,
+            kubeconfig: Some(kubeconfig.clone()),
+            registry: None,
+        };
+        let mut partial = Partial::new(RunState::new(
+            &plan,
+            run_id,
+            mode,
+            out_dir.clone(),
+            TargetState::Kind(ks),
+        ));
+        partial.client = Some(client.clone());
+        macro_rules! tri {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err(Box::new((e.to_string(), partial))),
+                }
+            };
+        }
+        let all: Vec<Node> = tri!(
+            Api::<Node>::all(client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| HostError::other("listing", "the cluster's Nodes", e.to_string()))
+        )
+        .items;
+        let cluster_nodes = match existing::bind_nodes(&all, &plan) {
+            Ok(b) => b,
+            Err(p) => return Err(Box::new((problems(p), partial))),
+        };
+        let expected: Vec<(&str, u64, u64)> = plan
+            .nodes
+            .iter()
+            .zip(&cluster_nodes)
+            .map(|(n, c)| {
+                (
+                    c.node.as_str(),
+                    u64::from(n.profile.cpu.cores) * 1000,
+                    n.profile.workload_memory().0,
+                )
+            })
+            .collect();
+        let mut found = Vec::new();
+        for (name, cpu, memory) in &expected {
+            let tolerance = k::Tolerance {
+                cpu_millicores: existing::TOLERANCE_CPU_MILLI,
+                memory_bytes: (*memory as f64 * existing::TOLERANCE_MEMORY_FRACTION) as u64,
+            };
+            found.extend(k::allocatable_mismatches(
+                &all,
+                &[(name, *cpu, *memory)],
+                tolerance,
+            ));
+        }
+        let mut p: Vec<String> = found.iter().map(ToString::to_string).collect();
+        let api_slices: Vec<EndpointSlice> = tri!(
+            Api::<EndpointSlice>::namespaced(client.clone(), "default")
+                .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+                .await
+                .map_err(|e| HostError::other(
+                    "reading",
+                    "the API server's endpoints",
+                    e.to_string()
+                ))
+        )
+        .items;
+        let api = existing::api_server_addrs(&api_slices);
+        if api.is_empty() {
+            p.push("the `kubernetes` Service has no endpoints: the API server's address is unknown, so its traffic could not be kept out of the faults".into());
+        }
+        let flux = Api::<kube::api::DynamicObject>::namespaced_with(
+            client.clone(),
+            manifests::FLUX_NAMESPACE,
+            &k::kustomization_resource(),
+        );
+        if let Err(e) = flux.list(&ListParams::default().limit(1)).await {
+            p.push(format!(
+                "Flux is not installed (listing Kustomizations in {}: {e}): bootstrap it (ansible/flux-bootstrap.yml) or `flux install`",
+                manifests::FLUX_NAMESPACE
+            ));
+        }
+        if !p.is_empty() {
+            return Err(Box::new((problems(p), partial)));
+        }
+        for (n, c) in partial.state.nodes.iter_mut().zip(&cluster_nodes) {
+            n.addr = c.addr;
+        }
+        tri!(partial.state.save_or_err());
+        partial.journal.push(Created::StateFile);
+
+        // 2. Images to the registry, for the architectures the nodes have.
+        let docker = tri!(Docker::connect().await);
+        let mut pushed = BTreeSet::new();
+        let mut push = |local: String, remote: String| {
+            pushed
+                .insert((local.clone(), remote.clone()))
+                .then_some((local, remote))
+        };
+        let mut todo = Vec::new();
+        for c in &cluster_nodes {
+            todo.extend(push(
+                image_tag("agent", c.arch),
+                registry.image("agent", &format!("{IMAGE_VERSION}-{}", c.arch)),
+            ));
+        }
+        for (wi, w) in plan.workloads.iter().enumerate() {
+            if let Runs::App(app) = &bound.runs[wi] {
+                for &n in &w.nodes {
+                    let arch = cluster_nodes[n].arch;
+                    todo.extend(push(
+                        image_tag(app, arch),
+                        registry.image(app, &format!("{IMAGE_VERSION}-{arch}")),
+                    ));
+                }
+            }
+        }
+        for (local, remote) in todo {
+            tracing::info!(%local, %remote, "pushing");
+            tri!(docker.push(&local, &remote).await);
+        }
+
+        // 3. The agents, delivered by Flux, reached through the API server, their nodes
+        //    checked against the profiles and the scenario's needs.
+        partial.journal.push(Created::FluxObjects);
+        let workloads = Workloads::new(client.clone(), plan.clone(), run_id);
+        let delivery = render_delivery(
+            &plan,
+            &partial.state,
+            &bound,
+            &Some(&registry),
+            &cluster_nodes,
+        );
+        let url = format!(
+            "oci://{}/{}:{run_id}",
+            registry.base,
+            manifests::artifact_repository(&plan)
+        );
+        let revision = tri!(
+            workloads
+                .push(&delivery, &out_dir.join("kind-artifact"), &url)
+                .await
+                .map_err(|e| HostError::other("delivering", "the run's artifact", e))
+        );
+        let agents_ks = format!("{}-agents", manifests::flux_name(run_id));
+        let objects = [
+            manifests::flux_source(&plan, run_id, &registry.base, registry.insecure),
+            manifests::flux_kustomization(run_id, &agents_ks, "./agents", AGENTS_TIMEOUT),
+        ];
+        tri!(
+            workloads
+                .deliver(
+                    &objects,
+                    std::slice::from_ref(&agents_ks),
+                    &revision,
+                    AGENTS_TIMEOUT,
+                    "the agents"
+                )
+                .await
+                .map_err(|e| HostError::other("delivering", "the agents", e))
+        );
+        let mut members = Vec::new();
+        let mut execs = Vec::new();
+        let mut facts = Vec::new();
+        for (i, c) in cluster_nodes.iter().enumerate() {
+            let (member, exec, f) =
+                tri!(connect_agent(&client, run_id, c, &plan.nodes[i].name).await);
+            members.push(member);
+            execs.push(exec);
+            facts.push(f);
+        }
+        partial.fleet = Some(Fleet::new(members));
+        let mut p = Vec::new();
+        let mut ifaces = Vec::new();
+        for (i, (c, f)) in cluster_nodes.iter().zip(&facts).enumerate() {
+            let host = format!("{} ({})", c.node, plan.nodes[i].name);
+            let needs = crate::targets::device::lab::needs_of(&plan, i);
+            p.extend(crate::targets::device::check_board(
+                &host,
+                f,
+                &plan.nodes[i].profile,
+                needs,
+            ));
+            if needs.cell(f) {
+                p.push(format!(
+                    "{host}: its kernel lacks sch_netem or sch_htb for the scenario's links, and the userspace emulator cannot carry a cluster node's pods: load the modules (ansible/prepare-board.yml), or leave delay and rate off its links"
+                ));
+            }
+            match f.addrs.iter().find(|(_, a)| *a == c.addr) {
+                Some((iface, _)) => ifaces.push(iface.clone()),
+                None => p.push(format!(
+                    "{host}: no interface holds its InternalIP {} (it has {})",
+                    c.addr,
+                    f.interfaces.join(", ")
+                )),
+            }
+        }
+        if !p.is_empty() {
+            return Err(Box::new((problems(p), partial)));
+        }
+        let Some(mut fleet) = partial.fleet.take() else {
+            return Err(Box::new(("internal: no agents".into(), partial)));
+        };
+        fleet.start_heartbeat(HEARTBEAT.min(LEASE / 3));
+        let exempt = cluster_nodes
+            .iter()
+            .map(|c| existing::exempt_flows(c.addr, &api))
+            .collect();
+        let mut lab = KindLab {
+            workloads,
+            links: plan.baseline_links(),
+            net: Net::Remote(Box::new(Remote {
+                state: partial.state,
+                nodes: cluster_nodes,
+                registry,
+                fleet,
+                _execs: execs,
+                ifaces,
+                exempt,
+                journal: partial.journal,
+            })),
+            plan,
+            bound,
+            partitions: BTreeMap::new(),
+            isolated: BTreeSet::new(),
+            powered_off: BTreeSet::new(),
+        };
+        // 4. The links' baseline.
+        if let Err(e) = lab.push().await {
+            let Net::Remote(r) = lab.net else {
+                unreachable!("a lab on a cluster of your own")
+            };
+            let r = *r;
+            let mut partial = Partial::new(r.state);
+            partial.fleet = Some(r.fleet);
+            partial.client = Some(client);
+            partial.journal = r.journal;
+            return Err(Box::new((e.to_string(), partial)));
+        }
+        Ok(lab)
     }
 
     /// The run's state (what the state file says).
     pub fn state(&self) -> &RunState {
-        self.faults.state()
+        match &self.net {
+            Net::Local(l) => l.faults.state(),
+            Net::Remote(r) => &r.state,
+        }
+    }
+
+    fn state_mut(&mut self) -> &mut RunState {
+        match &mut self.net {
+            Net::Local(l) => l.faults.state_mut(),
+            Net::Remote(r) => &mut r.state,
+        }
     }
 
     /// What a probe aims at: the node's cluster address for its scenario address.
@@ -560,145 +1090,213 @@ impl KindLab {
             .map_or(a, |i| self.state().nodes[i].addr)
     }
 
-    /// Every network fault the nodes should hold now.
-    fn node_faults(&self) -> NodeFaults {
-        node_faults(
-            &self.plan,
-            &self.links,
-            &self.partitions,
-            &self.isolated.union(&self.powered_off).copied().collect(),
-        )
+    /// Whether probes run on the nodes, through the agents (a cluster of your own).
+    pub fn remote_probes(&self) -> bool {
+        matches!(self.net, Net::Remote(_))
     }
 
+    /// Makes the nodes hold exactly the faults in force.
     async fn push(&mut self) -> Result<()> {
-        let f = self.node_faults();
-        self.faults.apply(&f).await
+        let down: BTreeSet<usize> = self.isolated.union(&self.powered_off).copied().collect();
+        match &mut self.net {
+            Net::Local(l) => {
+                let f = node_faults(&self.plan, &self.links, &self.partitions, &down);
+                l.faults.apply(&f).await
+            }
+            Net::Remote(r) => {
+                let addrs: Vec<IpAddr> = r.nodes.iter().map(|c| IpAddr::V4(c.addr)).collect();
+                let desired = (0..self.plan.nodes.len())
+                    .map(|n| {
+                        let mut d = crate::targets::device::desired_for(
+                            &self.plan,
+                            &self.links,
+                            &self.partitions,
+                            &addrs,
+                            n,
+                            &r.ifaces[n],
+                            LEASE,
+                        );
+                        d.blocks.extend(fleet::isolation_blocks(
+                            &self.plan,
+                            &addrs,
+                            n,
+                            down.iter().copied(),
+                        ));
+                        d.exempt_management = false;
+                        d.exempt = r.exempt[n].clone();
+                        d
+                    })
+                    .collect::<Vec<Desired>>();
+                r.fleet.push(desired).await.map(drop)
+            }
+        }
     }
 
-    /// Renders the workloads, pushes them as the run's artifact and has Flux deliver it;
+    fn remote_registry(&self) -> Option<&RegistryRef> {
+        match &self.net {
+            Net::Remote(r) => Some(&r.registry),
+            Net::Local(_) => None,
+        }
+    }
+
+    fn remote_nodes(&self) -> &[ClusterNode] {
+        match &self.net {
+            Net::Remote(r) => &r.nodes,
+            Net::Local(_) => &[],
+        }
+    }
+
+    /// Renders the workloads, pushes them as the run's artifact and has Flux deliver them;
     /// returns once the revision is deployed and healthy.
     pub async fn deploy(&mut self, out_dir: &Path) -> std::result::Result<(), String> {
         let plan = self.plan.clone();
         let run_id = self.state().run_id.clone();
-        let delivery = manifests::render(&plan, self.state(), &self.bound.images, POD_GRACE);
-        let dir = out_dir.join("kind-artifact");
-        delivery
-            .write(&dir)
-            .map_err(|e| format!("writing the artifact to {}: {e}", dir.display()))?;
-        let url = format!(
-            "oci://127.0.0.1:{}/{}:{run_id}",
-            self.registry.host_port,
-            manifests::artifact_repository(&plan)
-        );
-        // A registry container that has just started may not listen yet: a few tries.
-        let mut tries = 0;
-        let digest = loop {
-            match tools::flux_push(
-                &url,
-                &dir,
-                &format!("edgesim/{}", plan.name),
-                &format!("{run_id}@sha1:{}", tree_hash(&delivery)),
-            )
-            .await
-            {
-                Ok(d) => break d,
-                Err(e) if tries >= 10 => return Err(e.to_string()),
-                Err(e) => {
-                    tracing::debug!("pushing the artifact, try {tries}: {e}");
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        let revision = format!("{run_id}@{digest}");
-        let timeout = manifests::delivery_timeout(&plan, DELIVERY_MARGIN);
-        let objects = manifests::flux_objects(
+        let delivery = render_delivery(
             &plan,
-            &run_id,
-            &format!("{}:{}", self.registry.container, tools::REGISTRY_PORT),
-            timeout,
+            self.state(),
+            &self.bound,
+            &self.remote_registry(),
+            self.remote_nodes(),
         );
-        k::apply(&self.client, &objects, FIELD_MANAGER)
-            .await
-            .map_err(|e| e.to_string())?;
-        let took = converge(&self.client, &run_id, &revision, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.note(format!(
-            "Flux delivered revision {revision} in {:.1} s (pushed, reconciled, every pod Ready)",
-            took.as_secs_f64()
-        ));
-        self.delivered = Some((revision, delivery));
-        self.watcher = Some(tokio::spawn(watch_pods(
-            self.client.clone(),
-            plan.clone(),
-            run_id,
-            self.events.clone(),
-        )));
+        let (url, registry, insecure) = match &self.net {
+            Net::Local(l) => (
+                format!(
+                    "oci://127.0.0.1:{}/{}:{run_id}",
+                    l.registry.host_port,
+                    manifests::artifact_repository(&plan)
+                ),
+                format!("{}:{}", l.registry.container, tools::REGISTRY_PORT),
+                true,
+            ),
+            Net::Remote(r) => (
+                format!(
+                    "oci://{}/{}:{run_id}",
+                    r.registry.base,
+                    manifests::artifact_repository(&plan)
+                ),
+                r.registry.base.clone(),
+                r.registry.insecure,
+            ),
+        };
+        // A cluster of your own has this very artifact already (the agents came with it).
+        let revision = self
+            .workloads
+            .push(&delivery, &out_dir.join("kind-artifact"), &url)
+            .await?;
+        let name = manifests::flux_name(&run_id);
+        let timeout = manifests::delivery_timeout(&plan, DELIVERY_MARGIN);
+        let objects = [
+            manifests::flux_source(&plan, &run_id, &registry, insecure),
+            manifests::flux_kustomization(&run_id, &name, "./", timeout),
+        ];
+        let mut kustomizations = vec![name];
+        if self.remote_probes() {
+            kustomizations.push(format!("{}-agents", manifests::flux_name(&run_id)));
+        }
+        self.workloads
+            .deliver(
+                &objects,
+                &kustomizations,
+                &revision,
+                timeout,
+                "the workloads",
+            )
+            .await?;
+        self.workloads.delivered(revision, kustomizations, delivery);
         Ok(())
-    }
-
-    fn note(&self, s: String) {
-        tracing::info!("{s}");
-        self.notes.lock().unwrap_or_else(|e| e.into_inner()).push(s);
     }
 
     /// What the lab has to say for the report (Flux's delivery and convergence times).
     pub fn take_notes(&mut self) -> Vec<String> {
-        std::mem::take(&mut *self.notes.lock().unwrap_or_else(|e| e.into_inner()))
+        self.workloads.take_notes()
     }
 
     pub fn mark_ready(&mut self) -> Result<()> {
-        self.faults.state_mut().ready = true;
-        self.faults.state().save_or_err()
+        self.state_mut().ready = true;
+        self.state().save_or_err()
     }
 
-    /// A socket factory inside node `n`'s container (where its pods' ports are).
+    /// A socket factory inside node `n`'s container (where its pods' ports are); none on a
+    /// cluster of your own, whose probes run on the nodes.
     pub fn sockets(&mut self, n: usize) -> Result<SocketFactory> {
-        if let Some(f) = &self.sockets[n] {
+        let Net::Local(l) = &mut self.net else {
+            return Err(HostError::other(
+                "opening sockets in",
+                format!("node {n}"),
+                "a cluster's own nodes run their probes through their agents",
+            ));
+        };
+        if let Some(f) = &l.sockets[n] {
             return Ok(f.clone());
         }
-        let (name, _, pid) = &self.nodes.nodes[n + 1];
+        let (name, _, pid) = &l.nodes.nodes[n + 1];
         let f = SocketFactory::start(nodes::open_ns(name, *pid)?, name)?;
-        self.sockets[n] = Some(f.clone());
+        l.sockets[n] = Some(f.clone());
         Ok(f)
     }
 
-    /// The limits node `n`'s container holds now.
-    pub async fn read_limits(&self, n: usize) -> Result<NodeLimits> {
-        self.docker.read_limits(&self.nodes.nodes[n + 1].0).await
-    }
-
-    /// The pods of workload `wi` on `ns`, by name.
-    fn pod_names(&self, wi: usize, ns: &[usize]) -> Vec<String> {
-        let w = &self.plan.workloads[wi];
-        ns.iter()
-            .filter(|n| w.nodes.contains(n))
-            .map(|&n| manifests::pod_name(&w.name, &self.plan.nodes[n].name))
-            .collect()
-    }
-
-    fn pods_api(&self) -> Api<Pod> {
-        Api::namespaced(
-            self.client.clone(),
-            &manifests::namespace(&self.state().run_id),
-        )
-    }
-
-    /// Sends `signal` to the container of each pod (through containerd in its node: the
-    /// container's own processes get it, as a board's process would).
-    async fn signal(&self, wi: usize, ns: &[usize], signal: i32) -> Result<()> {
-        let api = self.pods_api();
-        for (n, pod) in ns
+    /// Starts the probes on the nodes (a cluster of your own), on a grid from `t0`.
+    pub async fn start_probes(&mut self, t0: tokio::time::Instant) -> Result<()> {
+        let map: Vec<(Ipv4Addr, Ipv4Addr)> = self
+            .plan
+            .nodes
             .iter()
-            .filter(|n| self.plan.workloads[wi].nodes.contains(n))
-            .zip(self.pod_names(wi, ns))
-        {
+            .zip(&self.state().nodes)
+            .map(|(p, s)| (p.addr, s.addr))
+            .collect();
+        let real = |a: Ipv4Addr| map.iter().find(|(p, _)| *p == a).map_or(a, |(_, s)| *s);
+        match &mut self.net {
+            Net::Remote(r) => r.fleet.start_probes(&self.plan, real, t0).await,
+            Net::Local(_) => Ok(()),
+        }
+    }
+
+    /// The samples of the probes run on the nodes, into `logs`.
+    pub async fn collect_probes(&mut self, logs: &[crate::probe::ProbeLog]) -> Vec<String> {
+        match &mut self.net {
+            Net::Remote(r) => r.fleet.collect_probes(logs).await,
+            Net::Local(_) => Vec::new(),
+        }
+    }
+
+    /// Reads workloads' metrics through the agents (a cluster of your own).
+    pub fn fetcher(&self) -> Option<fleet::Fetcher> {
+        match &self.net {
+            Net::Remote(r) => Some(r.fleet.fetcher()),
+            Net::Local(_) => None,
+        }
+    }
+
+    /// The limits node `n`'s container holds now (a Kind cluster).
+    pub async fn read_limits(&self, n: usize) -> Result<NodeLimits> {
+        match &self.net {
+            Net::Local(l) => l.docker.read_limits(&l.nodes.nodes[n + 1].0).await,
+            Net::Remote(_) => Err(HostError::other(
+                "reading the limits of",
+                format!("node {n}"),
+                "a cluster's own nodes are what they are",
+            )),
+        }
+    }
+
+    /// Sends `signal` to the container of each pod of workload `wi` on `ns`, through
+    /// containerd in its Kind node (the container's own processes get it, as a board's process
+    /// would).
+    async fn signal(&self, wi: usize, ns: &[usize], signal: i32) -> Result<()> {
+        let Net::Local(l) = &self.net else {
+            return Err(HostError::other(
+                "signalling",
+                self.plan.workloads[wi].name.clone(),
+                "not on a cluster of your own",
+            ));
+        };
+        let api = self.workloads.pods_api();
+        for (n, pod) in self.workloads.pod_names(wi, ns) {
             let p = api
                 .get(&pod)
                 .await
                 .map_err(|e| HostError::other("reading pod", pod.clone(), e.to_string()))?;
-            let Some(id) = running_container(&p) else {
+            let Some(id) = delivery::running_container(&p) else {
                 // Not running (exited, or restarting): nothing to signal, as on a board.
                 continue;
             };
@@ -715,8 +1313,8 @@ impl KindLab {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let node = &self.nodes.nodes[n + 1].0;
-            let (code, out) = self.docker.exec_output(node, &argv).await?;
+            let node = &l.nodes.nodes[n + 1].0;
+            let (code, out) = l.docker.exec_output(node, &argv).await?;
             if code != 0 {
                 return Err(HostError::other(
                     "signalling",
@@ -728,87 +1326,26 @@ impl KindLab {
         Ok(())
     }
 
-    /// Deletes pods and waits until they are gone.
-    async fn delete_pods(&self, pods: &[String]) -> Result<()> {
-        let api = self.pods_api();
-        let dp = DeleteParams {
-            grace_period_seconds: Some(POD_GRACE.as_secs() as u32),
-            ..DeleteParams::default()
-        };
-        for p in pods {
-            match api.delete(p, &dp).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(HostError::other("deleting pod", p.clone(), e.to_string())),
-            }
-        }
-        let deadline = tokio::time::Instant::now() + POD_GRACE + Duration::from_secs(30);
-        for p in pods {
-            loop {
-                match api.get_opt(p).await {
-                    Ok(None) => break,
-                    Ok(Some(_)) | Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    _ => {
-                        return Err(HostError::other(
-                            "deleting pod",
-                            p.clone(),
-                            "it is still there",
-                        ));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Creates pods again from the delivered manifests.
-    async fn create_pods(&self, pods: &[String]) -> Result<()> {
-        let Some((_, d)) = &self.delivered else {
+    /// Pauses or unpauses the Kind node containers of `ns`.
+    async fn freeze(&mut self, ns: &[usize], on: bool) -> Result<()> {
+        let Net::Local(l) = &mut self.net else {
             return Err(HostError::other(
-                "creating pods",
-                pods.join(", "),
-                "nothing was delivered yet",
+                "freezing",
+                "a node",
+                "not on a cluster of your own",
             ));
         };
-        for p in pods {
-            let Some(yaml) = d.files.get(&format!("pods/{p}.yaml")) else {
-                continue;
-            };
-            k::apply(&self.client, yaml, FIELD_MANAGER)
-                .await
-                .map_err(|e| HostError::other("creating pod", p.clone(), e.to_string()))?;
+        for &n in ns {
+            if on || l.frozen.contains(&n) {
+                l.docker.pause(&l.nodes.nodes[n + 1].0, on).await?;
+            }
+            if on {
+                l.frozen.insert(n);
+            } else {
+                l.frozen.remove(&n);
+            }
         }
         Ok(())
-    }
-
-    /// The pods of every workload on `ns`.
-    fn pods_on(&self, ns: &[usize]) -> Vec<String> {
-        (0..self.plan.workloads.len())
-            .flat_map(|wi| self.pod_names(wi, ns))
-            .collect()
-    }
-
-    /// Asks Flux to reconcile and records, in the background, how long until the revision is
-    /// deployed and healthy again.
-    fn measure_convergence(&mut self, what: String) {
-        let Some((revision, _)) = &self.delivered else {
-            return;
-        };
-        let (client, revision, notes) = (self.client.clone(), revision.clone(), self.notes.clone());
-        let run_id = self.state().run_id.clone();
-        self.converging.push(tokio::spawn(async move {
-            let msg = match converge(&client, &run_id, &revision, CONVERGE_TIMEOUT).await {
-                Ok(d) => format!(
-                    "Flux converged {:.1} s after {what} (revision {revision} deployed and healthy again)",
-                    d.as_secs_f64()
-                ),
-                Err(e) => format!("Flux did not converge after {what}: {e}"),
-            };
-            tracing::info!("{msg}");
-            notes.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
-        }));
     }
 
     /// Applies one timeline action.
@@ -823,32 +1360,28 @@ impl KindLab {
                     self.partitions.remove(n);
                 }
                 self.push().await?;
-                self.measure_convergence(format!("the heal of {}", names.join(", ")));
+                self.workloads
+                    .measure_convergence(format!("the heal of {}", names.join(", ")));
                 Ok(())
             }
             ActionKind::Impair { link, up, down } => {
                 self.links[*link] = (*up, *down);
                 self.push().await
             }
-            ActionKind::NodeDown { nodes: ns, mode } => {
-                match mode {
-                    DownMode::Isolate => self.isolated.extend(ns.iter().copied()),
-                    DownMode::Freeze => {
-                        for &n in ns {
-                            self.docker.pause(&self.nodes.nodes[n + 1].0, true).await?;
-                            self.frozen.insert(n);
-                        }
-                        return Ok(());
-                    }
-                    DownMode::Poweroff => {
-                        // Cable out first, then the node's workloads go.
-                        self.powered_off.extend(ns.iter().copied());
-                        self.push().await?;
-                        return self.delete_pods(&self.pods_on(ns)).await;
-                    }
+            ActionKind::NodeDown { nodes: ns, mode } => match mode {
+                DownMode::Isolate => {
+                    self.isolated.extend(ns.iter().copied());
+                    self.push().await
                 }
-                self.push().await
-            }
+                DownMode::Freeze => self.freeze(ns, true).await,
+                DownMode::Poweroff => {
+                    // Cable out first, then the node's workloads go.
+                    self.powered_off.extend(ns.iter().copied());
+                    self.push().await?;
+                    let pods = self.workloads.pods_on(ns);
+                    self.workloads.delete_pods(&pods).await
+                }
+            },
             ActionKind::NodeUp { nodes: ns, .. } => {
                 let powered: Vec<usize> = ns
                     .iter()
@@ -857,13 +1390,14 @@ impl KindLab {
                     .collect();
                 for n in ns {
                     self.isolated.remove(n);
-                    if self.frozen.remove(n) {
-                        self.docker.pause(&self.nodes.nodes[n + 1].0, false).await?;
-                    }
+                }
+                if matches!(self.net, Net::Local(_)) {
+                    self.freeze(ns, false).await?;
                 }
                 // Network first: a board that powers on finds its cable plugged in.
                 self.push().await?;
-                self.create_pods(&self.pods_on(&powered)).await
+                let pods = self.workloads.pods_on(&powered);
+                self.workloads.create_pods(&pods).await
             }
             ActionKind::Kill {
                 workload,
@@ -874,144 +1408,219 @@ impl KindLab {
                 workload,
                 nodes: ns,
             } => {
-                let pods = self.pod_names(*workload, ns);
-                self.delete_pods(&pods).await?;
-                self.create_pods(&pods).await
+                let pods: Vec<String> = self
+                    .workloads
+                    .pod_names(*workload, ns)
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect();
+                self.workloads.delete_pods(&pods).await?;
+                self.workloads.create_pods(&pods).await
             }
             ActionKind::Cpu { nodes: ns, .. } | ActionKind::Memory { nodes: ns, .. } => {
+                let Net::Local(l) = &mut self.net else {
+                    return Err(HostError::other(
+                        "resizing",
+                        "a node",
+                        "not on a cluster of your own",
+                    ));
+                };
                 for &n in ns {
-                    let base =
-                        node_limits(&self.plan, n, &self.host, &self.allowed).with_pids(None);
-                    let Some(l) = crate::faults::resized(
+                    let base = node_limits(&self.plan, n, &l.host, &l.allowed).with_pids(None);
+                    let Some(lim) = crate::faults::resized(
                         action,
                         n,
                         &base,
-                        &self.limits[n],
+                        &l.limits[n],
                         &self.plan.nodes[n].profile,
-                        &self.host,
-                        &self.allowed,
+                        &l.host,
+                        &l.allowed,
                     ) else {
                         continue;
                     };
-                    self.docker
-                        .update_limits(&self.nodes.nodes[n + 1].0, &l)
+                    l.docker
+                        .update_limits(&l.nodes.nodes[n + 1].0, &lim)
                         .await?;
-                    self.limits[n] = l;
+                    l.limits[n] = lim;
                 }
                 Ok(())
             }
         }
     }
 
-    /// Collects the pods' logs, reverts every fault, removes the registry and deletes the
-    /// cluster. Keeps going past errors.
+    /// Collects the pods' logs and reverts every fault; then removes what the run created
+    /// (Kind: the registry and the cluster; your own cluster: the run's Flux objects, whose
+    /// pods, agents and namespaces Flux prunes). Keeps going past errors.
     pub async fn teardown(mut self) -> Vec<String> {
         let out_dir = self.state().out_dir.clone();
-        let mut errors = Vec::new();
-        if let Some(w) = self.watcher.take() {
-            w.abort();
-        }
-        for c in self.converging.drain(..) {
-            c.abort();
-        }
-        if self.delivered.is_some() {
-            errors.extend(self.collect_logs(&out_dir).await);
-        }
-        for &n in &self.frozen {
-            if let Err(e) = self.docker.pause(&self.nodes.nodes[n + 1].0, false).await {
-                errors.push(e.to_string());
-            }
-        }
-        errors.extend(self.faults.clear().await);
-        self.sockets.clear();
-        let state = self.faults.state().clone();
-        errors.extend(revert(&self.journal, &state).await);
-        errors
-    }
-
-    /// Every pod's log into `workloads/<workload>/<node>.stdout.log` (the previous
-    /// container's first when it restarted).
-    async fn collect_logs(&self, out_dir: &Path) -> Vec<String> {
-        let api = self.pods_api();
-        let mut errors = Vec::new();
-        for w in &self.plan.workloads {
-            let dir = out_dir.join("workloads").join(&w.name);
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                errors.push(format!("creating {}: {e}", dir.display()));
-                continue;
-            }
-            for &n in &w.nodes {
-                let node = &self.plan.nodes[n].name;
-                let pod = manifests::pod_name(&w.name, node);
-                let restarted = match api.get_opt(&pod).await {
-                    Ok(Some(p)) => restart_count(&p) > 0,
-                    // Gone (powered off, never created): nothing to read.
-                    _ => continue,
-                };
-                let mut text = String::new();
-                if restarted {
-                    let lp = LogParams {
-                        previous: true,
-                        ..LogParams::default()
-                    };
-                    if let Ok(prev) = api.logs(&pod, &lp).await {
-                        text.push_str(&prev);
-                        text.push_str("# edgesim: the container restarted here\n");
+        self.workloads.stop();
+        let mut errors = self.workloads.collect_logs(&out_dir).await;
+        let client = self.workloads.client().clone();
+        match self.net {
+            Net::Local(mut l) => {
+                let frozen: Vec<usize> = l.frozen.iter().copied().collect();
+                for n in frozen {
+                    if let Err(e) = l.docker.pause(&l.nodes.nodes[n + 1].0, false).await {
+                        errors.push(e.to_string());
                     }
                 }
-                match api.logs(&pod, &LogParams::default()).await {
-                    Ok(cur) => text.push_str(&cur),
-                    Err(e) => errors.push(format!("reading the log of pod {pod}: {e}")),
-                }
-                let file = dir.join(format!("{node}.stdout.log"));
-                if let Err(e) = std::fs::write(&file, text) {
-                    errors.push(format!("writing {}: {e}", file.display()));
-                }
+                errors.extend(l.faults.clear().await);
+                l.sockets.clear();
+                let state = l.faults.state().clone();
+                errors.extend(revert(&l.journal, &state, Some(&client)).await);
+            }
+            Net::Remote(mut r) => {
+                errors.extend(r.fleet.bye().await);
+                drop(r._execs);
+                errors.extend(revert(&r.journal, &r.state, Some(&client)).await);
             }
         }
         errors
     }
 }
 
-/// A content hash of the artifact (its revision's metadata).
-fn tree_hash(d: &manifests::Delivery) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for (k, v) in &d.files {
-        h.update(k.as_bytes());
-        h.update([0]);
-        h.update(v.as_bytes());
-        h.update([0]);
+/// What workload `wi` runs on node `ni`: on Kind the image loaded into the nodes (or pulled,
+/// for an image the Engine lacks); on your own cluster the image pushed to `registry` for the
+/// node's architecture.
+fn pod_image(
+    bound: &Bound,
+    registry: &Option<&RegistryRef>,
+    nodes: &[ClusterNode],
+    wi: usize,
+    ni: usize,
+) -> PodImage {
+    match (&bound.runs[wi], registry) {
+        (Runs::App(app), None) => PodImage {
+            image: manifests::app_image(app),
+            pull_policy: "Never",
+        },
+        (Runs::App(app), Some(reg)) => PodImage {
+            image: reg.image(
+                app,
+                &format!(
+                    "{IMAGE_VERSION}-{}",
+                    nodes.get(ni).map_or(Arch::host(), |c| c.arch)
+                ),
+            ),
+            pull_policy: "IfNotPresent",
+        },
+        (Runs::Image { image, local }, reg) => PodImage {
+            image: image.clone(),
+            pull_policy: if *local && reg.is_none() {
+                "Never"
+            } else {
+                "IfNotPresent"
+            },
+        },
     }
-    h.finalize()[..20]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
-/// Requests a reconcile of the run's source and Kustomization and waits until `revision` is
-/// deployed and healthy; how long that took.
-async fn converge(
+/// The run's artifact: the workloads' pods and, on your own cluster, the agents.
+fn render_delivery(
+    plan: &Plan,
+    state: &RunState,
+    bound: &Bound,
+    registry: &Option<&RegistryRef>,
+    nodes: &[ClusterNode],
+) -> manifests::Delivery {
+    let mut d = manifests::render(
+        plan,
+        state,
+        |wi, ni| pod_image(bound, registry, nodes, wi, ni),
+        delivery::POD_GRACE,
+    );
+    if let Some(reg) = registry {
+        d.files
+            .extend(existing::agent_files(plan, &state.run_id, nodes, |a| {
+                reg.image("agent", &format!("{IMAGE_VERSION}-{a}"))
+            }));
+    }
+    d
+}
+
+/// Execs the agent in the agent pod on cluster node `c` (waiting until it runs) and greets
+/// it; its connection, the exec stream (to keep), and its facts.
+async fn connect_agent(
     client: &Client,
     run_id: &str,
-    revision: &str,
-    timeout: Duration,
-) -> std::result::Result<Duration, String> {
-    let name = manifests::flux_name(run_id);
-    let source = k::SourceRef {
-        kind: k::SourceKind::OciRepository,
-        namespace: FLUX_NAMESPACE.into(),
-        name: name.clone(),
+    c: &ClusterNode,
+    node: &str,
+) -> Result<(fleet::Member, kube::api::AttachedProcess, Facts)> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &existing::agents_namespace(run_id));
+    let lp = ListParams::default()
+        .labels(&format!("{}={run_id}", existing::AGENT_LABEL))
+        .fields(&format!("spec.nodeName={}", c.node));
+    let what = format!("the agent on {} ({node})", c.node);
+    let deadline = tokio::time::Instant::now() + AGENTS_TIMEOUT;
+    let pod = loop {
+        let running = api.list(&lp).await.ok().and_then(|l| {
+            l.items
+                .into_iter()
+                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        });
+        if let Some(p) = running.and_then(|p| p.metadata.name) {
+            break p;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(HostError::other(
+                "reaching",
+                what,
+                format!("no agent pod runs there within {AGENTS_TIMEOUT:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     };
-    let ks = [(FLUX_NAMESPACE, name.as_str())];
-    let start = tokio::time::Instant::now();
-    let at = k::request_reconcile_with_source(client, &source, &ks)
+    let ap = AttachParams::default()
+        .container("agent")
+        .stdin(true)
+        .stdout(true)
+        .stderr(false);
+    let mut exec = api
+        .exec(&pod, ["/edgesim", "agent"], &ap)
         .await
-        .map_err(|e| e.to_string())?;
-    k::wait_deployed(client, &ks, &source, revision, Some(&at), timeout)
-        .await
-        .map_err(|d| d.to_string())?;
-    Ok(start.elapsed())
+        .map_err(|e| HostError::other("starting", what.clone(), e.to_string()))?;
+    let (Some(w), Some(r)) = (exec.stdin(), exec.stdout()) else {
+        return Err(HostError::other(
+            "starting",
+            what,
+            "the exec stream has no stdin or stdout",
+        ));
+    };
+    let member = fleet::Member {
+        name: format!("{} ({node})", c.node),
+        conn: Arc::new(tokio::sync::Mutex::new(
+            crate::targets::device::transport::AgentConn::new(
+                Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            ),
+        )),
+    };
+    let hello = member.conn.lock().await.call(Request::Hello).await;
+    let facts = fleet::check(hello, &member.name, "greeting")?
+        .facts
+        .ok_or_else(|| HostError::other("greeting", what.clone(), "the agent sent no facts"))?;
+    if facts.protocol != crate::targets::device::agent::PROTOCOL {
+        return Err(HostError::other(
+            "greeting",
+            what,
+            format!(
+                "its agent (edgesim {}) speaks protocol {}, this edgesim ({}) {}: push the agent image of this edgesim",
+                facts.version,
+                facts.protocol,
+                env!("CARGO_PKG_VERSION"),
+                crate::targets::device::agent::PROTOCOL
+            ),
+        ));
+    }
+    Ok((member, exec, facts))
+}
+
+fn joined(items: &[impl ToString]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The network faults implied by the live link parameters, partitions and isolated nodes:
@@ -1070,126 +1679,9 @@ pub fn node_faults(
     f
 }
 
-fn restart_count(p: &Pod) -> i32 {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .map_or(0, |c| c.restart_count)
-}
-
-/// The containerd id of a pod's running container.
-fn running_container(p: &Pod) -> Option<String> {
-    let c = p.status.as_ref()?.container_statuses.as_ref()?.first()?;
-    c.state.as_ref()?.running.as_ref()?;
-    container_id(c.container_id.as_deref()?)
-}
-
-/// `containerd://<id>` → `<id>`.
-fn container_id(uri: &str) -> Option<String> {
-    uri.split_once("://").map(|(_, id)| id.to_string())
-}
-
-/// What the pods' statuses say happened since `seen`, as workload events.
-fn pod_events(p: &Pod, seen: &mut Seen) -> Vec<(EventKind, Event)> {
-    let mut out = Vec::new();
-    let Some(c) = p
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-    else {
-        return out;
-    };
-    let ev = |kind: EventKind| Event {
-        t: 0.0,
-        workload: String::new(),
-        node: String::new(),
-        kind,
-        pid: None,
-        code: None,
-        signal: None,
-        detail: None,
-    };
-    let exited = |t: &k8s_openapi::api::core::v1::ContainerStateTerminated,
-                  seen: &mut Seen,
-                  out: &mut Vec<(EventKind, Event)>| {
-        let id = t
-            .container_id
-            .as_deref()
-            .and_then(container_id)
-            .unwrap_or_default();
-        if seen.exited.insert(id) {
-            let mut e = ev(EventKind::Exited);
-            e.code = Some(t.exit_code);
-            e.signal = t.signal;
-            e.detail = t.reason.clone();
-            out.push((EventKind::Exited, e));
-        }
-    };
-    // An exit not seen while it happened: the previous container's.
-    if let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-        let id = t.container_id.as_deref().and_then(container_id);
-        if id.is_some() && id == seen.running {
-            exited(t, seen, &mut out);
-        }
-    }
-    let state = c.state.as_ref();
-    if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
-        exited(t, seen, &mut out);
-        seen.running = None;
-    }
-    if state.and_then(|s| s.running.as_ref()).is_some() {
-        let id = c.container_id.as_deref().and_then(container_id);
-        if id.is_some() && id != seen.running {
-            if seen.running.is_some() || c.restart_count > 0 {
-                let mut e = ev(EventKind::Restarting);
-                e.detail = Some(format!("restart {} (kubelet)", c.restart_count));
-                out.push((EventKind::Restarting, e));
-            }
-            seen.running = id;
-            out.push((EventKind::Started, ev(EventKind::Started)));
-        }
-    }
-    out
-}
-
-/// Polls the run's pods and records what their containers did.
-async fn watch_pods(client: Client, plan: Arc<Plan>, run_id: String, log: EventLog) {
-    let api: Api<Pod> = Api::namespaced(client, &manifests::namespace(&run_id));
-    let lp = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
-    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
-    let label = |p: &Pod, k: &str| {
-        p.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(&format!("{}{k}", config::LABEL_PREFIX)))
-            .cloned()
-            .unwrap_or_default()
-    };
-    loop {
-        if let Ok(pods) = api.list(&lp).await {
-            for p in &pods.items {
-                let uid = p.metadata.uid.clone().unwrap_or_default();
-                for (_, mut e) in pod_events(p, seen.entry(uid).or_default()) {
-                    e.workload = label(p, "workload");
-                    e.node = label(p, "node");
-                    if plan.workloads.iter().any(|w| w.name == e.workload) {
-                        log.record_now(e);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(WATCH_EVERY).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, PodStatus,
-    };
 
     const SPEC: &str = "\
 apiVersion: edgesim.dev/v1alpha1
@@ -1271,75 +1763,5 @@ spec:
         assert_eq!(isolate[0].to, [Member::Worker(1)]);
         assert_eq!(isolate[1].from, [Member::Worker(1)]);
         assert_eq!(isolate[1].to.len(), 4);
-    }
-
-    fn pod(state: ContainerState, id: &str, restarts: i32, last: Option<(&str, i32)>) -> Pod {
-        Pod {
-            status: Some(PodStatus {
-                container_statuses: Some(vec![ContainerStatus {
-                    name: "c".into(),
-                    container_id: Some(format!("containerd://{id}")),
-                    restart_count: restarts,
-                    state: Some(state),
-                    last_state: last.map(|(id, code)| ContainerState {
-                        terminated: Some(ContainerStateTerminated {
-                            container_id: Some(format!("containerd://{id}")),
-                            exit_code: code,
-                            reason: Some("Error".into()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn running() -> ContainerState {
-        ContainerState {
-            running: Some(ContainerStateRunning::default()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn container_statuses_become_starts_exits_and_restarts_once_each() {
-        let mut seen = Seen::default();
-        let kinds = |v: Vec<(EventKind, Event)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(
-            kinds(pod_events(&pod(running(), "a", 0, None), &mut seen)),
-            [EventKind::Started]
-        );
-        // Seen again: nothing new.
-        assert!(pod_events(&pod(running(), "a", 0, None), &mut seen).is_empty());
-        // Killed and restarted between two polls: the exit comes from lastState.
-        let ev = pod_events(&pod(running(), "b", 1, Some(("a", 137))), &mut seen);
-        assert_eq!(
-            kinds(ev.clone()),
-            [EventKind::Exited, EventKind::Restarting, EventKind::Started]
-        );
-        assert_eq!(ev[0].1.code, Some(137));
-        assert!(pod_events(&pod(running(), "b", 1, Some(("a", 137))), &mut seen).is_empty());
-        // Exited for good (restartPolicy Never).
-        let done = ContainerState {
-            terminated: Some(ContainerStateTerminated {
-                container_id: Some("containerd://b".into()),
-                exit_code: 0,
-                reason: Some("Completed".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let ev = pod_events(&pod(done.clone(), "b", 1, Some(("a", 137))), &mut seen);
-        assert_eq!(kinds(ev.clone()), [EventKind::Exited]);
-        assert_eq!(ev[0].1.detail.as_deref(), Some("Completed"));
-        assert!(pod_events(&pod(done, "b", 1, Some(("a", 137))), &mut seen).is_empty());
-        assert_eq!(
-            running_container(&pod(running(), "c", 0, None)).as_deref(),
-            Some("c")
-        );
     }
 }

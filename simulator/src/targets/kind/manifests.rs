@@ -232,8 +232,13 @@ pub fn pod(
 }
 
 /// The run's artifact: its namespace and one pod per instance, with the `kustomization.yaml`
-/// that lists them. `images[wi]` is what workload `wi` runs.
-pub fn render(plan: &Plan, state: &RunState, images: &[PodImage], grace: Duration) -> Delivery {
+/// that lists them. `image(wi, ni)` is what workload `wi` runs on node `ni`.
+pub fn render(
+    plan: &Plan,
+    state: &RunState,
+    image: impl Fn(usize, usize) -> PodImage,
+    grace: Duration,
+) -> Delivery {
     let mut files = BTreeMap::new();
     let ns = json!({
         "apiVersion": "v1",
@@ -248,7 +253,7 @@ pub fn render(plan: &Plan, state: &RunState, images: &[PodImage], grace: Duratio
             let path = format!("pods/{name}.yaml");
             files.insert(
                 path.clone(),
-                to_yaml(&pod(plan, state, wi, ni, &images[wi], grace)),
+                to_yaml(&pod(plan, state, wi, ni, &image(wi, ni), grace)),
             );
             resources.push(path);
         }
@@ -262,41 +267,64 @@ pub fn render(plan: &Plan, state: &RunState, images: &[PodImage], grace: Duratio
     Delivery { files }
 }
 
-/// The Flux objects of a run: an `OCIRepository` reading tag `<run>` of the scenario's
-/// artifacts at `registry` (as the cluster reaches it, `host:port`, plain HTTP), and a
-/// `Kustomization` of the artifact's root that waits for every object to be healthy within
-/// `timeout`. Multi-document YAML, for [`super::kube::apply`].
-pub fn flux_objects(plan: &Plan, run_id: &str, registry: &str, timeout: Duration) -> String {
-    let name = flux_name(run_id);
-    let source = json!({
+/// The run's `OCIRepository`: tag `<run>` of the scenario's artifacts in `registry` (as the
+/// cluster reaches it: `host[:port][/path]`), plain HTTP when `insecure`.
+pub fn flux_source(plan: &Plan, run_id: &str, registry: &str, insecure: bool) -> Value {
+    let mut spec = json!({
+        // Reconciled on request (edgesim asks after every push and heal); the interval is
+        // only Flux's own safety net.
+        "interval": "10m",
+        "url": format!("oci://{registry}/{}", artifact_repository(plan)),
+        "ref": {"tag": run_id},
+    });
+    if insecure {
+        spec["insecure"] = json!(true);
+    }
+    json!({
         "apiVersion": "source.toolkit.fluxcd.io/v1",
         "kind": "OCIRepository",
-        "metadata": {"name": name, "namespace": FLUX_NAMESPACE, "labels": labels(run_id)},
-        "spec": {
-            // Reconciled on request (edgesim asks after every push and heal); the interval
-            // is only Flux's own safety net.
-            "interval": "10m",
-            "url": format!("oci://{registry}/{}", artifact_repository(plan)),
-            "ref": {"tag": run_id},
-            "insecure": true,
-        },
-    });
-    let ks = json!({
+        "metadata": {"name": flux_name(run_id), "namespace": FLUX_NAMESPACE, "labels": labels(run_id)},
+        "spec": spec,
+    })
+}
+
+/// A `Kustomization` `name` of the run's artifact at `path`, pruned, waited for (every object
+/// it applies healthy) within `timeout`, pods recreated when they change (`force`).
+pub fn flux_kustomization(run_id: &str, name: &str, path: &str, timeout: Duration) -> Value {
+    json!({
         "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
         "kind": "Kustomization",
         "metadata": {"name": name, "namespace": FLUX_NAMESPACE, "labels": labels(run_id)},
         "spec": {
             "interval": "10m",
             "retryInterval": "10s",
-            "sourceRef": {"kind": "OCIRepository", "name": name},
-            "path": "./",
+            "sourceRef": {"kind": "OCIRepository", "name": flux_name(run_id)},
+            "path": path,
             "prune": true,
             "wait": true,
             "force": true,
             "timeout": format!("{}s", timeout.as_secs().max(1)),
         },
-    });
-    format!("{}---\n{}", to_yaml(&source), to_yaml(&ks))
+    })
+}
+
+/// Objects as multi-document YAML, for [`super::kube::apply`].
+pub fn documents(objects: &[Value]) -> String {
+    objects
+        .iter()
+        .map(to_yaml)
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// The Flux objects of a run on a Kind cluster edgesim made: the source, at the registry
+/// container beside the nodes (`host:port`, plain HTTP), and one `Kustomization` of the
+/// artifact's root.
+pub fn flux_objects(plan: &Plan, run_id: &str, registry: &str, timeout: Duration) -> String {
+    documents(&[
+        flux_source(plan, run_id, registry, true),
+        flux_kustomization(run_id, &flux_name(run_id), "./", timeout),
+    ])
 }
 
 #[cfg(test)]
@@ -368,8 +396,8 @@ spec:
         st
     }
 
-    fn images() -> Vec<PodImage> {
-        vec![
+    fn images() -> impl Fn(usize, usize) -> PodImage {
+        let v = [
             PodImage {
                 image: "edgesim/cloud-sink:0.1.0-amd64".into(),
                 pull_policy: "Never",
@@ -382,7 +410,8 @@ spec:
                 image: "example.com/job:1".into(),
                 pull_policy: "IfNotPresent",
             },
-        ]
+        ];
+        move |wi, _| v[wi].clone()
     }
 
     fn docs(d: &Delivery) -> BTreeMap<String, Value> {
@@ -395,7 +424,7 @@ spec:
     #[test]
     fn every_instance_is_a_pod_pinned_to_its_node_on_the_nodes_network() {
         let p = plan();
-        let d = docs(&render(&p, &state(&p), &images(), Duration::from_secs(5)));
+        let d = docs(&render(&p, &state(&p), images(), Duration::from_secs(5)));
         let k = &d["kustomization.yaml"];
         let resources: Vec<&str> = k["resources"]
             .as_array()
@@ -462,7 +491,7 @@ spec:
     #[test]
     fn a_pod_on_a_gpu_board_tolerates_its_taint_and_a_job_never_restarts() {
         let p = plan();
-        let d = docs(&render(&p, &state(&p), &images(), Duration::from_secs(5)));
+        let d = docs(&render(&p, &state(&p), images(), Duration::from_secs(5)));
         let spec = &d["pods/once-orin.yaml"]["spec"];
         assert_eq!(spec["restartPolicy"], "Never");
         assert_eq!(
@@ -481,7 +510,7 @@ spec:
     fn every_object_reads_back_the_same_through_kubernetes_own_types() {
         use k8s_openapi::api::core::v1::{Namespace, Pod};
         let p = plan();
-        let d = docs(&render(&p, &state(&p), &images(), Duration::from_secs(5)));
+        let d = docs(&render(&p, &state(&p), images(), Duration::from_secs(5)));
         let mut pods = 0;
         for (file, v) in &d {
             let back = match v["kind"].as_str() {

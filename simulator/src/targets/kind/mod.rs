@@ -37,6 +37,10 @@
 //! the labels the manifests of `flux/` select nodes by, on Kind and on real clusters alike.
 pub mod config;
 #[cfg(feature = "kube")]
+pub mod delivery;
+#[cfg(feature = "kube")]
+pub mod existing;
+#[cfg(feature = "kube")]
 pub mod kube;
 #[cfg(feature = "kube")]
 pub mod lab;

@@ -140,7 +140,7 @@ pub struct NodeRecord {
 }
 
 /// What the kind target installed for a run (its part of the state file).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct KindState {
     pub cluster: String,
     pub network: String,
