@@ -5,6 +5,8 @@
 # (plus edgesim/<name>:<version> for this machine's architecture). No registry is involved.
 # `node` is the image of a scenario node's own container: the edgesim-node init as PID 1 and
 # Debian's static busybox (fetched with apt-get download, per architecture) for its commands.
+# `agent` (only with `--only agent`) is edgesim itself, built without the `kube` feature: the
+# agent the kind target delivers to a cluster of your own as a DaemonSet.
 #
 # Usage: images/build.sh [--arch amd64,arm64] [--only name,name] [--no-qemu] [--no-docker]
 #
@@ -26,6 +28,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 ALL=(iot-collector cloud-sink edge-web edge-cache inference offline-first node)
+# Built only when named (`--only agent`): a release build of all of edgesim per architecture.
 ARCHES=amd64,arm64
 ONLY=""
 QEMU=1
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=$2; shift 2 ;;
         --no-qemu) QEMU=0; shift ;;
         --no-docker) DOCKER=0; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -57,7 +60,7 @@ VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' C
 
 triple() { case "$1" in amd64) echo x86_64-unknown-linux-musl ;; arm64) echo aarch64-unknown-linux-musl ;; *) echo "unknown arch $1" >&2; exit 2 ;; esac; }
 # The cargo package and binary behind an image name.
-crate() { if [ "$1" = node ]; then echo edgesim-node; else echo "$1"; fi; }
+crate() { case "$1" in node) echo edgesim-node ;; agent) echo edgesim ;; *) echo "$1" ;; esac; }
 # What `file` says of an architecture's binaries.
 elf_arch() { if [ "$1" = arm64 ]; then echo aarch64; else echo x86-64; fi; }
 native=$(case "$(uname -m)" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac)
@@ -113,9 +116,17 @@ for arch in "${ARCH_LIST[@]}"; do
     fi
     say "building ${PROGRAMS[*]} for $t"
     pkgs=()
-    for p in "${PROGRAMS[@]}"; do pkgs+=(-p "$(crate "$p")"); done
-    CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" "${pkgs[@]}" 2>&1 \
-        || CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --target "$t" "${pkgs[@]}"
+    for p in "${PROGRAMS[@]}"; do [ "$p" = agent ] || pkgs+=(-p "$(crate "$p")"); done
+    if [ ${#pkgs[@]} -gt 0 ]; then
+        CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" "${pkgs[@]}" 2>&1 \
+            || CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --target "$t" "${pkgs[@]}"
+    fi
+    if [[ " ${PROGRAMS[*]} " == *" agent "* ]]; then
+        # The agent: no `kube` feature (its TLS stack has C and assembly; an agent never
+        # talks to Kubernetes), so aarch64 links with rust-lld alone.
+        CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" \
+            -p edgesim --bin edgesim --no-default-features 2>&1
+    fi
     mkdir -p "$OUT/$arch/data"
     for p in "${PROGRAMS[@]}"; do
         bin="$CARGO_TARGET_DIR/$t/release/$(crate "$p")"
@@ -240,6 +251,14 @@ for arch in "${ARCH_LIST[@]}"; do
         bin="$OUT/$arch/$(crate "$p")"
         v=$("${runner[@]}" "$bin" --version)
         file -b "$bin" | grep -q "$(elf_arch "$arch")" || die "$bin is not an $arch binary"
+        if [ "$p" = agent ]; then
+            # The agent answers the protocol's hello with this architecture's facts.
+            got=$(printf '{"id":1,"op":"hello"}\n{"id":2,"op":"bye"}\n' \
+                | EDGESIM_LOG=error "${runner[@]}" "$bin" agent --state "$(mktemp -d)/agent.json" | head -1)
+            grep -q "\"arch\":\"$arch\"" <<<"$got" || die "the $arch agent answered hello with: $got"
+            echo "  $arch $v; agent hello ok"
+            continue
+        fi
         if [ "$p" = node ]; then
             # The init only makes sense as PID 1 (the image smoke test below runs it so); here
             # its busybox must run and the shell must work.
@@ -291,6 +310,16 @@ smoke_node() { # image name arch
     fi
     echo "  $1: sh ran through docker exec, stopped cleanly"
 }
+# The agent image: it idles, and `edgesim agent` exec'd in it (as the kind target does through
+# the API server) answers hello with the image's architecture.
+smoke_agent() { # image name arch
+    local c="edgesim-images-smoke-$2-$$" out
+    docker run -d --platform "linux/$3" --network none --label edgesim.test=images --name "$c" "$1" >/dev/null
+    out=$(printf '{"id":1,"op":"hello"}\n{"id":2,"op":"bye"}\n' | docker exec -i -e EDGESIM_LOG=error "$c" /edgesim agent 2>&1 | head -1) || true
+    docker rm -f "$c" >/dev/null
+    grep -q "\"arch\":\"$3\"" <<<"$out" || { echo "$1: the agent answered hello with: $out" >&2; exit 1; }
+    echo "  $1: the agent answered hello through docker exec"
+}
 for p in "${PROGRAMS[@]}"; do
     for arch in "${ARCH_LIST[@]}"; do
         tag="edgesim/$p:$VERSION-$arch"
@@ -310,7 +339,11 @@ for p in "${PROGRAMS[@]}"; do
         [ "$arch" = "$native" ] && docker tag "$tag" "edgesim/$p:$VERSION"
         # Foreign images run through binfmt_misc's qemu (registered with the fix-binary flag).
         if [ "$arch" = "$native" ] || [ -e "/proc/sys/fs/binfmt_misc/qemu-$(triple "$arch" | cut -d- -f1)" ]; then
-            if [ "$p" = node ]; then smoke_node "$tag" "$p-$arch" "$arch"; else smoke "$tag" "$p-$arch" "$arch"; fi
+            case "$p" in
+                node) smoke_node "$tag" "$p-$arch" "$arch" ;;
+                agent) smoke_agent "$tag" "$p-$arch" "$arch" ;;
+                *) smoke "$tag" "$p-$arch" "$arch" ;;
+            esac
         fi
     done
 done

@@ -36,7 +36,7 @@ pub fn docker_ready(apps: &[&str]) -> bool {
     true
 }
 
-fn root() -> std::path::PathBuf {
+pub fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

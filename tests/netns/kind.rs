@@ -20,7 +20,7 @@ use edgesim::targets::state::{self, Mode};
 use socket2::{Domain, Protocol, Type};
 
 use crate::common::*;
-use crate::docker::{docker_ready, inspect, tcp_goodput};
+use crate::docker::{docker_ready, inspect, root, tcp_goodput};
 
 const SPEC: &str = "\
 apiVersion: edgesim.dev/v1alpha1
@@ -439,4 +439,147 @@ async fn kind_nodes_shaped_and_impaired_from_inside_with_the_api_server_exempt()
         &format!("name=edgesim-kt{:x}", std::process::id()),
     ]);
     assert!(left.is_empty(), "containers left: {left}");
+}
+
+/// The static agent for this host's architecture (`.ci/agent-static` builds it).
+fn host_agent() -> Option<PathBuf> {
+    let machine = std::env::consts::ARCH;
+    if let Some(p) = std::env::var_os(format!("EDGESIM_AGENT_{}", machine.to_uppercase())) {
+        return Some(p.into());
+    }
+    ["debug", "release"]
+        .iter()
+        .map(|p| root().join(format!("target/{machine}-unknown-linux-musl/{p}/edgesim")))
+        .find(|p| p.is_file())
+}
+
+/// The agent of a cluster of your own as its DaemonSet runs it: the image of
+/// `images/agent/Dockerfile` (around the static agent), privileged in a node's network
+/// namespace (`--network container:<node>`: what `hostNetwork` is), idling; `/edgesim agent`
+/// exec'd in it speaks the protocol over the exec stream (`docker exec -i`: what the API
+/// server's exec is, once on the node). A block cuts the peer off but for the exempt flow (the
+/// kubelet's, on a cluster); the end of the stream makes the agent revert everything.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it_ends() {
+    use edgesim::host::nft::Flow;
+    use edgesim::targets::device::agent::{Desired, Request, WireBlock};
+    use edgesim::targets::device::transport::AgentConn;
+    let _g = serial();
+    if !docker_ready(&[]) || !edgesim::testing::program("nsenter", "nsenter") {
+        return;
+    }
+    let agent = host_agent();
+    if !edgesim::testing::gate(
+        "docker",
+        agent.is_some(),
+        "no static agent for this host (.ci/agent-static builds it)",
+    ) {
+        return;
+    }
+    let mut cluster = Cluster::start(1);
+    let nodes = KindNodes::find(&cluster.name, 1, &cluster.network)
+        .await
+        .expect("finding the node containers");
+    let (node, other) = (
+        peer(&nodes, Member::Worker(0)),
+        peer(&nodes, Member::ControlPlane),
+    );
+
+    // The image, built as images/build.sh builds it (the Dockerfile around the binary).
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy(agent.unwrap(), ctx.path().join("edgesim")).unwrap();
+    let image = format!("edgesim-test/agent:{}", std::process::id());
+    docker(&[
+        "build",
+        "-q",
+        "--label",
+        "edgesim.test=1",
+        "-t",
+        &image,
+        "-f",
+        root().join("images/agent/Dockerfile").to_str().unwrap(),
+        ctx.path().to_str().unwrap(),
+    ]);
+    struct Image(String);
+    impl Drop for Image {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+        }
+    }
+    let _image = Image(image.clone());
+    let pod = format!("{}-agent", cluster.name);
+    cluster.containers.insert(0, pod.clone());
+    docker(&[
+        "run",
+        "-d",
+        "--label",
+        "edgesim.test=1",
+        "--name",
+        &pod,
+        "--privileged",
+        "--network",
+        &format!("container:{}", node.name),
+        &image,
+    ]);
+
+    // The session: an exec stream into the idling container.
+    let mut exec = tokio::process::Command::new("docker")
+        .args(["exec", "-i", "-e", "EDGESIM_LOG=error", &pod, "/edgesim", "agent"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("docker exec");
+    let mut conn = AgentConn::new(exec.stdin.take().unwrap(), exec.stdout.take().unwrap());
+    let hello = conn.call(Request::Hello).await.expect("hello");
+    let facts = hello.facts.expect("facts");
+    assert_eq!(facts.arch, edgesim::testing::host_arch());
+    assert!(
+        facts.addrs.contains(&("eth0".to_string(), node.addr)),
+        "the agent sees the node's address: {:?}",
+        facts.addrs
+    );
+    assert!(facts.cap_net_admin && facts.nftables_error.is_none(), "{facts:?}");
+
+    let _exempt = listen(&node, 7000);
+    let _other = listen(&node, 7001);
+    assert!(pings(&other, &node) && connects(&other, &node, 7001));
+    let cut = Desired {
+        iface: "eth0".into(),
+        lease_ms: 30_000,
+        blocks: vec![WireBlock {
+            name: "cut".into(),
+            from: vec![ipnet::IpNet::from(std::net::IpAddr::V4(other.addr))],
+            to: vec![],
+        }],
+        exempt_management: false,
+        exempt: vec![Flow {
+            local: SocketAddrV4::new(node.addr, 7000).into(),
+            remote: SocketAddrV4::new(other.addr, 0).into(),
+        }],
+        ..Desired::default()
+    };
+    let r = conn.call(Request::Apply(cut)).await.expect("apply");
+    assert!(r.ok, "{r:?}");
+    assert!(!pings(&other, &node), "the block drops ping");
+    assert!(!connects(&other, &node, 7001), "the block drops TCP 7001");
+    assert!(
+        connects(&other, &node, 7000),
+        "the exempt flow (a kubelet's, on a cluster) still connects"
+    );
+    let pid = nodes.nodes[1].2;
+    assert!(inside(pid, &["nft", "list", "ruleset"]).contains("edgesim"));
+
+    // The stream ends (the controller died, or the API server dropped it): the agent reverts
+    // and exits.
+    drop(conn);
+    let st = tokio::time::timeout(Duration::from_secs(15), exec.wait())
+        .await
+        .expect("the agent exits when its stream ends")
+        .expect("docker exec");
+    assert!(st.success(), "the agent reverted cleanly: {st}");
+    assert!(pings(&other, &node) && connects(&other, &node, 7001));
+    let rules = inside(pid, &["nft", "list", "ruleset"]);
+    assert!(!rules.contains("edgesim"), "rules left:\n{rules}");
 }
