@@ -260,3 +260,22 @@ mod tests {
         }
     }
 }
+
+/// The plan of scenario `text` as validation builds it for `target` on a machine that can do
+/// everything; panics with the diagnostics when it is invalid (tests).
+pub fn plan_of(text: &str, target: &str) -> crate::scenario::Plan {
+    use crate::scenario::validate::{Overrides, build, parse};
+    let f = std::path::Path::new("t.yaml");
+    let sc = parse(f, text).unwrap_or_else(|d| panic!("{d}"));
+    let profiles = crate::profile::ProfileSet::builtin().unwrap_or_else(|e| panic!("{e}"));
+    build(
+        f,
+        text,
+        &sc,
+        profiles,
+        &crate::caps::Capabilities::all(target),
+        &Overrides::default(),
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
+    .plan
+}

@@ -42,19 +42,7 @@ spec:
 ";
 
 fn plan() -> edgesim::scenario::Plan {
-    use edgesim::scenario::validate::{Overrides, build, parse};
-    let f = std::path::Path::new("kindnodes.yaml");
-    let sc = parse(f, SPEC).unwrap_or_else(|d| panic!("{d}"));
-    build(
-        f,
-        SPEC,
-        &sc,
-        edgesim::profile::ProfileSet::builtin().expect("profiles"),
-        &edgesim::caps::Capabilities::all("kind"),
-        &Overrides::default(),
-    )
-    .unwrap_or_else(|d| panic!("{d}"))
-    .plan
+    edgesim::testing::plan_of(SPEC, "kind")
 }
 
 fn docker(args: &[&str]) -> String {
@@ -525,7 +513,15 @@ async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it
 
     // The session: an exec stream into the idling container.
     let mut exec = tokio::process::Command::new("docker")
-        .args(["exec", "-i", "-e", "EDGESIM_LOG=error", &pod, "/edgesim", "agent"])
+        .args([
+            "exec",
+            "-i",
+            "-e",
+            "EDGESIM_LOG=error",
+            &pod,
+            "/edgesim",
+            "agent",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -540,7 +536,10 @@ async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it
         "the agent sees the node's address: {:?}",
         facts.addrs
     );
-    assert!(facts.cap_net_admin && facts.nftables_error.is_none(), "{facts:?}");
+    assert!(
+        facts.cap_net_admin && facts.nftables_error.is_none(),
+        "{facts:?}"
+    );
 
     let _exempt = listen(&node, 7000);
     let _other = listen(&node, 7001);

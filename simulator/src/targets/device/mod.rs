@@ -332,19 +332,7 @@ mod tests {
     use super::*;
 
     fn plan(text: &str) -> Plan {
-        use crate::scenario::validate::{Capabilities, Overrides, build, parse};
-        let f = std::path::Path::new("t.yaml");
-        let sc = parse(f, text).unwrap();
-        build(
-            f,
-            text,
-            &sc,
-            crate::profile::ProfileSet::builtin().unwrap(),
-            &Capabilities::all("netns"),
-            &Overrides::default(),
-        )
-        .unwrap()
-        .plan
+        crate::testing::plan_of(text, "netns")
     }
 
     #[test]

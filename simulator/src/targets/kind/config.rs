@@ -466,7 +466,6 @@ impl Generated {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caps::Capabilities;
     use crate::profile::ProfileSet;
 
     const GI: u64 = 1 << 30;
@@ -483,19 +482,7 @@ mod tests {
     }
 
     fn plan(text: &str) -> Plan {
-        use crate::scenario::validate::{Overrides, build, parse};
-        let f = std::path::Path::new("t.yaml");
-        let sc = parse(f, text).unwrap_or_else(|d| panic!("{d}"));
-        build(
-            f,
-            text,
-            &sc,
-            ProfileSet::builtin().unwrap(),
-            &Capabilities::all("kind"),
-            &Overrides::default(),
-        )
-        .unwrap_or_else(|d| panic!("{d}"))
-        .plan
+        crate::testing::plan_of(text, "kind")
     }
 
     const SCENARIO: &str = r#"

@@ -364,19 +364,7 @@ spec:
 ";
 
     fn plan() -> Plan {
-        use crate::scenario::validate::{Overrides, build, parse};
-        let f = std::path::Path::new("byo.yaml");
-        let sc = parse(f, SPEC).unwrap_or_else(|d| panic!("{d}"));
-        build(
-            f,
-            SPEC,
-            &sc,
-            crate::profile::ProfileSet::builtin().unwrap(),
-            &crate::caps::Capabilities::all("kind"),
-            &Overrides::default(),
-        )
-        .unwrap_or_else(|d| panic!("{d}"))
-        .plan
+        crate::testing::plan_of(SPEC, "kind")
     }
 
     fn node(name: &str, plays: Option<&str>, ip: &str, arch: &str) -> Node {

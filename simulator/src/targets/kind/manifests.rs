@@ -358,19 +358,7 @@ spec:
 ";
 
     fn plan() -> Plan {
-        use crate::scenario::validate::{Overrides, build, parse};
-        let f = std::path::Path::new("podgen.yaml");
-        let sc = parse(f, SPEC).unwrap_or_else(|d| panic!("{d}"));
-        build(
-            f,
-            SPEC,
-            &sc,
-            crate::profile::ProfileSet::builtin().unwrap(),
-            &crate::caps::Capabilities::all("kind"),
-            &Overrides::default(),
-        )
-        .unwrap_or_else(|d| panic!("{d}"))
-        .plan
+        crate::testing::plan_of(SPEC, "kind")
     }
 
     fn state(plan: &Plan) -> RunState {
