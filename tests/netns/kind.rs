@@ -442,8 +442,8 @@ fn host_agent() -> Option<PathBuf> {
 }
 
 /// The agent of a cluster of your own as its DaemonSet runs it: the image of
-/// `images/agent/Dockerfile` (around the static agent), privileged in a node's network
-/// namespace (`--network container:<node>`: what `hostNetwork` is), idling; `/edgesim agent`
+/// `images/agent/Dockerfile` (around the static agent), with the DaemonSet's capabilities in a
+/// node's network namespace (`--network container:<node>`: what `hostNetwork` is), idling; `/edgesim agent`
 /// exec'd in it speaks the protocol over the exec stream (`docker exec -i`: what the API
 /// server's exec is, once on the node). A block cuts the peer off but for the exempt flow (the
 /// kubelet's, on a cluster); the end of the stream makes the agent revert everything.
@@ -505,7 +505,12 @@ async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it
         "edgesim.test=1",
         "--name",
         &pod,
-        "--privileged",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_RAW",
+        "--cap-add",
+        "SYS_ADMIN",
         "--network",
         &format!("container:{}", node.name),
         &image,

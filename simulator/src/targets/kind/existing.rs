@@ -16,8 +16,9 @@
 //!   as `<registry>/edgesim/<name>:<version>-<arch>`; the artifact as
 //!   `<registry>/edgesim/<scenario>:<run>`. `http://` before the registry means plain HTTP
 //!   (Flux's `insecure`; the Docker Engine must list it among its insecure registries).
-//! - **Faults come from edgesim's agent, delivered through Flux**: a privileged DaemonSet per
-//!   architecture on the host network of the scenario's nodes ([`agent_daemonsets`], in a
+//! - **Faults come from edgesim's agent, delivered through Flux**: a DaemonSet per
+//!   architecture on the host network of the scenario's nodes, holding the capabilities the
+//!   agent uses on a board (CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN) ([`agent_files`], in a
 //!   namespace of its own, `edgesim-<run>-agents`, with a Kustomization of its own delivered
 //!   before the workloads'), whose pods idle until the controller execs `/edgesim agent` in
 //!   each (the API server's exec stream carries the agent protocol, as SSH does for the device
@@ -254,7 +255,8 @@ pub fn agents_namespace(run_id: &str) -> String {
 
 /// The agents' part of the artifact (`agents/`, with its own `kustomization.yaml`): their
 /// namespace and one DaemonSet per architecture of `nodes`, each on exactly the cluster nodes
-/// that play scenario nodes, privileged on the host network, idling until the controller execs
+/// that play scenario nodes, on the host network with the agent's capabilities, idling until
+/// the controller execs
 /// the agent. `image` gives the agent's image for an architecture.
 pub fn agent_files(
     plan: &Plan,
@@ -314,7 +316,9 @@ pub fn agent_files(
                             "image": image(arch),
                             "imagePullPolicy": "IfNotPresent",
                             "command": ["/edgesim", "agent-hold"],
-                            "securityContext": {"privileged": true},
+                            // What the agent uses on a board (AGENT_CAPS): nftables and tc,
+                            // raw sockets for its probes, namespaces. No more.
+                            "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]}},
                             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
                             "volumeMounts": [{"name": "state", "mountPath": AGENT_STATE_DIR}],
                         }],
@@ -475,7 +479,7 @@ spec:
     }
 
     #[test]
-    fn one_privileged_agent_daemonset_per_architecture_on_the_scenarios_nodes() {
+    fn one_agent_daemonset_per_architecture_with_the_agents_capabilities_on_the_scenarios_nodes() {
         use k8s_openapi::api::apps::v1::DaemonSet;
         let p = plan();
         let nodes = bind_nodes(
@@ -515,7 +519,10 @@ spec:
         assert_eq!(expr["values"], json!(["gw-1", "gw-2"]));
         let c = &spec["containers"][0];
         assert_eq!(c["image"], "registry.lan:5000/edgesim/agent:0.1.0-arm64");
-        assert_eq!(c["securityContext"]["privileged"], true);
+        assert_eq!(
+            c["securityContext"]["capabilities"]["add"],
+            json!(["NET_ADMIN", "NET_RAW", "SYS_ADMIN"])
+        );
         assert_eq!(v["metadata"]["namespace"], "edgesim-r1-agents");
         assert!(RegistryRef::parse("ftp://x").is_err());
         assert!(!RegistryRef::parse("ghcr.io/acme").unwrap().insecure);
