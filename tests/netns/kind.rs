@@ -478,24 +478,30 @@ async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it
     let ctx = tempfile::tempdir().unwrap();
     std::fs::copy(agent.unwrap(), ctx.path().join("edgesim")).unwrap();
     let image = format!("edgesim-test/agent:{}", std::process::id());
+    let label = format!("edgesim.test=agent-image-{}", std::process::id());
     docker(&[
         "build",
         "-q",
         "--label",
-        "edgesim.test=1",
+        &label,
         "-t",
         &image,
         "-f",
         root().join("images/agent/Dockerfile").to_str().unwrap(),
         ctx.path().to_str().unwrap(),
     ]);
-    struct Image(String);
+    /// Removes the image and what its build left dangling.
+    struct Image(String, String);
     impl Drop for Image {
         fn drop(&mut self) {
             let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
+            let _ = Command::new("docker")
+                .args(["image", "prune", "-f", "--filter"])
+                .arg(format!("label={}", self.1))
+                .output();
         }
     }
-    let _image = Image(image.clone());
+    let _image = Image(image.clone(), label.clone());
     let pod = format!("{}-agent", cluster.name);
     cluster.containers.insert(0, pod.clone());
     docker(&[
