@@ -465,16 +465,8 @@ async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it
     ) {
         return;
     }
-    let mut cluster = Cluster::start(1);
-    let nodes = KindNodes::find(&cluster.name, 1, &cluster.network)
-        .await
-        .expect("finding the node containers");
-    let (node, other) = (
-        peer(&nodes, Member::Worker(0)),
-        peer(&nodes, Member::ControlPlane),
-    );
-
-    // The image, built as images/build.sh builds it (the Dockerfile around the binary).
+    // The image, built as images/build.sh builds it (the Dockerfile around the binary); its
+    // guard is dropped after the cluster's, once no container uses it.
     let ctx = tempfile::tempdir().unwrap();
     std::fs::copy(agent.unwrap(), ctx.path().join("edgesim")).unwrap();
     let image = format!("edgesim-test/agent:{}", std::process::id());
@@ -502,6 +494,15 @@ async fn kind_agent_image_applies_faults_over_an_exec_stream_and_reverts_when_it
         }
     }
     let _image = Image(image.clone(), label.clone());
+    let mut cluster = Cluster::start(1);
+    let nodes = KindNodes::find(&cluster.name, 1, &cluster.network)
+        .await
+        .expect("finding the node containers");
+    let (node, other) = (
+        peer(&nodes, Member::Worker(0)),
+        peer(&nodes, Member::ControlPlane),
+    );
+
     let pod = format!("{}-agent", cluster.name);
     cluster.containers.insert(0, pod.clone());
     docker(&[
