@@ -1227,14 +1227,19 @@ impl<'a> Validator<'a> {
             .filter(|(name, _)| NEEDS.contains(name))
             .map(|(name, pos)| (pos, name))
             .collect();
+        // Why the userspace emulator does not step in: the scenario asked for the kernel, or
+        // the target cannot run it at all.
+        let why = if self.caps.userspace() {
+            "`impairment: kernel` keeps the `{t}` target from using the userspace emulator"
+        } else {
+            "the `{t}` target cannot run the userspace emulator"
+        }
+        .replace("{t}", &self.caps.target);
         for (pos, what) in spots {
             let hint = self.caps.netem_hint.clone();
             self.err(
                 pos,
-                format!(
-                    "link {what} needs netem, which this kernel lacks, and `impairment: kernel` keeps the `{}` target from using the userspace emulator",
-                    self.caps.target
-                ),
+                format!("link {what} needs netem, which this kernel lacks, and {why}"),
             )
             .hint = Some(hint);
         }

@@ -932,7 +932,18 @@ impl Validator<'_> {
                     && rows.iter().any(|r| r.params.needs_netem())
                 {
                     let hint = self.caps.netem_hint.clone();
-                    self.err(tr.file.pos, format!("trace {} sets delays, which need netem (this kernel lacks it) while `impairment: kernel` keeps the `{}` target from using the userspace emulator", tr.file.value, self.caps.target))
+                    let why = if self.caps.userspace() {
+                        format!(
+                            "`impairment: kernel` keeps the `{}` target from using the userspace emulator",
+                            self.caps.target
+                        )
+                    } else {
+                        format!(
+                            "the `{}` target cannot run the userspace emulator",
+                            self.caps.target
+                        )
+                    };
+                    self.err(tr.file.pos, format!("trace {} sets delays, which need netem (this kernel lacks it) while {why}", tr.file.value))
                         .hint = Some(hint);
                 }
                 Some(rows)

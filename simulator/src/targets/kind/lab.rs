@@ -187,7 +187,7 @@ pub async fn resolve(plan: &Plan, opts: &Options) -> std::result::Result<Bound, 
             .hint("use `impairment: kernel` on a kernel with sch_netem, or run it on netns or docker"),
         );
     }
-    let existing = matches!(cluster, Some(Cluster::Existing { .. }));
+    let existing = opts.kubeconfig.is_some();
     let mut runs = Vec::with_capacity(plan.workloads.len());
     let mut load = Vec::new();
     let mut archs: BTreeSet<String> = BTreeSet::new();
