@@ -248,19 +248,6 @@ pub fn exclusive() -> Exclusive {
 /// The guard [`exclusive`] returns; dropping it lets the next such test run.
 pub struct Exclusive(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 
-#[cfg(test)]
-mod tests {
-    /// The gate answers from inside a runtime (a `#[tokio::test]`, a harness's async code)
-    /// exactly what the probe says, instead of panicking on a nested `block_on`.
-    #[tokio::test]
-    async fn netem_gate_works_from_async_code() {
-        let probed = crate::targets::kernel_has_netem().await;
-        if probed || !super::required("netem") {
-            assert_eq!(super::netem(), probed);
-        }
-    }
-}
-
 /// The plan of scenario `text` as validation builds it for `target` on a machine that can do
 /// everything; panics with the diagnostics when it is invalid (tests).
 pub fn plan_of(text: &str, target: &str) -> crate::scenario::Plan {
@@ -278,4 +265,17 @@ pub fn plan_of(text: &str, target: &str) -> crate::scenario::Plan {
     )
     .unwrap_or_else(|d| panic!("{d}"))
     .plan
+}
+
+#[cfg(test)]
+mod tests {
+    /// The gate answers from inside a runtime (a `#[tokio::test]`, a harness's async code)
+    /// exactly what the probe says, instead of panicking on a nested `block_on`.
+    #[tokio::test]
+    async fn netem_gate_works_from_async_code() {
+        let probed = crate::targets::kernel_has_netem().await;
+        if probed || !super::required("netem") {
+            assert_eq!(super::netem(), probed);
+        }
+    }
 }

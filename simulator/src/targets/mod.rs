@@ -420,28 +420,9 @@ pub struct ResolveOptions {
     pub registry: Option<String>,
 }
 
-/// Reads workloads' metrics where probes run on the nodes themselves: through the boards'
-/// agents over SSH, or a cluster's agents.
-#[derive(Clone)]
-pub enum Fetcher {
-    Boards(device::lab::Fetcher),
-    Agents(device::fleet::Fetcher),
-}
-
-impl Fetcher {
-    /// The body of `http://127.0.0.1:<port><path>` on node `node`.
-    pub async fn fetch(
-        &self,
-        node: usize,
-        port: u16,
-        path: &str,
-    ) -> std::result::Result<String, String> {
-        match self {
-            Fetcher::Boards(f) => f.fetch(node, port, path).await,
-            Fetcher::Agents(f) => f.fetch(node, port, path).await,
-        }
-    }
-}
+/// Reads workloads' metrics where probes run on the nodes themselves: through their agents
+/// (boards over SSH, a cluster's over the API server).
+pub type Fetcher = device::fleet::Fetcher;
 
 /// The target's own validation of a plan: every workload resolved to what it runs (a host
 /// binary, an image that exists), every target-specific need checked. Nothing is created.
@@ -665,7 +646,7 @@ impl Lab {
 
     /// Reads workloads' metrics through the nodes' agents (boards, a cluster of your own).
     pub fn fetcher(&self) -> Option<Fetcher> {
-        each!(self, _l => None, d => Some(Fetcher::Boards(d.fetcher())), k => k.fetcher().map(Fetcher::Agents))
+        each!(self, _l => None, d => Some(d.fetcher()), k => k.fetcher())
     }
 
     /// Starts the probes on the nodes (remote probes only), on a grid from `t0`.

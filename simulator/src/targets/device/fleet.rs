@@ -85,9 +85,9 @@ impl Fleet {
         }
     }
 
-    /// Sends every node its whole desired state (`desired[n]` to node `n`), in parallel;
-    /// the first error, after every agent answered.
-    pub async fn push(&self, desired: Vec<Desired>) -> Result<Vec<Reply>> {
+    /// Sends every node its whole desired state (`desired[n]` to node `n`), in parallel; each
+    /// agent's answer, in the nodes' order.
+    pub async fn push(&self, desired: Vec<Desired>) -> Vec<Result<Reply>> {
         let mut set = tokio::task::JoinSet::new();
         for (n, (m, d)) in self.members.iter().zip(desired).enumerate() {
             let m = m.clone();
@@ -96,26 +96,36 @@ impl Fleet {
                 (n, check(r, &m.name, "applying faults on"))
             });
         }
-        let mut replies: Vec<Option<Reply>> = vec![None; self.members.len()];
-        let mut first = None;
+        let mut out: Vec<Result<Reply>> = (0..self.members.len())
+            .map(|n| {
+                Err(HostError::other(
+                    "applying faults on",
+                    self.members[n].name.clone(),
+                    "no answer",
+                ))
+            })
+            .collect();
         while let Some(r) = set.join_next().await {
-            match r {
-                Ok((n, Ok(reply))) => replies[n] = Some(reply),
-                Ok((_, Err(e))) => {
-                    first.get_or_insert(e);
-                }
-                Err(e) => {
-                    first.get_or_insert(HostError::other(
-                        "applying faults",
-                        "an agent",
-                        e.to_string(),
-                    ));
-                }
+            if let Ok((n, r)) = r {
+                out[n] = r;
             }
         }
-        match first {
-            Some(e) => Err(e),
-            None => Ok(replies.into_iter().flatten().collect()),
+        out
+    }
+
+    /// [`Fleet::push`], its first error.
+    pub async fn push_all(&self, desired: Vec<Desired>) -> Result<()> {
+        self.push(desired)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    /// Stops renewing the leases (the agents revert once theirs runs out).
+    pub fn stop_heartbeat(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
         }
     }
 
@@ -207,9 +217,7 @@ impl Fleet {
 
     /// Every agent reverts what it holds and exits; what could not be reverted.
     pub async fn bye(&mut self) -> Vec<String> {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
+        self.stop_heartbeat();
         let mut set = tokio::task::JoinSet::new();
         for m in self.members.drain(..) {
             set.spawn(async move {
@@ -267,8 +275,6 @@ impl Fetcher {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
+        self.stop_heartbeat();
     }
 }

@@ -36,7 +36,7 @@ use crate::scenario::plan::{ActionKind, Block, LinkParams};
 use crate::targets::state::{Mode, RunState, TargetState};
 use crate::workload::{BoxFuture, Launch, LaunchSpec, Process, Supervisor};
 
-use super::agent::{Desired, Facts, ProbeRun, Reply, Request, WireBlock, WireProbe};
+use super::agent::{Desired, Facts, Reply, Request};
 use super::inventory::{Inventory, InventoryHost};
 use super::transport::{self, AgentConn, Board, ConnectOptions};
 use super::{Needs, check_board, desired_for};
@@ -361,7 +361,7 @@ pub fn needs_of(plan: &Plan, node: usize) -> Needs {
     needs
 }
 
-type Conn = AgentConn<openssh::ChildStdin, openssh::ChildStdout>;
+use super::fleet::{self, Conn, Fleet};
 
 /// One board and its agent.
 struct BoardLink {
@@ -380,9 +380,8 @@ pub struct DeviceLab {
     links: Vec<(LinkParams, LinkParams)>,
     partitions: BTreeMap<String, Vec<Block>>,
     isolated: BTreeSet<usize>,
-    heartbeat: Option<tokio::task::JoinHandle<()>>,
-    /// Probe `i` runs on board `probe_at[i].0` as its `probe_at[i].1`-th.
-    probe_at: Vec<(usize, usize)>,
+    /// The boards' agents, as a fleet: pushes, heartbeats, probes, metrics.
+    fleet: Fleet,
     pub supervisor: Supervisor,
     /// Nodes powered off: isolated, their workloads down.
     powered_off: BTreeSet<usize>,
@@ -538,38 +537,6 @@ async fn spawn_remote(
     }))
 }
 
-/// Reads workloads' metrics through the boards' agents (an HTTP GET from the board itself).
-#[derive(Clone)]
-pub struct Fetcher {
-    agents: Vec<(String, Arc<Mutex<Conn>>)>,
-}
-
-impl Fetcher {
-    /// The body of `http://127.0.0.1:<port><path>` on node `node`'s board.
-    pub async fn fetch(
-        &self,
-        node: usize,
-        port: u16,
-        path: &str,
-    ) -> std::result::Result<String, String> {
-        let (name, agent) = self.agents.get(node).ok_or("no such board")?;
-        let r = agent
-            .lock()
-            .await
-            .call(Request::Fetch {
-                addr: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
-                path: path.to_string(),
-                timeout_ms: 5000,
-            })
-            .await
-            .map_err(|e| format!("{name}: {e}"))?;
-        match (r.ok, r.body) {
-            (true, Some(b)) => Ok(b),
-            _ => Err(format!("{name}: {}", r.error.unwrap_or_default())),
-        }
-    }
-}
-
 /// What a failed provisioning left: the boards whose agents run.
 pub struct Partial {
     boards: Vec<BoardLink>,
@@ -639,7 +606,13 @@ async fn spawn_agent(
         .await
         .map_err(|e| format!("{name}: starting the agent: {e}"))?;
     match (child.stdin().take(), child.stdout().take()) {
-        (Some(w), Some(r)) => Ok((child, AgentConn::new(w, r))),
+        (Some(w), Some(r)) => Ok((
+            child,
+            AgentConn::new(
+                Box::new(w) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            ),
+        )),
         _ => Err(format!("{name}: the agent's pipes are missing")),
     }
 }
@@ -693,18 +666,6 @@ async fn start_board(
         },
         remote,
     ))
-}
-
-fn check(reply: std::io::Result<Reply>, host: &str, what: &'static str) -> crate::host::Result<()> {
-    match reply {
-        Ok(r) if r.ok => Ok(()),
-        Ok(r) => Err(crate::host::HostError::other(
-            what,
-            host,
-            r.error.unwrap_or_default(),
-        )),
-        Err(e) => Err(crate::host::HostError::other(what, host, e.to_string())),
-    }
 }
 
 impl DeviceLab {
@@ -821,6 +782,13 @@ impl DeviceLab {
                 },
             )));
         }
+        let members = boards
+            .iter()
+            .map(|b| fleet::Member {
+                name: b.board.host.name.clone(),
+                conn: b.agent.clone(),
+            })
+            .collect();
         let mut lab = DeviceLab {
             links: plan.baseline_links(),
             plan,
@@ -829,8 +797,7 @@ impl DeviceLab {
             boards,
             partitions: BTreeMap::new(),
             isolated: BTreeSet::new(),
-            heartbeat: None,
-            probe_at: Vec::new(),
+            fleet: Fleet::new(members),
             supervisor: Supervisor::new(crate::workload::EventLog::default()),
             powered_off: BTreeSet::new(),
             cells,
@@ -848,24 +815,8 @@ impl DeviceLab {
                 },
             )));
         }
-        let conns: Vec<(String, Arc<Mutex<Conn>>)> = lab
-            .boards
-            .iter()
-            .map(|b| (b.board.host.name.clone(), b.agent.clone()))
-            .collect();
         let shortest = lab.bound.leases.iter().copied().min().unwrap_or(LEASE);
-        let every = HEARTBEAT.min(shortest / 3);
-        lab.heartbeat = Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                for (name, c) in &conns {
-                    if let Err(e) = c.lock().await.call(Request::Heartbeat).await {
-                        tracing::warn!(board = %name, "heartbeat: {e}");
-                    }
-                }
-            }
-        }));
+        lab.fleet.start_heartbeat(HEARTBEAT.min(shortest / 3));
         Ok(lab)
     }
 
@@ -888,21 +839,9 @@ impl DeviceLab {
         );
         // An isolated node: everything arriving on it dropped, and what it sends dropped where
         // it arrives.
-        for &m in self.isolated.union(&self.powered_off) {
-            let (name, from) = if m == n {
-                ("node-down isolate".to_string(), vec![])
-            } else {
-                (
-                    format!("node-down isolate {}", self.plan.nodes[m].name),
-                    vec![ipnet::IpNet::from(addrs[m])],
-                )
-            };
-            d.blocks.push(WireBlock {
-                name,
-                from,
-                to: vec![],
-            });
-        }
+        let down = self.isolated.union(&self.powered_off).copied();
+        d.blocks
+            .extend(fleet::isolation_blocks(&self.plan, &addrs, n, down));
         if self.cells[n] {
             d.cell = Some(self.bound.addrs[n]);
         }
@@ -963,34 +902,19 @@ impl DeviceLab {
 
     /// Every board gets its whole desired state, in parallel.
     async fn push(&mut self) -> crate::host::Result<()> {
-        let mut set = tokio::task::JoinSet::new();
-        for (n, b) in self.boards.iter().enumerate() {
-            let (d, agent, name) = (self.desired(n), b.agent.clone(), b.board.host.name.clone());
-            set.spawn(async move {
-                let r = agent.lock().await.call(Request::Apply(d)).await;
-                let workloads = r.as_ref().ok().and_then(|r| r.workloads.clone());
-                (n, check(r, &name, "applying faults on").map(|()| workloads))
-            });
-        }
+        let desired = (0..self.boards.len()).map(|n| self.desired(n)).collect();
         let mut first = Ok(());
-        while let Some(r) = set.join_next().await {
-            let r = match r {
-                Ok((n, Ok(w))) => {
+        for (n, r) in self.fleet.push(desired).await.into_iter().enumerate() {
+            match r {
+                Ok(reply) => {
+                    let w = reply.workloads;
                     if w.is_some() && w != self.workloads[n] {
                         tracing::info!(board = %self.boards[n].board.host.name, workloads = w.as_deref().unwrap_or_default(), "the node's workloads run there");
                         self.workloads[n] = w;
                     }
-                    Ok(())
                 }
-                Ok((_, Err(e))) => Err(e),
-                Err(e) => Err(crate::host::HostError::other(
-                    "applying faults",
-                    "a board",
-                    e.to_string(),
-                )),
-            };
-            if first.is_ok() {
-                first = r;
+                Err(e) if first.is_ok() => first = Err(e),
+                Err(_) => {}
             }
         }
         first
@@ -1079,28 +1003,7 @@ impl DeviceLab {
             .map(|(n, a)| (n.addr, *a))
             .collect();
         let real = |a: Ipv4Addr| *map.get(&a).unwrap_or(&a);
-        let mut per: Vec<Vec<WireProbe>> = vec![Vec::new(); self.boards.len()];
-        self.probe_at.clear();
-        for p in &self.plan.probes {
-            let p = p.with_addrs(real);
-            self.probe_at.push((p.from, per[p.from].len()));
-            per[p.from].push(WireProbe::of(&p));
-        }
-        let start_in = t0.saturating_duration_since(tokio::time::Instant::now());
-        for (n, probes) in per.into_iter().enumerate() {
-            if probes.is_empty() {
-                continue;
-            }
-            let run = ProbeRun {
-                probes,
-                start_in_ms: start_in.as_millis() as u64,
-                duration_ms: self.plan.duration.as_millis() as u64,
-            };
-            let b = &self.boards[n];
-            let r = b.agent.lock().await.call(Request::Probes(run)).await;
-            check(r, &b.board.host.name, "starting probes on")?;
-        }
-        Ok(())
+        self.fleet.start_probes(&self.plan, real, t0).await
     }
 
     /// The probes' samples from the boards, into `logs` (one per plan probe).
@@ -1118,35 +1021,7 @@ impl DeviceLab {
                 ))
             })
             .collect();
-        let mut got: BTreeMap<usize, Vec<Vec<super::agent::WireSample>>> = BTreeMap::new();
-        for &(n, _) in &self.probe_at {
-            if got.contains_key(&n) {
-                continue;
-            }
-            let b = &self.boards[n];
-            match b.agent.lock().await.call(Request::ProbeResults).await {
-                Ok(Reply {
-                    ok: true,
-                    samples: Some(s),
-                    ..
-                }) => {
-                    got.insert(n, s);
-                }
-                Ok(r) => errors.push(format!(
-                    "{}: probe results: {}",
-                    b.board.host.name,
-                    r.error.unwrap_or_default()
-                )),
-                Err(e) => errors.push(format!("{}: probe results: {e}", b.board.host.name)),
-            }
-        }
-        for (pi, &(n, k)) in self.probe_at.iter().enumerate() {
-            if let (Some(log), Some(samples)) = (logs.get(pi), got.get(&n).and_then(|v| v.get(k))) {
-                for s in samples {
-                    log.push(s.sample());
-                }
-            }
-        }
+        errors.extend(self.fleet.collect_probes(logs).await);
         errors
     }
 
@@ -1247,14 +1122,8 @@ impl DeviceLab {
     }
 
     /// Reads workloads' metrics through the agents (taken before the timeline takes the lab).
-    pub fn fetcher(&self) -> Fetcher {
-        Fetcher {
-            agents: self
-                .boards
-                .iter()
-                .map(|b| (b.board.host.name.clone(), b.agent.clone()))
-                .collect(),
-        }
+    pub fn fetcher(&self) -> fleet::Fetcher {
+        self.fleet.fetcher()
     }
 
     pub fn mark_ready(&mut self) -> crate::host::Result<()> {
@@ -1277,9 +1146,7 @@ impl DeviceLab {
 
     /// Every board reverted, every agent gone, the state file removed.
     pub async fn teardown(mut self, grace: Duration) -> Vec<String> {
-        if let Some(h) = self.heartbeat.take() {
-            h.abort();
-        }
+        self.fleet.stop_heartbeat();
         let supervisor = std::mem::replace(
             &mut self.supervisor,
             Supervisor::new(crate::workload::EventLog::default()),

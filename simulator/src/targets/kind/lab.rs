@@ -1127,7 +1127,7 @@ impl KindLab {
                         d
                     })
                     .collect::<Vec<Desired>>();
-                r.fleet.push(desired).await.map(drop)
+                r.fleet.push_all(desired).await
             }
         }
     }
