@@ -917,15 +917,9 @@ impl KindLab {
 
         // 2. Images to the registry, for the architectures the nodes have.
         let docker = tri!(Docker::connect().await);
-        let mut pushed = BTreeSet::new();
-        let mut push = |local: String, remote: String| {
-            pushed
-                .insert((local.clone(), remote.clone()))
-                .then_some((local, remote))
-        };
-        let mut todo = Vec::new();
+        let mut todo: BTreeSet<(String, String)> = BTreeSet::new();
         for c in &cluster_nodes {
-            todo.extend(push(
+            todo.insert((
                 image_tag("agent", c.arch),
                 registry.image("agent", &format!("{IMAGE_VERSION}-{}", c.arch)),
             ));
@@ -934,7 +928,7 @@ impl KindLab {
             if let Runs::App(app) = &bound.runs[wi] {
                 for &n in &w.nodes {
                     let arch = cluster_nodes[n].arch;
-                    todo.extend(push(
+                    todo.insert((
                         image_tag(app, arch),
                         registry.image(app, &format!("{IMAGE_VERSION}-{arch}")),
                     ));
@@ -1028,13 +1022,28 @@ impl KindLab {
             return Err(Box::new(("internal: no agents".into(), partial)));
         };
         fleet.start_heartbeat(HEARTBEAT.min(LEASE / 3));
-        let exempt = cluster_nodes
+        let exempt: Vec<Vec<Flow>> = cluster_nodes
             .iter()
             .map(|c| existing::exempt_flows(c.addr, &api))
             .collect();
-        let mut lab = KindLab {
+        // 4. The links' baseline.
+        let links = plan.baseline_links();
+        let baseline = remote_desired(
+            &plan,
+            &links,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+            &cluster_nodes,
+            &ifaces,
+            &exempt,
+        );
+        if let Err(e) = fleet.push_all(baseline).await {
+            partial.fleet = Some(fleet);
+            return Err(Box::new((e.to_string(), partial)));
+        }
+        Ok(KindLab {
             workloads,
-            links: plan.baseline_links(),
+            links,
             net: Net::Remote(Box::new(Remote {
                 state: partial.state,
                 nodes: cluster_nodes,
@@ -1050,20 +1059,7 @@ impl KindLab {
             partitions: BTreeMap::new(),
             isolated: BTreeSet::new(),
             powered_off: BTreeSet::new(),
-        };
-        // 4. The links' baseline.
-        if let Err(e) = lab.push().await {
-            let Net::Remote(r) = lab.net else {
-                unreachable!("a lab on a cluster of your own")
-            };
-            let r = *r;
-            let mut partial = Partial::new(r.state);
-            partial.fleet = Some(r.fleet);
-            partial.client = Some(client);
-            partial.journal = r.journal;
-            return Err(Box::new((e.to_string(), partial)));
-        }
-        Ok(lab)
+        })
     }
 
     /// The run's state (what the state file says).
@@ -1104,29 +1100,15 @@ impl KindLab {
                 l.faults.apply(&f).await
             }
             Net::Remote(r) => {
-                let addrs: Vec<IpAddr> = r.nodes.iter().map(|c| IpAddr::V4(c.addr)).collect();
-                let desired = (0..self.plan.nodes.len())
-                    .map(|n| {
-                        let mut d = crate::targets::device::desired_for(
-                            &self.plan,
-                            &self.links,
-                            &self.partitions,
-                            &addrs,
-                            n,
-                            &r.ifaces[n],
-                            LEASE,
-                        );
-                        d.blocks.extend(fleet::isolation_blocks(
-                            &self.plan,
-                            &addrs,
-                            n,
-                            down.iter().copied(),
-                        ));
-                        d.exempt_management = false;
-                        d.exempt = r.exempt[n].clone();
-                        d
-                    })
-                    .collect::<Vec<Desired>>();
+                let desired = remote_desired(
+                    &self.plan,
+                    &self.links,
+                    &self.partitions,
+                    &down,
+                    &r.nodes,
+                    &r.ifaces,
+                    &r.exempt,
+                );
                 r.fleet.push_all(desired).await
             }
         }
@@ -1477,6 +1459,37 @@ impl KindLab {
         }
         errors
     }
+}
+
+/// What every node of a cluster of your own must hold (`nodes`' agents, in the plan's order):
+/// the device target's desired state of a board, the isolation blocks of the nodes `down`, the
+/// node's kubelet ↔ API server traffic exempt (its agent's session rides on it).
+fn remote_desired(
+    plan: &Plan,
+    links: &[(LinkParams, LinkParams)],
+    partitions: &BTreeMap<String, Vec<Block>>,
+    down: &BTreeSet<usize>,
+    nodes: &[ClusterNode],
+    ifaces: &[String],
+    exempt: &[Vec<Flow>],
+) -> Vec<Desired> {
+    let addrs: Vec<IpAddr> = nodes.iter().map(|c| IpAddr::V4(c.addr)).collect();
+    (0..plan.nodes.len())
+        .map(|n| {
+            let mut d = crate::targets::device::desired_for(
+                plan, links, partitions, &addrs, n, &ifaces[n], LEASE,
+            );
+            d.blocks.extend(fleet::isolation_blocks(
+                plan,
+                &addrs,
+                n,
+                down.iter().copied(),
+            ));
+            d.exempt_management = false;
+            d.exempt = exempt[n].clone();
+            d
+        })
+        .collect()
 }
 
 /// What workload `wi` runs on node `ni`: on Kind the image loaded into the nodes (or pulled,
