@@ -58,7 +58,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// With `--kubeconfig`: the registry this machine pushes the run's artifact and images
-    /// to and the cluster's nodes pull from (`host[:port][/path]`; `http://…` for plain HTTP).
+    /// to and the cluster's nodes pull from (`host[:port][/path]`; `http://…` for plain HTTP;
+    /// `PUSH=PULL` where the two reach it under different names).
     #[arg(long, global = true, value_name = "REF")]
     pub registry: Option<String>,
     #[command(subcommand)]

@@ -12,10 +12,11 @@
 //!   profile (within [`TOLERANCE_CPU_MILLI`] and [`TOLERANCE_MEMORY_FRACTION`]: a real node
 //!   reserves what its distribution reserves), every mismatch reported before anything changes.
 //! - **Images** go to the user's registry (`--registry`, reachable from this machine and from
-//!   the nodes): the apps' and the agent's static images for each architecture the nodes have,
-//!   as `<registry>/edgesim/<name>:<version>-<arch>`; the artifact as
-//!   `<registry>/edgesim/<scenario>:<run>`. `http://` before the registry means plain HTTP
-//!   (Flux's `insecure`; the Docker Engine must list it among its insecure registries).
+//!   the nodes; `PUSH=PULL` where they reach it under different names): the apps' and the
+//!   agent's static images for each architecture the nodes have, as
+//!   `<registry>/edgesim/<name>:<version>-<arch>`; the artifact as
+//!   `<registry>/edgesim/<scenario>:<run>`. `http://` before the cluster's side means plain
+//!   HTTP (Flux's `insecure`; the nodes' container runtime must allow it too).
 //! - **Faults come from edgesim's agent, delivered through Flux**: a DaemonSet per
 //!   architecture on the host network of the scenario's nodes, holding the capabilities the
 //!   agent uses on a board (CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN) ([`agent_files`], in a
@@ -58,42 +59,60 @@ pub const AGENT_LABEL: &str = "edgesim.dev/agent";
 /// what one that died left, and reverts it).
 pub const AGENT_STATE_DIR: &str = "/run/edgesim";
 
-/// A user's registry, as `--registry` gives it.
+/// A user's registry, as `--registry` gives it: `REF`, or `PUSH=PULL` where this machine and
+/// the cluster reach it under different names (a port-forward, a registry container beside
+/// Kind: `localhost:5001=http://kind-registry:5000`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryRef {
-    /// `host[:port][/path]`, without a scheme.
-    pub base: String,
-    /// Plain HTTP (`http://` was given).
+    /// Where this machine pushes: `host[:port][/path]`.
+    pub push: String,
+    /// Where the cluster pulls from: `host[:port][/path]`.
+    pub pull: String,
+    /// The cluster pulls over plain HTTP (`http://` was given).
     pub insecure: bool,
+}
+
+/// One side of `--registry`: `host[:port][/path]`, and whether it is plain HTTP.
+fn registry_side(whole: &str, s: &str) -> Result<(String, bool), String> {
+    let (base, insecure) = match s.split_once("://") {
+        None => (s, false),
+        Some(("http", rest)) => (rest, true),
+        Some(("https" | "oci", rest)) => (rest, false),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "registry `{whole}`: the scheme {scheme}:// is not a registry's (give host[:port][/path], or http://… for plain HTTP)"
+            ));
+        }
+    };
+    let base = base.trim_end_matches('/');
+    if base.is_empty() || base.contains(char::is_whitespace) || base.contains('=') {
+        return Err(format!(
+            "registry `{whole}`: expected host[:port][/path] (or PUSH=PULL), e.g. registry.lan:5000"
+        ));
+    }
+    Ok((base.to_string(), insecure))
 }
 
 impl RegistryRef {
     pub fn parse(s: &str) -> Result<RegistryRef, String> {
-        let (base, insecure) = match s.split_once("://") {
-            None => (s, false),
-            Some(("http", rest)) => (rest, true),
-            Some(("https" | "oci", rest)) => (rest, false),
-            Some((scheme, _)) => {
-                return Err(format!(
-                    "registry `{s}`: the scheme {scheme}:// is not a registry's (give host[:port][/path], or http://… for plain HTTP)"
-                ));
-            }
-        };
-        let base = base.trim_end_matches('/');
-        if base.is_empty() || base.contains(char::is_whitespace) {
-            return Err(format!(
-                "registry `{s}`: expected host[:port][/path], e.g. registry.lan:5000"
-            ));
-        }
+        let (push, pull) = s.split_once('=').unwrap_or((s, s));
+        let (push, _) = registry_side(s, push)?;
+        let (pull, insecure) = registry_side(s, pull)?;
         Ok(RegistryRef {
-            base: base.to_string(),
+            push,
+            pull,
             insecure,
         })
     }
 
-    /// The image `edgesim/<name>:<tag>` in this registry.
+    /// The image `edgesim/<name>:<tag>`, as the cluster pulls it.
     pub fn image(&self, name: &str, tag: &str) -> String {
-        format!("{}/edgesim/{name}:{tag}", self.base)
+        format!("{}/edgesim/{name}:{tag}", self.pull)
+    }
+
+    /// The same image, as this machine pushes it.
+    pub fn push_image(&self, name: &str, tag: &str) -> String {
+        format!("{}/edgesim/{name}:{tag}", self.push)
     }
 }
 
@@ -493,6 +512,22 @@ spec:
         .unwrap();
         let reg = RegistryRef::parse("http://registry.lan:5000/").unwrap();
         assert!(reg.insecure);
+        assert_eq!(reg.push, "registry.lan:5000");
+        assert_eq!(reg.pull, "registry.lan:5000");
+        let split = RegistryRef::parse("localhost:5001=http://kind-registry:5000").unwrap();
+        assert_eq!(
+            (split.push.as_str(), split.pull.as_str(), split.insecure),
+            ("localhost:5001", "kind-registry:5000", true)
+        );
+        assert_eq!(
+            split.push_image("agent", "0.1.0-arm64"),
+            "localhost:5001/edgesim/agent:0.1.0-arm64"
+        );
+        assert_eq!(
+            split.image("agent", "0.1.0-arm64"),
+            "kind-registry:5000/edgesim/agent:0.1.0-arm64"
+        );
+        assert!(RegistryRef::parse("a=b=c").is_err());
         let files = agent_files(&p, "r1", &nodes, |a| {
             reg.image("agent", &format!("0.1.0-{a}"))
         });

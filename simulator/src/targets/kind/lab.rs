@@ -921,7 +921,7 @@ impl KindLab {
         for c in &cluster_nodes {
             todo.insert((
                 image_tag("agent", c.arch),
-                registry.image("agent", &format!("{IMAGE_VERSION}-{}", c.arch)),
+                registry.push_image("agent", &format!("{IMAGE_VERSION}-{}", c.arch)),
             ));
         }
         for (wi, w) in plan.workloads.iter().enumerate() {
@@ -930,7 +930,7 @@ impl KindLab {
                     let arch = cluster_nodes[n].arch;
                     todo.insert((
                         image_tag(app, arch),
-                        registry.image(app, &format!("{IMAGE_VERSION}-{arch}")),
+                        registry.push_image(app, &format!("{IMAGE_VERSION}-{arch}")),
                     ));
                 }
             }
@@ -953,7 +953,7 @@ impl KindLab {
         );
         let url = format!(
             "oci://{}/{}:{run_id}",
-            registry.base,
+            registry.push,
             manifests::artifact_repository(&plan)
         );
         let revision = tri!(
@@ -964,7 +964,7 @@ impl KindLab {
         );
         let agents_ks = format!("{}-agents", manifests::flux_name(run_id));
         let objects = [
-            manifests::flux_source(&plan, run_id, &registry.base, registry.insecure),
+            manifests::flux_source(&plan, run_id, &registry.pull, registry.insecure),
             manifests::flux_kustomization(run_id, &agents_ks, "./agents", AGENTS_TIMEOUT),
         ];
         tri!(
@@ -1153,10 +1153,10 @@ impl KindLab {
             Net::Remote(r) => (
                 format!(
                     "oci://{}/{}:{run_id}",
-                    r.registry.base,
+                    r.registry.push,
                     manifests::artifact_repository(&plan)
                 ),
-                r.registry.base.clone(),
+                r.registry.pull.clone(),
                 r.registry.insecure,
             ),
         };
