@@ -1029,3 +1029,222 @@ fn quickstart_passes_on_the_kind_target() {
     let clusters = run(Command::new("kind").args(["get", "clusters"]));
     assert!(!clusters.contains("edgesim-quickstart"), "{clusters}");
 }
+
+/// A scenario whose boards are all amd64 (a Kind node runs the host's architecture, and a
+/// cluster of your own must have the profiles' architectures).
+const BYO_SCENARIO: &str = "\
+apiVersion: edgesim.dev/v1alpha1
+kind: Scenario
+metadata: {name: byo}
+spec:
+  seed: 3
+  duration: DURATION
+  sites:
+    cloud: {}
+    factory: {uplink: {site: cloud, loss: 0.5%, rate: 20mbit}}
+  nodes:
+    - {name: sink, site: cloud, profile: cloud-small}
+    - {name: gw, count: 2, site: factory, profile: cloud-small}
+  workloads:
+    - {name: sink, nodes: [sink], app: cloud-sink}
+    - name: collector
+      nodes: ['gw-*']
+      app: iot-collector
+      args: [--devices, '2', --rate, '5', --max-readings, '100']
+      env: {SINK_URL: 'http://sink:8080'}
+      restart: on-failure
+  timeline:
+    - {at: 8s, partition: {name: cut, between: [[site/factory], [site/cloud]]}}
+    - {at: HEAL, heal: {name: cut}}
+  probes:
+    - {name: uplink, from: gw-1, ping: sink, every: 200ms}
+  assertions:
+    - {name: cut-while-partitioned, probe: uplink, during: 9s..17s, expect: 'success_rate == 0%'}
+    - {name: no-reading-lost, metric: {workload: sink, name: edgesim_sink_missing_total}, at: end, expect: '== 0'}
+";
+
+/// What a node container's network namespace holds of edgesim's: its nftables rules.
+fn edgesim_rules(node: &str) -> bool {
+    let pid = run(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", node]));
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{}/ns/net", pid.trim()))
+        .args(["nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("edgesim")
+}
+
+/// A cluster of your own, as a user has one: a Kind cluster the test makes from the scenario's
+/// configuration (its nodes labelled `edgesim.dev/node`), Flux installed, a registry this
+/// machine reaches on localhost:5001 and the nodes as `http://edgesim-byo-registry:5000`.
+/// `edgesim run --target kind --kubeconfig … --registry …` delivers the agents and the
+/// workloads through Flux and passes; a run SIGKILLed in the middle of a partition leaves
+/// nodes whose agents reverted by themselves within the lease (5 s, plus a generous margin for
+/// a loaded runner), and `edgesim cleanup` removes the run from the cluster.
+#[test]
+#[ignore = "needs kind and flux"]
+fn a_cluster_of_your_own_runs_the_scenario_and_its_agents_revert_by_themselves() {
+    for p in ["kind", "flux", "kubectl", "docker", "nsenter", "nft"] {
+        assert!(edgesim::testing::have_program(p), "needs `{p}`");
+    }
+    let arch = edgesim::testing::host_arch();
+    edgesim::testing::ensure_images(&repo("."), arch, &["cloud-sink", "iot-collector", "agent"])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = |duration: &str, heal: &str| {
+        let f = dir.path().join(format!("byo-{duration}.yaml"));
+        std::fs::write(
+            &f,
+            BYO_SCENARIO
+                .replace("DURATION", duration)
+                .replace("HEAL", heal),
+        )
+        .unwrap();
+        f
+    };
+    let quick = scenario("30s", "18s");
+
+    // The cluster: the scenario's configuration, plus containerd reading registry hosts from
+    // certs.d (kind's documented local-registry set-up).
+    let mut config = run(bin().arg("kind-config").arg(&quick));
+    config.push_str(
+        "containerdConfigPatches:\n- |-\n  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d\"\n",
+    );
+    let config_file = dir.path().join("kind.yaml");
+    std::fs::write(&config_file, &config).unwrap();
+    let cluster = Cluster {
+        name: "edgesim-byo".into(),
+        kubeconfig: dir.path().join("kubeconfig"),
+    };
+    run(Command::new("kind")
+        .args([
+            "create",
+            "cluster",
+            "--name",
+            &cluster.name,
+            "--wait",
+            "5m",
+            "--config",
+        ])
+        .arg(&config_file)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig));
+    let registry = "edgesim-byo-registry";
+    struct Registry(&'static str);
+    impl Drop for Registry {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", self.0]).status();
+        }
+    }
+    let _registry = Registry(registry);
+    run(Command::new("docker").args([
+        "run",
+        "-d",
+        "--name",
+        registry,
+        "--network",
+        "kind",
+        "-p",
+        "127.0.0.1:5001:5000",
+        "registry:2",
+    ]));
+    let nodes: Vec<String> =
+        run(Command::new("kind").args(["get", "nodes", "--name", &cluster.name]))
+            .lines()
+            .map(str::to_string)
+            .collect();
+    for n in &nodes {
+        run(Command::new("docker").args([
+            "exec",
+            n,
+            "sh",
+            "-c",
+            &format!(
+                "mkdir -p /etc/containerd/certs.d/{registry}:5000 && printf '[host.\"http://{registry}:5000\"]\\n' > /etc/containerd/certs.d/{registry}:5000/hosts.toml"
+            ),
+        ]));
+    }
+    run(Command::new("flux")
+        .args([
+            "install",
+            "--components",
+            "source-controller,kustomize-controller",
+        ])
+        .env("KUBECONFIG", &cluster.kubeconfig));
+    let reg = format!("localhost:5001=http://{registry}:5000");
+    let edgesim_on_cluster = |file: &Path, out: &Path| {
+        let mut c = bin();
+        c.args(["run", "--target", "kind", "--kubeconfig"])
+            .arg(&cluster.kubeconfig)
+            .args(["--registry", &reg, "--out"])
+            .arg(out)
+            .arg("--report")
+            .arg(out.join("report.json"))
+            .arg(file);
+        c
+    };
+
+    // 1. A run: agents and workloads delivered by Flux, the partition cuts, nothing lost.
+    let out = dir.path().join("run");
+    let o = edgesim_on_cluster(&quick, &out).output().unwrap();
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap_or_default();
+    assert!(
+        o.status.success(),
+        "{}{}\n{report}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: Value = serde_json::from_str(&report).unwrap();
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("Flux delivered the agents"), "{notes}");
+    assert!(notes.contains("Flux converged"), "{notes}");
+    let namespaces = run(Command::new("kubectl")
+        .args(["get", "namespaces", "-o", "name"])
+        .env("KUBECONFIG", &cluster.kubeconfig));
+    assert!(!namespaces.contains("edgesim-"), "{namespaces}");
+    for n in &nodes {
+        assert!(!edgesim_rules(n), "{n} holds edgesim rules after the run");
+    }
+
+    // 2. A run killed in the middle of a long partition: the agents revert by themselves.
+    let long = scenario("120s", "100s");
+    let out = dir.path().join("killed");
+    let mut child = edgesim_on_cluster(&long, &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while !nodes.iter().any(|n| edgesim_rules(n)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partition never came"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "edgesim exited early");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Past the partition's start (8 s into the timeline), into the cut.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    child.kill().unwrap();
+    let killed = std::time::Instant::now();
+    let _ = child.wait();
+    while nodes.iter().any(|n| edgesim_rules(n)) {
+        assert!(
+            killed.elapsed() < std::time::Duration::from_secs(30),
+            "the agents did not revert within 30 s of the controller's SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!(
+        "the agents reverted {:.2} s after the controller's SIGKILL (lease 5 s)",
+        killed.elapsed().as_secs_f64()
+    );
+    run(bin().arg("cleanup"));
+    let namespaces = run(Command::new("kubectl")
+        .args(["get", "namespaces", "-o", "name"])
+        .env("KUBECONFIG", &cluster.kubeconfig));
+    assert!(
+        !namespaces.contains("edgesim-"),
+        "after cleanup: {namespaces}"
+    );
+}
