@@ -257,6 +257,15 @@ pub fn check_board(host: &str, facts: &Facts, profile: &ProfileSpec, needs: Need
             total / f64::from(1u32 << 30)
         ));
     }
+    out.extend(check_kernel(host, facts, needs));
+    out
+}
+
+/// What the scenario needs of a board's kernel and of the agent's privileges (nftables, the
+/// qdiscs or a cell, cgroups), every mismatch at once: [`check_board`] without the board's
+/// shape (a cluster node's shape is checked through its allocatable resources instead).
+pub fn check_kernel(host: &str, facts: &Facts, needs: Needs) -> Vec<String> {
+    let mut out = Vec::new();
     if !facts.cap_net_admin {
         out.push(format!(
             "{host}: the agent lacks CAP_NET_ADMIN (run it as root, or give the user that capability: see ansible/)"

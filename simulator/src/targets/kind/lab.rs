@@ -995,12 +995,9 @@ impl KindLab {
         for (i, (c, f)) in cluster_nodes.iter().zip(&facts).enumerate() {
             let host = format!("{} ({})", c.node, plan.nodes[i].name);
             let needs = crate::targets::device::lab::needs_of(&plan, i);
-            p.extend(crate::targets::device::check_board(
-                &host,
-                f,
-                &plan.nodes[i].profile,
-                needs,
-            ));
+            // Its shape was checked through its allocatable resources: a node's kubelet
+            // reserves, and its agent sees the whole machine.
+            p.extend(crate::targets::device::check_kernel(&host, f, needs));
             if needs.cell(f) {
                 p.push(format!(
                     "{host}: its kernel lacks sch_netem or sch_htb for the scenario's links, and the userspace emulator cannot carry a cluster node's pods: load the modules (ansible/prepare-board.yml), or leave delay and rate off its links"
