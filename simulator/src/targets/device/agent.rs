@@ -66,7 +66,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cell::{self, Cell, CellState};
-use super::scope::{self, Scope};
+use super::scope::{self, Manager, Scope};
 use crate::faults::shaping::{loss_in_firewall, netem_of};
 use crate::host::cgroup::{Cgroups, NodeCgroup, NodeLimits};
 use crate::host::nft::{self, Firewall, Flow, Layout};
@@ -606,6 +606,9 @@ struct State {
     /// The workloads' systemd scope (unit name), if one was (or is being) started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// Whose manager that scope is in: a user's (its uid), or the system's (none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope_uid: Option<u32>,
 }
 
 /// What tc holds for one peer.
@@ -636,6 +639,8 @@ pub struct Board {
     frozen: bool,
     /// `systemd …` where systemd is the board's init ([`scope::detect`]).
     systemd: Option<String>,
+    /// The systemd manager the workloads' scope would be in, or why there is none.
+    manager: std::result::Result<Manager, String>,
 }
 
 /// The management connection from `SSH_CONNECTION` ("client port server port").
@@ -685,7 +690,13 @@ impl Board {
             cgroup: None,
             scope: None,
             frozen: false,
-            systemd: scope::detect(),
+            systemd: None,
+            manager: Err(String::new()),
+        };
+        b.systemd = scope::detect();
+        b.manager = match &b.systemd {
+            Some(_) => Manager::current(),
+            None => Err("the board's init is not systemd (with cgroup v2 and systemd-run)".into()),
         };
         b.recover().await?;
         Ok(b)
@@ -712,7 +723,20 @@ impl Board {
             "nftables table inet {table} (left by agent pid {pid})"
         ));
         if let Some(unit) = st.as_ref().and_then(|s| s.scope.as_deref()) {
-            scope::stop(unit)?;
+            let uid = st.as_ref().and_then(|s| s.scope_uid).unwrap_or(0);
+            match &self.manager {
+                Ok(m) if m.uid() == uid => scope::stop(m, unit)?,
+                _ => {
+                    return Err(HostError::other(
+                        "recovering",
+                        format!("systemd scope {unit}, left by an agent that died"),
+                        format!(
+                            "it is in the systemd manager of uid {uid}, which this agent (uid {}) cannot reach: start the agent as that user once, and it stops the scope",
+                            nix::unistd::geteuid()
+                        ),
+                    ));
+                }
+            }
             self.recovered
                 .push(format!("systemd scope {unit} and what ran in it"));
         }
@@ -828,10 +852,14 @@ impl Board {
             htb,
             nftables_error,
             cgroup,
-            cgroup_error: if !nix::unistd::geteuid().is_root() {
-                Some("the agent is not root: cgroups are root's to make on a board".into())
-            } else {
+            cgroup_error: if nix::unistd::geteuid().is_root() {
                 Cgroups::detect().err().map(|e| e.to_string())
+            } else {
+                self.manager.as_ref().err().map(|why| {
+                    format!(
+                        "the agent is not root, and a non-root agent gets a cgroup only from its user's systemd manager: {why}"
+                    )
+                })
             },
             systemd: self.systemd.clone(),
             interfaces: link::names(&self.nl).await.unwrap_or_default(),
@@ -898,9 +926,15 @@ impl Board {
                 scope: self.scope.as_ref().map(|s| s.unit.clone()).or_else(|| {
                     d.cgroup
                         .as_deref()
-                        .filter(|_| self.systemd.is_some())
+                        .filter(|_| self.manager.is_ok())
                         .map(scope::unit_of)
                 }),
+                scope_uid: self
+                    .manager
+                    .as_ref()
+                    .ok()
+                    .map(Manager::uid)
+                    .filter(|u| *u != 0),
             },
         )?;
         self.active = true;
@@ -945,15 +979,24 @@ impl Board {
             self.frozen = false;
         }
         if let (Some(rel), None, None) = (want, &self.cgroup, &self.scope) {
-            if self.systemd.is_some() {
+            if let Ok(m) = &self.manager {
                 let agent = std::env::current_exe()
                     .map_err(|e| HostError::io("finding", "the agent's own binary", e))?;
-                match Scope::start(&scope::unit_of(rel), d.limits.as_ref(), &agent) {
+                match Scope::start(m, &scope::unit_of(rel), d.limits.as_ref(), &agent) {
                     Ok(s) => self.scope = Some(s),
-                    Err(e) => tracing::warn!(
+                    // Root can make the cgroup itself; a user has nowhere else to go.
+                    Err(e) if *m == Manager::System => tracing::warn!(
                         "a systemd scope for the workloads failed ({e}): the agent makes their cgroup {rel} itself"
                     ),
+                    Err(e) => return Err(e),
                 }
+            }
+            if self.scope.is_none() && !nix::unistd::geteuid().is_root() {
+                return Err(HostError::other(
+                    "making a cgroup for",
+                    format!("the workloads ({rel})"),
+                    self.manager.as_ref().err().cloned().unwrap_or_default(),
+                ));
             }
             if self.scope.is_none() {
                 let cgs = Cgroups::detect()?;
@@ -979,16 +1022,26 @@ impl Board {
         Ok(())
     }
 
-    /// Where the workloads run: `systemd scope edgesim-….scope in edgesim.slice (…)` or
+    /// Where the workloads run: `systemd scope edgesim-….scope in edgesim.slice (…)` (`… of
+    /// uid 1000's user manager (…)` for an agent that is not root) or
     /// `agent cgroup edgesim/… (v2)`; `None` without a cgroup.
     pub fn workloads(&self) -> Option<String> {
         if let Some(s) = &self.scope {
+            let of = match s.manager {
+                Manager::System => String::new(),
+                Manager::User { .. } => format!(" of {}", s.manager.describe()),
+            };
             return Some(format!(
-                "systemd scope {} in {} ({}; cgroup /{})",
+                "systemd scope {} in {}{of} ({}; cgroup {})",
                 s.unit,
                 scope::SLICE,
                 self.systemd.as_deref().unwrap_or("systemd"),
-                scope::workloads_of(&s.unit)
+                s.cgroup
+                    .dirs()
+                    .first()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+                    .trim_start_matches("/sys/fs/cgroup"),
             ));
         }
         self.cgroup

@@ -14,6 +14,7 @@ pub mod cell;
 pub mod inventory;
 pub mod lab;
 pub mod scope;
+pub mod sdbus;
 pub mod transport;
 
 use std::collections::BTreeMap;
