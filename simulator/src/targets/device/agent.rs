@@ -726,6 +726,10 @@ impl Board {
             let uid = st.as_ref().and_then(|s| s.scope_uid).unwrap_or(0);
             match &self.manager {
                 Ok(m) if m.uid() == uid => scope::stop(m, unit)?,
+                // This user's manager is not running: its units went with it.
+                Err(why) if uid != 0 && uid == nix::unistd::geteuid().as_raw() => {
+                    tracing::warn!(unit, "{why}: nothing of the scope can be left");
+                }
                 _ => {
                     return Err(HostError::other(
                         "recovering",
