@@ -425,15 +425,16 @@ pub struct Desired {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cell: Option<Ipv4Addr>,
     /// The cgroup the board's workloads run in: on a board whose init is systemd, the
-    /// transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice` ([scope]); elsewhere
-    /// (or where systemd-run fails) `edgesim/<run>/<node>` as named here, relative to the
+    /// transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice` ([scope]) of the system
+    /// manager, or of the agent user's own manager where the agent is not root; elsewhere (or
+    /// where systemd-run fails, for root) `edgesim/<run>/<node>` as named here, relative to the
     /// hierarchies' roots, v2 or v1, made by the agent. On revert whatever still runs in it is
     /// killed and it is removed. `None` removes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     /// The limits of that cgroup (the node's profile), when it is a systemd scope: its unit
-    /// properties (`CPUQuota=`, `MemoryMax=`, `MemorySwapMax=0`, `TasksMax=`). Set when the
-    /// cgroup is made; an agent cgroup does not take them (yet).
+    /// properties (`CPUQuota=`, `MemoryMax=`, `MemorySwapMax=0`, `TasksMax=`), read back once
+    /// the scope runs. Set when the cgroup is made; an agent cgroup does not take them (yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<NodeLimits>,
     /// That cgroup frozen (`node-down` with `mode: freeze`: a hung board).
