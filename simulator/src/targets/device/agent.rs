@@ -1036,8 +1036,19 @@ impl Board {
                 Manager::System => String::new(),
                 Manager::User { .. } => format!(" of {}", s.manager.describe()),
             };
+            // What the kernel holds, as read back when the scope started.
+            let held = s.limits.as_ref().map_or(String::new(), |l| {
+                let v = |x: Option<u64>| x.map_or("max".to_string(), |x| x.to_string());
+                format!(
+                    "; cpu.max {} {}, memory.max {}, pids.max {}",
+                    v(l.cpu_quota_us),
+                    l.cpu_period_us,
+                    v(l.memory_bytes),
+                    v(l.pids_max)
+                )
+            });
             return Some(format!(
-                "systemd scope {} in {}{of} ({}; cgroup {})",
+                "systemd scope {} in {}{of} ({}; cgroup {}{held})",
                 s.unit,
                 scope::SLICE,
                 self.systemd.as_deref().unwrap_or("systemd"),

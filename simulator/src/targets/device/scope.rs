@@ -134,9 +134,7 @@ impl Manager {
     /// The manager this agent's scopes belong to, or why there is none (a sentence).
     pub fn current() -> std::result::Result<Manager, String> {
         if !usable() {
-            return Err(
-                "the board's init is not systemd with the cgroup v2 hierarchy".to_string(),
-            );
+            return Err("the board's init is not systemd with the cgroup v2 hierarchy".to_string());
         }
         let uid = nix::unistd::geteuid();
         if uid.is_root() {
@@ -246,9 +244,8 @@ impl Manager {
         let dir = self.root();
         let f = std::fs::File::open(&dir)
             .map_err(|e| HostError::io("opening", dir.display().to_string(), e))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-            HostError::io("locking", dir.display().to_string(), e.into())
-        })
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| HostError::io("locking", dir.display().to_string(), e.into()))
     }
 }
 
@@ -466,7 +463,10 @@ fn held_limits(manager: &Manager, unit: &str, want: &NodeLimits) -> Result<NodeL
         .map_err(|e| dropped(e.to_string()))?;
     if let Some(q) = want.cpu_quota_us {
         let ok = got.cpu_quota_us.is_some_and(|g| {
-            let (g, q) = (g as f64 / got.cpu_period_us as f64, q as f64 / want.cpu_period_us as f64);
+            let (g, q) = (
+                g as f64 / got.cpu_period_us as f64,
+                q as f64 / want.cpu_period_us as f64,
+            );
             (g - q).abs() <= q * 0.01
         });
         if !ok {
@@ -487,7 +487,10 @@ fn held_limits(manager: &Manager, unit: &str, want: &NodeLimits) -> Result<NodeL
         let swap = std::fs::read_to_string(&f).unwrap_or_default();
         // A kernel without swap accounting has no such file: then there is no swap to limit.
         if f.exists() && swap.trim() != "0" {
-            return Err(dropped(format!("memory.swap.max is {}, 0 was asked", swap.trim())));
+            return Err(dropped(format!(
+                "memory.swap.max is {}, 0 was asked",
+                swap.trim()
+            )));
         }
     }
     if want.pids_max.is_some() && got.pids_max != want.pids_max {
@@ -631,11 +634,18 @@ pub fn join(manager: &Manager, rel: &str) -> Result<bool> {
             super::sdbus::attach_processes(&socket, &unit, &format!("/{WORKLOADS}"), &[pid])?;
             let now = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
             let want = format!("/{}", workloads_of(&unit));
-            if !now.lines().any(|l| l.starts_with("0::") && l.ends_with(&want)) {
+            if !now
+                .lines()
+                .any(|l| l.starts_with("0::") && l.ends_with(&want))
+            {
                 return Err(HostError::other(
                     "joining",
                     dir.display().to_string(),
-                    format!("{} answered, but this process is in {}", manager.describe(), now.trim()),
+                    format!(
+                        "{} answered, but this process is in {}",
+                        manager.describe(),
+                        now.trim()
+                    ),
                 ));
             }
         }
