@@ -832,7 +832,12 @@ fn lease_and_recovery_on_systemd_board(
             .expect("connects");
         let after_run = board.sh(leftovers).await.expect("the board answers");
         let (child, mut agent) = start_agent(&board, bin).await;
-        let facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+        let facts = agent
+            .call(Request::Hello)
+            .await
+            .expect("the agent answers")
+            .facts
+            .expect("its facts");
         assert!(
             facts
                 .systemd
@@ -871,7 +876,13 @@ fn lease_and_recovery_on_systemd_board(
         // SIGKILL of the agent itself (not the scope's keeper, the same binary): the next
         // agent stops the scope its state file names.
         let (_child, mut agent) = start_agent(&board, bin).await;
-        assert!(agent.call(Request::Hello).await.unwrap().ok);
+        assert!(
+            agent
+                .call(Request::Hello)
+                .await
+                .expect("the agent answers")
+                .ok
+        );
         ok(&mut agent, scoped(30_000)).await;
         board.sh(&ticker).await.expect("the ticker starts");
         board
@@ -880,8 +891,19 @@ fn lease_and_recovery_on_systemd_board(
             .expect("kills the agent");
         drop(agent);
         let (_child, mut agent) = start_agent(&board, bin).await;
-        let hello = agent.call(Request::Hello).await.unwrap().facts.unwrap();
-        assert!(agent.call(Request::Bye).await.unwrap().ok);
+        let hello = agent
+            .call(Request::Hello)
+            .await
+            .expect("the agent answers")
+            .facts
+            .expect("its facts");
+        assert!(
+            agent
+                .call(Request::Bye)
+                .await
+                .expect("the agent answers")
+                .ok
+        );
         let after_recovery = board.sh(leftovers).await.expect("the board answers");
         (after_run, after_lease, hello.recovered, after_recovery)
     });
