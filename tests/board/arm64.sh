@@ -22,8 +22,10 @@
 #
 # With `systemd`, /init brings up the virtio modules and the controller's key and hands PID 1
 # to Debian 12's systemd (252), which mounts the cgroup2 hierarchy itself and starts eth0 and
-# sshd from units of ours (board-net.service, board-sshd.service); what cannot work on a
-# RAM-only board without udev, D-Bus or a tty login (logind, gettys, firstboot) is masked.
+# sshd from units of ours (board-net.service, board-sshd.service). The system's D-Bus, logind
+# and pam_systemd run as on a Raspberry Pi OS or Ubuntu board (SSH logins are logind sessions;
+# a lingering user's systemd manager starts at boot); what cannot work on a RAM-only board
+# without udev or a tty login (gettys, firstboot, udev) is masked.
 #
 # Needs: apt-get (Debian's lists; arm64 is added as a foreign architecture if missing), dpkg,
 # cpio, ssh-keygen, depmod. Nothing is installed on the host: everything stays under target/.

@@ -18,7 +18,9 @@
 //! Capability `systemd-board`: the same board with systemd as PID 1 (`tests/board/arm64.sh
 //! systemd`), where a node's workloads run in the transient scope `edgesim-<run>-<node>.scope`
 //! in `edgesim.slice`, under the profile's limits, frozen by `node-down` freeze, and stopped
-//! after the run, on a lease's revert and by the next agent after a SIGKILLed one.
+//! after the run, on a lease's revert and by the next agent after a SIGKILLed one — for an
+//! agent logged in as root (the system manager's scope) and as the unprivileged `edgesim` user
+//! (a scope of that user's own, lingering, systemd manager).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
