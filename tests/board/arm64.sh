@@ -22,8 +22,10 @@
 #
 # With `systemd`, /init brings up the virtio modules and the controller's key and hands PID 1
 # to Debian 12's systemd (252), which mounts the cgroup2 hierarchy itself and starts eth0 and
-# sshd from units of ours (board-net.service, board-sshd.service); what cannot work on a
-# RAM-only board without udev, D-Bus or a tty login (logind, gettys, firstboot) is masked.
+# sshd from units of ours (board-net.service, board-sshd.service). The system's D-Bus, logind
+# and pam_systemd run as on a Raspberry Pi OS or Ubuntu board (SSH logins are logind sessions;
+# a lingering user's systemd manager starts at boot); what cannot work on a RAM-only board
+# without udev or a tty login (gettys, firstboot, udev) is masked.
 #
 # Needs: apt-get (Debian's lists; arm64 is added as a foreign architecture if missing), dpkg,
 # cpio, ssh-keygen, depmod. Nothing is installed on the host: everything stays under target/.
@@ -35,7 +37,9 @@ PACKAGES=(dash busybox-static openssh-server openssh-sftp-server nftables iprout
   passwd libpam-cap libcap2-bin kmod apt)
 case "$INIT" in
   busybox) OUT="$ROOT/target/board/arm64" ;;
-  systemd) OUT="$ROOT/target/board/arm64-systemd"; PACKAGES+=(systemd) ;;
+  # D-Bus, logind and pam_systemd as on a Raspberry Pi OS or Ubuntu board: a non-root agent's
+  # workloads run under its user's systemd manager, which logind starts (linger).
+  systemd) OUT="$ROOT/target/board/arm64-systemd"; PACKAGES+=(systemd dbus libpam-systemd) ;;
   *) echo "arm64 board: unknown init $INIT (busybox or systemd)" >&2; exit 2 ;;
 esac
 # Dependencies a board without maintainer scripts does not need (perl, debconf front ends,
@@ -188,8 +192,18 @@ if [ "$INIT" = systemd ]; then
   S="$RFS/etc/systemd/system"
   mkdir -p "$S/multi-user.target.wants"
   ln -sfn /lib/systemd/system/multi-user.target "$S/default.target"
-  # No D-Bus (logind), no udev, no tty logins, no clock daemon: masked, not failed.
-  for u in systemd-logind.service getty.target getty@.service serial-getty@.service \
+  # The system bus's user (dbus's maintainer script would add it), the bus socket enabled
+  # (deb-systemd-helper would link it), and SSH logins registered with logind as on a real
+  # board (pam-auth-update would add pam_systemd).
+  echo 'messagebus:x:101:101::/nonexistent:/usr/sbin/nologin' >>"$RFS/etc/passwd"
+  echo 'messagebus:x:101:' >>"$RFS/etc/group"
+  echo 'messagebus:*:20000:0:99999:7:::' >>"$RFS/etc/shadow"
+  echo 'messagebus:!::' >>"$RFS/etc/gshadow"
+  mkdir -p "$S/sockets.target.wants" "$RFS/var/lib/systemd"
+  ln -sfn /lib/systemd/system/dbus.socket "$S/sockets.target.wants/dbus.socket"
+  printf 'session\toptional\tpam_systemd.so\n' >>"$RFS/etc/pam.d/common-session"
+  # No udev, no tty logins, no clock daemon: masked, not failed.
+  for u in getty.target getty@.service serial-getty@.service \
     console-getty.service systemd-networkd-wait-online.service systemd-firstboot.service \
     systemd-timesyncd.service systemd-pstore.service systemd-udevd.service \
     systemd-hwdb-update.service ldconfig.service systemd-journal-catalog-update.service; do

@@ -18,7 +18,9 @@
 //! Capability `systemd-board`: the same board with systemd as PID 1 (`tests/board/arm64.sh
 //! systemd`), where a node's workloads run in the transient scope `edgesim-<run>-<node>.scope`
 //! in `edgesim.slice`, under the profile's limits, frozen by `node-down` freeze, and stopped
-//! after the run, on a lease's revert and by the next agent after a SIGKILLed one.
+//! after the run, on a lease's revert and by the next agent after a SIGKILLed one — for an
+//! agent logged in as root (the system manager's scope) and as the unprivileged `edgesim` user
+//! (a scope of that user's own, lingering, systemd manager).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -677,63 +679,86 @@ fn systemd_gate() -> Option<(PathBuf, PathBuf)> {
     ))
 }
 
-/// What of the agent's is left on the systemd board: `edgesim-*` units (any state), scope
-/// cgroups in edgesim.slice, the agent's own cgroups, and the ticker (empty: nothing).
-const SYSTEMD_LEFTOVERS: &str = "systemctl list-units 'edgesim-*' --all --no-legend --plain; \
-    ls -d /sys/fs/cgroup/edgesim.slice/edgesim-* /sys/fs/cgroup/edgesim 2>/dev/null; \
+/// What of the agent's is left on the systemd board, for a root agent: `edgesim*` units (any
+/// state) of the system manager, `edgesim.slice` (its scopes are below it) and the agent's own
+/// cgroups, and the ticker (empty: nothing).
+const SYSTEMD_LEFTOVERS: &str = "systemctl list-units 'edgesim*' --all --no-legend --plain; \
+    ls -d /sys/fs/cgroup/edgesim.slice /sys/fs/cgroup/edgesim 2>/dev/null; \
     pgrep -f 'tmp/tick[s]' || true";
 
-/// Capability `systemd-board`: on an arm64 board whose PID 1 is Debian 12's systemd, a node's
-/// workloads run in the transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice`,
-/// with the profile's limits as its unit properties; `node-down` freeze hangs them there;
-/// the scope is stopped after the run, when the lease of a silent controller runs out, and by
-/// the next agent after a SIGKILLed one.
-#[test]
-fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
-    let _g = common::serial();
-    let Some((board_dir, bin)) = systemd_gate() else {
-        return;
-    };
-    let lan = Lan::new("y", 1);
-    let dir = tempfile::tempdir().expect("test fixture");
-    keygen(&dir.path().join("user_key"));
-    let vm = Qemu::boot_as(
-        &lan,
-        dir.path(),
-        &board_dir,
-        &dir.path().join("user_key.pub"),
-        false,
-        "systemd",
-    );
-    let root_host = host(dir.path(), &board_dir, "root");
-    let pi5 = profile("raspberry-pi-5-8gb");
-    let limits = edgesim::targets::device::lab::board_limits(&pi5);
+/// The same for an agent that is not root, asked as its user: the units of its own manager
+/// and that manager's `edgesim.slice` besides.
+const USER_LEFTOVERS: &str = "systemctl --user list-units 'edgesim*' --all --no-legend --plain; \
+    systemctl list-units 'edgesim*' --all --no-legend --plain; \
+    ls -d /sys/fs/cgroup/user.slice/user-$(id -u).slice/user@$(id -u).service/edgesim.slice \
+    /sys/fs/cgroup/edgesim.slice /sys/fs/cgroup/edgesim 2>/dev/null; \
+    pgrep -f 'tmp/tick[s]' || true";
 
-    // The scenario: a ticking workload on the board, frozen from 3 s to 6 s. It prints its
-    // cgroup and its scope's limits first.
+/// What ansible/prepare-board.yml does on a systemd board, as shell, run as root: the
+/// `edgesim` user with the controller's key, the launcher holding CAP_NET_ADMIN, the agent's
+/// state directory, and the user's systemd manager, lingering and delegated cpu, memory and
+/// pids; waits for that manager and prints the user's uid. (The playbook itself takes about
+/// two minutes on this board under TCG — each task starts Python — and runs for real on the
+/// busybox board in `an_arm64_board_under_qemu_takes_faults_leases_and_the_prepare_playbook`.)
+const PREPARE_USER: &str = r#"set -e
+groupadd edgesim
+useradd -m -g edgesim -s /bin/sh edgesim
+uid=$(id -u edgesim)
+mkdir -p /home/edgesim/.ssh
+cp /root/.ssh/authorized_keys /home/edgesim/.ssh/authorized_keys
+chown -R edgesim:edgesim /home/edgesim/.ssh
+chmod 700 /home/edgesim/.ssh
+mkdir -p /usr/local/lib/edgesim
+cp /usr/sbin/capsh /usr/local/lib/edgesim/capsh
+chown root:edgesim /usr/local/lib/edgesim /usr/local/lib/edgesim/capsh
+chmod 750 /usr/local/lib/edgesim /usr/local/lib/edgesim/capsh
+setcap cap_net_admin+p /usr/local/lib/edgesim/capsh
+printf 'd /run/edgesim 0750 edgesim edgesim -\n' >/etc/tmpfiles.d/edgesim.conf
+mkdir -p /run/edgesim && chown edgesim:edgesim /run/edgesim && chmod 750 /run/edgesim
+mkdir -p /etc/systemd/system/user@$uid.service.d
+printf '[Service]\nDelegate=cpu memory pids\n' >/etc/systemd/system/user@$uid.service.d/edgesim.conf
+systemctl daemon-reload
+loginctl enable-linger edgesim
+c=/sys/fs/cgroup/user.slice/user-$uid.slice/user@$uid.service/cgroup.controllers
+i=0
+until grep -qw cpu $c 2>/dev/null && grep -qw memory $c && grep -qw pids $c; do
+  i=$((i + 1)); [ $i -lt 150 ] || { echo "no manager with cpu memory pids: $(cat $c)" >&2; exit 1; }
+  sleep 0.2
+done
+echo $uid"#;
+
+/// Runs the freeze scenario on the systemd board (the qemu board `pi`, logged in as
+/// `pi_user`, beside the namespace board `sink`): a ticking workload that first prints its
+/// cgroup and its scope's limits, frozen from 3 s to 6 s. Checks that it passes, that the
+/// report names the scope and the workload ran in `<cgroup_of(unit)>` with the profile's
+/// limits, and that it was silent for the freeze. Returns the report's note on the board.
+fn freeze_run_on_systemd_board(
+    lan: &Lan,
+    dir: &Path,
+    bin: &Path,
+    pi_user: &str,
+    limits: &edgesim::host::cgroup::NodeLimits,
+    cgroup_of: impl Fn(&str) -> String,
+) -> String {
+    let t = Instant::now();
     let sshd = Sshd::start(&lan.boards[0], &Lan::addr(0));
-    let d = sshd.dir.path();
-    let inventory = dir.path().join("inventory-systemd.yaml");
-    sink_and_pi_inventory(&inventory, d, dir.path(), "root");
-    let scenario = dir.path().join("freeze.yaml");
+    let inventory = dir.join(format!("inventory-systemd-{pi_user}.yaml"));
+    sink_and_pi_inventory(&inventory, sshd.dir.path(), dir, pi_user);
+    let scenario = dir.join("freeze.yaml");
     std::fs::write(
         &scenario,
         "apiVersion: edgesim.dev/v1alpha1\nkind: Scenario\nmetadata: {name: systemd-freeze}\nspec:\n  duration: 9s\n  sites:\n    cloud: {}\n    factory:\n      uplink: {site: cloud}\n  nodes:\n    - {name: sink, site: cloud, profile: this-host}\n    - {name: pi, site: factory, profile: raspberry-pi-5-8gb}\n  workloads:\n    - {name: ticker, nodes: [pi], command: [sh, -c, \"cat /proc/self/cgroup; s=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/..; echo cpu.max $(cat $s/cpu.max); echo memory.max $(cat $s/memory.max); echo memory.swap.max $(cat $s/memory.swap.max); echo pids.max $(cat $s/pids.max); while :; do read t _ </proc/uptime; echo $t; sleep 0.05; done\"]}\n  timeline:\n    - {at: 3s, node-down: {nodes: [pi], mode: freeze}}\n    - {at: 6s, node-up: {nodes: [pi]}}\n  probes:\n    - {name: up, from: sink, ping: pi, every: 100ms}\n  assertions:\n    - {name: down, probe: up, during: 3.5s..6s, expect: \"success_rate == 0%\"}\n    - {name: back, probe: up, during: 6.5s..end, expect: \"success_rate >= 90%\"}\n",
     )
     .expect("test fixture");
-    let profiles = this_host_profile(dir.path());
-    let report = dir.path().join("report.json");
+    let profiles = this_host_profile(dir);
+    let report = dir.join(format!("report-{pi_user}.json"));
+    let out_dir = dir.join(format!("out-{pi_user}"));
     let out = device_run(
-        &lan.ctl,
-        &inventory,
-        &profiles,
-        &report,
-        &dir.path().join("out"),
-        &scenario,
+        &lan.ctl, &inventory, &profiles, &report, &out_dir, &scenario,
     )
-    .env("EDGESIM_AGENT_AARCH64", &bin)
+    .env("EDGESIM_AGENT_AARCH64", bin)
     .env("EDGESIM_AGENT_X86_64", BIN)
-    .env("EDGESIM_STATE_DIR", dir.path().join("state"))
+    .env("EDGESIM_STATE_DIR", dir.join("state"))
     .env("EDGESIM_HOST_SPEED", "1.0")
     .output()
     .expect("edgesim runs");
@@ -745,7 +770,7 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
     assert_eq!(
         out.status.code(),
         Some(0),
-        "the scenario passes on the systemd board"
+        "the scenario passes on the systemd board as {pi_user}"
     );
     drop(sshd);
     let r: serde_json::Value =
@@ -757,40 +782,64 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         notes.contains(&format!("workloads in systemd scope {unit}")),
         "the report says where the workloads ran: {notes}"
     );
-    let log = std::fs::read_to_string(dir.path().join("out/workloads/ticker/pi.stdout.log"))
+    let log = std::fs::read_to_string(out_dir.join("workloads/ticker/pi.stdout.log"))
         .expect("the ticker's output");
     let head: Vec<&str> = log.lines().take(5).collect();
-    eprintln!("ticker on the systemd board: {head:?}");
+    eprintln!("ticker on the systemd board as {pi_user}: {head:?}");
     assert_eq!(
         head.first().copied(),
-        Some(format!("0::/edgesim.slice/{unit}/workloads").as_str()),
+        Some(format!("0::{}", cgroup_of(&unit)).as_str()),
         "the workload runs in the node's scope: {log}"
     );
     let quota = limits.cpu_quota_us.expect("a quota");
     let mem = limits.memory_bytes.expect("a memory limit");
-    assert!(
-        head.contains(&format!("cpu.max {quota} 100000").as_str()),
-        "{head:?}"
-    );
-    assert!(
-        head.contains(&format!("memory.max {mem}").as_str()),
-        "{head:?}"
-    );
-    assert!(head.contains(&"memory.swap.max 0"), "{head:?}");
+    for want in [
+        format!("cpu.max {quota} 100000"),
+        format!("memory.max {mem}"),
+        "memory.swap.max 0".to_string(),
+    ] {
+        assert!(head.contains(&want.as_str()), "{want}: {head:?}");
+    }
+    // The profile's task limit where it has one; else the manager's default (a number).
+    let tasks = head.iter().find_map(|l| l.strip_prefix("pids.max "));
+    match limits.pids_max {
+        Some(p) => assert_eq!(tasks, Some(p.to_string().as_str()), "{head:?}"),
+        None => assert!(tasks.is_some_and(|t| t.parse::<u64>().is_ok()), "{head:?}"),
+    }
     let (ticks, gap) = ticker_silence(&log);
     assert!(ticks > 30, "{log}");
     assert!((2.5..4.5).contains(&gap), "frozen for the node-down: {gap}");
+    eprintln!(
+        "freeze run as {pi_user}: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    notes
+}
 
-    let (after_run, after_lease, recovered, after_recovery) = controller(&lan.ctl, async || {
-        let board = transport::connect(&root_host, &ConnectOptions::default())
+/// On the systemd board as `user` (host `h`), with the board's own tooling: what is left
+/// after the scenario run; an agent whose controller falls silent (its lease runs out and it
+/// stops the scope with a ticker in it), and what is left then; an agent SIGKILLed with a
+/// scope and a ticker, what the next agent recovers, and what is left after it.
+fn lease_and_recovery_on_systemd_board(
+    lan: &Lan,
+    h: &InventoryHost,
+    bin: &Path,
+    limits: &edgesim::host::cgroup::NodeLimits,
+    leftovers: &str,
+) -> (String, String, Vec<String>, String) {
+    let t = Instant::now();
+    let r = controller(&lan.ctl, async || {
+        let board = transport::connect(h, &ConnectOptions::default())
             .await
             .expect("connects");
-        let after_run = board
-            .sh(SYSTEMD_LEFTOVERS)
+        let after_run = board.sh(leftovers).await.expect("the board answers");
+        let (child, mut agent) = start_agent(&board, bin).await;
+        let facts = agent
+            .call(Request::Hello)
             .await
-            .expect("the board answers");
-        let (child, mut agent) = start_agent(&board, &bin).await;
-        let facts = agent.call(Request::Hello).await.unwrap().facts.unwrap();
+            .expect("the agent answers")
+            .facts
+            .expect("its facts");
         assert!(
             facts
                 .systemd
@@ -798,7 +847,8 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
                 .is_some_and(|v| v.starts_with("systemd 252")),
             "{facts:?}"
         );
-        let remote = board.upload_agent(&bin).await.expect("uploads");
+        assert_eq!(facts.cgroup_error, None, "{facts:?}");
+        let remote = board.upload_agent(bin).await.expect("uploads");
         let scoped = |lease_ms| {
             Request::Apply(Desired {
                 iface: "eth0".into(),
@@ -824,14 +874,17 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         assert!(!pid.trim().is_empty(), "the ticker runs");
         let _ = child.wait().await;
         drop(agent);
-        let after_lease = board
-            .sh(SYSTEMD_LEFTOVERS)
-            .await
-            .expect("the board answers");
+        let after_lease = board.sh(leftovers).await.expect("the board answers");
         // SIGKILL of the agent itself (not the scope's keeper, the same binary): the next
         // agent stops the scope its state file names.
-        let (_child, mut agent) = start_agent(&board, &bin).await;
-        assert!(agent.call(Request::Hello).await.unwrap().ok);
+        let (_child, mut agent) = start_agent(&board, bin).await;
+        assert!(
+            agent
+                .call(Request::Hello)
+                .await
+                .expect("the agent answers")
+                .ok
+        );
         ok(&mut agent, scoped(30_000)).await;
         board.sh(&ticker).await.expect("the ticker starts");
         board
@@ -839,15 +892,29 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
             .await
             .expect("kills the agent");
         drop(agent);
-        let (_child, mut agent) = start_agent(&board, &bin).await;
-        let hello = agent.call(Request::Hello).await.unwrap().facts.unwrap();
-        assert!(agent.call(Request::Bye).await.unwrap().ok);
-        let after_recovery = board
-            .sh(SYSTEMD_LEFTOVERS)
+        let (_child, mut agent) = start_agent(&board, bin).await;
+        let hello = agent
+            .call(Request::Hello)
             .await
-            .expect("the board answers");
+            .expect("the agent answers")
+            .facts
+            .expect("its facts");
+        assert!(
+            agent
+                .call(Request::Bye)
+                .await
+                .expect("the agent answers")
+                .ok
+        );
+        let after_recovery = board.sh(leftovers).await.expect("the board answers");
         (after_run, after_lease, hello.recovered, after_recovery)
     });
+    eprintln!(
+        "lease and recovery as {}: {:.1} s",
+        h.user.as_deref().unwrap_or("?"),
+        t.elapsed().as_secs_f64()
+    );
+    let (after_run, after_lease, recovered, after_recovery) = &r;
     assert_eq!(
         after_run.trim(),
         "",
@@ -861,6 +928,66 @@ fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
         "{recovered:?}"
     );
     assert_eq!(after_recovery.trim(), "", "recovery leaves nothing");
+    r
+}
+
+/// Capability `systemd-board`: on an arm64 board whose PID 1 is Debian 12's systemd, a node's
+/// workloads run in the transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice`,
+/// with the profile's limits as its unit properties; `node-down` freeze hangs them there;
+/// the scope (and the slice, once empty) is stopped after the run, when the lease of a silent
+/// controller runs out, and by the next agent after a SIGKILLed one. First as root (the
+/// system manager's scope), then as the unprivileged `edgesim` user (a scope of that user's
+/// own systemd manager, lingering, which moves each workload into it on the agent's request).
+#[test]
+fn a_systemd_board_runs_workloads_in_a_scope_that_freezes_and_goes() {
+    let _g = common::serial();
+    let Some((board_dir, bin)) = systemd_gate() else {
+        return;
+    };
+    let lan = Lan::new("y", 1);
+    let dir = tempfile::tempdir().expect("test fixture");
+    keygen(&dir.path().join("user_key"));
+    let vm = Qemu::boot_as(
+        &lan,
+        dir.path(),
+        &board_dir,
+        &dir.path().join("user_key.pub"),
+        false,
+        "systemd",
+    );
+    let pi5 = profile("raspberry-pi-5-8gb");
+    let limits = edgesim::targets::device::lab::board_limits(&pi5);
+
+    // As root: scopes of the system manager.
+    let root_host = host(dir.path(), &board_dir, "root");
+    freeze_run_on_systemd_board(&lan, dir.path(), &bin, "root", &limits, |unit| {
+        format!("/edgesim.slice/{unit}/workloads")
+    });
+    lease_and_recovery_on_systemd_board(&lan, &root_host, &bin, &limits, SYSTEMD_LEFTOVERS);
+
+    // As the `edgesim` user, prepared as the playbook prepares it: scopes of its own manager.
+    let t = Instant::now();
+    let uid = controller(&lan.ctl, async || {
+        let board = transport::connect(&root_host, &ConnectOptions::default())
+            .await
+            .expect("connects");
+        board.sh(PREPARE_USER).await.expect("prepares the user")
+    });
+    let uid = uid.trim().to_string();
+    eprintln!(
+        "the edgesim user (uid {uid}) and its lingering manager: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let manager = format!("/user.slice/user-{uid}.slice/user@{uid}.service");
+    let notes = freeze_run_on_systemd_board(&lan, dir.path(), &bin, "edgesim", &limits, |unit| {
+        format!("{manager}/edgesim.slice/{unit}/workloads")
+    });
+    assert!(
+        notes.contains(&format!("of uid {uid}'s user manager")),
+        "the report says whose manager held the workloads: {notes}"
+    );
+    let user_host = host(dir.path(), &board_dir, "edgesim");
+    lease_and_recovery_on_systemd_board(&lan, &user_host, &bin, &limits, USER_LEFTOVERS);
     drop(vm);
 }
 

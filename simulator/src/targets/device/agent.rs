@@ -66,7 +66,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::cell::{self, Cell, CellState};
-use super::scope::{self, Scope};
+use super::scope::{self, Manager, Scope};
 use crate::faults::shaping::{loss_in_firewall, netem_of};
 use crate::host::cgroup::{Cgroups, NodeCgroup, NodeLimits};
 use crate::host::nft::{self, Firewall, Flow, Layout};
@@ -433,15 +433,16 @@ pub struct Desired {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cell: Option<Ipv4Addr>,
     /// The cgroup the board's workloads run in: on a board whose init is systemd, the
-    /// transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice` ([scope]); elsewhere
-    /// (or where systemd-run fails) `edgesim/<run>/<node>` as named here, relative to the
+    /// transient scope `edgesim-<run>-<node>.scope` in `edgesim.slice` ([scope]) of the system
+    /// manager, or of the agent user's own manager where the agent is not root; elsewhere (or
+    /// where systemd-run fails, for root) `edgesim/<run>/<node>` as named here, relative to the
     /// hierarchies' roots, v2 or v1, made by the agent. On revert whatever still runs in it is
     /// killed and it is removed. `None` removes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     /// The limits of that cgroup (the node's profile), when it is a systemd scope: its unit
-    /// properties (`CPUQuota=`, `MemoryMax=`, `MemorySwapMax=0`, `TasksMax=`). Set when the
-    /// cgroup is made; an agent cgroup does not take them (yet).
+    /// properties (`CPUQuota=`, `MemoryMax=`, `MemorySwapMax=0`, `TasksMax=`), read back once
+    /// the scope runs. Set when the cgroup is made; an agent cgroup does not take them (yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<NodeLimits>,
     /// That cgroup frozen (`node-down` with `mode: freeze`: a hung board).
@@ -619,6 +620,9 @@ struct State {
     /// The workloads' systemd scope (unit name), if one was (or is being) started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    /// Whose manager that scope is in: a user's (its uid), or the system's (none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope_uid: Option<u32>,
 }
 
 /// What tc holds for one peer.
@@ -649,6 +653,8 @@ pub struct Board {
     frozen: bool,
     /// `systemd …` where systemd is the board's init ([`scope::detect`]).
     systemd: Option<String>,
+    /// The systemd manager the workloads' scope would be in, or why there is none.
+    manager: std::result::Result<Manager, String>,
 }
 
 /// The management connection from `SSH_CONNECTION` ("client port server port").
@@ -698,7 +704,13 @@ impl Board {
             cgroup: None,
             scope: None,
             frozen: false,
-            systemd: scope::detect(),
+            systemd: None,
+            manager: Err(String::new()),
+        };
+        b.systemd = scope::detect();
+        b.manager = match &b.systemd {
+            Some(_) => Manager::current(),
+            None => Err("the board's init is not systemd (with cgroup v2 and systemd-run)".into()),
         };
         b.recover().await?;
         Ok(b)
@@ -725,7 +737,24 @@ impl Board {
             "nftables table inet {table} (left by agent pid {pid})"
         ));
         if let Some(unit) = st.as_ref().and_then(|s| s.scope.as_deref()) {
-            scope::stop(unit)?;
+            let uid = st.as_ref().and_then(|s| s.scope_uid).unwrap_or(0);
+            match &self.manager {
+                Ok(m) if m.uid() == uid => scope::stop(m, unit)?,
+                // This user's manager is not running: its units went with it.
+                Err(why) if uid != 0 && uid == nix::unistd::geteuid().as_raw() => {
+                    tracing::warn!(unit, "{why}: nothing of the scope can be left");
+                }
+                _ => {
+                    return Err(HostError::other(
+                        "recovering",
+                        format!("systemd scope {unit}, left by an agent that died"),
+                        format!(
+                            "it is in the systemd manager of uid {uid}, which this agent (uid {}) cannot reach: start the agent as that user once, and it stops the scope",
+                            nix::unistd::geteuid()
+                        ),
+                    ));
+                }
+            }
             self.recovered
                 .push(format!("systemd scope {unit} and what ran in it"));
         }
@@ -841,10 +870,14 @@ impl Board {
             htb,
             nftables_error,
             cgroup,
-            cgroup_error: if !nix::unistd::geteuid().is_root() {
-                Some("the agent is not root: cgroups are root's to make on a board".into())
-            } else {
+            cgroup_error: if nix::unistd::geteuid().is_root() {
                 Cgroups::detect().err().map(|e| e.to_string())
+            } else {
+                self.manager.as_ref().err().map(|why| {
+                    format!(
+                        "the agent is not root, and a non-root agent gets a cgroup only from its user's systemd manager: {why}"
+                    )
+                })
             },
             systemd: self.systemd.clone(),
             interfaces: link::names(&self.nl).await.unwrap_or_default(),
@@ -912,9 +945,15 @@ impl Board {
                 scope: self.scope.as_ref().map(|s| s.unit.clone()).or_else(|| {
                     d.cgroup
                         .as_deref()
-                        .filter(|_| self.systemd.is_some())
+                        .filter(|_| self.manager.is_ok())
                         .map(scope::unit_of)
                 }),
+                scope_uid: self
+                    .manager
+                    .as_ref()
+                    .ok()
+                    .map(Manager::uid)
+                    .filter(|u| *u != 0),
             },
         )?;
         self.active = true;
@@ -959,15 +998,24 @@ impl Board {
             self.frozen = false;
         }
         if let (Some(rel), None, None) = (want, &self.cgroup, &self.scope) {
-            if self.systemd.is_some() {
+            if let Ok(m) = &self.manager {
                 let agent = std::env::current_exe()
                     .map_err(|e| HostError::io("finding", "the agent's own binary", e))?;
-                match Scope::start(&scope::unit_of(rel), d.limits.as_ref(), &agent) {
+                match Scope::start(m, &scope::unit_of(rel), d.limits.as_ref(), &agent) {
                     Ok(s) => self.scope = Some(s),
-                    Err(e) => tracing::warn!(
+                    // Root can make the cgroup itself; a user has nowhere else to go.
+                    Err(e) if *m == Manager::System => tracing::warn!(
                         "a systemd scope for the workloads failed ({e}): the agent makes their cgroup {rel} itself"
                     ),
+                    Err(e) => return Err(e),
                 }
+            }
+            if self.scope.is_none() && !nix::unistd::geteuid().is_root() {
+                return Err(HostError::other(
+                    "making a cgroup for",
+                    format!("the workloads ({rel})"),
+                    self.manager.as_ref().err().cloned().unwrap_or_default(),
+                ));
             }
             if self.scope.is_none() {
                 let cgs = Cgroups::detect()?;
@@ -993,16 +1041,37 @@ impl Board {
         Ok(())
     }
 
-    /// Where the workloads run: `systemd scope edgesim-….scope in edgesim.slice (…)` or
+    /// Where the workloads run: `systemd scope edgesim-….scope in edgesim.slice (…)` (`… of
+    /// uid 1000's user manager (…)` for an agent that is not root) or
     /// `agent cgroup edgesim/… (v2)`; `None` without a cgroup.
     pub fn workloads(&self) -> Option<String> {
         if let Some(s) = &self.scope {
+            let of = match s.manager {
+                Manager::System => String::new(),
+                Manager::User { .. } => format!(" of {}", s.manager.describe()),
+            };
+            // What the kernel holds, as read back when the scope started.
+            let held = s.limits.as_ref().map_or(String::new(), |l| {
+                let v = |x: Option<u64>| x.map_or("max".to_string(), |x| x.to_string());
+                format!(
+                    "; cpu.max {} {}, memory.max {}, pids.max {}",
+                    v(l.cpu_quota_us),
+                    l.cpu_period_us,
+                    v(l.memory_bytes),
+                    v(l.pids_max)
+                )
+            });
             return Some(format!(
-                "systemd scope {} in {} ({}; cgroup /{})",
+                "systemd scope {} in {}{of} ({}; cgroup {}{held})",
                 s.unit,
                 scope::SLICE,
                 self.systemd.as_deref().unwrap_or("systemd"),
-                scope::workloads_of(&s.unit)
+                s.cgroup
+                    .dirs()
+                    .first()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+                    .trim_start_matches("/sys/fs/cgroup"),
             ));
         }
         self.cgroup

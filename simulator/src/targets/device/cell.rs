@@ -330,8 +330,9 @@ pub fn rules(d: &Desired, board: Ipv4Addr) -> (DirectionConfig, DirectionConfig)
 }
 
 /// `edgesim agent-enter`: this process joins, where given, the cgroup of `cgroup` (the node's
-/// systemd scope's `workloads` where the agent started one, else `cgroup` itself relative to
-/// the hierarchies' roots: `edgesim/<run>/<node>`, in every v1 hierarchy) and the cell pinned
+/// systemd scope's `workloads` where the agent started one, in the system's manager or its
+/// user's: [`super::scope::join`]; else `cgroup` itself relative to the hierarchies' roots:
+/// `edgesim/<run>/<node>`, in every v1 hierarchy) and the cell pinned
 /// at `netns`, gives up every capability it was handed for that (ambient ones: a workload runs
 /// with its user's own rights), and becomes `argv`. Returns only on error.
 pub fn enter(netns: Option<&Path>, cgroup: Option<&str>, argv: &[String]) -> anyhow::Error {
@@ -339,17 +340,18 @@ pub fn enter(netns: Option<&Path>, cgroup: Option<&str>, argv: &[String]) -> any
     use std::os::unix::process::CommandExt as _;
     let joined = (|| -> anyhow::Result<()> {
         if let Some(rel) = cgroup {
-            let cgs = crate::host::cgroup::Cgroups::detect()?;
-            let in_scope = super::scope::workloads_of(&super::scope::unit_of(rel));
-            let rel = match cgs.open(&in_scope) {
-                Ok(c) if cgs.version() == 2 && c.exists() => in_scope,
-                _ => rel.to_string(),
+            let in_scope = match super::scope::Manager::current() {
+                Ok(m) => super::scope::join(&m, rel)
+                    .with_context(|| format!("joining the workloads of {}", m.describe()))?,
+                Err(_) => false,
             };
-            let rel = rel.as_str();
-            let cg = cgs.open(rel)?;
-            anyhow::ensure!(cg.exists(), "the cgroup {rel} does not exist");
-            cg.add_pid(std::process::id() as i32)
-                .with_context(|| format!("joining the cgroup {rel}"))?;
+            if !in_scope {
+                let cgs = crate::host::cgroup::Cgroups::detect()?;
+                let cg = cgs.open(rel)?;
+                anyhow::ensure!(cg.exists(), "the cgroup {rel} does not exist");
+                cg.add_pid(std::process::id() as i32)
+                    .with_context(|| format!("joining the cgroup {rel}"))?;
+            }
         }
         if let Some(netns) = netns {
             let f = std::fs::File::open(netns)

@@ -740,7 +740,7 @@ impl DeviceLab {
             if let Some(e) = &b.facts.cgroup_error
                 && plan.workloads.iter().any(|w| w.nodes.contains(&i))
             {
-                tracing::warn!(board = %b.board.host.name, "its workloads run without a cgroup of the run's ({e}): each in its own process group only");
+                tracing::warn!(board = %b.board.host.name, "its workloads run without a cgroup of the run's ({e}): each in its own process group only, without the profile's limits");
             }
         }
         if !problems.is_empty() {

@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod inventory;
 pub mod lab;
 pub mod scope;
+pub mod sdbus;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -154,7 +155,7 @@ pub fn rows(c: &mut crate::caps::Capabilities) {
     c.set(
         F::NodeFreeze,
         S::Exact,
-        "the node's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH: the systemd scope edgesim-<run>-<node>.scope where systemd is the board's init, else a cgroup the agent makes (root)",
+        "the node's cgroup on the board frozen (its workloads hang) and the board isolated but its SSH: the systemd scope edgesim-<run>-<node>.scope where systemd is the board's init (the system's, or the agent user's own manager), else a cgroup the agent makes (root only)",
     );
     c.set(
         F::NodePoweroff,
@@ -317,7 +318,7 @@ pub fn check_kernel(host: &str, facts: &Facts, needs: Needs) -> Vec<String> {
         && let Some(e) = &facts.cgroup_error
     {
         out.push(format!(
-            "{host}: node-down freeze freezes the run's cgroup on the board, which the agent cannot make: {e} (log in as root)"
+            "{host}: node-down freeze freezes the run's cgroup on the board, which the agent cannot make: {e} (log in as root, or prepare a systemd board with ansible/prepare-board.yml)"
         ));
     }
     if needs.limits {
