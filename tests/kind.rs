@@ -154,13 +154,14 @@ fn kustomize(dir: &Path) -> Vec<Value> {
     documents(&run(Command::new("kubectl").arg("kustomize").arg(dir)), dir)
 }
 
-/// The workloads of images/ (each a crate with a Dockerfile), bar the node image.
+/// The workloads of images/ (each a crate with a Dockerfile), bar the node's and the agent's
+/// images.
 fn workloads() -> Vec<String> {
     subdirs(&repo("images"))
         .into_iter()
         .filter(|d| d.join("Dockerfile").exists())
         .map(|d| d.file_name().unwrap().to_str().unwrap().to_string())
-        .filter(|n| n != "node")
+        .filter(|n| n != "node" && n != "agent")
         .collect()
 }
 
