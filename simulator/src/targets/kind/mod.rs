@@ -1,10 +1,16 @@
-//! The `kind` target: a Kind cluster made for the run ([`lab`]), its configuration generated
-//! from the scenario ([`config`]), its node containers held to their boards and impaired from
-//! inside with the kubelet ↔ API server traffic always exempt ([`nodes`]), the workloads
-//! delivered as pods by Flux from an artifact the run pushes ([`manifests`], [`tools`]), through
-//! the Kubernetes API client logic of [`kube`] (server-side apply with CRDs first, Flux's
-//! "revision deployed and healthy" predicate, reconcile requests, the fake `nvidia.com/gpu`,
-//! the allocatable check). [`lab`] and [`kube`] need the default `kube` feature; the agents,
+//! The `kind` target: a scenario on a Kubernetes cluster, its workloads delivered as pods by
+//! Flux from an artifact the run pushes ([`lab`], [`delivery`], [`manifests`], [`tools`]),
+//! through the Kubernetes API client logic of [`kube`] (server-side apply with CRDs first,
+//! Flux's "revision deployed and healthy" predicate, reconcile requests, the fake
+//! `nvidia.com/gpu`, the allocatable check). Two clusters:
+//!
+//! - a Kind cluster made for the run, its configuration generated from the scenario
+//!   ([`config`]), its node containers held to their boards and impaired from inside with the
+//!   kubelet ↔ API server traffic always exempt ([`nodes`]);
+//! - a cluster of your own (`--kubeconfig`), its nodes bound by label and checked, its faults
+//!   applied by edgesim's agent delivered as a DaemonSet ([`existing`]).
+//!
+//! [`lab`], [`delivery`], [`existing`] and [`kube`] need the default `kube` feature; the agents,
 //! built without it, keep the rest.
 //!
 //! # Design
