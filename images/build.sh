@@ -254,7 +254,8 @@ for arch in "${ARCH_LIST[@]}"; do
         if [ "$p" = agent ]; then
             # The agent answers the protocol's hello with this architecture's facts.
             got=$(printf '{"id":1,"op":"hello"}\n{"id":2,"op":"bye"}\n' \
-                | EDGESIM_LOG=error "${runner[@]}" "$bin" agent --state "$(mktemp -d)/agent.json" | head -1)
+                | EDGESIM_LOG=error "${runner[@]}" "$bin" agent --state "$(mktemp -d)/agent.json")
+            got=${got%%$'\n'*}
             grep -q "\"arch\":\"$arch\"" <<<"$got" || die "the $arch agent answered hello with: $got"
             echo "  $arch $v; agent hello ok"
             continue
@@ -315,7 +316,8 @@ smoke_node() { # image name arch
 smoke_agent() { # image name arch
     local c="edgesim-images-smoke-$2-$$" out
     docker run -d --platform "linux/$3" --network none --label edgesim.test=images --name "$c" "$1" >/dev/null
-    out=$(printf '{"id":1,"op":"hello"}\n{"id":2,"op":"bye"}\n' | docker exec -i -e EDGESIM_LOG=error "$c" /edgesim agent 2>&1 | head -1) || true
+    out=$(printf '{"id":1,"op":"hello"}\n{"id":2,"op":"bye"}\n' | docker exec -i -e EDGESIM_LOG=error "$c" /edgesim agent 2>&1) || true
+    out=${out%%$'\n'*}
     docker rm -f "$c" >/dev/null
     grep -q "\"arch\":\"$3\"" <<<"$out" || { echo "$1: the agent answered hello with: $out" >&2; exit 1; }
     echo "  $1: the agent answered hello through docker exec"
