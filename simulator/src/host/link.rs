@@ -195,8 +195,8 @@ pub async fn loopback_up(h: &Handle, what: &str) -> Result<()> {
     set_up(h, 1, true, what).await
 }
 
-/// Names of the interfaces in the handle's namespace (for tests and diagnostics).
-pub async fn names(h: &Handle) -> Result<Vec<String>> {
+/// The interfaces in the handle's namespace: index and name.
+async fn indexed_names(h: &Handle) -> Result<Vec<(u32, String)>> {
     let msgs: Vec<_> = h
         .link()
         .get()
@@ -207,35 +207,28 @@ pub async fn names(h: &Handle) -> Result<Vec<String>> {
     Ok(msgs
         .into_iter()
         .filter_map(|m| {
+            let index = m.header.index;
             m.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n),
+                LinkAttribute::IfName(n) => Some((index, n)),
                 _ => None,
             })
         })
         .collect())
 }
 
+/// Names of the interfaces in the handle's namespace (for tests and diagnostics).
+pub async fn names(h: &Handle) -> Result<Vec<String>> {
+    Ok(indexed_names(h)
+        .await?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect())
+}
+
 /// The IPv4 addresses of the interfaces in the handle's namespace, with their interface's name.
 pub async fn ipv4_addrs(h: &Handle) -> Result<Vec<(String, Ipv4Addr)>> {
     use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-    let links: Vec<_> = h
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|e| HostError::netlink("listing", "interfaces", e))?;
-    let name_of = |index: u32| {
-        links
-            .iter()
-            .find(|m| m.header.index == index)
-            .and_then(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })
-            })
-    };
+    let links = indexed_names(h).await?;
     let addrs: Vec<AddressMessage> = h
         .address()
         .get()
@@ -250,7 +243,8 @@ pub async fn ipv4_addrs(h: &Handle) -> Result<Vec<(String, Ipv4Addr)>> {
                 AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
             })?;
-            Some((name_of(m.header.index)?, ip))
+            let (_, name) = links.iter().find(|(i, _)| *i == m.header.index)?;
+            Some((name.clone(), ip))
         })
         .collect())
 }

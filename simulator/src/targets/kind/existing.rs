@@ -38,14 +38,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::host::nft::Flow;
 use crate::profile::Arch;
 use crate::scenario::Plan;
 
 use super::config::LABEL_PREFIX;
-use super::manifests::{FIELD_MANAGER, RUN_LABEL};
+use super::manifests::{self, RUN_LABEL};
 use super::nodes::KUBELET_PORT;
 
 /// How far a node's allocatable CPU may be from its profile's cores.
@@ -284,11 +284,11 @@ pub fn agent_files(
     image: impl Fn(Arch) -> String,
 ) -> BTreeMap<String, String> {
     let ns = agents_namespace(run_id);
-    let labels = json!({RUN_LABEL: run_id, "app.kubernetes.io/managed-by": FIELD_MANAGER});
+    let labels = manifests::labels(run_id);
     let mut files = BTreeMap::new();
     files.insert(
         "agents/namespace.yaml".to_string(),
-        yaml(&json!({
+        manifests::to_yaml(&json!({
             "apiVersion": "v1",
             "kind": "Namespace",
             "metadata": {"name": ns, "labels": labels},
@@ -347,22 +347,14 @@ pub fn agent_files(
             },
         });
         let file = format!("daemonset-{arch}.yaml");
-        files.insert(format!("agents/{file}"), yaml(&ds));
+        files.insert(format!("agents/{file}"), manifests::to_yaml(&ds));
         resources.push(file);
     }
     files.insert(
         "agents/kustomization.yaml".to_string(),
-        yaml(&json!({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": resources,
-        })),
+        manifests::kustomization(&resources),
     );
     files
-}
-
-fn yaml(v: &Value) -> String {
-    serde_saphyr::to_string(v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -370,6 +362,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus, NodeSystemInfo};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::Value;
 
     const SPEC: &str = "\
 apiVersion: edgesim.dev/v1alpha1

@@ -1263,10 +1263,9 @@ impl KindLab {
     /// would).
     async fn signal(&self, wi: usize, ns: &[usize], signal: i32) -> Result<()> {
         let Net::Local(l) = &self.net else {
-            return Err(HostError::other(
+            return Err(not_on_your_own(
                 "signalling",
                 self.plan.workloads[wi].name.clone(),
-                "not on a cluster of your own",
             ));
         };
         let api = self.workloads.pods_api();
@@ -1308,11 +1307,7 @@ impl KindLab {
     /// Pauses or unpauses the Kind node containers of `ns`.
     async fn freeze(&mut self, ns: &[usize], on: bool) -> Result<()> {
         let Net::Local(l) = &mut self.net else {
-            return Err(HostError::other(
-                "freezing",
-                "a node",
-                "not on a cluster of your own",
-            ));
+            return Err(not_on_your_own("freezing", "a node"));
         };
         for &n in ns {
             if on || l.frozen.contains(&n) {
@@ -1398,11 +1393,7 @@ impl KindLab {
             }
             ActionKind::Cpu { nodes: ns, .. } | ActionKind::Memory { nodes: ns, .. } => {
                 let Net::Local(l) = &mut self.net else {
-                    return Err(HostError::other(
-                        "resizing",
-                        "a node",
-                        "not on a cluster of your own",
-                    ));
+                    return Err(not_on_your_own("resizing", "a node"));
                 };
                 for &n in ns {
                     let base = node_limits(&self.plan, n, &l.host, &l.allowed).with_pids(None);
@@ -1623,6 +1614,11 @@ async fn connect_agent(
         ));
     }
     Ok((member, exec, facts))
+}
+
+/// What a cluster of your own cannot do (validation refuses it before anything is created).
+fn not_on_your_own(op: &'static str, what: impl Into<String>) -> HostError {
+    HostError::other(op, what, "not on a cluster of your own")
 }
 
 fn joined(items: &[impl ToString]) -> String {

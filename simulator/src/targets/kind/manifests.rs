@@ -121,7 +121,7 @@ impl Delivery {
     }
 }
 
-fn to_yaml(v: &Value) -> String {
+pub(crate) fn to_yaml(v: &Value) -> String {
     // Serialising a JSON value cannot fail (string keys, no non-finite floats).
     serde_saphyr::to_string(v).unwrap_or_default()
 }
@@ -134,7 +134,16 @@ fn restart_policy(r: RestartPolicy) -> &'static str {
     }
 }
 
-fn labels(run_id: &str) -> serde_json::Map<String, Value> {
+/// A `kustomization.yaml` that lists `resources`.
+pub(crate) fn kustomization(resources: &[String]) -> String {
+    to_yaml(&json!({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": resources,
+    }))
+}
+
+pub(crate) fn labels(run_id: &str) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
     m.insert(RUN_LABEL.into(), json!(run_id));
     m.insert("app.kubernetes.io/managed-by".into(), json!("edgesim"));
@@ -258,12 +267,7 @@ pub fn render(
             resources.push(path);
         }
     }
-    let k = json!({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": resources,
-    });
-    files.insert("kustomization.yaml".to_string(), to_yaml(&k));
+    files.insert("kustomization.yaml".to_string(), kustomization(&resources));
     Delivery { files }
 }
 
