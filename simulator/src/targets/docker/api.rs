@@ -437,6 +437,29 @@ impl Docker {
         argv: &[String],
         env: &[(String, String)],
     ) -> Result<i32> {
+        let code = self
+            .exec_to_end(container, argv, env, |o| match o {
+                bollard::container::LogOutput::StdErr { message } => {
+                    let _ = std::io::stderr().write_all(&message);
+                }
+                other => {
+                    let _ = std::io::stdout().write_all(&other.into_bytes());
+                }
+            })
+            .await?;
+        let _ = std::io::stdout().flush();
+        Ok(code.unwrap_or(0) as i32)
+    }
+
+    /// Runs `argv` with `env` in `container` to its end, each piece of its output to `sink`;
+    /// its exit code, when the Engine knows it.
+    async fn exec_to_end(
+        &self,
+        container: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        mut sink: impl FnMut(bollard::container::LogOutput),
+    ) -> Result<Option<i64>> {
         let cfg = ExecConfig {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -457,23 +480,15 @@ impl Docker {
             .map_err(|e| err("exec in", container, e))?;
         if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
             while let Some(Ok(o)) = output.next().await {
-                match o {
-                    bollard::container::LogOutput::StdErr { message } => {
-                        let _ = std::io::stderr().write_all(&message);
-                    }
-                    other => {
-                        let _ = std::io::stdout().write_all(&other.into_bytes());
-                    }
-                }
+                sink(o);
             }
         }
-        let _ = std::io::stdout().flush();
         let i = self
             .api
             .inspect_exec(&id)
             .await
             .map_err(|e| err("exec in", container, e))?;
-        Ok(i.exit_code.unwrap_or(0) as i32)
+        Ok(i.exit_code)
     }
 
     async fn labelled(&self, filter: &str) -> Vec<(String, String)> {
@@ -650,36 +665,14 @@ impl Docker {
     /// Runs `argv` in container `container` to its end; its exit code and its output
     /// (stdout and stderr together).
     pub async fn exec_output(&self, container: &str, argv: &[String]) -> Result<(i64, String)> {
-        let cfg = ExecConfig {
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            cmd: Some(argv.to_vec()),
-            ..Default::default()
-        };
-        let id = self
-            .api
-            .create_exec(container, cfg)
-            .await
-            .map_err(|e| err("exec in", container, e))?
-            .id;
-        let started = self
-            .api
-            .start_exec(&id, None)
-            .await
-            .map_err(|e| err("exec in", container, e))?;
         let mut out = Vec::new();
-        if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
-            while let Some(Ok(o)) = output.next().await {
-                out.extend_from_slice(&o.into_bytes());
-            }
-        }
-        let i = self
-            .api
-            .inspect_exec(&id)
-            .await
-            .map_err(|e| err("exec in", container, e))?;
+        let code = self
+            .exec_to_end(container, argv, &[], |o| {
+                out.extend_from_slice(&o.into_bytes())
+            })
+            .await?;
         Ok((
-            i.exit_code.unwrap_or(-1),
+            code.unwrap_or(-1),
             String::from_utf8_lossy(&out).into_owned(),
         ))
     }
