@@ -536,10 +536,190 @@ async fn watch_pods(client: Client, plan: Arc<Plan>, run_id: String, log: EventL
 
 #[cfg(test)]
 mod tests {
+    use super::super::mock::{Seen as Call, mock, not_found, resources};
     use super::*;
+    use crate::targets::state::RunState;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, PodStatus,
     };
+    use serde_json::json;
+
+    fn list(kind: &str, api_version: &str) -> (u16, Value) {
+        (
+            200,
+            json!({"kind": kind, "apiVersion": api_version, "metadata": {}, "items": []}),
+        )
+    }
+
+    fn namespace(name: &str) -> (u16, Value) {
+        (
+            200,
+            json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": name}}),
+        )
+    }
+
+    const KS: &str = "/apis/kustomize.toolkit.fluxcd.io/v1/namespaces/flux-system/kustomizations";
+    const OCI: &str = "/apis/source.toolkit.fluxcd.io/v1/namespaces/flux-system/ocirepositories";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runs_flux_objects_go_kustomizations_first_and_flux_prunes_its_namespaces() {
+        let mut polls = 0;
+        let (client, seen) = mock(move |s: &Call| match (s.method.as_str(), s.path.as_str()) {
+            ("DELETE", KS) => list("KustomizationList", "kustomize.toolkit.fluxcd.io/v1"),
+            ("DELETE", OCI) => list("OCIRepositoryList", "source.toolkit.fluxcd.io/v1"),
+            ("GET", "/api/v1/namespaces/edgesim-r1") => {
+                polls += 1;
+                if polls < 3 {
+                    namespace("edgesim-r1")
+                } else {
+                    not_found("namespaces \"edgesim-r1\"")
+                }
+            }
+            ("GET", "/api/v1/namespaces/edgesim-r1-agents") => not_found("namespace"),
+            _ => (500, json!({})),
+        });
+        let errors = remove_flux_objects(&client, "r1", Duration::from_secs(60)).await;
+        drop(client);
+        let seen = seen.await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let calls: Vec<String> = seen.iter().map(Call::call).collect();
+        assert_eq!(calls[0], format!("DELETE {KS}"));
+        assert_eq!(calls[1], format!("DELETE {OCI}"));
+        for s in &seen[..2] {
+            let sel = s.query("labelSelector").unwrap_or_default();
+            assert!(sel.contains("edgesim.dev") && sel.ends_with("r1"), "{sel}");
+        }
+        // Flux pruned the namespaces by itself: they were waited for, not deleted.
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| *c == "GET /api/v1/namespaces/edgesim-r1")
+                .count(),
+            3
+        );
+        assert!(
+            !calls
+                .iter()
+                .any(|c| c.starts_with("DELETE /api/v1/namespaces")),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn namespaces_flux_does_not_prune_are_deleted_halfway_and_named_at_the_end() {
+        let (client, seen) = mock(|s: &Call| match (s.method.as_str(), s.path.as_str()) {
+            ("DELETE", KS) => list("KustomizationList", "kustomize.toolkit.fluxcd.io/v1"),
+            ("DELETE", OCI) => not_found("the resource type"),
+            (_, p) if p.starts_with("/api/v1/namespaces/") => {
+                namespace(p.rsplit('/').next().unwrap_or_default())
+            }
+            _ => (500, json!({})),
+        });
+        let errors = remove_flux_objects(&client, "r1", Duration::from_secs(20)).await;
+        drop(client);
+        let seen = seen.await.unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("still there") && errors[0].contains("edgesim-r1-agents"),
+            "{errors:?}"
+        );
+        let deletes: Vec<String> = seen
+            .iter()
+            .map(Call::call)
+            .filter(|c| c.starts_with("DELETE /api/v1/namespaces"))
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                "DELETE /api/v1/namespaces/edgesim-r1",
+                "DELETE /api/v1/namespaces/edgesim-r1-agents"
+            ],
+            "each once, halfway"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_pod_is_deleted_waited_for_and_applied_again_as_delivered() {
+        let spec = "\
+apiVersion: edgesim.dev/v1alpha1
+kind: Scenario
+metadata: {name: pods}
+spec:
+  duration: 10s
+  sites: {cloud: {}}
+  nodes: [{name: sink, site: cloud, profile: cloud-small}]
+  workloads: [{name: sink, nodes: [sink], app: cloud-sink}]
+";
+        let plan = Arc::new(crate::testing::plan_of(spec, "kind"));
+        let pod = "/api/v1/namespaces/edgesim-r1/pods/sink-sink";
+        let mut gets = 0;
+        let (client, seen) = mock(move |s: &Call| match (s.method.as_str(), s.path.as_str()) {
+            ("GET", "/api/v1") => resources("v1", &[("pods", "Pod", true)]),
+            ("DELETE", p) if p == pod => (
+                200,
+                json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "sink-sink"}}),
+            ),
+            ("GET", p) if p == pod => {
+                gets += 1;
+                if gets < 2 {
+                    (
+                        200,
+                        json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "sink-sink"}}),
+                    )
+                } else {
+                    not_found("pods \"sink-sink\"")
+                }
+            }
+            ("PATCH", p) if p == pod => (200, s.body.clone()),
+            _ => (500, json!({})),
+        });
+        let state = RunState::new(
+            &plan,
+            "r1",
+            crate::targets::state::Mode::Run,
+            "/tmp/out".into(),
+            crate::targets::state::TargetState::Kind(Default::default()),
+        );
+        let delivery = manifests::render(
+            &plan,
+            &state,
+            |_, _| manifests::PodImage {
+                image: "edgesim/cloud-sink:0.1.0-amd64".into(),
+                pull_policy: "Never",
+            },
+            POD_GRACE,
+        );
+        let mut w = Workloads::new(client, plan.clone(), "r1");
+        assert!(
+            w.create_pods(&["sink-sink".into()]).await.is_err(),
+            "nothing delivered yet"
+        );
+        // As `delivered` would, without the watcher (its polls are not this test's).
+        w.delivered = Some(("r1@sha256:0".into(), vec![], delivery));
+        let pods: Vec<String> = w.pod_names(0, &[0]).into_iter().map(|(_, p)| p).collect();
+        assert_eq!(pods, ["sink-sink"]);
+        w.delete_pods(&pods).await.unwrap();
+        w.create_pods(&pods).await.unwrap();
+        drop(w);
+        let seen = seen.await.unwrap();
+        let del = seen.iter().find(|s| s.method == "DELETE").unwrap();
+        assert_eq!(del.body["gracePeriodSeconds"], 5, "{:?}", del.body);
+        let patch = seen.iter().find(|s| s.method == "PATCH").unwrap();
+        assert_eq!(patch.content_type, "application/apply-patch+yaml");
+        assert_eq!(patch.query("fieldManager"), Some("edgesim"));
+        assert_eq!(patch.query("force"), Some("true"));
+        assert_eq!(
+            patch.body["spec"]["nodeSelector"]["edgesim.dev/node"],
+            "sink"
+        );
+        // The delete is waited for before the pod is applied again.
+        let order: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.path == pod)
+            .map(|s| s.method.as_str())
+            .collect();
+        assert_eq!(order, ["DELETE", "GET", "GET", "PATCH"]);
+    }
 
     fn pod(state: ContainerState, id: &str, restarts: i32, last: Option<(&str, i32)>) -> Pod {
         Pod {

@@ -51,5 +51,7 @@ pub mod kube;
 #[cfg(feature = "kube")]
 pub mod lab;
 pub mod manifests;
+#[cfg(all(test, feature = "kube"))]
+mod mock;
 pub mod nodes;
 pub mod tools;
