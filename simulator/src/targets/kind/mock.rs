@@ -1,6 +1,10 @@
 //! kube's `tower-test` double of the API server, for the kind target's unit tests: the only
 //! test double the project allows, because no API server can run where the tests do.
 
+// Test support: a failure here is a failed test, so it unwraps as the tests do (clippy's
+// allow-unwrap-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used)]
+
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
