@@ -435,6 +435,17 @@ pub struct Partial {
 }
 
 impl Partial {
+    /// The start of run `run_id`'s provisioning: its state, `ks` its kind part, nothing created.
+    fn for_run(plan: &Plan, run_id: &str, mode: Mode, out_dir: PathBuf, ks: KindState) -> Partial {
+        Partial::new(RunState::new(
+            plan,
+            run_id,
+            mode,
+            out_dir,
+            TargetState::Kind(ks),
+        ))
+    }
+
     fn new(state: RunState) -> Partial {
         Partial {
             state,
@@ -632,13 +643,7 @@ impl KindLab {
             kubeconfig: Some(kubeconfig.clone()),
             registry: Some(registry_name.clone()),
         };
-        let mut partial = Partial::new(RunState::new(
-            &plan,
-            run_id,
-            mode,
-            out_dir.clone(),
-            TargetState::Kind(ks),
-        ));
+        let mut partial = Partial::for_run(&plan, run_id, mode, out_dir.clone(), ks);
         macro_rules! tri {
             ($e:expr) => {
                 match $e {
@@ -797,19 +802,6 @@ impl KindLab {
         mode: Mode,
         out_dir: PathBuf,
     ) -> std::result::Result<KindLab, Box<(String, Partial)>> {
-        let client = match client_of(&kubeconfig).await {
-            Ok(c) => c,
-            Err(e) => {
-                let state = RunState::new(
-                    &plan,
-                    run_id,
-                    mode,
-                    out_dir,
-                    TargetState::Kind(KindState::default()),
-                );
-                return Err(Box::new((e.to_string(), Partial::new(state))));
-            }
-        };
         // 1. The cluster as it is: nodes bound and checked, Flux there. Nothing changes yet.
         let problems = |p: Vec<String>| {
             format!(
@@ -828,14 +820,7 @@ impl KindLab {
             kubeconfig: Some(kubeconfig.clone()),
             registry: None,
         };
-        let mut partial = Partial::new(RunState::new(
-            &plan,
-            run_id,
-            mode,
-            out_dir.clone(),
-            TargetState::Kind(ks),
-        ));
-        partial.client = Some(client.clone());
+        let mut partial = Partial::for_run(&plan, run_id, mode, out_dir.clone(), ks);
         macro_rules! tri {
             ($e:expr) => {
                 match $e {
@@ -844,6 +829,8 @@ impl KindLab {
                 }
             };
         }
+        let client = tri!(client_of(&kubeconfig).await);
+        partial.client = Some(client.clone());
         let all: Vec<Node> = tri!(
             Api::<Node>::all(client.clone())
                 .list(&ListParams::default())
