@@ -398,6 +398,12 @@ fn traces_parse_and_replay() {
             .unwrap_err()
             .contains("unknown column `speed`")
     );
+    // Bare seconds beyond what a Duration holds are refused, not a panic (found by fuzzing).
+    assert!(
+        parse_trace("time,rate\n0,1mbit\n22222222222222222222222222222222,2mbit\n")
+            .unwrap_err()
+            .contains("line 3: time `22222222222222222222222222222222` is out of range")
+    );
     assert!(
         parse_trace("time,rate\n0,fast\n")
             .unwrap_err()

@@ -1347,8 +1347,10 @@ pub fn parse_trace(text: &str) -> Result<Vec<TraceRow>, String> {
         let cell = |i: Option<usize>| i.and_then(|i| rec.get(i)).filter(|c| !c.is_empty());
         let at = |e: String| format!("line {line}: {e}");
         let tcell = cell(Some(time)).ok_or_else(|| at("empty time".into()))?;
+        // Bare seconds get the same bound as a duration with a unit (`Dur` refuses over 1e9 s).
         let t = match tcell.parse::<f64>() {
-            Ok(secs) if secs >= 0.0 && secs.is_finite() => Duration::from_secs_f64(secs),
+            Ok(secs) if (0.0..=1e9).contains(&secs) => Duration::from_secs_f64(secs),
+            Ok(_) => return Err(at(format!("time `{tcell}` is out of range (0 to 1e9 s)"))),
             _ => tcell.parse::<Dur>().map_err(|e| at(e.0))?.0,
         };
         if rows.is_empty() && !t.is_zero() {
