@@ -5,6 +5,8 @@
 #
 #   fuzz/run.sh                      # every target, 30 s each
 #   fuzz/run.sh 300 scenario trace   # chosen targets, 300 s each
+#   fuzz/run.sh ci                   # what .ci/run does: a fixed seed and a fixed number of
+#                                    # inputs per target, so a commit always gets the same verdict
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz --locked`). libFuzzer's instrumentation uses
 # unstable compiler flags: a nightly toolchain where `rustup toolchain list` shows one, else the
@@ -19,6 +21,12 @@ SECS=${1:-30}
 shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(scenario profile trace tc_decode nft_decode frame)
+# `ci`: libFuzzer's own PRNG seeded with 1 and each target stopped after a number of inputs
+# (about 10 s each on a 2-CPU machine), so the run is reproducible: the same commit meets the
+# same inputs every time, and a crash is the commit's, not the draw's. Random campaigns (a
+# time budget and a random seed) are the nightly workflow's: fuzz/run.sh 120.
+declare -A CI_RUNS=([scenario]=30000 [profile]=60000 [trace]=40000 [tc_decode]=1000000
+                    [nft_decode]=1000000 [frame]=10000000)
 
 # EDGESIM_FUZZ_TOOLCHAIN=pinned forces the second way (to test it where a nightly exists).
 if [ "${EDGESIM_FUZZ_TOOLCHAIN:-}" != pinned ] && rustup toolchain list | grep -q '^nightly'; then
@@ -85,14 +93,26 @@ echo "fuzz: built in $(( $(date +%s) - t0 ))s"
 mkdir -p logs
 failed=()
 for t in "${TARGETS[@]}"; do
-  echo "=== fuzz $t: ${SECS}s from $(ls "seeds/$t" | wc -l) seeds (+ $(ls "corpus/$t" | wc -l) kept in fuzz/corpus/)"
+  if [ "$SECS" = ci ]; then
+    # Kept corpora would change what a run meets: a CI run starts from the seeds alone.
+    dirs=("seeds/$t")
+    budget=(-seed=1 -runs="${CI_RUNS[$t]}" -max_total_time=120)
+    echo "=== fuzz $t: ${CI_RUNS[$t]} inputs, seed 1, from $(ls "seeds/$t" | wc -l) seeds"
+  else
+    dirs=("corpus/$t" "seeds/$t")
+    budget=(-max_total_time="$SECS")
+    echo "=== fuzz $t: ${SECS}s from $(ls "seeds/$t" | wc -l) seeds (+ $(ls "corpus/$t" | wc -l) kept in fuzz/corpus/)"
+  fi
   set +e
-  cargo "${TOOLCHAIN[@]}" fuzz run -s none --debug-assertions --codegen-units 16 "$t" "corpus/$t" "seeds/$t" -- \
-    -max_total_time="$SECS" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
+  cargo "${TOOLCHAIN[@]}" fuzz run -s none --debug-assertions --codegen-units 16 "$t" "${dirs[@]}" -- \
+    "${budget[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
     > "logs/$t.log" 2>&1
   rc=$?
   set -e
   grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "logs/$t.log" || true
+  grep -q "^Done $((${CI_RUNS[$t]:-0})) runs" "logs/$t.log" || [ "$SECS" != ci ] \
+    || echo "  (stopped by the 120 s backstop before ${CI_RUNS[$t]} inputs: this run is not reproducible)"
+
   if [ $rc != 0 ]; then
     failed+=("$t")
     tail -40 "logs/$t.log"

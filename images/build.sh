@@ -108,25 +108,32 @@ OUT=target/images
 export CARGO_TARGET_DIR=${IMAGES_TARGET_DIR:-$OUT/cargo}
 
 # --- 1. static binaries --------------------------------------------------------------------
+# One cargo invocation for every architecture: the host's build scripts and proc macros are
+# built once, and one target's long final compiles overlap the other's.
+targets=()
 for arch in "${ARCH_LIST[@]}"; do
     t=$(triple "$arch")
     if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$t"; then
         say "adding the $t target"
         rustup target add "$t"
     fi
-    say "building ${PROGRAMS[*]} for $t"
-    pkgs=()
-    for p in "${PROGRAMS[@]}"; do [ "$p" = agent ] || pkgs+=(-p "$(crate "$p")"); done
-    if [ ${#pkgs[@]} -gt 0 ]; then
-        CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" "${pkgs[@]}" 2>&1 \
-            || CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --target "$t" "${pkgs[@]}"
-    fi
-    if [[ " ${PROGRAMS[*]} " == *" agent "* ]]; then
-        # The agent: no `kube` feature (its TLS stack has C and assembly; an agent never
-        # talks to Kubernetes), so aarch64 links with rust-lld alone.
-        CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$t" \
-            -p edgesim --bin edgesim --no-default-features 2>&1
-    fi
+    targets+=(--target "$t")
+done
+say "building ${PROGRAMS[*]} for ${ARCHES}"
+pkgs=()
+for p in "${PROGRAMS[@]}"; do [ "$p" = agent ] || pkgs+=(-p "$(crate "$p")"); done
+if [ ${#pkgs[@]} -gt 0 ]; then
+    CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked "${targets[@]}" "${pkgs[@]}" 2>&1 \
+        || CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release "${targets[@]}" "${pkgs[@]}"
+fi
+if [[ " ${PROGRAMS[*]} " == *" agent "* ]]; then
+    # The agent: no `kube` feature (its TLS stack has C and assembly; an agent never
+    # talks to Kubernetes), so aarch64 links with rust-lld alone.
+    CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked "${targets[@]}" \
+        -p edgesim --bin edgesim --no-default-features 2>&1
+fi
+for arch in "${ARCH_LIST[@]}"; do
+    t=$(triple "$arch")
     mkdir -p "$OUT/$arch/data"
     for p in "${PROGRAMS[@]}"; do
         bin="$CARGO_TARGET_DIR/$t/release/$(crate "$p")"
