@@ -810,15 +810,18 @@ fn doctor(output: Output) -> Result<u8> {
         );
     }
     for t in &r.targets {
-        outln!(
-            "\ntarget {}: {}",
-            t.target,
-            if t.usable {
-                "usable"
-            } else {
-                "NOT usable here"
-            }
-        );
+        if t.usable {
+            outln!("\ntarget {}: usable", t.target);
+        } else {
+            outln!(
+                "\ntarget {}: NOT usable here (needs {})",
+                t.target,
+                t.missing.join(", ")
+            );
+        }
+        if let Some(n) = &t.note {
+            outln!("  ({n})");
+        }
         for a in &t.actions {
             let s = a.support.as_str();
             outln!("  {:<30} {:<12} {}", a.action, s, a.how);

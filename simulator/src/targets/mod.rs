@@ -367,21 +367,68 @@ fn netns_rows(c: &mut Capabilities, p: &HostProbe) {
     );
 }
 
+/// What keeps target `kind` from running here at all (empty: it can), each as a short phrase.
+pub fn missing(kind: TargetKind, p: &HostProbe) -> Vec<String> {
+    let mut m = Vec::new();
+    let mut need = |ok: bool, what: &str| {
+        if !ok {
+            m.push(what.to_string());
+        }
+    };
+    let base = |need: &mut dyn FnMut(bool, &str)| {
+        need(p.root, "root");
+        need(p.netns.is_ok(), "network namespaces");
+        need(p.nft.is_ok(), "nf_tables");
+    };
+    match kind {
+        TargetKind::Netns => base(&mut need),
+        TargetKind::Docker => {
+            base(&mut need);
+            need(p.docker.is_ok(), "a Docker Engine that answers");
+        }
+        // The controller needs ssh; what each board can do is checked against it at the run.
+        TargetKind::Device => need(crate::testing::have_program("ssh"), "`ssh` on PATH"),
+        TargetKind::Kind => {
+            need(cfg!(feature = "kube"), "a build with the `kube` feature");
+            base(&mut need);
+            need(p.docker.is_ok(), "a Docker Engine that answers");
+            need(crate::testing::have_program("kind"), "`kind` on PATH");
+            need(crate::testing::have_program("flux"), "`flux` on PATH");
+        }
+    }
+    m
+}
+
 /// Whether target `kind` can run here at all.
 pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
-    let base = p.root && p.netns.is_ok() && p.nft.is_ok();
-    match kind {
-        TargetKind::Netns => base,
-        TargetKind::Docker => base && p.docker.is_ok(),
-        // The controller needs ssh; what each board can do is checked against it at the run.
-        TargetKind::Device => crate::testing::have_program("ssh"),
-        TargetKind::Kind => {
-            cfg!(feature = "kube")
-                && base
-                && p.docker.is_ok()
-                && crate::testing::have_program("kind")
-                && crate::testing::have_program("flux")
-        }
+    missing(kind, p).is_empty()
+}
+
+/// For the kind target: whether a cluster of your own (`--kubeconfig`, `--registry`) can be
+/// driven from here. It needs neither `kind` nor this host's namespaces and nf_tables (the
+/// agents on the nodes apply the faults): root (as every `edgesim run` but the device
+/// target's), the `kube` feature, `flux`, and a Docker Engine to push the images.
+fn existing_cluster_note(p: &HostProbe) -> String {
+    let mut m = Vec::new();
+    if !p.root {
+        m.push("root");
+    }
+    if !cfg!(feature = "kube") {
+        m.push("a build with the `kube` feature");
+    }
+    if !crate::testing::have_program("flux") {
+        m.push("`flux` on PATH");
+    }
+    if p.docker.is_err() {
+        m.push("a Docker Engine that answers");
+    }
+    if m.is_empty() {
+        "a cluster of your own (--kubeconfig FILE --registry REF): usable".into()
+    } else {
+        format!(
+            "a cluster of your own (--kubeconfig FILE --registry REF) needs {}",
+            m.join(", ")
+        )
     }
 }
 
@@ -897,6 +944,12 @@ pub struct Check {
 pub struct TargetReport {
     pub target: String,
     pub usable: bool,
+    /// What keeps the target from running here (empty where it is usable).
+    pub missing: Vec<String>,
+    /// A further way to use the target, and whether this host can (the kind target's
+    /// cluster of your own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub actions: Vec<crate::caps::ActionSupport>,
 }
 
@@ -1010,10 +1063,15 @@ pub async fn doctor() -> DoctorReport {
     });
     let targets = TargetKind::ALL
         .iter()
-        .map(|&k| TargetReport {
-            target: k.name().into(),
-            usable: usable(k, &p),
-            actions: capabilities(k, &p).rows,
+        .map(|&k| {
+            let missing = missing(k, &p);
+            TargetReport {
+                target: k.name().into(),
+                usable: missing.is_empty(),
+                missing,
+                note: (k == TargetKind::Kind).then(|| existing_cluster_note(&p)),
+                actions: capabilities(k, &p).rows,
+            }
         })
         .collect();
     DoctorReport {
