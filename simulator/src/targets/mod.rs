@@ -367,41 +367,39 @@ fn netns_rows(c: &mut Capabilities, p: &HostProbe) {
     );
 }
 
-/// What keeps target `kind` from running here at all (empty: it can), each as a short phrase.
-pub fn missing(kind: TargetKind, p: &HostProbe) -> Vec<String> {
-    let mut m = Vec::new();
-    let mut need = |ok: bool, what: &str| {
-        if !ok {
-            m.push(what.to_string());
-        }
-    };
-    let base = |need: &mut dyn FnMut(bool, &str)| {
-        need(p.root, "root");
-        need(p.netns.is_ok(), "network namespaces");
-        need(p.nft.is_ok(), "nf_tables");
-    };
-    match kind {
-        TargetKind::Netns => base(&mut need),
-        TargetKind::Docker => {
-            base(&mut need);
-            need(p.docker.is_ok(), "a Docker Engine that answers");
-        }
-        // The controller needs ssh; what each board can do is checked against it at the run.
-        TargetKind::Device => need(crate::testing::have_program("ssh"), "`ssh` on PATH"),
-        TargetKind::Kind => {
-            need(cfg!(feature = "kube"), "a build with the `kube` feature");
-            base(&mut need);
-            need(p.docker.is_ok(), "a Docker Engine that answers");
-            need(crate::testing::have_program("kind"), "`kind` on PATH");
-            need(crate::testing::have_program("flux"), "`flux` on PATH");
-        }
-    }
-    m
+/// The phrases of `needs` whose condition does not hold here.
+fn unmet(needs: &[(bool, &str)]) -> Vec<String> {
+    needs
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, what)| (*what).to_string())
+        .collect()
 }
 
-/// Whether target `kind` can run here at all.
-pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
-    missing(kind, p).is_empty()
+/// What keeps target `kind` from running here at all (empty: it can), each as a short phrase.
+pub fn missing(kind: TargetKind, p: &HostProbe) -> Vec<String> {
+    let have = crate::testing::have_program;
+    let (root, netns, nft) = (
+        (p.root, "root"),
+        (p.netns.is_ok(), "network namespaces"),
+        (p.nft.is_ok(), "nf_tables"),
+    );
+    let docker = (p.docker.is_ok(), "a Docker Engine that answers");
+    unmet(&match kind {
+        TargetKind::Netns => vec![root, netns, nft],
+        TargetKind::Docker => vec![root, netns, nft, docker],
+        // The controller needs ssh; what each board can do is checked against it at the run.
+        TargetKind::Device => vec![(have("ssh"), "`ssh` on PATH")],
+        TargetKind::Kind => vec![
+            (cfg!(feature = "kube"), "a build with the `kube` feature"),
+            root,
+            netns,
+            nft,
+            docker,
+            (have("kind"), "`kind` on PATH"),
+            (have("flux"), "`flux` on PATH"),
+        ],
+    })
 }
 
 /// For the kind target: whether a cluster of your own (`--kubeconfig`, `--registry`) can be
@@ -409,19 +407,12 @@ pub fn usable(kind: TargetKind, p: &HostProbe) -> bool {
 /// agents on the nodes apply the faults): root (as every `edgesim run` but the device
 /// target's), the `kube` feature, `flux`, and a Docker Engine to push the images.
 fn existing_cluster_note(p: &HostProbe) -> String {
-    let mut m = Vec::new();
-    if !p.root {
-        m.push("root");
-    }
-    if !cfg!(feature = "kube") {
-        m.push("a build with the `kube` feature");
-    }
-    if !crate::testing::have_program("flux") {
-        m.push("`flux` on PATH");
-    }
-    if p.docker.is_err() {
-        m.push("a Docker Engine that answers");
-    }
+    let m = unmet(&[
+        (p.root, "root"),
+        (cfg!(feature = "kube"), "a build with the `kube` feature"),
+        (crate::testing::have_program("flux"), "`flux` on PATH"),
+        (p.docker.is_ok(), "a Docker Engine that answers"),
+    ]);
     if m.is_empty() {
         "a cluster of your own (--kubeconfig FILE --registry REF): usable".into()
     } else {
