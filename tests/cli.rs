@@ -1,6 +1,7 @@
 //! The command line as users drive it: exit codes, machine-readable outputs, the metrics
 //! endpoint of a running scenario.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -215,21 +216,31 @@ fn metrics_endpoint_while_running() {
             break rest.trim_end_matches("/metrics").to_string();
         }
     };
-    // Let the partition happen, then read.
-    std::thread::sleep(Duration::from_millis(3500));
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
-    s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .expect("send");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("read");
+    // Read until the partition (at 1 s) shows: how long bring-up takes before the timeline
+    // starts depends on the host.
+    let fetch = || -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return String::new();
+        };
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        if s.write_all(req.as_bytes()).is_ok() {
+            let _ = s.read_to_string(&mut body);
+        }
+        body
+    };
+    let applied = "edgesim_actions_applied_total{verb=\"partition\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let body = fetch();
+        if body.contains(applied) || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains(applied), "{body}");
     assert!(body.contains("edgesim_nodes_up 2"), "{body}");
-    assert!(
-        body.contains("edgesim_actions_applied_total{verb=\"partition\"} 1"),
-        "{body}"
-    );
     assert!(body.contains("edgesim_probe_attempts_total"), "{body}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -244,7 +255,9 @@ fn metrics_endpoint_while_running() {
 
 /// `edgesim run … | head -1`: once the reader is gone every write fails with EPIPE. The run
 /// must go on to its verdict, its reports and its teardown instead of dying on the first
-/// progress line and leaving its namespaces behind.
+/// progress line and leaving its namespaces behind. Debug logging keeps log lines coming
+/// after the close (on a busy host a warning alone did that, and the logger's report of the
+/// failed write panicked).
 #[test]
 fn closed_output_pipes_do_not_abort_a_run() {
     if !edgesim::testing::netns() {
@@ -263,6 +276,7 @@ fn closed_output_pipes_do_not_abort_a_run() {
         .arg(&file)
         .arg("--out")
         .arg(&out)
+        .args(["--log", "edgesim=debug"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -271,7 +285,7 @@ fn closed_output_pipes_do_not_abort_a_run() {
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut first = String::new();
     stderr.read_line(&mut first).expect("first line");
-    assert!(first.starts_with("running cli-pipes"), "{first}");
+    assert!(!first.is_empty(), "no output at all");
     drop(stderr);
     drop(child.stdout.take());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -511,7 +525,7 @@ fn delay_by_effect(mechanism: &str) {
     );
     let r: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
-    // Every attempt in order (attempt i carries sequence number i), from the first second on.
+    // Every attempt in the order it began, from the first second on.
     let attempts = |probe: usize| -> Vec<(f64, Option<f64>)> {
         r["probes"][probe]["samples"]
             .as_array()
@@ -592,8 +606,10 @@ fn delay_by_effect(mechanism: &str) {
             "median RTT {p50} s over a zero-delay path's {z50} s: added {added} s, expected about 40 ms"
         );
     } else {
-        // Requests are decided by site b's relay as they enter b, replies by site a's.
-        let decided = |relay: &str| -> Vec<f64> {
+        // Requests are decided by site b's relay as they enter b, replies by site a's. Each
+        // logged decision names its packet, and each attempt its echo: requests (ICMP type 8)
+        // and replies (type 0) pair with attempts by sequence number.
+        let decided = |relay: &str, icmp_type: u64| -> HashMap<u64, f64> {
             let text = std::fs::read_to_string(
                 out.join("decisions")
                     .join(format!("{relay}.decisions.jsonl")),
@@ -601,52 +617,49 @@ fn delay_by_effect(mechanism: &str) {
             .expect("decision log");
             text.lines()
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-                .filter(|e| e["rule"] != "default" && e["len"] == 98)
+                .filter(|e| {
+                    e["rule"] != "default"
+                        && e["packet"]["proto"] == "icmp"
+                        && e["packet"]["icmp_type"] == icmp_type
+                })
                 .map(|e| {
                     assert_eq!(e["decision"], "pass", "{e}");
+                    let seq = e["packet"]["icmp_seq"].as_u64().expect("echo sequence");
                     // A negative draw means "at once", as in netem.
-                    e["delay_ns"].as_f64().expect("delay").max(0.0) / 1e9
+                    (seq, e["delay_ns"].as_f64().expect("delay").max(0.0) / 1e9)
                 })
                 .collect()
         };
-        let (req, rep) = (decided("site-b"), decided("site-a"));
-        // Echoes and decisions pair up in order while nothing is lost. An attempt without a
-        // reply (a loaded host drops the odd packet) may or may not have had its request
-        // and its reply decided, so each loss leaves one decision per direction that the
-        // next echoes may skip. An echo fails the check only when no such skip explains it:
-        // it came back faster than every pair of decided delays it can belong to.
-        let (mut qi, mut ri, mut free_q, mut free_r) = (0usize, 0usize, 0usize, 0usize);
+        let (req, rep) = (decided("site-b", 8), decided("site-a", 0));
         let mut excess = Vec::new();
         let mut lost = 0usize;
-        for (i, (t, rtt)) in p.iter().enumerate() {
+        let seqs: Vec<u64> = r["probes"][0]["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .map(|s| s["seq"].as_u64().expect("a ping attempt's sequence number"))
+            .collect();
+        for (i, ((t, rtt), &seq)) in p.iter().zip(&seqs).enumerate() {
             let Some(rtt) = rtt else {
                 lost += 1;
-                free_q += 1;
-                free_r += 1;
                 continue;
             };
-            let fits = |a: usize, b: usize| {
-                let (d1, d2) = (req.get(qi + a)?, rep.get(ri + b)?);
-                // Stamps: the probe's before its send, the kernel's on receipt; the relay
-                // releases no earlier than arrival plus the decided delay.
-                (*rtt >= d1 + d2).then_some((a, b, d1 + d2))
-            };
-            let skips = (0..=free_q).flat_map(|a| (0..=free_r).map(move |b| (a, b)));
-            let Some((a, b, sum)) = skips
-                .filter_map(|(a, b)| fits(a, b))
-                .min_by(|x, y| (x.0 + x.1).cmp(&(y.0 + y.1)).then(y.2.total_cmp(&x.2)))
-            else {
-                let (d1, d2) = (req.get(qi), rep.get(ri));
-                if d1.is_none() || d2.is_none() {
-                    break;
-                }
+            // An echo that came back crossed both relays: both decided it.
+            let (Some(d1), Some(d2)) = (req.get(&seq), rep.get(&seq)) else {
                 panic!(
-                    "echo {i} at {t} s came back in {rtt} s, faster than its decided delays {d1:?} + {d2:?} s ({lost} attempts lost before it)"
+                    "echo {i} (seq {seq}) came back, but the relays logged request {:?} and reply {:?}",
+                    req.get(&seq),
+                    rep.get(&seq)
                 );
             };
-            (qi, ri, free_q, free_r) = (qi + a + 1, ri + b + 1, free_q - a, free_r - b);
+            // Stamps: the probe's before its send, the kernel's on receipt; the relay
+            // releases no earlier than arrival plus the decided delay.
+            assert!(
+                *rtt >= d1 + d2,
+                "echo {i} (seq {seq}) at {t} s came back in {rtt} s, faster than its decided delays {d1} + {d2} s"
+            );
             if *t >= 1.0 {
-                excess.push(rtt - sum);
+                excess.push(rtt - (d1 + d2));
             }
         }
         assert!(
@@ -660,7 +673,11 @@ fn delay_by_effect(mechanism: &str) {
             "{} echoes paired with decisions",
             excess.len()
         );
-        let sums = sorted(req.iter().zip(&rep).map(|(a, b)| a + b).collect());
+        let sums = sorted(
+            req.iter()
+                .filter_map(|(seq, a)| Some(a + rep.get(seq)?))
+                .collect(),
+        );
         assert!(
             (0.039..0.041).contains(&q(&sums, 0.5)),
             "decided round-trip delays have median {} s, expected about 40 ms",

@@ -303,6 +303,7 @@ mod tests {
             ok: true,
             rtt: Some(ms(rtt_ms)),
             error: None,
+            seq: None,
         }
     }
 
@@ -312,6 +313,7 @@ mod tests {
             ok: false,
             rtt: None,
             error: Some(why.to_string()),
+            seq: None,
         }
     }
 

@@ -323,6 +323,10 @@ pub fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // A log line that cannot be written (stderr piped into `head`, then closed) is lost;
+        // reporting that on the same closed stderr would panic in `eprintln!` and abort the
+        // run before its teardown.
+        .log_internal_errors(false)
         .init();
     // A lab of thousands of nodes outgrows the customary soft limit of 1024 descriptors.
     if let Err(e) = edgesim::host::rlimit::raise_nofile() {

@@ -32,6 +32,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::dist::{self, Crnd, prob_u32, tabledist};
+use super::frame::PacketId;
 use super::log::{Decision, LogEntry, LogSink};
 use super::model::{DEFAULT_RULE, Dir, DirectionConfig, Impairment, Loss};
 use super::stats::{DirCounters, RuleCounters};
@@ -423,9 +424,28 @@ impl Decider {
         st.inflight.len()
     }
 
-    /// Decides the fate of one packet of `len` wire bytes that arrived at `now` (monotonic ns),
-    /// `corruptible` of which (after the Ethernet header) may be corrupted.
+    /// [`Self::decide_packet`] for a packet the log does not name.
+    #[cfg(test)]
     pub fn decide(&mut self, rule: usize, now: i64, len: u32, corruptible: u32) -> Outcome {
+        self.decide_packet(rule, now, len, corruptible, None)
+    }
+
+    /// Whether decisions are logged (then [`Self::decide_packet`] is worth a [`PacketId`]).
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Decides the fate of one packet of `len` wire bytes that arrived at `now` (monotonic ns),
+    /// `corruptible` of which (after the Ethernet header) may be corrupted; `packet` names it
+    /// in the decision log.
+    pub fn decide_packet(
+        &mut self,
+        rule: usize,
+        now: i64,
+        len: u32,
+        corruptible: u32,
+        packet: Option<PacketId>,
+    ) -> Outcome {
         let seq = self.seq;
         self.seq += 1;
         let st = &mut self.states[rule];
@@ -437,7 +457,7 @@ impl Decider {
                 reordered: false,
                 corrupt_bit: None,
             };
-            self.record(rule, seq, false, len, Ok(a), now, false);
+            self.record(rule, seq, false, len, packet, Ok(a), now, false);
             return Outcome {
                 original: Some(a),
                 copy: None,
@@ -453,6 +473,7 @@ impl Decider {
                 seq,
                 false,
                 len,
+                packet,
                 Err(Decision::DropPartition),
                 now,
                 false,
@@ -481,9 +502,9 @@ impl Decider {
                 Err(_) => {}
             }
         }
-        self.record(rule, seq, false, len, first, now, dup);
+        self.record(rule, seq, false, len, packet, first, now, dup);
         if let Some(s) = second {
-            self.record(rule, seq, true, len, s, now, false);
+            self.record(rule, seq, true, len, packet, s, now, false);
         }
         Outcome {
             original: first.ok(),
@@ -498,6 +519,7 @@ impl Decider {
         seq: u64,
         copy: bool,
         len: u32,
+        packet: Option<PacketId>,
         r: Result<Action, Decision>,
         now: i64,
         duplicated: bool,
@@ -523,6 +545,7 @@ impl Decider {
             duplicated,
             corrupted,
             reordered,
+            packet,
         });
     }
 }

@@ -17,7 +17,9 @@
 //! - GSO kinds that cannot be cut here (UFO, tunnels, IPv6 extension headers) are decided
 //!   as one unit; the relay counts them (`gso_whole`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Serialize, Serializer};
 
 /// Size of `struct virtio_net_hdr` (the legacy header `PACKET_VNET_HDR` uses).
 pub const VNET_HDR_LEN: usize = 10;
@@ -36,6 +38,8 @@ const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
@@ -136,6 +140,113 @@ pub fn parse(f: &[u8]) -> Option<Parsed> {
         _ => {}
     }
     Some(p)
+}
+
+/// Which packet a frame is, for the decision log: addresses, protocol, and what identifies
+/// the packet within its flow (ports and TCP sequence number, or ICMP type, echo identifier
+/// and sequence number; the IPv4 identification field). A log entry can then be matched with
+/// the application's own record of the packet (a ping's sequence number, a capture) rather
+/// than by its position in the log, which a packet lost before the relay would shift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct PacketId {
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, or the IP protocol number.
+    #[serde(serialize_with = "proto_name")]
+    pub proto: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_id: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_seq: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// Echo request and reply only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_id: Option<u16>,
+    /// Echo request and reply only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icmp_seq: Option<u16>,
+}
+
+fn proto_name<S: Serializer>(p: &u8, s: S) -> Result<S::Ok, S::Error> {
+    match *p {
+        IPPROTO_TCP => s.serialize_str("tcp"),
+        IPPROTO_UDP => s.serialize_str("udp"),
+        IPPROTO_ICMP => s.serialize_str("icmp"),
+        IPPROTO_ICMPV6 => s.serialize_str("icmpv6"),
+        n => s.serialize_u8(n),
+    }
+}
+
+/// Identifies an IPv4 or IPv6 frame (see [`PacketId`]); `None` for anything else. Fields the
+/// frame is too short to hold (or that a later IPv4 fragment does not carry) are left out.
+pub fn identify(f: &[u8], p: &Parsed) -> Option<PacketId> {
+    let l3 = p.l3;
+    let (src, dst, proto, ip_id, l4) = match p.ethertype {
+        ETH_P_IP if p.v4.is_some() => {
+            let (s, d) = p.v4?;
+            let proto = f[l3 + 9];
+            let id = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]);
+            (
+                IpAddr::V4(s),
+                IpAddr::V4(d),
+                proto,
+                Some(id),
+                p.l4.map(|(o, _)| o),
+            )
+        }
+        ETH_P_IPV6 if f.len() >= l3 + 40 && f[l3] >> 4 == 6 => {
+            let addr = |o: usize| {
+                let b: [u8; 16] = f[o..o + 16].try_into().expect("16 bytes");
+                IpAddr::V6(Ipv6Addr::from(b))
+            };
+            (addr(l3 + 8), addr(l3 + 24), f[l3 + 6], None, Some(l3 + 40))
+        }
+        _ => return None,
+    };
+    let mut id = PacketId {
+        proto,
+        src,
+        dst,
+        ip_id,
+        sport: None,
+        dport: None,
+        tcp_seq: None,
+        icmp_type: None,
+        icmp_id: None,
+        icmp_seq: None,
+    };
+    let Some(l4) = l4 else { return Some(id) };
+    let be16 = |i: usize| f.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            id.sport = be16(l4);
+            id.dport = be16(l4 + 2);
+            if proto == IPPROTO_TCP {
+                id.tcp_seq = f
+                    .get(l4 + 4..l4 + 8)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            id.icmp_type = f.get(l4).copied();
+            // Echo request and reply: 8 and 0 in ICMP, 128 and 129 in ICMPv6.
+            let echo = matches!(
+                (proto, id.icmp_type),
+                (IPPROTO_ICMP, Some(0 | 8)) | (IPPROTO_ICMPV6, Some(128 | 129))
+            );
+            if echo {
+                id.icmp_id = be16(l4 + 4);
+                id.icmp_seq = be16(l4 + 6);
+            }
+        }
+        _ => {}
+    }
+    Some(id)
 }
 
 /// Length of the transport header at `l4` (TCP data offset, or 8 for UDP).
@@ -485,5 +596,60 @@ pub(crate) mod tests {
         };
         let p = parse(&arp).unwrap();
         assert_eq!((p.v4, p.l4), (None, None));
+        assert_eq!(identify(&arp, &p), None);
+    }
+
+    #[test]
+    fn packets_are_identified_for_the_log() {
+        // TCP over IPv4, behind a VLAN tag: ports, sequence number, IPv4 id.
+        let (_, f) = tcp4_gso(&[0; 10], 1448, 0);
+        let mut tagged = f[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&f[12..]);
+        let id = identify(&tagged, &parse(&tagged).unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_value(id).unwrap(),
+            serde_json::json!({"proto": "tcp", "src": "10.9.0.1", "dst": "10.9.0.2",
+                "ip_id": 0xfffe, "sport": 5201, "dport": 40000, "tcp_seq": 0xffff_fff0u32})
+        );
+        // An ICMP echo request as ping sends it (98 bytes): identifier and sequence number.
+        let mut ping = f[..34].to_vec();
+        ping[14 + 9] = IPPROTO_ICMP;
+        ping.extend_from_slice(&[8, 0, 0, 0, 0x12, 0x34, 0x00, 0xb4]);
+        ping.resize(98, 0);
+        let id = identify(&ping, &parse(&ping).unwrap()).unwrap();
+        assert_eq!(
+            (id.proto, id.icmp_type, id.icmp_id, id.icmp_seq, id.sport),
+            (IPPROTO_ICMP, Some(8), Some(0x1234), Some(180), None)
+        );
+        // Other ICMP (port unreachable) has no echo fields.
+        ping[34] = 3;
+        let id = identify(&ping, &parse(&ping).unwrap()).unwrap();
+        assert_eq!(
+            (id.icmp_type, id.icmp_id, id.icmp_seq),
+            (Some(3), None, None)
+        );
+        // A later IPv4 fragment: addresses and id only.
+        let mut frag = f.clone();
+        frag[14 + 6] = 0x00;
+        frag[14 + 7] = 0x10;
+        let id = identify(&frag, &parse(&frag).unwrap()).unwrap();
+        assert_eq!((id.ip_id, id.sport, id.tcp_seq), (Some(0xfffe), None, None));
+        // ICMPv6 echo reply; a frame cut short after the addresses keeps them.
+        let mut v6 = vec![0u8; 14 + 40];
+        v6[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        v6[14] = 0x60;
+        v6[14 + 6] = IPPROTO_ICMPV6;
+        v6[14 + 8 + 15] = 1;
+        v6[14 + 24 + 15] = 2;
+        let short = identify(&v6, &parse(&v6).unwrap()).unwrap();
+        assert_eq!((short.icmp_type, short.ip_id), (None, None));
+        v6.extend_from_slice(&[129, 0, 0, 0, 0, 7, 0, 9]);
+        let id = identify(&v6, &parse(&v6).unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_value(id).unwrap(),
+            serde_json::json!({"proto": "icmpv6", "src": "::1", "dst": "::2",
+                "icmp_type": 129, "icmp_id": 7, "icmp_seq": 9})
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use super::frame::PacketId;
 use super::model::Dir;
 
 /// Where the decision log goes.
@@ -50,6 +51,10 @@ pub struct LogEntry {
     pub duplicated: bool,
     pub corrupted: bool,
     pub reordered: bool,
+    /// Which packet it was (addresses, ports or ICMP echo id and sequence): absent for
+    /// frames that are not IP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet: Option<PacketId>,
 }
 
 enum Sink {

@@ -609,7 +609,12 @@ impl Io {
                     for s in segs.drain(..) {
                         let len = (s.len() - VNET_HDR_LEN) as u32;
                         let l3 = parsed.l3 as u32;
-                        let o = self.deciders[side].decide(rule, arrival, len, len - l3);
+                        let d = &mut self.deciders[side];
+                        let id = d
+                            .logging()
+                            .then(|| frame::identify(&s[VNET_HDR_LEN..], &parsed))
+                            .flatten();
+                        let o = d.decide_packet(rule, arrival, len, len - l3, id);
                         self.execute(
                             ds,
                             o.original,
@@ -630,7 +635,12 @@ impl Io {
         }
         let wire = frame::wire_len(&hdr, frame, &parsed);
         let corruptible = (frame.len() - parsed.l3) as u32;
-        let o = self.deciders[side].decide(rule, arrival, wire, corruptible);
+        let d = &mut self.deciders[side];
+        let id = d
+            .logging()
+            .then(|| frame::identify(frame, &parsed))
+            .flatten();
+        let o = d.decide_packet(rule, arrival, wire, corruptible, id);
         self.execute(
             ds,
             o.original,

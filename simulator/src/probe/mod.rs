@@ -53,6 +53,11 @@ pub struct Sample {
     /// Why the attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Ping: the echo request's ICMP sequence number, to find the attempt in a capture or in
+    /// linkem's decision log. Attempts that overlap may take their numbers in another order
+    /// than they began (two attempts started together race for them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u16>,
 }
 
 /// What became of an attempt, as a report draws it.
@@ -157,13 +162,17 @@ enum Attempter {
 }
 
 impl Attempter {
+    /// Runs one attempt; a ping's also says its sequence number.
     async fn attempt(
         &self,
         sockets: &SocketFactory,
         timeout: Duration,
-    ) -> Result<Duration, String> {
-        match self {
-            Attempter::Ping(p) => p.ping(timeout).await,
+    ) -> (Result<Duration, String>, Option<u16>) {
+        let res = match self {
+            Attempter::Ping(p) => {
+                let (seq, res) = p.ping_seq(timeout).await;
+                return (res, Some(seq));
+            }
             Attempter::Tcp(addr) => {
                 let start = Instant::now();
                 match tokio::time::timeout(timeout, net::connect(sockets, *addr)).await {
@@ -200,7 +209,8 @@ impl Attempter {
                     Err(_) => Err(no_answer("complete response", timeout)),
                 }
             }
-        }
+        };
+        (res, None)
     }
 }
 
@@ -287,19 +297,21 @@ pub async fn run(
         attempts.spawn(async move {
             let started = Instant::now();
             let t = started.saturating_duration_since(t0);
-            let res = attempter.attempt(&sockets, timeout).await;
+            let (res, seq) = attempter.attempt(&sockets, timeout).await;
             let sample = match res {
                 Ok(rtt) => Sample {
                     t,
                     ok: true,
                     rtt: Some(rtt),
                     error: None,
+                    seq,
                 },
                 Err(e) => Sample {
                     t,
                     ok: false,
                     rtt: None,
                     error: Some(e),
+                    seq,
                 },
             };
             if let Some(m) = &metrics {

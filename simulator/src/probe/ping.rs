@@ -137,7 +137,16 @@ impl Pinger {
     /// Sends one echo request and waits up to `timeout` for its reply. Returns the round-trip
     /// time.
     pub async fn ping(&self, timeout: Duration) -> Result<Duration, String> {
+        self.ping_seq(timeout).await.1
+    }
+
+    /// [`Self::ping`], also returning the request's sequence number.
+    pub async fn ping_seq(&self, timeout: Duration) -> (u16, Result<Duration, String>) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        (seq, self.ping_as(seq, timeout).await)
+    }
+
+    async fn ping_as(&self, seq: u16, timeout: Duration) -> Result<Duration, String> {
         let (tx, rx) = oneshot::channel();
         let sent = Instant::now();
         let stamp = (sent.duration_since(self.origin).as_nanos() as u64).to_be_bytes();

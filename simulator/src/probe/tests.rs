@@ -443,6 +443,7 @@ fn a_timeout_reads_as_lost_and_an_answered_failure_as_an_error() {
         ok,
         rtt: ok.then_some(Duration::from_millis(3)),
         error,
+        seq: None,
     };
     let timeout = Duration::from_millis(500);
     assert_eq!(s(true, None).attempt(), Attempt::Ok);

@@ -1179,6 +1179,7 @@ mod tests {
             ok,
             rtt: ok.then(|| ms(12)),
             error: error.map(str::to_string),
+            seq: None,
         };
         let odd = Probe {
             name: "<a&b>".into(),

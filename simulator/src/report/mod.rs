@@ -631,6 +631,7 @@ pub(crate) mod tests {
                 ok: i != 3,
                 rtt: (i != 3).then(|| ms(30 + i)),
                 error: (i == 3).then(|| "no echo reply within 1s".to_string()),
+                seq: None,
             })
             .collect();
         let pass = crate::assertion::judge_probe(

@@ -255,6 +255,9 @@ pub struct WireSample {
     pub rtt_us: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Ping: the echo's ICMP sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u16>,
 }
 
 impl WireSample {
@@ -264,6 +267,7 @@ impl WireSample {
             ok: self.ok,
             rtt: self.rtt_us.map(Duration::from_micros),
             error: self.error.clone(),
+            seq: self.seq,
         }
     }
 }
@@ -392,6 +396,7 @@ impl Probing {
                         ok: s.ok,
                         rtt_us: s.rtt.map(|r| r.as_micros() as u64),
                         error: s.error,
+                        seq: s.seq,
                     })
                     .collect()
             })
