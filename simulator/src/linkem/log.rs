@@ -1,5 +1,6 @@
-//! The per-packet decision log: what linkem decided for each packet, to replay or compare
-//! runs. Kept in memory (bounded) or written as JSON lines to a file.
+//! The per-packet decision log: what linkem decided for each packet, and which packet it was
+//! (addresses, ports, ICMP echo sequence: [`PacketId`]), to replay or compare runs or to find
+//! a packet an application sent. Kept in memory (bounded) or written as JSON lines to a file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
