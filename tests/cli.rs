@@ -633,14 +633,15 @@ fn delay_by_effect(mechanism: &str) {
         let (req, rep) = (decided("site-b", 8), decided("site-a", 0));
         let mut excess = Vec::new();
         let mut lost = 0usize;
-        let seqs: Vec<u64> = r["probes"][0]["samples"]
+        for (i, s) in r["probes"][0]["samples"]
             .as_array()
             .expect("samples")
             .iter()
-            .map(|s| s["seq"].as_u64().expect("a ping attempt's sequence number"))
-            .collect();
-        for (i, ((t, rtt), &seq)) in p.iter().zip(&seqs).enumerate() {
-            let Some(rtt) = rtt else {
+            .enumerate()
+        {
+            let t = s["t"].as_f64().unwrap_or(0.0);
+            let seq = s["seq"].as_u64().expect("a ping attempt's sequence number");
+            let Some(rtt) = s["rtt"].as_f64() else {
                 lost += 1;
                 continue;
             };
@@ -655,10 +656,10 @@ fn delay_by_effect(mechanism: &str) {
             // Stamps: the probe's before its send, the kernel's on receipt; the relay
             // releases no earlier than arrival plus the decided delay.
             assert!(
-                *rtt >= d1 + d2,
+                rtt >= d1 + d2,
                 "echo {i} (seq {seq}) at {t} s came back in {rtt} s, faster than its decided delays {d1} + {d2} s"
             );
-            if *t >= 1.0 {
+            if t >= 1.0 {
                 excess.push(rtt - (d1 + d2));
             }
         }

@@ -32,7 +32,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::dist::{self, Crnd, prob_u32, tabledist};
-use super::frame::PacketId;
+use super::frame::{PacketId, Parsed, identify};
 use super::log::{Decision, LogEntry, LogSink};
 use super::model::{DEFAULT_RULE, Dir, DirectionConfig, Impairment, Loss};
 use super::stats::{DirCounters, RuleCounters};
@@ -424,28 +424,28 @@ impl Decider {
         st.inflight.len()
     }
 
-    /// [`Self::decide_packet`] for a packet the log does not name.
+    /// [`Self::decide_frame`] for a packet the log does not name.
     #[cfg(test)]
     pub fn decide(&mut self, rule: usize, now: i64, len: u32, corruptible: u32) -> Outcome {
-        self.decide_packet(rule, now, len, corruptible, None)
-    }
-
-    /// Whether decisions are logged (then [`Self::decide_packet`] is worth a [`PacketId`]).
-    pub fn logging(&self) -> bool {
-        self.log.is_some()
+        self.decide_frame(rule, now, len, corruptible, None)
     }
 
     /// Decides the fate of one packet of `len` wire bytes that arrived at `now` (monotonic ns),
-    /// `corruptible` of which (after the Ethernet header) may be corrupted; `packet` names it
-    /// in the decision log.
-    pub fn decide_packet(
+    /// `corruptible` of which (after the Ethernet header) may be corrupted. Its `frame` and
+    /// headers name it in the decision log (read only while there is one).
+    pub fn decide_frame(
         &mut self,
         rule: usize,
         now: i64,
         len: u32,
         corruptible: u32,
-        packet: Option<PacketId>,
+        frame: Option<(&[u8], &Parsed)>,
     ) -> Outcome {
+        let packet: Option<PacketId> = self
+            .log
+            .as_ref()
+            .and(frame)
+            .and_then(|(f, p)| identify(f, p));
         let seq = self.seq;
         self.seq += 1;
         let st = &mut self.states[rule];

@@ -187,7 +187,7 @@ fn proto_name<S: Serializer>(p: &u8, s: S) -> Result<S::Ok, S::Error> {
 pub fn identify(f: &[u8], p: &Parsed) -> Option<PacketId> {
     let l3 = p.l3;
     let (src, dst, proto, ip_id, l4) = match p.ethertype {
-        ETH_P_IP if p.v4.is_some() => {
+        ETH_P_IP => {
             let (s, d) = p.v4?;
             let proto = f[l3 + 9];
             let id = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]);

@@ -609,12 +609,13 @@ impl Io {
                     for s in segs.drain(..) {
                         let len = (s.len() - VNET_HDR_LEN) as u32;
                         let l3 = parsed.l3 as u32;
-                        let d = &mut self.deciders[side];
-                        let id = d
-                            .logging()
-                            .then(|| frame::identify(&s[VNET_HDR_LEN..], &parsed))
-                            .flatten();
-                        let o = d.decide_packet(rule, arrival, len, len - l3, id);
+                        let o = self.deciders[side].decide_frame(
+                            rule,
+                            arrival,
+                            len,
+                            len - l3,
+                            Some((&s[VNET_HDR_LEN..], &parsed)),
+                        );
                         self.execute(
                             ds,
                             o.original,
@@ -635,12 +636,13 @@ impl Io {
         }
         let wire = frame::wire_len(&hdr, frame, &parsed);
         let corruptible = (frame.len() - parsed.l3) as u32;
-        let d = &mut self.deciders[side];
-        let id = d
-            .logging()
-            .then(|| frame::identify(frame, &parsed))
-            .flatten();
-        let o = d.decide_packet(rule, arrival, wire, corruptible, id);
+        let o = self.deciders[side].decide_frame(
+            rule,
+            arrival,
+            wire,
+            corruptible,
+            Some((frame, &parsed)),
+        );
         self.execute(
             ds,
             o.original,
